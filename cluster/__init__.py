@@ -1,0 +1,1 @@
+"""relay-rl's control plane: config, CLI, pools, the controller loop, the object-store pipeline, metrics."""

@@ -1,0 +1,53 @@
+"""``relay-rl``: validate a run file, train it, or build the quickstart kit.
+
+    relay-rl validate RUN.yaml [key.path=value ...]
+    relay-rl train    RUN.yaml [key.path=value ...] [--output DIR]
+    relay-rl kit      RUN.yaml                       (build the quickstart kit only)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError, dump_config, load_config, resolve_schedule
+
+    ap = argparse.ArgumentParser(prog="relay-rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (("validate", "check a run file (and overrides) without starting anything"),
+                        ("train", "run a recipe: on $RAY_ADDRESS / cluster.address, or a new local Ray cluster"),
+                        ("kit", "build (or find) the quickstart kit of a run file")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("run_file")
+        p.add_argument("overrides", nargs="*", help="key.path=value (YAML values), e.g. train.max_steps=20")
+        if name == "train":
+            p.add_argument("--output", "-o", default=None, help="run folder (default runs/<name>-<timestamp>)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.run_file, args.overrides)
+    except ConfigError as e:
+        print(f"relay-rl: {e}", file=sys.stderr)
+        return 2
+    if args.cmd == "validate":
+        s = resolve_schedule(cfg)
+        print(dump_config(cfg), end="")
+        print(f"# valid. generation batch {s.generation_batch_size} completions ({s.prompts_per_generation} prompts x "
+              f"{s.G}); {s.K:g} optimizer steps per generation batch; learner ranks {s.P}; max_staleness {s.k}")
+        return 0
+    if args.cmd == "kit":
+        from .kit import ensure_kit
+        if cfg.kit is None:
+            print("relay-rl: this run file has no kit section", file=sys.stderr)
+            return 2
+        print(ensure_kit(cfg.kit))
+        return 0
+    from .controller import train
+    result = train(cfg, output_dir=args.output)
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("eval/", "output_dir", "wall_s"))}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

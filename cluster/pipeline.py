@@ -1,0 +1,241 @@
+"""The object-store pipeline: prompts -> rollout -> reward (-> reference) -> assembly -> learner shards.
+
+A generation batch is launched as a chain of ObjectRefs; the driver never holds its tensors. Assembly (a Ray task)
+computes advantages on the whole generation batch, shuffles it at sample level, cuts it into P rank shards of S
+slices, and returns the shards plus a small dict of statistics, which is all the driver reads.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import ray
+import torch
+
+from learner.advantages import compute_advantages, group_nanstd
+from rollout_workers.engine import SamplingParams
+
+from .batch import Batch
+from .config import RunConfig, Schedule
+from .pools import Pools
+
+log = logging.getLogger("relay_rl")
+
+
+@ray.remote(num_cpus=0)
+def assemble(scored: list, P: int, reward_weights: list, scale_rewards: str, aggregation: str,
+             mask_truncated: bool, seed: int, gen_id: int):
+    """Whole generation batch -> (P shards..., stats). Advantages first, then the sample-level shuffle (§1.2)."""
+    batch = Batch.concat(ray.get(scored))
+    A, r = compute_advantages(batch.rewards, batch.group_id, torch.tensor(reward_weights), scale_rewards, aggregation)
+    mask = batch.completion_mask.clone()
+    lengths = mask.sum(-1)
+    if mask_truncated:  # the row leaves the loss and N; its reward stayed in the group statistics
+        mask[batch.truncated] = 0.0
+    N = float(mask.sum())
+    batch = batch.replace(advantages=A.float(), completion_mask=mask,
+                          info={"num_items_in_batch": N, "gen_id": gen_id})
+    perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed))
+    shards = batch.select(perm).split(P)
+    stats = generation_stats(batch, r, lengths, scored_infos=[s.info for s in ray.get(scored)])
+    return (*shards, stats)
+
+
+def generation_stats(batch: Batch, r: torch.Tensor, lengths: torch.Tensor, scored_infos: list[dict]) -> dict:
+    R = batch.rewards
+    gstd = group_nanstd(r, batch.group_id)
+    stats = {
+        "reward/mean": float(torch.nanmean(r)) if (~torch.isnan(r)).any() else float("nan"),
+        "reward/std": float(r[~torch.isnan(r)].std()) if (~torch.isnan(r)).sum() > 1 else 0.0,
+        "reward/unscorable": float(torch.isnan(r).float().mean()),
+        "frac_reward_zero_std": float((torch.nan_to_num(gstd, nan=0.0) < 1e-6).float().mean()),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float(batch.truncated.float().mean()),
+        "completions/tokens": float(lengths.sum()),
+        "timing/generate_s": max(i.get("generate_s", 0.0) for i in scored_infos),
+        "timing/reward_s": max(i.get("reward_s", 0.0) for i in scored_infos),
+        "policy_version": int(batch.policy_version.min()),
+        "policy_version_max": int(batch.policy_version.max()),
+        "rows": len(batch),
+    }
+    for k, name in enumerate(scored_infos[0].get("reward_names", [])):
+        col = R[:, k]
+        ok = ~torch.isnan(col)
+        stats[f"rewards/{name}/mean"] = float(col[ok].mean()) if ok.any() else float("nan")
+        stats[f"rewards/{name}/std"] = float(col[ok].std()) if ok.sum() > 1 else 0.0
+    errors, stuck = {}, []
+    for info in scored_infos:
+        errors.update(info.get("reward_errors", {}))
+        if info.get("reward_stuck"):
+            stuck.append(info.get("reward_worker"))
+        for k, v in info.get("reward_metrics", {}).items():
+            stats[f"rewards/{k}"] = v
+    stats["reward_errors"] = errors
+    stats["reward_stuck"] = stuck
+    return stats
+
+
+@dataclass
+class Generation:
+    """A launched generation batch: what the driver keeps (refs and metadata)."""
+
+    gen_id: int
+    records: list  # the prompts (dataset rows)
+    version: int  # v_b: weights version it was sampled with
+    shards: list = field(default_factory=list)  # P ObjectRefs
+    stats_ref: object = None
+    stats: dict | None = None
+    attempts: int = 1
+
+
+class PromptSampler:
+    """Endless, seeded, epoch-wise shuffled stream of dataset rows."""
+
+    def __init__(self, dataset, shuffle: bool, seed: int):
+        self.ds, self.shuffle, self.seed = dataset, shuffle, seed
+        self.epoch, self.order, self.pos = 0, [], 0
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n:
+            if self.pos >= len(self.order):
+                g = torch.Generator().manual_seed(self.seed + self.epoch)
+                self.order = torch.randperm(len(self.ds), generator=g).tolist() if self.shuffle else list(range(len(self.ds)))
+                self.epoch, self.pos = self.epoch + 1, 0
+            k = min(n - len(out), len(self.order) - self.pos)
+            out += self.ds.select(self.order[self.pos:self.pos + k]).to_list()
+            self.pos += k
+        return out
+
+
+class Pipeline:
+    def __init__(self, cfg: RunConfig, sched: Schedule, pools: Pools, train_data, reward_names: list[str]):
+        self.cfg, self.sched, self.pools = cfg, sched, pools
+        self.sampler = PromptSampler(train_data, cfg.data.shuffle_dataset, cfg.train.seed)
+        self.reward_names = reward_names
+        self.rollout_version = 0  # version the rollout pool holds (after queued loads)
+        self.pending_loads: list = []
+        self.last_sync: dict = {}
+        r = cfg.rollout
+        self.sampling = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
+                             repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length)
+
+    # -- weights ------------------------------------------------------------------------------------------------
+    def sync_rollout(self, version: int, force: bool = False) -> None:
+        """Publish the learner's weights (version ``version``) and queue an in-place load on every rollout actor.
+        The loads run in each actor's order: after generations already queued, before the next ones."""
+        if self.rollout_version == version and not force:
+            return
+        t0 = time.time()
+        refs = ray.get([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
+        publish_s = time.time() - t0
+        self.pending_loads = [w.load_weights.remote(version, refs) for w in self.pools.rollout]
+        self.rollout_version = version
+        self.last_sync = {"publish_s": publish_s, "version": version}
+
+    def sync_stats(self) -> dict:
+        """Finish the last sync's bookkeeping (waits for the queued loads)."""
+        if not self.pending_loads:
+            return {}
+        infos = ray.get(self.pending_loads)
+        self.pending_loads = []
+        load_s = max(i["load_s"] for i in infos)
+        return {"timing/sync_s": self.last_sync["publish_s"] + load_s, "sync/bytes": infos[0]["bytes"],
+                "sync/load_s": load_s, "sync/publish_s": self.last_sync["publish_s"]}
+
+    # -- generation ---------------------------------------------------------------------------------------------
+    def launch(self, gen_id: int, records: list | None = None) -> Generation:
+        """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once."""
+        s, a = self.sched, self.cfg.algorithm
+        records = records if records is not None else self.sampler.take(s.prompts_per_generation)
+        gen = Generation(gen_id=gen_id, records=records, version=self.rollout_version)
+        params = SamplingParams(n=s.G, seed=(self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id,
+                                **self.sampling)
+        R = len(self.pools.rollout)
+        chunks = [records[i::R] for i in range(R)]  # interleaved split keeps groups whole
+        scored = []
+        base = 0
+        for i, (w, chunk) in enumerate(zip(self.pools.rollout, chunks)):
+            if not chunk:
+                continue
+            ref = w.generate.remote(chunk, _seeded(params, i), group_offset=gen_id * len(records) + base)
+            base += len(chunk)
+            reward = self.pools.reward[i % len(self.pools.reward)]
+            ref = reward.score.remote(ref, {"global_step": gen_id})
+            if self.pools.teacher:
+                ref = self.pools.teacher[i % len(self.pools.teacher)].score.remote(ref)
+            scored.append(ref)
+        out = assemble.options(num_returns=s.P + 1).remote(
+            scored, s.P, self.cfg.reward.reward_weights or [1.0] * len(self.reward_names), a.scale_rewards,
+            a.multi_objective_aggregation, a.mask_truncated_completions, self.cfg.train.seed + gen_id, gen_id)
+        gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
+        return gen
+
+    def wait(self, gen: Generation, max_attempts: int = 3) -> Generation:
+        """Block until the generation's statistics are in; redo it if a rollout or reward actor crashed."""
+        while True:
+            try:
+                gen.stats = ray.get(gen.stats_ref)
+                return gen
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                if gen.attempts >= max_attempts:
+                    raise
+                log.warning("generation %d lost a worker (%s); restarting it and redoing the batch",
+                            gen.gen_id, type(e).__name__)
+                self._await_restarts()
+                redo = self.launch(gen.gen_id, gen.records)
+                redo.attempts = gen.attempts + 1
+                gen = redo
+
+    def _await_restarts(self, timeout: float = 300) -> None:
+        """Wait until every rollout/reward actor answers, then bring restarted rollout actors to the current weights."""
+        deadline = time.time() + timeout
+        for a in self.pools.rollout + self.pools.reward + self.pools.teacher:
+            while True:
+                try:
+                    ray.get(a.ping.remote(), timeout=30)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(1)
+        versions = ray.get([w.get_version.remote() for w in self.pools.rollout])
+        if any(v != self.rollout_version for v in versions):
+            self.sync_rollout(self.rollout_version, force=True)
+            self.sync_stats()
+
+    def restart_reward_worker(self, index: int) -> None:
+        """A reward function hung: kill the scorer (Ray restarts it) so the stuck thread goes with it."""
+        ray.kill(self.pools.reward[index], no_restart=False)
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def evaluate(self, eval_data, step: int) -> dict:
+        r = self.cfg.rollout
+        greedy = r.eval_temperature == 0
+        n = r.num_generations_eval or (1 if greedy else self.sched.G)
+        params = SamplingParams(n=n, temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
+                                repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
+                                seed=self.cfg.train.seed)
+        records = eval_data.to_list()
+        R = len(self.pools.rollout)
+        refs = []
+        for i, w in enumerate(self.pools.rollout):
+            chunk = records[i::R]
+            if chunk:
+                ref = w.generate.remote(chunk, params, group_offset=i * len(records))
+                refs.append(self.pools.reward[i % len(self.pools.reward)].score.remote(ref, {"global_step": step}))
+        scored = ray.get(refs)  # small: eval batches are scored, not trained on
+        R_all = torch.cat([b.rewards for b in scored])
+        w = torch.tensor(self.cfg.reward.reward_weights or [1.0] * R_all.shape[1])
+        total = torch.nansum(R_all * w, dim=1)
+        return {"eval/accuracy": float((total >= self.cfg.rollout.eval_success_threshold).float().mean()),
+                "eval/reward": float(total.mean()),
+                "eval/mean_length": float(torch.cat([b.completion_mask.sum(-1) for b in scored]).mean()),
+                "eval/samples": int(R_all.shape[0])}
+
+
+def _seeded(params: SamplingParams, worker: int) -> SamplingParams:
+    from dataclasses import replace
+    return replace(params, seed=None if params.seed is None else params.seed * 31 + worker)

@@ -1,0 +1,96 @@
+"""Actor pools from the cluster spec. Roles are declared as data: pool name -> actor class and its arguments.
+
+Every actor is named ``<run>/<pool>-<i>`` in the run's namespace, so the Ray dashboard lists the pools. The learner
+ranks share one placement group (PACK), so that they land together and fail together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from learner.actor import LearnerRank
+from reward_workers.actor import RewardWorker
+from rollout_workers.actor import RolloutWorker
+from teacher_workers.actor import TeacherWorker
+
+from .config import PoolSpec, RunConfig
+
+
+@dataclass
+class Pools:
+    rollout: list
+    reward: list
+    learner: list
+    teacher: list = field(default_factory=list)
+    placement_group: object = None
+
+    def all_actors(self) -> list:
+        return [*self.rollout, *self.reward, *self.teacher, *self.learner]
+
+
+def _actor(cls, spec: PoolSpec, name: str, namespace: str, **options):
+    return ray.remote(cls).options(
+        name=name, namespace=namespace, num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources,
+        max_restarts=spec.max_restarts, max_task_retries=0, max_concurrency=1, **options)
+
+
+def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print) -> Pools:
+    c, ns = cfg.cluster, cfg.cluster.namespace
+    P = c.learner.replicas
+    r = cfg.rollout
+    engine_options = {"trust_remote_code": cfg.model.trust_remote_code, **vllm_options(cfg)}
+    rollout = [
+        _actor(RolloutWorker, c.rollout, f"{run_name}/rollout-{i}", ns).remote(
+            model_path, r.engine, cfg.model.dtype, engine_options, index=i, max_prompt_length=r.max_prompt_length,
+            prompt_column=cfg.data.prompt_column)
+        for i in range(c.rollout.replicas)]
+    reward = [
+        _actor(RewardWorker, c.reward, f"{run_name}/reward-{i}", ns).remote(
+            [f if isinstance(f, str) else f.model_dump() for f in cfg.reward.reward_funcs], model_path,
+            cfg.reward.timeout_s, index=i)
+        for i in range(c.reward.replicas)]
+    teacher = []
+    if cfg.algorithm.beta > 0:
+        teacher = [_actor(TeacherWorker, c.teacher, f"{run_name}/teacher-{i}", ns).remote(
+            model_path, cfg.model.dtype, temperature=r.temperature or 1.0, index=i,
+            trust_remote_code=cfg.model.trust_remote_code) for i in range(c.teacher.replicas)]
+
+    bundle = {"CPU": c.learner.num_cpus, **({"GPU": c.learner.num_gpus} if c.learner.num_gpus else {}),
+              **c.learner.resources}
+    pg = placement_group([dict(bundle) for _ in range(P)], strategy="PACK", name=f"{run_name}/learner")
+    ray.get(pg.ready(), timeout=600)
+    cfg_dict = cfg.model_dump(mode="json")
+    learner = [
+        ray.remote(LearnerRank).options(
+            name=f"{run_name}/learner-{i}", namespace=ns, num_cpus=c.learner.num_cpus, num_gpus=c.learner.num_gpus,
+            max_restarts=0, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+        ).remote(i, P, cfg_dict, model_path)
+        for i in range(P)]
+    addr, port = ray.get(learner[0].rendezvous.remote())
+    infos = ray.get([a.setup.remote(addr, port) for a in learner]
+                    + [a.ping.remote() for a in rollout + reward + teacher])
+    li = infos[0]
+    log(f"[relay-rl] pools up: rollout x{len(rollout)} ({r.engine}), reward x{len(reward)}, "
+        + (f"teacher x{len(teacher)}, " if teacher else "")
+        + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['parameters']:,} parameters, "
+          f"setup {li['setup_s']:.0f}s)")
+    return Pools(rollout=rollout, reward=reward, learner=learner, teacher=teacher, placement_group=pg)
+
+
+def vllm_options(cfg: RunConfig) -> dict:
+    v = getattr(cfg.rollout, "vllm", None)
+    return v.model_dump() if v is not None and cfg.rollout.engine == "vllm" else {}
+
+
+def shutdown_pools(pools: Pools) -> None:
+    try:
+        ray.get([a.shutdown.remote() for a in pools.learner], timeout=60)
+    except Exception:  # noqa: BLE001  (best effort on the way out)
+        pass
+    for a in pools.all_actors():
+        ray.kill(a, no_restart=True)
+    if pools.placement_group is not None:
+        remove_placement_group(pools.placement_group)

@@ -1,0 +1,53 @@
+"""Process set-up shared by the driver and every actor: environment defaults, Ray start/join."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+
+def default_env() -> dict[str, str]:
+    """Environment every relay-rl process runs with (only where the user has not set the variable)."""
+    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on CPU (gloo)
+    return env
+
+
+def configure_worker() -> None:
+    for k, v in default_env().items():
+        os.environ.setdefault(k, v)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*non-writable.*")  # read-only arrays from the object store
+
+
+def from_numpy(a: np.ndarray) -> torch.Tensor:
+    """Zero-copy tensor view of an object-store array (read-only; never written)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def init_ray(address: str | None, namespace: str, log=print):
+    """Join ``address`` (or $RAY_ADDRESS, which ``ray job submit`` sets); otherwise start a local cluster."""
+    import ray
+
+    configure_worker()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {**default_env(), **{k: v for k, v in os.environ.items() if k.startswith(
+        ("HF_", "TRANSFORMERS_", "VLLM_", "RELAY_RL_", "DS_"))}}}
+    if address:
+        ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
+        log(f"[relay-rl] joined Ray cluster at {address}")
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster on loopback
+        ray.init(namespace=namespace, runtime_env=runtime_env, include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=True)
+        ctx = ray.get_runtime_context()
+        dash = getattr(ray, "_private").worker.get_dashboard_url() if hasattr(ray, "_private") else None
+        log(f"[relay-rl] started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs"
+            + (f", dashboard http://{dash}" if dash else "") + f", node {ctx.get_node_id()[:8]})")

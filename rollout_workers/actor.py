@@ -1,0 +1,96 @@
+"""The rollout actor: a thin Ray wrapper around a ``RolloutEngine``.
+
+It turns dataset records into token ids, asks the engine for n completions per prompt, and returns a ``Batch``
+tagged with the policy version of the weights it holds. Weight syncs arrive as object-store buckets.
+"""
+from __future__ import annotations
+
+import time
+
+import ray
+import torch
+
+from cluster.batch import Batch
+from learner.weights import arrays_to_tensors, bucket_nbytes
+from .engine import SamplingParams, make_engine
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, engine: str, dtype: str, engine_options: dict, index: int = 0,
+                 max_prompt_length: int | None = None, prompt_column: str = "prompt"):
+        from cluster.runtime import configure_worker
+        configure_worker()
+        self.index = index
+        self.engine = make_engine(engine, model_path, dtype, engine_options)
+        self.tokenizer = self.engine.tokenizer
+        self.max_prompt_length = max_prompt_length
+        self.prompt_column = prompt_column
+        self.version = 0
+        self.calls = 0
+
+    # ------------------------------------------------------------------------------------------------------------
+    def generate(self, records: list[dict], params: SamplingParams, group_offset: int = 0) -> Batch:
+        t0 = time.time()
+        self.calls += 1
+        prompts = [r[self.prompt_column] for r in records]
+        prompt_ids = [self._tokenize(p) for p in prompts]
+        outs = self.engine.generate(prompt_ids, params)
+        n = params.n
+        rows = [(i, c) for i, comps in enumerate(outs) for c in comps]
+        N = len(rows)
+        tp = max(map(len, prompt_ids))
+        tc = max(1, max(len(c.token_ids) for _, c in rows))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        p_ids = torch.full((N, tp), pad, dtype=torch.long)
+        p_mask = torch.zeros((N, tp), dtype=torch.long)
+        c_ids = torch.full((N, tc), pad, dtype=torch.long)
+        c_mask = torch.zeros((N, tc), dtype=torch.float32)
+        c_lp = torch.zeros((N, tc), dtype=torch.float32)
+        for r, (i, c) in enumerate(rows):
+            p, L = prompt_ids[i], len(c.token_ids)
+            p_ids[r, tp - len(p):] = torch.tensor(p)
+            p_mask[r, tp - len(p):] = 1
+            c_ids[r, :L] = torch.tensor(c.token_ids, dtype=torch.long)
+            c_mask[r, :L] = 1.0
+            c_lp[r, :L] = torch.tensor(c.logprobs, dtype=torch.float32)
+        other = [k for k in records[0] if k != self.prompt_column] if records else []
+        return Batch(
+            prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
+            behaviour_logprobs=c_lp,
+            policy_version=torch.full((N,), self.version, dtype=torch.long),
+            group_id=torch.tensor([group_offset + i for i, _ in rows], dtype=torch.long),
+            truncated=torch.tensor([c.finish_reason == "length" for _, c in rows]),
+            prompts=[prompts[i] for i, _ in rows],
+            completions=self.tokenizer.batch_decode([c.token_ids for _, c in rows], skip_special_tokens=True),
+            columns={k: [records[i][k] for i, _ in rows] for k in other},
+            info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version, "n": n},
+        )
+
+    def _tokenize(self, prompt) -> list[int]:
+        if isinstance(prompt, list):  # chat messages
+            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        else:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if self.max_prompt_length and len(ids) > self.max_prompt_length:
+            ids = ids[-self.max_prompt_length:]
+        return list(ids)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def load_weights(self, version: int, bucket_refs: list) -> dict:
+        """Load the buckets of one published version in place (one bucket in memory at a time)."""
+        t0 = time.time()
+        nbytes = 0
+        for ref in bucket_refs:
+            bucket = ray.get(ref)
+            nbytes += bucket_nbytes(bucket)
+            self.engine.load_weights(arrays_to_tensors(bucket).items())
+            del bucket
+        self.version = version
+        return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
+
+    def get_version(self) -> int:
+        return self.version
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,67 @@
+"""The ``RolloutEngine`` interface: what the rollout actor needs from a generation backend.
+
+An engine samples n completions per prompt and returns, for each, the token ids, the behaviour log-prob of every
+sampled token (the log-prob under the distribution it was actually sampled from: after temperature, top-k/top-p,
+min-p and repetition penalty) and why it stopped. It loads new weights in place.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable, Literal, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: Optional[float] = None
+    repetition_penalty: float = 1.0
+    max_tokens: int = 512
+    stop: Optional[tuple[str, ...]] = None
+    seed: Optional[int] = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # sampled tokens, including the EOS that ended it (if any)
+    logprobs: list[float]  # behaviour log-prob of each token (NaN where the engine has none)
+    finish_reason: Literal["stop", "length"]
+
+
+class RolloutEngine(ABC):
+    """Generation backend behind the rollout actor (``hf`` or ``vllm``)."""
+
+    tokenizer = None
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        """For each prompt, ``params.n`` completions (consecutive)."""
+
+    @abstractmethod
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy the given (name, tensor) pairs into the model in place. Names are the HF model's parameter names."""
+
+    def sleep(self) -> None:
+        """Free generation memory (KV cache) while the learner trains on shared devices. Optional."""
+
+    def wake(self) -> None:
+        """Undo ``sleep``. Optional."""
+
+
+def make_engine(kind: str, model_path: str, dtype: str, options: dict) -> RolloutEngine:
+    if kind == "hf":
+        from .hf_engine import HFEngine
+        return HFEngine(model_path, dtype=dtype, **options)
+    if kind == "vllm":
+        from .vllm_engine import VLLMEngine
+        return VLLMEngine(model_path, dtype=dtype, **options)
+    raise ValueError(f"unknown rollout engine {kind!r}: use 'hf' or 'vllm'")

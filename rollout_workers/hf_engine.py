@@ -1,0 +1,79 @@
+"""The embedded default engine: transformers ``generate``. Fewest dependencies; runs anywhere torch runs."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .engine import Completion, RolloutEngine, SamplingParams
+
+
+class HFEngine(RolloutEngine):
+    def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None,
+                 trust_remote_code: bool = False, max_batch_size: int = 1024):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.max_batch_size = max_batch_size
+        self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        from transformers import GenerationConfig
+
+        gen_cfg = GenerationConfig(
+            do_sample=not params.greedy, num_return_sequences=params.n, max_new_tokens=params.max_tokens,
+            temperature=None if params.greedy else params.temperature,
+            top_p=None if params.greedy else params.top_p, top_k=None if params.greedy else params.top_k,
+            min_p=None if params.greedy else params.min_p, repetition_penalty=params.repetition_penalty,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
+            stop_strings=list(params.stop) if params.stop else None,
+        )
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        per_chunk = max(1, self.max_batch_size // params.n)
+        out: list[list[Completion]] = []
+        for i in range(0, len(prompt_ids), per_chunk):
+            out += self._generate_chunk(prompt_ids[i:i + per_chunk], gen_cfg, params.n)
+        return out
+
+    def _generate_chunk(self, prompt_ids, gen_cfg, n) -> list[list[Completion]]:
+        width = max(map(len, prompt_ids))
+        ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for r, p in enumerate(prompt_ids):  # left padding
+            ids[r, width - len(p):] = torch.tensor(p)
+            attn[r, width - len(p):] = 1
+        res = self.model.generate(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
+                                  generation_config=gen_cfg,
+                                  tokenizer=self.tokenizer if gen_cfg.stop_strings else None)
+        new = res.sequences[:, width:].cpu()  # (N*n, T)
+        # behaviour log-probs: the processed distribution the token was sampled from
+        scores = torch.stack(res.scores, dim=1).float().cpu()  # (N*n, T, V)
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        eos = torch.isin(new, torch.tensor(self.eos_ids))
+        completions = []
+        for r in range(new.shape[0]):
+            hit = eos[r].nonzero()
+            length = int(hit[0]) + 1 if len(hit) else new.shape[1]
+            stopped = len(hit) > 0 or (gen_cfg.stop_strings and length < gen_cfg.max_new_tokens)
+            completions.append(Completion(new[r, :length].tolist(), logprobs[r, :length].tolist(),
+                                          "stop" if stopped else "length"))
+        return [completions[j * n:(j + 1) * n] for j in range(len(prompt_ids))]
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"weight sync sent {name!r}, which the rollout model does not have")
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+
+def _eos_ids(generation_config, tokenizer) -> list[int]:
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos)

@@ -1,0 +1,118 @@
+"""TRL's GRPOTrainer and relay-rl, side by side in one run: same tiny model, data and knobs.
+
+    python tests/benchmarks/bench_vs_trl.py [--steps 100] [--learner-ranks 2] [--zero-stage 3]
+
+Both start from the quickstart kit's warm start and train on the a+b= task with G=8, 64 completions per step, loss
+dapo, lr 3e-5, max_completion_length 5, temperature 1.0. Prints samples/s of each (training loop only: set-up
+excluded on both sides), the ratio relay-rl / TRL, and the held-out greedy accuracy each reached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+             "WANDB_DISABLED": "true", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(k, v)
+
+
+def run_trl(kit_root: Path, steps: int, seed: int) -> dict:
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from learner.sft import greedy_accuracy
+
+    tok = AutoTokenizer.from_pretrained(kit_root / "warm_start")
+    model = AutoModelForCausalLM.from_pretrained(kit_root / "warm_start", dtype=torch.float32)
+    train = load_dataset("json", data_files=str(kit_root / "train.jsonl"), split="train")
+    test = [json.loads(line) for line in open(kit_root / "test.jsonl")]
+    eos = tok.eos_token_id
+
+    def arithmetic_exact(completion_ids, answer, **kwargs):  # the same verifier as relay-rl's built-in
+        return [1.0 if list(ids) == tok(a, add_special_tokens=False)["input_ids"] + [eos] else 0.0
+                for ids, a in zip(completion_ids, answer)]
+
+    class LoopTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 1:  # the first step is warm-up on both sides
+                self.t0 = time.time()
+
+        def on_train_end(self, args, state, control, **kw):
+            self.t1 = time.time()
+
+    timer = LoopTimer()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=False, per_device_train_batch_size=64, gradient_accumulation_steps=1,
+            num_generations=8, max_completion_length=5, temperature=1.0, learning_rate=3e-5,
+            lr_scheduler_type="constant", beta=0.0, loss_type="dapo", scale_rewards="group", max_steps=steps,
+            logging_steps=10, save_strategy="no", report_to="none", seed=seed, gradient_checkpointing=False,
+            dataloader_num_workers=0, disable_tqdm=True)
+        trainer = GRPOTrainer(model=model, reward_funcs=arithmetic_exact, args=cfg, train_dataset=train,
+                              processing_class=tok, callbacks=[timer])
+        trainer.train()
+    loop_s = timer.t1 - timer.t0
+    return {"samples_per_s": (steps - 1) * 64 / loop_s, "loop_s": loop_s,
+            "eval_accuracy": greedy_accuracy(model, tok, test)}
+
+
+def run_relay(steps: int, seed: int, ranks: int, zero_stage: int, engine: str) -> dict:
+    from cluster.config import load_config
+    from cluster.controller import train
+
+    cfg = load_config(ROOT / "deploy/recipes/quickstart.yaml", [
+        f"train.max_steps={steps}", f"train.seed={seed}", f"train.eval_steps={steps}", f"train.zero_stage={zero_stage}",
+        f"cluster.learner.replicas={ranks}", f"algorithm.per_device_train_batch_size={64 // ranks}",
+        f"rollout.engine={engine}"])
+    with tempfile.TemporaryDirectory() as out:
+        res = train(cfg, output_dir=out)
+        rows = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")]
+    steps_rows = [r for r in rows if "loss" in r][1:]  # the first step is warm-up on both sides
+    loop_s = sum(r["timing/step_s"] for r in steps_rows)
+    return {"samples_per_s": len(steps_rows) * 64 / loop_s, "loop_s": loop_s, "eval_accuracy": res.get("eval/accuracy"),
+            "generate_s": sum(r["timing/generate_s"] for r in steps_rows) / len(steps_rows),
+            "train_s": sum(r["timing/train_s"] for r in steps_rows) / len(steps_rows),
+            "sync_s": sum(r["timing/sync_s"] for r in steps_rows) / len(steps_rows),
+            "step_s": loop_s / len(steps_rows)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--learner-ranks", type=int, default=2)
+    ap.add_argument("--zero-stage", type=int, default=3)
+    ap.add_argument("--engine", default="hf")
+    a = ap.parse_args()
+
+    from cluster.config import KitConfig
+    from cluster.kit import ensure_kit
+    kit_root = ensure_kit(KitConfig())
+    trl = run_trl(kit_root, a.steps, a.seed)
+    relay = run_relay(a.steps, a.seed, a.learner_ranks, a.zero_stage, a.engine)
+    import torch
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"no GPU" if not torch.cuda.is_available() else f"GPU {torch.cuda.get_device_name()}")
+    print(f"{'':28}{'samples/s':>12}{'loop s':>10}{'held-out acc':>14}")
+    print(f"{'TRL GRPOTrainer':28}{trl['samples_per_s']:>12.1f}{trl['loop_s']:>10.1f}{trl['eval_accuracy']:>14.3f}")
+    label = f"relay-rl ({a.learner_ranks} rank{'s' * (a.learner_ranks > 1)}, ZeRO-{a.zero_stage})"
+    acc = relay["eval_accuracy"]
+    print(f"{label:28}{relay['samples_per_s']:>12.1f}{relay['loop_s']:>10.1f}{acc if acc is not None else float('nan'):>14.3f}")
+    print(f"ratio relay-rl / TRL: {relay['samples_per_s'] / trl['samples_per_s']:.2f}x   "
+          f"(relay-rl per step: generate {relay['generate_s']:.3f}s, train {relay['train_s']:.3f}s, "
+          f"sync {relay['sync_s']:.3f}s, step {relay['step_s']:.3f}s)")
+    print(json.dumps({"steps": a.steps, "trl": trl, "relay_rl": relay}))
+
+
+if __name__ == "__main__":
+    main()

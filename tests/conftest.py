@@ -1,0 +1,57 @@
+"""Shared fixtures: offline environment, the quickstart kit (built once per session), one local Ray cluster."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RELAY_RL_CACHE", str(Path.home() / ".cache" / "relay-rl"))
+try:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+except ImportError:
+    pass
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "deploy" / "recipes"
+
+
+@pytest.fixture(scope="session")
+def kit():
+    """The quickstart kit (tokenizer, tiny Qwen3, a+b= task, warm start); built once, then reused from the cache."""
+    from cluster.config import KitConfig
+    from cluster.kit import ensure_kit
+    cfg = KitConfig()
+    root = ensure_kit(cfg)
+    return {"cfg": cfg, "root": root, "warm_start": str(root / "warm_start"), "base": str(root / "base")}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the session (logical CPUs above the 2 physical ones, so pools fit)."""
+    import ray
+    if not ray.is_initialized():
+        from cluster.runtime import default_env
+        ray.init(num_cpus=8, include_dashboard=False, namespace="relay-rl-tests",
+                 runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def quickstart_dict(**sections) -> dict:
+    """The quickstart recipe as a dict, with sections replaced/updated (shallow per section)."""
+    import yaml
+    raw = yaml.safe_load((RECIPES / "quickstart.yaml").read_text())
+    for k, v in sections.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k] = {**raw[k], **v}
+        else:
+            raw[k] = v
+    return raw

@@ -1,0 +1,72 @@
+"""`ray job submit` against a head node that the test starts (`ray start --head`) and stops.
+
+The job runs the README's command, ``python -m cluster.launch deploy/recipes/quickstart.yaml``, shortened by
+overrides; it must succeed, write its metrics, and the cluster's state API (what the dashboard shows) must list the
+pools as named actors.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def head(tmp_path, kit):
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = free_port(), free_port()
+    temp = Path("/tmp") / f"rr-head-{os.getpid()}"
+    subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp}"],
+                   check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield {"env": env, "address": f"http://127.0.0.1:{dash}"}
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
+    env, address = head["env"], head["address"]
+    out = tmp_path / "job-run"
+    runtime_env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "RELAY_RL_CACHE")
+                                if k in os.environ}}
+    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps(runtime_env), "--",
+           "python", "-m", "cluster.launch", "deploy/recipes/quickstart.yaml",
+           "train.max_steps=4", "train.eval_steps=2", "cluster.learner.replicas=2", "name=jobtest",
+           "--output", str(out)]
+    t0 = time.time()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-4000:]
+    assert "succeeded" in log.lower(), log[-2000:]
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2, 4]
+    assert (out / "final" / "model.safetensors").is_file() and (out / "reward_curve.png").is_file()
+
+    # the dashboard's state API lists the run's pools as named actors
+    listed = subprocess.run(["ray", "list", "actors", "--address", address, "--detail", "--format", "json",
+                             "--limit", "1000"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    names = {a.get("name") for a in json.loads(listed.stdout)}
+    for pool in ("rollout-0", "reward-0", "learner-0", "learner-1"):
+        assert any(n and n.startswith("jobtest-") and n.endswith(f"/{pool}") for n in names), (pool, names)
+    assert time.time() - t0 < 600

@@ -1,0 +1,127 @@
+"""Run-file validation: good files load; bad ones fail before anything starts, naming file, field, line, options."""
+import textwrap
+
+import pytest
+
+from cluster.config import ConfigError, load_config, resolve_schedule
+from tests.conftest import RECIPES
+
+
+def write(tmp_path, text: str):
+    p = tmp_path / "run.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+GOOD = """\
+name: t
+kit: {}
+model: {name_or_path: "kit:warm_start"}
+data: {train: "kit:train", eval: "kit:test"}
+reward: {reward_funcs: [arithmetic_exact]}
+algorithm:
+  num_generations: 8
+  per_device_train_batch_size: 8
+cluster:
+  learner: {replicas: 2}
+"""
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_validates(recipe):
+    cfg = load_config(recipe)
+    resolve_schedule(cfg)
+
+
+def test_good_file_and_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.algorithm.loss_type == "dapo"  # TRL 1.16 default
+    assert cfg.algorithm.epsilon_low == 0.2 and cfg.algorithm.epsilon_up == 0.2
+    assert cfg.train.zero_stage == 3
+    s = resolve_schedule(cfg)
+    assert (s.S, s.generation_batch_size, s.prompts_per_generation, s.K) == (1, 16, 2, 1)
+
+
+def test_unknown_key_names_file_field_line_and_allowed(tmp_path):
+    p = write(tmp_path, GOOD.replace("  num_generations: 8\n", "  num_generations: 8\n  num_generatons: 4\n"))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert f"{p}:8" in msg and "algorithm.num_generatons" in msg and "unknown field" in msg
+    assert "num_generations" in msg.split("allowed here:")[1]
+
+
+def test_wrong_value_shows_allowed_values(tmp_path):
+    p = write(tmp_path, GOOD.replace("  num_generations: 8\n", "  num_generations: 8\n  loss_type: ppo\n"))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "algorithm.loss_type" in msg and "'dapo'" in msg and "'ppo'" in msg and f"{p}:8" in msg
+
+
+def test_bounds_and_missing(tmp_path):
+    with pytest.raises(ConfigError, match=r"algorithm.num_generations: Input should be greater than or equal to 2"):
+        load_config(write(tmp_path, GOOD.replace("num_generations: 8", "num_generations: 1")))
+    with pytest.raises(ConfigError, match=r"reward: required field is missing"):
+        load_config(write(tmp_path, GOOD.replace("reward: {reward_funcs: [arithmetic_exact]}\n", "")))
+
+
+def test_batch_rules(tmp_path):
+    # 8 * 2 ranks * S=1 = 16 completions; G=5 does not divide it
+    with pytest.raises(ConfigError, match="whole groups"):
+        load_config(write(tmp_path, GOOD.replace("num_generations: 8", "num_generations: 5")))
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(write(tmp_path, GOOD + "  steps_per_generation: 2\n  generation_batch_size: 32\n"
+                          .replace("  steps", "  steps")), ["algorithm.steps_per_generation=2",
+                                                             "algorithm.generation_batch_size=32"])
+    with pytest.raises(ConfigError, match="divisible by per_device_train_batch_size"):
+        load_config(write(tmp_path, GOOD), ["algorithm.generation_batch_size=24"])
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
+        load_config(write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=2",
+                                            "algorithm.steps_per_generation=3"])
+    cfg = load_config(write(tmp_path, GOOD), ["algorithm.generation_batch_size=64"])
+    s = resolve_schedule(cfg)
+    assert (s.S, s.K, s.admission_version(1), s.admission_version(2)) == (4, 4, 4, 8)
+    cfg = load_config(write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=4"])
+    s = resolve_schedule(cfg)  # S = GA = 4: one generation per step
+    assert (s.S, s.K, s.admission_version(3)) == (4, 1, 3)
+    cfg = load_config(write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=4",
+                                              "algorithm.steps_per_generation=2"])
+    s = resolve_schedule(cfg)  # two generation batches per optimizer step
+    assert (s.K, s.admission_version(1), s.admission_version(2), s.batches_needed(3)) == (0.5, 0, 1, 6)
+
+
+def test_overrides_parse_yaml_and_are_validated(tmp_path):
+    p = write(tmp_path, GOOD)
+    cfg = load_config(p, ["train.max_steps=7", "rollout.top_k=20", "reward.reward_weights=[2.0]"])
+    assert (cfg.train.max_steps, cfg.rollout.top_k, cfg.reward.reward_weights) == (7, 20, [2.0])
+    with pytest.raises(ConfigError, match=r"train.max_stepz: unknown field.*command-line override|command-line override.*train.max_stepz"):
+        load_config(p, ["train.max_stepz=3"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(p, ["train.max_steps"])
+
+
+def test_cross_field_rules_say_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="vllm_importance_sampling_clip_max"):
+        load_config(write(tmp_path, GOOD), ["algorithm.vllm_importance_sampling_cap=3.0"])
+    with pytest.raises(ConfigError, match="reward_weights has 2 values but there are 1"):
+        load_config(write(tmp_path, GOOD), ["reward.reward_weights=[1.0,2.0]"])
+    with pytest.raises(ConfigError, match="no kit section"):
+        load_config(write(tmp_path, GOOD.replace("kit: {}\n", "")))
+    with pytest.raises(ConfigError, match="teacher.replicas"):
+        load_config(write(tmp_path, GOOD), ["algorithm.beta=0.1", "cluster.teacher.replicas=0"])
+    with pytest.raises(ConfigError, match="token_truncate or token_mask"):
+        load_config(write(tmp_path, GOOD), ["algorithm.loss_type=vespo"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(ConfigError, match="no such run file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_validate_exit_codes(tmp_path, capsys):
+    from cluster.cli import main
+    assert main(["validate", str(write(tmp_path, GOOD))]) == 0
+    assert "# valid." in capsys.readouterr().out
+    assert main(["validate", str(write(tmp_path, GOOD)), "algorithm.epsilon=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm.epsilon" in err and "greater than 0" in err
