@@ -6,7 +6,7 @@ Layout of a kit folder::
 
     tokenizer + base/      the untrained model (tokenizer saved with it)
     warm_start/            the SFT warm start (HF format)
-    train.jsonl test.jsonl dev.jsonl   {"prompt": "12+34=", "answer": "46"}
+    train.jsonl test.jsonl dev.jsonl   {"prompt": "12+34=", "answer": "46", "solution": "46"}
     kit.json               what was built and the warm start's accuracies
 """
 from __future__ import annotations
@@ -22,12 +22,13 @@ from pathlib import Path
 from .config import KitConfig
 
 VOCAB = ["<pad>", "<eos>", *"0123456789", "+", "="]
+KIT_FORMAT = 2  # bump when what a kit holds changes, so cached kits are rebuilt
 
 
 def kit_dir(cfg: KitConfig) -> Path:
     if cfg.dir:
         return Path(cfg.dir).expanduser().resolve()
-    key = json.dumps(cfg.model_dump(exclude={"dir"}), sort_keys=True)
+    key = json.dumps({"format": KIT_FORMAT, **cfg.model_dump(exclude={"dir"})}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = Path(os.environ.get("RELAY_RL_CACHE", "~/.cache/relay-rl")).expanduser()
     return (root / "kits" / f"arithmetic-{digest}").resolve()
@@ -76,7 +77,8 @@ def build_model(cfg: KitConfig, tokenizer):
 def make_task(cfg: KitConfig) -> dict[str, list[dict]]:
     pairs = [(a, b) for a in range(cfg.operand_min, cfg.operand_max + 1) for b in range(cfg.operand_min, cfg.operand_max + 1)]
     random.Random(cfg.seed).shuffle(pairs)
-    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs]
+    # ``solution`` repeats the answer for rewards that read that column (math equivalence, cosine length)
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "solution": str(a + b)} for a, b in pairs]
     test, train = rows[:cfg.test_size], rows[cfg.test_size:]
     return {"train": train, "test": test, "dev": train[:cfg.dev_size]}
 
