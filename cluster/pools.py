@@ -81,8 +81,14 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print) -> P
 
 
 def vllm_options(cfg: RunConfig) -> dict:
-    v = getattr(cfg.rollout, "vllm", None)
-    return v.model_dump() if v is not None and cfg.rollout.engine == "vllm" else {}
+    r = cfg.rollout
+    if r.engine != "vllm":
+        return {}
+    opts = r.vllm.model_dump()
+    if opts["max_model_len"] is None:
+        opts["max_model_len"] = (r.max_prompt_length or 512) + r.max_completion_length
+    opts["seed"] = r.seed if r.seed is not None else cfg.train.seed
+    return opts
 
 
 def shutdown_pools(pools: Pools) -> None:

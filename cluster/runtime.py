@@ -38,8 +38,12 @@ def init_ray(address: str | None, namespace: str, log=print):
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {**default_env(), **{k: v for k, v in os.environ.items() if k.startswith(
-        ("HF_", "TRANSFORMERS_", "VLLM_", "RELAY_RL_", "DS_"))}}}
+    # Forward the user's settings to every actor. DS_ACCELERATOR is left to each actor (configure_worker): the driver
+    # may sit on a CPU-only head while the actors have GPUs. Inside `ray job submit`, the job's own runtime env
+    # already holds most of these; let Ray merge the two instead of refusing.
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "VLLM_", "RELAY_RL_"))}
+    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", **forwarded}}
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     if address:
         ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
         log(f"[relay-rl] joined Ray cluster at {address}")

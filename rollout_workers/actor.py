@@ -81,13 +81,23 @@ class RolloutWorker:
         """Load the buckets of one published version in place (one bucket in memory at a time)."""
         t0 = time.time()
         nbytes = 0
-        for ref in bucket_refs:
-            bucket = ray.get(ref)
-            nbytes += bucket_nbytes(bucket)
-            self.engine.load_weights(arrays_to_tensors(bucket).items())
-            del bucket
+
+        def stream():  # one bucket fetched at a time; the engine sees one iterator of (name, tensor)
+            nonlocal nbytes
+            for ref in bucket_refs:
+                bucket = ray.get(ref)
+                nbytes += bucket_nbytes(bucket)
+                yield from arrays_to_tensors(bucket).items()
+
+        self.engine.load_weights(stream())
         self.version = version
         return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
 
     def get_version(self) -> int:
         return self.version
