@@ -54,6 +54,9 @@ class LearnerPoolSpec(PoolSpec):
 
 
 class ClusterSpec(Strict):
+    colocate: bool = False
+    """Place rollout replica i with learner rank i in one placement-group bundle (shared GPUs, fractional
+    ``num_gpus`` on both pools; needs rollout.replicas <= learner.replicas). False: separate placement."""
     address: Optional[str] = None
     """Ray address to join. None: $RAY_ADDRESS if set (``ray job submit`` sets it), else a new local cluster."""
     namespace: str = "relay-rl"
@@ -177,7 +180,10 @@ class RolloutConfig(Strict):
     eval_success_threshold: float = 1.0
     """``eval/accuracy`` counts completions whose weighted reward reaches this."""
     weight_sync_bucket_mb: float = Field(256.0, gt=0)
-    """Weight syncs travel in buckets of about this many MiB (one object-store object each)."""
+    """Weight syncs travel in buckets of about this many MiB (one object-store object / one broadcast each)."""
+    weight_transport: Literal["object_store", "collective"] = "object_store"
+    """How weights reach the engines: the Ray object store (everywhere; never blocks generation), or a broadcast from
+    learner rank 0 over a process group with the rollout actors (NCCL on GPUs, gloo on CPU)."""
     seed: Optional[int] = None
     """Sampling seed of the engines. None: ``train.seed``."""
     stop: Optional[list[str]] = None
@@ -409,6 +415,9 @@ class RunConfig(Strict):
             raise ValueError("beta > 0 needs reference log-probs from the teacher pool: set cluster.teacher.replicas >= 1")
         if self.cluster.rollout.replicas < 1 or self.cluster.reward.replicas < 1:
             raise ValueError("cluster.rollout.replicas and cluster.reward.replicas must be >= 1")
+        if self.cluster.colocate and self.cluster.rollout.replicas > self.cluster.learner.replicas:
+            raise ValueError("cluster.colocate puts rollout replica i beside learner rank i: set rollout.replicas "
+                             f"({self.cluster.rollout.replicas}) <= learner.replicas ({self.cluster.learner.replicas})")
         resolve_schedule(self)  # raises on batch-size rules
         return self
 

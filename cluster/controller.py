@@ -100,10 +100,14 @@ class Controller:
             t_step = time.time()
             self.launch_generations()  # 1. rollout
             admission = self.admit_for_step()  # 2. admit
+            self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
             learned = reduce_stats([*ray.get([r.train_step.remote() for r in self.pools.learner]), *admission])  # 3.
             self.version += 1
             self.admitted_microsteps -= self.sched.GA
             record = self.record(step, learned, time.time() - t_step)  # 4. record
+            a = self.cfg.algorithm
+            if a.sync_ref_model and step % a.ref_model_sync_steps == 0:
+                self.pipe.sync_reference(a.ref_model_mixup_alpha)
             if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
                 self.evaluate(step)
             if t.save_steps and step % t.save_steps == 0 and step != t.max_steps:

@@ -118,38 +118,78 @@ class Pipeline:
         self.rollout_version = 0  # version the rollout pool holds (after queued loads)
         self.pending_loads: list = []
         self.last_sync: dict = {}
+        self.plan = None  # bucket plan of the collective transport
+        self.asleep = False  # colocated vLLM engines resting while the learner trains
         r = cfg.rollout
         self.sampling = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
                              repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
                              stop=tuple(r.stop) if r.stop else None)
 
+    # -- colocated engines ---------------------------------------------------------------------------------------
+    @property
+    def sleeps(self) -> bool:
+        r = self.cfg.rollout
+        return self.cfg.cluster.colocate and r.engine == "vllm" and r.vllm.enable_sleep_mode
+
+    def rest_rollout(self, inflight: int) -> None:
+        """Colocated vLLM: free the KV cache while the learner trains (only when no generation is in flight)."""
+        if self.sleeps and not self.asleep and inflight == 0:
+            ray.get([w.sleep.remote() for w in self.pools.rollout])
+            self.asleep = True
+
+    def wake_rollout(self) -> None:
+        if self.asleep:
+            ray.get([w.wake.remote() for w in self.pools.rollout])
+            self.asleep = False
+
     # -- weights ------------------------------------------------------------------------------------------------
     def sync_rollout(self, version: int, force: bool = False) -> None:
-        """Publish the learner's weights (version ``version``) and queue an in-place load on every rollout actor.
-        The loads run in each actor's order: after generations already queued, before the next ones."""
+        """Send the learner's weights (version ``version``) to every rollout actor, through the configured transport.
+        Object store: publish once, then queue an in-place load on each actor (it runs in the actor's order: after
+        generations already queued, before the next ones). Collective: broadcast, with the actors receiving."""
         if self.rollout_version == version and not force:
             return
+        self.wake_rollout()
         t0 = time.time()
-        refs = ray.get([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
-        publish_s = time.time() - t0
-        self.pending_loads = [w.load_weights.remote(version, refs) for w in self.pools.rollout]
+        mb = self.cfg.rollout.weight_sync_bucket_mb
+        if self.cfg.rollout.weight_transport == "collective":
+            self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
+            self.pending_loads = [w.receive_weights.remote(version, self.plan) for w in self.pools.rollout]
+            ray.get([r.broadcast_weights.remote(mb) for r in self.pools.learner])
+        else:
+            refs = ray.get([r.publish_weights.remote(mb) for r in self.pools.learner])[0]
+            self.pending_loads = [w.load_weights.remote(version, refs) for w in self.pools.rollout]
         self.rollout_version = version
-        self.last_sync = {"publish_s": publish_s, "version": version}
+        self.last_sync = {"publish_s": time.time() - t0, "version": version}
+
+    def sync_reference(self, alpha: float) -> None:
+        """TR-DPO reference refresh: theta_ref <- alpha * theta + (1 - alpha) * theta_ref on every teacher actor."""
+        refs = ray.get([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
+        ray.get([t.mix_weights.remote(refs, alpha) for t in self.pools.teacher])
 
     def sync_stats(self) -> dict:
         """Finish the last sync's bookkeeping (waits for the queued loads)."""
         if not self.pending_loads:
             return {}
-        infos = ray.get(self.pending_loads)
+        try:
+            infos = ray.get(self.pending_loads)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            log.warning("a rollout worker died during a weight sync (%s); restarting it", type(e).__name__)
+            self.pending_loads = []
+            self._await_restarts()  # brings restarted actors to the current version
+            return {}
         self.pending_loads = []
-        load_s = max(i["load_s"] for i in infos)
-        return {"timing/sync_s": self.last_sync["publish_s"] + load_s, "sync/bytes": infos[0]["bytes"],
-                "sync/load_s": load_s, "sync/publish_s": self.last_sync["publish_s"]}
+        load_s, publish_s = max(i["load_s"] for i in infos), self.last_sync["publish_s"]
+        # object store: publish, then the queued loads; collective: the broadcast and the loads run together
+        total = max(publish_s, load_s) if self.cfg.rollout.weight_transport == "collective" else publish_s + load_s
+        return {"timing/sync_s": total, "sync/bytes": infos[0]["bytes"], "sync/load_s": load_s,
+                "sync/publish_s": publish_s}
 
     # -- generation ---------------------------------------------------------------------------------------------
     def launch(self, gen_id: int, records: list | None = None) -> Generation:
         """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once."""
         s, a = self.sched, self.cfg.algorithm
+        self.wake_rollout()
         records = records if records is not None else self.sampler.take(s.prompts_per_generation)
         gen = Generation(gen_id=gen_id, records=records, version=self.rollout_version)
         params = SamplingParams(n=s.G, seed=(self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id,
@@ -214,6 +254,7 @@ class Pipeline:
     # -- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self, eval_data, step: int) -> dict:
         r = self.cfg.rollout
+        self.wake_rollout()
         greedy = r.eval_temperature == 0
         n = r.num_generations_eval or (1 if greedy else self.sched.G)
         params = SamplingParams(n=n, temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,

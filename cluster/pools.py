@@ -31,22 +31,39 @@ class Pools:
         return [*self.rollout, *self.reward, *self.teacher, *self.learner]
 
 
-def _actor(cls, spec: PoolSpec, name: str, namespace: str, **options):
+def _actor(cls, spec: PoolSpec, name: str, namespace: str, pg=None, bundle: int | None = None, **options):
+    if pg is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)
     return ray.remote(cls).options(
         name=name, namespace=namespace, num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources,
-        max_restarts=spec.max_restarts, max_task_retries=0, max_concurrency=1, **options)
+        max_restarts=spec.max_restarts, max_task_retries=0, **options)
+
+
+def _bundle(*specs: PoolSpec) -> dict:
+    out: dict = {}
+    for s in specs:
+        for k, v in {"CPU": s.num_cpus, "GPU": s.num_gpus, **s.resources}.items():
+            if v:
+                out[k] = out.get(k, 0) + v
+    return out
 
 
 def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print) -> Pools:
-    c, ns = cfg.cluster, cfg.cluster.namespace
-    P = c.learner.replicas
-    r = cfg.rollout
+    c, ns, r = cfg.cluster, cfg.cluster.namespace, cfg.rollout
+    P, R = c.learner.replicas, c.rollout.replicas
+    # The learner ranks share a placement group, one bundle each; colocated, rollout replica i joins bundle i.
+    bundles = [_bundle(c.learner, c.rollout) if c.colocate and i < R else _bundle(c.learner) for i in range(P)]
+    pg = placement_group(bundles, strategy="PACK", name=f"{run_name}/learner")
+    ray.get(pg.ready(), timeout=600)
+
     engine_options = {"trust_remote_code": cfg.model.trust_remote_code, **vllm_options(cfg)}
     rollout = [
-        _actor(RolloutWorker, c.rollout, f"{run_name}/rollout-{i}", ns).remote(
+        _actor(RolloutWorker, c.rollout, f"{run_name}/rollout-{i}", ns, *((pg, i) if c.colocate else ())).remote(
             model_path, r.engine, cfg.model.dtype, engine_options, index=i, max_prompt_length=r.max_prompt_length,
             prompt_column=cfg.data.prompt_column)
-        for i in range(c.rollout.replicas)]
+        for i in range(R)]
+    if c.colocate:  # vLLM sizes its KV cache from the free GPU memory it sees at start: start it before the learner
+        ray.get([a.ping.remote() for a in rollout])
     reward = [
         _actor(RewardWorker, c.reward, f"{run_name}/reward-{i}", ns).remote(
             [f if isinstance(f, str) else f.model_dump() for f in cfg.reward.reward_funcs], model_path,
@@ -58,25 +75,23 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print) -> P
             model_path, cfg.model.dtype, temperature=r.temperature or 1.0, index=i,
             trust_remote_code=cfg.model.trust_remote_code) for i in range(c.teacher.replicas)]
 
-    bundle = {"CPU": c.learner.num_cpus, **({"GPU": c.learner.num_gpus} if c.learner.num_gpus else {}),
-              **c.learner.resources}
-    pg = placement_group([dict(bundle) for _ in range(P)], strategy="PACK", name=f"{run_name}/learner")
-    ray.get(pg.ready(), timeout=600)
     cfg_dict = cfg.model_dump(mode="json")
-    learner = [
-        ray.remote(LearnerRank).options(
-            name=f"{run_name}/learner-{i}", namespace=ns, num_cpus=c.learner.num_cpus, num_gpus=c.learner.num_gpus,
-            max_restarts=0, scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-        ).remote(i, P, cfg_dict, model_path)
-        for i in range(P)]
+    learner = [_actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, model_path)
+               for i in range(P)]
     addr, port = ray.get(learner[0].rendezvous.remote())
     infos = ray.get([a.setup.remote(addr, port) for a in learner]
                     + [a.ping.remote() for a in rollout + reward + teacher])
+    if r.weight_transport == "collective":
+        addr, port = ray.get(learner[0].rendezvous.remote())
+        backend = "nccl" if c.learner.num_gpus and c.rollout.num_gpus else "gloo"
+        ray.get([learner[0].init_sync_group.remote(addr, port, R + 1, backend)]
+                + [w.init_sync_group.remote(addr, port, R + 1, i + 1, backend) for i, w in enumerate(rollout)])
     li = infos[0]
-    log(f"[relay-rl] pools up: rollout x{len(rollout)} ({r.engine}), reward x{len(reward)}, "
+    log(f"[relay-rl] pools up: rollout x{R} ({r.engine}), reward x{len(reward)}, "
         + (f"teacher x{len(teacher)}, " if teacher else "")
         + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['parameters']:,} parameters, "
-          f"setup {li['setup_s']:.0f}s)")
+          f"setup {li['setup_s']:.0f}s)" + (", colocated" if c.colocate else "")
+        + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else ""))
     return Pools(rollout=rollout, reward=reward, learner=learner, teacher=teacher, placement_group=pg)
 
 

@@ -21,9 +21,10 @@ import torch
 from cluster.batch import Batch
 from cluster.config import RunConfig, resolve_schedule
 from cluster.metrics import merge_stats
-from .losses import LossScale, PolicyBatch, entropy_threshold, policy_loss, rollout_is_weights
+from cluster.weight_sync import Plan, bucket_plan
 from .logprobs import completion_logprobs, fp32_lm_head
-from .weights import gathered_state_buckets
+from .losses import AdaptiveEntropy, LossScale, PolicyBatch, entropy_threshold, policy_loss, rollout_is_weights
+from .weights import gathered_buckets, tensor_to_array, to_arrays
 
 
 class LearnerRank:
@@ -37,8 +38,9 @@ class LearnerRank:
         self.model_path = model_path
         self.version = 0
         self.queue: deque = deque()  # (shard, slice index) per pending micro-step
-        self.entropy_coef = self.alg.entropy_coef
-        self.last_entropy = math.inf  # H-hat of the previous step (adaptive entropy)
+        a = self.alg
+        self.entropy = AdaptiveEntropy(a.entropy_coef, a.entropy_target, a.entropy_coef_delta, a.entropy_coef_min,
+                                       a.entropy_coef_max, adaptive=a.use_adaptive_entropy)
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0 publishes the address the process group meets at."""
@@ -163,7 +165,7 @@ class LearnerRank:
         GA = self.sched.GA
         if len(self.queue) < GA:
             raise RuntimeError(f"train_step needs {GA} admitted micro-batches, has {len(self.queue)}")
-        coef = self.entropy_coef if (not self.alg.use_adaptive_entropy or self.last_entropy <= self.alg.entropy_target) else 0.0
+        coef = self.entropy.coef_for_step()
         stats: dict = {}
         ent_sum = torch.zeros(2, dtype=torch.float64)
         for _ in range(GA):
@@ -173,8 +175,11 @@ class LearnerRank:
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
             ent_sum += ent
             merge_stats(stats, mb_stats)
-        if self.alg.use_adaptive_entropy:
-            self._adapt_entropy(ent_sum)
+        if self.alg.use_adaptive_entropy:  # global token mean of H over M^eff, all micro-batches and ranks
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.all_reduce(ent_sum)
+            self.entropy.update(float(ent_sum[0] / ent_sum[1].clamp(min=1)))
         self.version += 1
         grad_norm = self.engine.get_global_grad_norm()
         stats.update({
@@ -219,50 +224,55 @@ class LearnerRank:
         ent = torch.tensor([float((entropy.detach() * m_eff).sum()), float(m_eff.sum())], dtype=torch.float64)
         return loss, stats, ent
 
-    def _adapt_entropy(self, ent_sum: torch.Tensor) -> None:
-        """Skywork-OR1: after each step compare the global token-mean entropy with the target (§6.2)."""
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.all_reduce(ent_sum)
-        h = float(ent_sum[0] / ent_sum[1].clamp(min=1))
-        a = self.alg
-        if h <= a.entropy_target:
-            self.entropy_coef = min(self.entropy_coef + a.entropy_coef_delta, a.entropy_coef_max)
-        else:
-            self.entropy_coef = max(self.entropy_coef - a.entropy_coef_delta, a.entropy_coef_min)
-        self.last_entropy = h
-
     # ------------------------------------------------------------------------------------------------------------
     # weights out
     # ------------------------------------------------------------------------------------------------------------
+    def weight_plan(self, bucket_mb: float) -> Plan:
+        return bucket_plan(self.engine.module, int(bucket_mb * 2**20))
+
     def publish_weights(self, bucket_mb: float) -> list | None:
-        """Collective. Rank 0 returns [ObjectRef per bucket] of numpy arrays; other ranks None."""
+        """Collective. Rank 0 puts each bucket in the object store once; returns [ObjectRef per bucket] (others None)."""
         import ray
         refs = []
-        for bucket in gathered_state_buckets(self.engine.module, self.zero_stage, int(bucket_mb * 2**20),
-                                             want=self.rank == 0):
-            refs.append(ray.put(bucket))
+        for bucket in gathered_buckets(self.engine.module, self.zero_stage, self.weight_plan(bucket_mb)):
+            if self.rank == 0:
+                refs.append(ray.put(to_arrays(bucket)))
         return refs if self.rank == 0 else None
+
+    def init_sync_group(self, host: str, port: int, world_size: int, backend: str) -> bool:
+        """Rank 0 joins the weight-sync group with the rollout actors (collective transport)."""
+        from cluster.weight_sync import init_group
+        self.sync_group = init_group(host, port, world_size, 0, backend)
+        return True
+
+    def broadcast_weights(self, bucket_mb: float) -> dict:
+        """Collective over the learner ranks (gather) and, on rank 0, over the sync group (broadcast)."""
+        from cluster.weight_sync import broadcast_bucket
+        t0, nbytes = time.time(), 0
+        plan = self.weight_plan(bucket_mb)
+        for spec, bucket in zip(plan, gathered_buckets(self.engine.module, self.zero_stage, plan)):
+            if self.rank == 0:
+                broadcast_bucket(self.sync_group, spec, bucket, self.device)
+                nbytes += sum(t.numel() * t.element_size() for t in bucket.values())
+        return {"publish_s": time.time() - t0, "bytes": nbytes}
 
     def full_state(self) -> dict:
         """Collective. Every rank returns the full weights {name: array} (tests compare ranks with this)."""
-        from .weights import DTYPES_KEY
         state = {}
-        for bucket in gathered_state_buckets(self.engine.module, self.zero_stage, 2**62, want=True):
-            state.update({k: v for k, v in bucket.items() if k != DTYPES_KEY})
+        for bucket in gathered_buckets(self.engine.module, self.zero_stage, self.weight_plan(2**40)):
+            state.update({k: tensor_to_array(t, copy=True)[0] for k, t in bucket.items()})
         return state
 
     def save_hf(self, path: str) -> str | None:
         """Collective. Rank 0 writes an HF checkpoint (weights, config, tokenizer) that transformers and vLLM load."""
         from transformers import AutoTokenizer
-        from .weights import arrays_to_tensors
         state = {}
-        for bucket in gathered_state_buckets(self.engine.module, self.zero_stage, 2**62, want=self.rank == 0):
-            state.update(arrays_to_tensors(bucket))
+        for bucket in gathered_buckets(self.engine.module, self.zero_stage, self.weight_plan(2**40)):
+            if self.rank == 0:
+                state.update({k: t.to("cpu", copy=True) for k, t in bucket.items()})
         if self.rank != 0:
             return None
-        module = self.engine.module
-        module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
         return path
 

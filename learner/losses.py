@@ -297,3 +297,35 @@ def gmpo_loss(cfg, x: PolicyBatch, A, old, s: LossScale, stats) -> Tensor:
     stats["clip_ratio/region_mean"] = mean_stat(clipped, m_e)
     stats["importance_ratio/mean"] = ("mean", float((seq_ratio_B.detach() * rows).sum()), float(rows.sum()))
     return L_B.sum() / L_B.shape[0] / (s.GA if s.train else 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# §6.2 adaptive entropy coefficient (Skywork-OR1)
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class AdaptiveEntropy:
+    """c and the last step's entropy H-hat. A step uses the c left by the previous step, and only if the previous
+    H-hat <= target (H-hat starts at +inf: no bonus at step 1). After each step: c +/- delta, clamped to [min, max]."""
+
+    coef: float
+    target: float
+    delta: float
+    coef_min: float
+    coef_max: float
+    adaptive: bool = True
+    last_entropy: float = math.inf
+
+    def coef_for_step(self) -> float:
+        if not self.adaptive:
+            return self.coef
+        return self.coef if self.last_entropy <= self.target else 0.0
+
+    def update(self, step_entropy: float) -> None:
+        """``step_entropy``: the global token-weighted mean of H over M^eff across the step's micro-batches and ranks."""
+        if not self.adaptive:
+            return
+        if step_entropy <= self.target:
+            self.coef = min(self.coef + self.delta, self.coef_max)
+        else:
+            self.coef = max(self.coef - self.delta, self.coef_min)
+        self.last_entropy = step_entropy

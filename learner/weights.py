@@ -1,7 +1,7 @@
-"""Full weights out of a (possibly ZeRO-3-partitioned) model, in buckets of numpy arrays for the object store.
+"""Full weights out of a (possibly ZeRO-3-partitioned) model, bucket by bucket.
 
-numpy, because the object store hands numpy arrays out zero-copy; bfloat16 (which numpy lacks) travels as its
-int16 bit pattern and is viewed back on arrival.
+On the object-store path buckets travel as numpy arrays, because the object store hands numpy out zero-copy;
+bfloat16 (which numpy lacks) travels as its int16 bit pattern and is viewed back on arrival.
 """
 from __future__ import annotations
 
@@ -11,14 +11,41 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from cluster.weight_sync import Plan
+
 DTYPES_KEY = "__dtypes__"
 
 
-def tensor_to_array(t: torch.Tensor) -> tuple[np.ndarray, str]:
-    t = t.detach().to("cpu", copy=True).contiguous()
+def gathered_buckets(module: torch.nn.Module, zero_stage: int, plan: Plan) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield {name: full tensor} per bucket of ``plan``. Under ZeRO-3 this is a collective (every rank must iterate to
+    the end) and the tensors are valid only until the next iteration: copy what you keep."""
+    import deepspeed
+
+    params = dict(module.named_parameters())
+    for bucket in plan:
+        ps = [params[name] for name, _, _ in bucket]
+        gather = deepspeed.zero.GatheredParameters(ps, modifier_rank=None) if zero_stage == 3 else nullcontext()
+        with gather:
+            yield {name: p.detach() for (name, _, _), p in zip(bucket, ps)}
+
+
+def tensor_to_array(t: torch.Tensor, copy: bool = False) -> tuple[np.ndarray, str]:
+    """A numpy view of a CPU tensor (a copy from GPU memory, or when asked): ``ray.put`` copies it into the store
+    anyway, so the object-store path makes one copy of the weights, like a raw ``ray.put``."""
+    t = t.detach()
+    t = t.to("cpu", copy=copy) if not t.is_cuda else t.cpu()
+    t = t.contiguous()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy(), "bfloat16"
     return t.numpy(), str(t.dtype).removeprefix("torch.")
+
+
+def to_arrays(bucket: dict[str, torch.Tensor]) -> dict:
+    out, dtypes = {}, {}
+    for name, t in bucket.items():
+        out[name], dtypes[name] = tensor_to_array(t)
+    out[DTYPES_KEY] = dtypes
+    return out
 
 
 def arrays_to_tensors(bucket: dict) -> dict[str, torch.Tensor]:
@@ -35,33 +62,3 @@ def arrays_to_tensors(bucket: dict) -> dict[str, torch.Tensor]:
 
 def bucket_nbytes(bucket: dict) -> int:
     return sum(a.nbytes for k, a in bucket.items() if k != DTYPES_KEY)
-
-
-def gathered_state_buckets(module: torch.nn.Module, zero_stage: int, bucket_bytes: int, want: bool) -> Iterator[dict]:
-    """Yield {name: array} buckets of full parameters. Under ZeRO-3 this is a collective: every rank must iterate
-    to the end; ranks with ``want=False`` gather but yield nothing."""
-    import deepspeed
-
-    params = list(module.named_parameters())
-    buckets, current, size = [], [], 0
-    for name, p in params:
-        nbytes = getattr(p, "ds_numel", p.numel()) * p.element_size()
-        if current and size + nbytes > bucket_bytes:
-            buckets.append(current)
-            current, size = [], 0
-        current.append((name, p))
-        size += nbytes
-    if current:
-        buckets.append(current)
-    for bucket in buckets:
-        gather = (deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None)
-                  if zero_stage == 3 else nullcontext())
-        with gather:
-            out = None
-            if want:
-                out, dtypes = {}, {}
-                for name, p in bucket:
-                    out[name], dtypes[name] = tensor_to_array(p)
-                out[DTYPES_KEY] = dtypes
-        if want:
-            yield out

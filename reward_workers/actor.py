@@ -52,8 +52,8 @@ class RewardWorker:
         columns, errors, stuck = [], {}, False
         async_funcs = [(i, n, f) for i, (n, f) in enumerate(self.funcs) if inspect.iscoroutinefunction(f)]
         results: dict[int, object] = {}
-        if async_funcs:  # awaited concurrently
-            results.update(asyncio.run(self._run_async(async_funcs, kwargs)))
+        if async_funcs:  # awaited concurrently, on an event loop of their own (the actor's thread may run one)
+            results.update(self.pool.submit(asyncio.run, self._run_async(async_funcs, kwargs)).result())
         for i, (name, fn) in enumerate(self.funcs):  # sync functions, in order
             if i in results:
                 continue

@@ -93,6 +93,21 @@ class RolloutWorker:
         self.version = version
         return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
 
+    def init_sync_group(self, host: str, port: int, world_size: int, rank: int, backend: str) -> bool:
+        """Join the learner's weight-sync group (collective transport)."""
+        from cluster.weight_sync import init_group
+        self.sync_group = init_group(host, port, world_size, rank, backend)
+        return True
+
+    def receive_weights(self, version: int, plan: list) -> dict:
+        """The collective transport's receiving side: buckets arrive by broadcast and stream into the engine."""
+        from cluster.weight_sync import receive_stream
+        t0, counter = time.time(), [0]
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.engine.load_weights(receive_stream(self.sync_group, plan, device, counter))
+        self.version = version
+        return {"load_s": time.time() - t0, "bytes": counter[0], "version": version}
+
     def sleep(self) -> None:
         self.engine.sleep()
 

@@ -13,16 +13,21 @@ from rollout_workers.engine import SamplingParams
 from tests.conftest import quickstart_dict
 
 
-@pytest.fixture(scope="module")
-def setup(ray_cluster, kit):
+@pytest.fixture(scope="module", params=[("object_store", False), ("collective", True)],
+                ids=["object_store-separate", "collective-colocated"])
+def setup(request, ray_cluster, kit):
+    """Both weight transports; the collective one (gloo here, NCCL on GPUs) with rollout and learner colocated."""
     from cluster.data import load_data
+    transport, colocate = request.param
     raw = quickstart_dict(
         algorithm={"per_device_train_batch_size": 16, "num_generations": 4},
+        rollout={"weight_transport": transport, "weight_sync_bucket_mb": 1.0},
         train={"learning_rate": 1e-2, "lr_scheduler_type": "constant", "zero_stage": 3},
-        cluster={"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 2, "num_cpus": 0.5}})
+        cluster={"colocate": colocate, "learner": {"replicas": 2, "num_cpus": 1},
+                 "rollout": {"replicas": 2, "num_cpus": 0.5}})
     cfg = validate_dict(raw)
     sched = resolve_schedule(cfg)
-    pools = create_pools(cfg, "roundtrip", kit["warm_start"], log=lambda m: None)
+    pools = create_pools(cfg, f"roundtrip-{transport}", kit["warm_start"], log=lambda m: None)
     train_data, eval_data = load_data(cfg.data, cfg.kit)
     pipe = Pipeline(cfg, sched, pools, train_data, ["arithmetic_exact"])
     yield cfg, sched, pools, pipe, eval_data
@@ -44,14 +49,15 @@ def test_round_trip_changes_rollout_after_sync(setup):
     assert 0.0 <= gen.stats["reward/mean"] <= 1.0 and gen.stats["policy_version"] == 0
     shard = ray.get(gen.shards[0])  # what rank 0 receives
     assert len(shard) == sched.B * sched.S and shard.advantages is not None and shard.rewards.shape[1] == 1
-    torch.testing.assert_close(shard.advantages.sum(), torch.tensor(0.0), atol=1e-4, rtol=0)  # whole groups
+    whole = torch.cat([ray.get(s).advantages for s in gen.shards])
+    torch.testing.assert_close(whole.sum(), torch.tensor(0.0), atol=1e-4, rtol=0)  # whole groups, then shuffled
 
     ray.get([r.admit.remote(s) for r, s in zip(pools.learner, gen.shards)])
     stats = ray.get([r.train_step.remote() for r in pools.learner])
     assert stats[0]["staleness/max"][1] == 0
     pipe.sync_rollout(1)
     sync = pipe.sync_stats()
-    assert sync["sync/bytes"] > 3_000_000  # about 1M float32 parameters
+    assert sync["sync/bytes"] == 986_240 * 4  # every parameter once (tied embeddings once), float32
 
     after = ray.get(pools.rollout[0].generate.remote(probe, greedy))
     assert after.policy_version.eq(1).all()

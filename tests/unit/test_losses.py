@@ -604,3 +604,21 @@ def test_eval_drops_the_ga_factor(loss_type):
     factor = 2.0 if loss_type in ("dapo", "cispo", "vespo") else 4.0  # dapo family: GA/S; the others: GA
     close(ev[0], train[0] * factor, rtol=1e-12, atol=1e-15)
     close(ev[1], train[1] * factor, rtol=1e-12, atol=1e-15)
+
+
+def test_adaptive_entropy_trajectory():
+    """§12: a scripted sequence of H-hat values yields the expected trajectory of c (clamped; no bonus at step 1)."""
+    from learner.losses import AdaptiveEntropy
+    ae = AdaptiveEntropy(coef=0.01, target=0.2, delta=0.005, coef_min=0.0, coef_max=0.02)
+    used, coefs = [], []
+    for h in [0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5, 0.15]:
+        used.append(ae.coef_for_step())
+        ae.update(h)
+        coefs.append(round(ae.coef, 6))
+    assert used[0] == 0.0  # H-hat starts at +inf: no bonus at step 1
+    assert coefs == [0.015, 0.02, 0.02, 0.015, 0.01, 0.005, 0.0, 0.005]  # clamped at max 0.02 and min 0.0
+    # a step applies the c left by the previous step, only when the previous H-hat <= target
+    assert used[1:] == [0.015, 0.02, 0.02, 0.0, 0.0, 0.0, 0.0]
+    static = AdaptiveEntropy(coef=0.01, target=0.2, delta=0.005, coef_min=0.0, coef_max=1.0, adaptive=False)
+    static.update(0.0)
+    assert static.coef_for_step() == 0.01

@@ -1,0 +1,183 @@
+"""Rollout throughput and weight-sync cost, each against its raw baseline, side by side in one run.
+
+    python tests/benchmarks/bench_rollout_sync.py [--engine vllm|hf] [--sync-mb 400] [--repeats 3]
+
+(a) Rollout: the same prompts and sampling settings through relay-rl's rollout actor (a Ray call that tokenizes,
+    generates, and returns a ``Batch`` with behaviour log-probs and version tags) against the raw engine call
+    (``vllm.LLM.generate`` in-process; or transformers ``generate`` for ``--engine hf``). Tokens/s and overhead.
+(b) Weight sync: one sync of a model of about ``--sync-mb`` MiB from a DeepSpeed ZeRO-3 learner rank to a rollout
+    actor (gather, object store, in-place load) against a raw ``ray.put`` in one actor + ``ray.get`` in another of the
+    same number of bytes. Seconds, bytes, ratio; for both transports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+             "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "2",
+             "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(k, v)
+
+
+def random_model(out: Path, hidden: int, layers: int, inter: int, max_pos: int = 128) -> str:
+    """The kit's tokenizer with a randomly initialised Qwen3 of the given size (random weights rarely emit EOS, so
+    completions run to max_tokens: a steady generation workload)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from cluster.kit import build_tokenizer
+    tok = build_tokenizer()
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128), head_dim=64,
+                      max_position_embeddings=max_pos, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_rollout(engine: str, model: str, repeats: int, n_prompts: int, n: int, max_tokens: int) -> dict:
+    import ray
+
+    from rollout_workers.actor import RolloutWorker
+    from rollout_workers.engine import SamplingParams, make_engine
+
+    records = [{"prompt": f"{10 + i % 90}+{10 + (i * 7) % 90}="} for i in range(n_prompts)]
+    params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0)
+    opts = {"max_model_len": 128, "enforce_eager": True} if engine == "vllm" else {}
+
+    raw = make_engine(engine, model, "float32", dict(opts))
+    ids = [raw.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in records]
+    tokens = sum(len(c.token_ids) for comps in raw.generate(ids, params) for c in comps)
+    raw_s = median_time(lambda: raw.generate(ids, params), repeats)
+    if engine == "vllm":
+        from vllm import SamplingParams as VSP
+        from vllm.inputs import TokensPrompt
+        vsp = VSP(n=n, temperature=1.0, max_tokens=max_tokens, seed=0, logprobs=0)
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in ids]
+        raw_s = median_time(lambda: raw.llm.generate(prompts, vsp, use_tqdm=False), repeats)  # the bare vLLM call
+    del raw
+
+    # the actor gets the driver's core count, so both sides run the same number of threads
+    actor = ray.remote(RolloutWorker).options(num_cpus=os.cpu_count()).remote(model, engine, "float32", dict(opts))
+    ray.get(actor.ping.remote())
+    service_s = median_time(lambda: ray.get(actor.generate.remote(records, params)), repeats)
+    ray.kill(actor)
+    return {"engine": engine, "completions": n_prompts * n, "tokens": tokens, "raw_s": raw_s, "service_s": service_s,
+            "raw_tokens_per_s": tokens / raw_s, "service_tokens_per_s": tokens / service_s,
+            "overhead": service_s / raw_s - 1}
+
+
+def bench_sync(model: str, repeats: int, transport: str) -> dict:
+    import numpy as np
+    import ray
+
+    from cluster.config import validate_dict
+    from cluster.pipeline import Pipeline
+    from cluster.pools import create_pools, shutdown_pools
+    from cluster.config import resolve_schedule
+    from tests.conftest import quickstart_dict
+
+    raw = quickstart_dict(rollout={"weight_transport": transport, "weight_sync_bucket_mb": 256},
+                          cluster={"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 1, "num_cpus": 1}})
+    raw.pop("kit")
+    raw["model"] = {"name_or_path": model}
+    raw["data"] = {"train": str(ROOT / "tests/benchmarks/_prompts.jsonl")}
+    Path(raw["data"]["train"]).write_text('{"prompt": "1+1="}\n')
+    cfg = validate_dict(raw)
+    pools = create_pools(cfg, f"bench-sync-{transport}", model, log=lambda m: None)
+    try:
+        pipe = Pipeline(cfg, resolve_schedule(cfg), pools, None, ["arithmetic_exact"])
+        version = [0]
+
+        def sync():
+            version[0] += 1
+            pipe.sync_rollout(version[0])
+            return pipe.sync_stats()
+
+        stats = sync()
+        parts = []
+        sync_s = median_time(lambda: parts.append(sync()), repeats)
+        nbytes = stats["sync/bytes"]
+        publish_s = statistics.median(p["sync/publish_s"] for p in parts)
+        load_s = statistics.median(p["sync/load_s"] for p in parts)
+    finally:
+        shutdown_pools(pools)
+        Path(raw["data"]["train"]).unlink(missing_ok=True)
+
+    @ray.remote(num_cpus=1)
+    class Putter:
+        def put(self, n):
+            return [ray.put(np.ones(n, dtype=np.uint8))]
+
+    @ray.remote(num_cpus=1)
+    class Getter:
+        def get(self, refs):
+            return int(ray.get(refs[0]).nbytes)
+
+    p, g = Putter.remote(), Getter.remote()
+    raw_s = median_time(lambda: ray.get(g.get.remote(ray.get(p.put.remote(nbytes)))), repeats)
+    return {"transport": transport, "bytes": nbytes, "sync_s": sync_s, "publish_s": publish_s, "load_s": load_s,
+            "raw_put_get_s": raw_s, "ratio": sync_s / raw_s,
+            "sync_GBps": nbytes / sync_s / 1e9, "raw_GBps": nbytes / raw_s / 1e9}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--sync-mb", type=int, default=400, help="model size for the sync benchmark (fp32 MiB)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["rollout", "sync"])
+    a = ap.parse_args()
+    import ray
+    import torch
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        if "rollout" not in a.skip:
+            gen_model = random_model(Path(d) / "gen", hidden=256, layers=4, inter=1024)
+            results["rollout"] = r = bench_rollout(a.engine, gen_model, a.repeats, a.prompts, a.n, a.max_tokens)
+        if "sync" not in a.skip:
+            layers = max(1, round(a.sync_mb * 2**20 / 4 / (4 * 1024 * 1024 + 3 * 1024 * 2816)))
+            sync_model = random_model(Path(d) / "sync", hidden=1024, layers=layers, inter=2816)
+            results["sync"] = [bench_sync(sync_model, a.repeats, t) for t in ("object_store", "collective")]
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU only, {os.cpu_count()} cores"
+    print(f"\nmachine: {platform.machine()}, {dev}")
+    if "rollout" in results:
+        r = results["rollout"]
+        print(f"(a) rollout, {r['engine']}: {r['completions']} completions, {r['tokens']} tokens | raw "
+              f"{r['raw_tokens_per_s']:.0f} tok/s | relay-rl rollout actor {r['service_tokens_per_s']:.0f} tok/s | "
+              f"overhead {100 * r['overhead']:+.1f}%")
+    for s in results.get("sync", []):
+        print(f"(b) weight sync, {s['transport']}: {s['bytes'] / 2**20:.0f} MiB in {s['sync_s']:.3f}s "
+              f"({s['sync_GBps']:.2f} GB/s) | raw ray.put+ray.get {s['raw_put_get_s']:.3f}s ({s['raw_GBps']:.2f} GB/s) | "
+              f"ratio {s['ratio']:.2f}x (learner side {s['publish_s']:.3f}s, engine load {s['load_s']:.3f}s)")
+    print(json.dumps(results))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
