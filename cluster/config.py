@@ -179,6 +179,11 @@ class RolloutConfig(Strict):
     """Completions per eval prompt. None: 1 when greedy, else ``num_generations``."""
     eval_success_threshold: float = 1.0
     """``eval/accuracy`` counts completions whose weighted reward reaches this."""
+    partial_rollouts: bool = False
+    """A generation in flight across a weight sync finishes with the new weights (its rows are flagged
+    mixed-version and tagged with their oldest version). hf engine; useful with max_staleness >= 1."""
+    partial_rollout_chunk: int = Field(8, ge=1)
+    """Tokens generated between checks for new weights (partial rollouts)."""
     weight_sync_bucket_mb: float = Field(256.0, gt=0)
     """Weight syncs travel in buckets of about this many MiB (one object-store object / one broadcast each)."""
     weight_transport: Literal["object_store", "collective"] = "object_store"
@@ -250,6 +255,13 @@ class GRPOConfig(Strict):
     """mu: passes over each generation batch."""
     max_staleness: int = Field(0, ge=0)
     """k (relay-rl): policy versions a rollout may lag the learner when its batch is admitted. 0 is synchronous."""
+    staleness_policy: Literal["wait", "drop", "use"] = "wait"
+    """What keeps data within max_staleness. ``wait``: generation is held back so no batch is ever too stale.
+    ``drop``: generation runs ahead (up to max_inflight_generations batches); a batch too stale at admission is
+    dropped, counted, and replaced. ``use``: runs ahead; a too-stale batch is trained on anyway with the rollout
+    importance correction, and counted."""
+    max_inflight_generations: Optional[int] = Field(None, ge=1)
+    """Generation batches launched ahead of the learner under ``drop`` / ``use``. None: max_staleness + 1."""
     old_logprob_source: Literal["recompute", "behaviour"] = "recompute"
     """Anchor of the ratio: log-probs recomputed by the learner at admission, or the engine's behaviour log-probs."""
 
@@ -336,6 +348,12 @@ class GRPOConfig(Strict):
         if self.vllm_importance_sampling_correction and self.old_logprob_source == "behaviour":
             raise ValueError("vllm_importance_sampling_correction needs old_logprob_source='recompute' (with "
                              "'behaviour' the ratio already anchors on the engine's log-probs): set one of the two")
+        if self.staleness_policy == "use" and not self.vllm_importance_sampling_correction:
+            raise ValueError("staleness_policy 'use' trains on batches staler than max_staleness and needs the rollout "
+                             "importance correction to cover the lag: set vllm_importance_sampling_correction: true")
+        if self.max_inflight_generations is not None and self.staleness_policy == "wait":
+            raise ValueError("max_inflight_generations applies to staleness_policy drop/use (wait derives the "
+                             "look-ahead from max_staleness)")
         if self.sync_ref_model and self.beta == 0:
             raise ValueError("sync_ref_model needs a reference model: set beta > 0, or sync_ref_model: false")
         if self.entropy_coef_min > self.entropy_coef_max:
@@ -415,6 +433,12 @@ class RunConfig(Strict):
             raise ValueError("beta > 0 needs reference log-probs from the teacher pool: set cluster.teacher.replicas >= 1")
         if self.cluster.rollout.replicas < 1 or self.cluster.reward.replicas < 1:
             raise ValueError("cluster.rollout.replicas and cluster.reward.replicas must be >= 1")
+        if self.rollout.partial_rollouts and self.rollout.engine != "hf":
+            raise ValueError("rollout.partial_rollouts needs the hf engine (vLLM's offline engine cannot take weights "
+                             "mid-generation)")
+        if self.rollout.partial_rollouts and self.rollout.weight_transport != "object_store":
+            raise ValueError("rollout.partial_rollouts needs weight_transport: object_store (a broadcast would wait "
+                             "for the generation to end)")
         if self.cluster.colocate and self.cluster.rollout.replicas > self.cluster.learner.replicas:
             raise ValueError("cluster.colocate puts rollout replica i beside learner rank i: set rollout.replicas "
                              f"({self.cluster.rollout.replicas}) <= learner.replicas ({self.cluster.learner.replicas})")

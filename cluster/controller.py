@@ -81,10 +81,11 @@ class Controller:
         self.cfg, self.sched, self.pools, self.pipe = cfg, sched, pools, pipe
         self.metrics, self.eval_data, self.out, self.log = metrics, eval_data, out, log
         self.version = 0  # learner policy version = optimizer steps applied
-        self.next_gen = 0  # next generation batch to launch
-        self.total_gens = sched.batches_needed(cfg.train.max_steps)
+        self.next_gen = 0  # id of the next generation batch to launch
+        self.batches_needed = sched.batches_needed(cfg.train.max_steps)
         self.inflight: deque = deque()  # launched, not yet admitted
         self.admitted_microsteps = 0  # micro-steps admitted to the learner and not yet consumed
+        self.ledger = Ledger()  # every generated sample: trained on, or counted as dropped
         self.current_gen: dict = {}  # statistics of the generation batch the learner is consuming
         self.failures: dict[str, int] = {}  # consecutive failing batches per reward function
         self.last_eval: dict = {}
@@ -102,6 +103,7 @@ class Controller:
             admission = self.admit_for_step()  # 2. admit
             self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
             learned = reduce_stats([*ray.get([r.train_step.remote() for r in self.pools.learner]), *admission])  # 3.
+            self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
             self.version += 1
             self.admitted_microsteps -= self.sched.GA
             record = self.record(step, learned, time.time() - t_step)  # 4. record
@@ -119,14 +121,22 @@ class Controller:
         if t.eval_steps and self.eval_data is not None and self.last_eval.get("step") != t.max_steps:
             self.evaluate(t.max_steps)
         self.save(self.out / "final")
+        self.ledger.write(self.out / "pipeline.json", self.sched.S * self.sched.mu)
         return {**self.metrics.history[-1], **self.last_eval}
 
     # 1. rollout -------------------------------------------------------------------------------------------------
     def launch_generations(self) -> None:
-        """Launch batch n once the learner reaches v_a(n) - k (§1.3): with k = 0 it is sampled with the weights of
-        the previous batch's last step; with k > 0 it overlaps training and is at most k versions stale."""
-        s = self.sched
-        while self.next_gen < self.total_gens and s.admission_version(self.next_gen) - s.k <= self.version:
+        """``wait``: launch the batch to be admitted n-th once the learner reaches v_a(n) - k (§1.3): with k = 0 it is
+        sampled with the weights of the previous batch's last step; with k > 0 it overlaps training and is at most k
+        versions stale at admission. ``drop`` / ``use``: keep max_inflight_generations batches in flight."""
+        s, a = self.sched, self.cfg.algorithm
+        while len(self.inflight) < self.batches_needed - self.ledger.admitted_batches:
+            n = self.ledger.admitted_batches + len(self.inflight)  # its place in admission order
+            if a.staleness_policy == "wait":
+                if s.admission_version(n) - s.k > self.version:
+                    break
+            elif len(self.inflight) >= (a.max_inflight_generations or s.k + 1):
+                break
             self.pipe.sync_rollout(self.version)
             self.inflight.append(self.pipe.launch(self.next_gen))
             self.next_gen += 1
@@ -134,14 +144,26 @@ class Controller:
     # 2. admit ---------------------------------------------------------------------------------------------------
     def admit_for_step(self) -> list[dict]:
         admission = []
+        policy = self.cfg.algorithm.staleness_policy
         while self.admitted_microsteps < self.sched.GA:
+            if not self.inflight:
+                self.launch_generations()
             gen = self.pipe.wait(self.inflight.popleft())
             self.check_rewards(gen.stats)
+            self.ledger.generated(gen)
             lag = self.version - gen.version
-            if lag > self.sched.k:  # cannot happen by construction; guard the invariant loudly
-                raise RuntimeError(f"generation batch {gen.gen_id} is {lag} versions stale at admission "
-                                   f"(max_staleness {self.sched.k})")
+            if lag > self.sched.k:
+                if policy == "wait":  # cannot happen by construction; guard the invariant loudly
+                    raise RuntimeError(f"generation batch {gen.gen_id} is {lag} versions stale at admission "
+                                       f"(max_staleness {self.sched.k})")
+                if policy == "drop":
+                    self.ledger.dropped(gen, lag)
+                    self.log(f"[relay-rl] dropped generation batch {gen.gen_id}: {lag} versions stale at admission "
+                             f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far")
+                    continue
+                self.ledger.stale_used(gen, lag)
             admission += ray.get([r.admit.remote(shard) for r, shard in zip(self.pools.learner, gen.shards)])
+            self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
         return admission
@@ -171,7 +193,7 @@ class Controller:
                "behaviour_version": g.get("policy_version"), **learned,
                **self.pipe.sync_stats(), "timing/step_s": step_s,
                "samples": self.sched.B * self.sched.P * self.sched.GA,
-               "queue/inflight": len(self.inflight)}
+               "queue/inflight": len(self.inflight), **self.ledger.counters()}
         rec["policy_version"] = self.version
         rec["tokens_per_s"] = learned.get("completions/tokens", 0.0) / max(step_s, 1e-9)
         rec.setdefault("timing/sync_s", 0.0)
@@ -200,3 +222,54 @@ class Controller:
             out["eval_acc"] = f"{self.last_eval['eval/accuracy']:.3f}"
         out["stale"] = int(rec.get("staleness/max") or 0)
         return out
+
+
+class Ledger:
+    """Accounting of every generation batch: generated, admitted (and how many micro-steps it was consumed), dropped
+    as too stale, or used although too stale. Nothing is lost without being counted."""
+
+    def __init__(self):
+        self.samples: dict[int, int] = {}  # gen_id -> samples generated
+        self.admitted_ids: list[int] = []
+        self.dropped_ids: dict[int, int] = {}  # gen_id -> lag
+        self.stale_used_ids: dict[int, int] = {}
+        self.microsteps: dict[int, int] = {}  # gen_id -> micro-steps consumed (per rank)
+        self.expected: dict[int, int] = {}
+
+    @property
+    def admitted_batches(self) -> int:
+        return len(self.admitted_ids)
+
+    @property
+    def dropped_samples(self) -> int:
+        return sum(self.samples[g] for g in self.dropped_ids)
+
+    def generated(self, gen) -> None:
+        self.samples[gen.gen_id] = gen.stats["rows"]
+
+    def dropped(self, gen, lag: int) -> None:
+        self.dropped_ids[gen.gen_id] = lag
+
+    def stale_used(self, gen, lag: int) -> None:
+        self.stale_used_ids[gen.gen_id] = lag
+
+    def admitted(self, gen, microsteps: int) -> None:
+        self.admitted_ids.append(gen.gen_id)
+        self.expected[gen.gen_id] = microsteps
+
+    def consumed(self, hist: dict, ranks: int) -> None:
+        for gen_id, n in hist.items():
+            self.microsteps[int(gen_id)] = self.microsteps.get(int(gen_id), 0) + n // ranks
+
+    def counters(self) -> dict:
+        return {"pipeline/generated_samples": sum(self.samples.values()),
+                "pipeline/admitted_samples": sum(self.samples[g] for g in self.admitted_ids),
+                "pipeline/dropped_samples": self.dropped_samples,
+                "pipeline/stale_used_samples": sum(self.samples[g] for g in self.stale_used_ids)}
+
+    def write(self, path: Path, microsteps_per_batch: int) -> None:
+        import json
+        path.write_text(json.dumps({
+            "microsteps_per_batch": microsteps_per_batch, "generated": self.samples, "admitted": self.admitted_ids,
+            "dropped": self.dropped_ids, "stale_used": self.stale_used_ids, "consumed_microsteps": self.microsteps,
+            **self.counters()}, indent=1))

@@ -53,6 +53,7 @@ def generation_stats(batch: Batch, r: torch.Tensor, lengths: torch.Tensor, score
         "completions/mean_length": float(lengths.mean()),
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
+        "completions/mixed_version_ratio": float(batch.mixed_version.float().mean()) if batch.mixed_version is not None else 0.0,
         "completions/tokens": float(lengths.sum()),
         "timing/generate_s": max(i.get("generate_s", 0.0) for i in scored_infos),
         "timing/reward_s": max(i.get("reward_s", 0.0) for i in scored_infos),
@@ -159,6 +160,8 @@ class Pipeline:
         else:
             refs = ray.get([r.publish_weights.remote(mb) for r in self.pools.learner])[0]
             self.pending_loads = [w.load_weights.remote(version, refs) for w in self.pools.rollout]
+            if self.cfg.rollout.partial_rollouts:  # threaded actors: make sure the load lands before the next generate
+                ray.get(self.pending_loads)
         self.rollout_version = version
         self.last_sync = {"publish_s": time.time() - t0, "version": version}
 

@@ -57,10 +57,14 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print) -> P
     ray.get(pg.ready(), timeout=600)
 
     engine_options = {"trust_remote_code": cfg.model.trust_remote_code, **vllm_options(cfg)}
+    # partial rollouts: a weight load may arrive while a generation runs (two threads; the actor orders them)
+    rollout_options = {"max_concurrency": 2} if r.partial_rollouts else {}
     rollout = [
-        _actor(RolloutWorker, c.rollout, f"{run_name}/rollout-{i}", ns, *((pg, i) if c.colocate else ())).remote(
+        _actor(RolloutWorker, c.rollout, f"{run_name}/rollout-{i}", ns, *((pg, i) if c.colocate else ()),
+               **rollout_options).remote(
             model_path, r.engine, cfg.model.dtype, engine_options, index=i, max_prompt_length=r.max_prompt_length,
-            prompt_column=cfg.data.prompt_column)
+            prompt_column=cfg.data.prompt_column, partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts
+            else None)
         for i in range(R)]
     if c.colocate:  # vLLM sizes its KV cache from the free GPU memory it sees at start: start it before the learner
         ray.get([a.ping.remote() for a in rollout])

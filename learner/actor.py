@@ -220,6 +220,7 @@ class LearnerRank:
             "staleness/max": ("max", float(staleness.max()), 1.0),
             "staleness/hist": ("hist", staleness.long().tolist(), 1.0),
             "completions/tokens": ("sum", float(mask.sum()), 1.0),
+            "consumed/gen_id": ("hist", [int(mb.info.get("gen_id", -1))], 1.0),
         })
         ent = torch.tensor([float((entropy.detach() * m_eff).sum()), float(m_eff.sum())], dtype=torch.float64)
         return loss, stats, ent

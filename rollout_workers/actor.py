@@ -5,6 +5,7 @@ tagged with the policy version of the weights it holds. Weight syncs arrive as o
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import ray
@@ -17,7 +18,8 @@ from .engine import SamplingParams, make_engine
 
 class RolloutWorker:
     def __init__(self, model_path: str, engine: str, dtype: str, engine_options: dict, index: int = 0,
-                 max_prompt_length: int | None = None, prompt_column: str = "prompt"):
+                 max_prompt_length: int | None = None, prompt_column: str = "prompt",
+                 partial_rollout_chunk: int | None = None):
         from cluster.runtime import configure_worker
         configure_worker()
         self.index = index
@@ -27,6 +29,11 @@ class RolloutWorker:
         self.prompt_column = prompt_column
         self.version = 0
         self.calls = 0
+        # partial rollouts: weights that arrive during a generation wait here and load between its chunks
+        self.partial_chunk = partial_rollout_chunk if self.engine.supports_partial_rollouts else None
+        self.lock = threading.Lock()
+        self.pending: tuple | None = None
+        self.generating = False
 
     # ------------------------------------------------------------------------------------------------------------
     def generate(self, records: list[dict], params: SamplingParams, group_offset: int = 0) -> Batch:
@@ -34,7 +41,16 @@ class RolloutWorker:
         self.calls += 1
         prompts = [r[self.prompt_column] for r in records]
         prompt_ids = [self._tokenize(p) for p in prompts]
-        outs = self.engine.generate(prompt_ids, params)
+        if self.partial_chunk:
+            self.generating = True
+            try:
+                outs = self.engine.generate_partial(prompt_ids, params, self.partial_chunk, self._between_chunks)
+            finally:
+                self.generating = False
+        else:
+            with self.lock:
+                self._apply_pending()
+                outs = self.engine.generate(prompt_ids, params)
         n = params.n
         rows = [(i, c) for i, comps in enumerate(outs) for c in comps]
         N = len(rows)
@@ -46,6 +62,8 @@ class RolloutWorker:
         c_ids = torch.full((N, tc), pad, dtype=torch.long)
         c_mask = torch.zeros((N, tc), dtype=torch.float32)
         c_lp = torch.zeros((N, tc), dtype=torch.float32)
+        first = [c.token_versions[0] if c.token_versions else self.version for _, c in rows]
+        last = [c.token_versions[-1] if c.token_versions else self.version for _, c in rows]
         for r, (i, c) in enumerate(rows):
             p, L = prompt_ids[i], len(c.token_ids)
             p_ids[r, tp - len(p):] = torch.tensor(p)
@@ -57,7 +75,8 @@ class RolloutWorker:
         return Batch(
             prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
             behaviour_logprobs=c_lp,
-            policy_version=torch.full((N,), self.version, dtype=torch.long),
+            policy_version=torch.tensor(first, dtype=torch.long),  # the oldest weights that sampled the row
+            mixed_version=torch.tensor(first) != torch.tensor(last),
             group_id=torch.tensor([group_offset + i for i, _ in rows], dtype=torch.long),
             truncated=torch.tensor([c.finish_reason == "length" for _, c in rows]),
             prompts=[prompts[i] for i, _ in rows],
@@ -89,9 +108,28 @@ class RolloutWorker:
                 nbytes += bucket_nbytes(bucket)
                 yield from arrays_to_tensors(bucket).items()
 
-        self.engine.load_weights(stream())
-        self.version = version
+        if self.partial_chunk and self.generating:  # a generation is in flight: it loads these between chunks
+            tensors = list(stream())
+            with self.lock:
+                self.pending = (version, tensors)
+            return {"load_s": time.time() - t0, "bytes": nbytes, "version": version, "deferred": True}
+        with self.lock:
+            self.pending = None
+            self.engine.load_weights(stream())
+            self.version = version
         return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
+
+    def _apply_pending(self) -> None:
+        if self.pending is not None:
+            version, tensors = self.pending
+            self.pending = None
+            self.engine.load_weights(iter(tensors))
+            self.version = version
+
+    def _between_chunks(self) -> int:
+        with self.lock:
+            self._apply_pending()
+            return self.version
 
     def init_sync_group(self, host: str, port: int, world_size: int, rank: int, backend: str) -> bool:
         """Join the learner's weight-sync group (collective transport)."""

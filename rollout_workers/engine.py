@@ -35,6 +35,7 @@ class Completion:
     token_ids: list[int]  # sampled tokens, including the EOS that ended it (if any)
     logprobs: list[float]  # behaviour log-prob of each token (NaN where the engine has none)
     finish_reason: Literal["stop", "length"]
+    token_versions: Optional[list[int]] = None  # policy version that sampled each token (partial rollouts)
 
 
 class RolloutEngine(ABC):
@@ -42,9 +43,17 @@ class RolloutEngine(ABC):
 
     tokenizer = None
 
+    supports_partial_rollouts = False
+
     @abstractmethod
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt, ``params.n`` completions (consecutive)."""
+
+    def generate_partial(self, prompt_ids: list[list[int]], params: SamplingParams, chunk_tokens: int,
+                         between_chunks) -> list[list[Completion]]:
+        """Generate ``chunk_tokens`` at a time; ``between_chunks()`` may load new weights and returns the current
+        policy version, which tags the tokens of the next chunk (partial rollouts). Optional."""
+        raise NotImplementedError(f"{type(self).__name__} does not support partial rollouts")
 
     @abstractmethod
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -9,6 +9,8 @@ from .engine import Completion, RolloutEngine, SamplingParams
 
 
 class HFEngine(RolloutEngine):
+    supports_partial_rollouts = True
+
     def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None,
                  trust_remote_code: bool = False, max_batch_size: int = 1024):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,16 +25,7 @@ class HFEngine(RolloutEngine):
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        from transformers import GenerationConfig
-
-        gen_cfg = GenerationConfig(
-            do_sample=not params.greedy, num_return_sequences=params.n, max_new_tokens=params.max_tokens,
-            temperature=None if params.greedy else params.temperature,
-            top_p=None if params.greedy else params.top_p, top_k=None if params.greedy else params.top_k,
-            min_p=None if params.greedy else params.min_p, repetition_penalty=params.repetition_penalty,
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
-            stop_strings=list(params.stop) if params.stop else None,
-        )
+        gen_cfg = self._gen_config(params, params.n, params.max_tokens)
         if params.seed is not None:
             torch.manual_seed(params.seed)
         per_chunk = max(1, self.max_batch_size // params.n)
@@ -40,6 +33,42 @@ class HFEngine(RolloutEngine):
         for i in range(0, len(prompt_ids), per_chunk):
             out += self._generate_chunk(prompt_ids[i:i + per_chunk], gen_cfg, params.n)
         return out
+
+    @torch.no_grad()
+    def generate_partial(self, prompt_ids, params, chunk_tokens, between_chunks) -> list[list[Completion]]:
+        """Each chunk re-reads prompt + completion so far with the weights of that moment: a generation in flight
+        across a weight sync finishes with the new weights (its earlier tokens keep their behaviour log-probs)."""
+        rows = [p for p in prompt_ids for _ in range(params.n)]
+        toks, lps, vers = [[] for _ in rows], [[] for _ in rows], [[] for _ in rows]
+        done = [False] * len(rows)
+        version, step = between_chunks(), 0
+        while not all(done):
+            active = [i for i in range(len(rows)) if not done[i]]
+            budget = min(chunk_tokens, params.max_tokens - max(len(toks[i]) for i in active))
+            if params.seed is not None:
+                torch.manual_seed(params.seed * 1009 + step)
+            outs = self._generate_chunk([rows[i] + toks[i] for i in active], self._gen_config(params, 1, budget), 1)
+            for i, (c,) in zip(active, outs):
+                toks[i] += c.token_ids
+                lps[i] += c.logprobs
+                vers[i] += [version] * len(c.token_ids)
+                done[i] = c.finish_reason == "stop" or len(toks[i]) >= params.max_tokens
+            version, step = between_chunks(), step + 1
+        comps = [Completion(t, l, "stop" if t and t[-1] in self.eos_ids else "length", v)
+                 for t, l, v in zip(toks, lps, vers)]
+        return [comps[j * params.n:(j + 1) * params.n] for j in range(len(prompt_ids))]
+
+    def _gen_config(self, params: SamplingParams, n: int, max_new_tokens: int):
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            do_sample=not params.greedy, num_return_sequences=n, max_new_tokens=max_new_tokens,
+            temperature=None if params.greedy else params.temperature,
+            top_p=None if params.greedy else params.top_p, top_k=None if params.greedy else params.top_k,
+            min_p=None if params.greedy else params.min_p, repetition_penalty=params.repetition_penalty,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
+            stop_strings=list(params.stop) if params.stop else None,
+        )
 
     def _generate_chunk(self, prompt_ids, gen_cfg, n) -> list[list[Completion]]:
         width = max(map(len, prompt_ids))

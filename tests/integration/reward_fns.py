@@ -54,3 +54,15 @@ def kill_rollout_once(marker: str):
                     ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
         return [0.0] * len(completions)
     return reward
+
+
+def slow_exact(tokenizer=None, delay_s: float = 0.3):
+    """A factory: the kit's exact-answer verifier, deliberately slow (a slow rollout side)."""
+    from cluster.kit import build_tokenizer
+    from reward_workers.verifiers import make_arithmetic_exact
+    exact = make_arithmetic_exact(build_tokenizer())
+
+    def reward(completion_ids, answer, **kwargs):
+        time.sleep(delay_s)
+        return exact(completion_ids=completion_ids, answer=answer)
+    return reward
