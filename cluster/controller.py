@@ -100,9 +100,13 @@ class Controller:
         for step in range(1, t.max_steps + 1):
             t_step = time.time()
             self.launch_generations()  # 1. rollout
+            t_launch = time.time()
             admission = self.admit_for_step()  # 2. admit
+            t_admit = time.time()
             self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
             learned = reduce_stats([*ray.get([r.train_step.remote() for r in self.pools.learner]), *admission])  # 3.
+            learned.update({"timing/driver_launch_s": t_launch - t_step, "timing/driver_admit_s": t_admit - t_launch,
+                            "timing/driver_learn_s": time.time() - t_admit})
             self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
             self.version += 1
             self.admitted_microsteps -= self.sched.GA
