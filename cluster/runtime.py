@@ -49,8 +49,8 @@ def init_ray(address: str | None, namespace: str, log=print):
         log(f"[relay-rl] joined Ray cluster at {address}")
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster on loopback
-        ray.init(namespace=namespace, runtime_env=runtime_env, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=True)
+        ray.init(address="local", namespace=namespace, runtime_env=runtime_env, include_dashboard=True,
+                 dashboard_host="127.0.0.1", log_to_driver=True)
         ctx = ray.get_runtime_context()
         dash = getattr(ray, "_private").worker.get_dashboard_url() if hasattr(ray, "_private") else None
         log(f"[relay-rl] started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs"

@@ -39,7 +39,7 @@ def ray_cluster():
     import ray
     if not ray.is_initialized():
         from cluster.runtime import default_env
-        ray.init(num_cpus=8, include_dashboard=False, namespace="relay-rl-tests",
+        ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="relay-rl-tests",
                  runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
     yield ray
     ray.shutdown()

@@ -154,7 +154,7 @@ def main():
     a = ap.parse_args()
     import ray
     import torch
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     results = {}
     with tempfile.TemporaryDirectory() as d:
         if "rollout" not in a.skip:

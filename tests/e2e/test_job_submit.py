@@ -30,14 +30,27 @@ def head(tmp_path, kit):
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
-    temp = Path("/tmp") / f"rr-head-{os.getpid()}"
-    subprocess.run(["ray", "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--num-cpus=4", "--disable-usage-stats", f"--temp-dir={temp}"],
-                   check=True, env=env, capture_output=True, timeout=180)
+    # --block keeps `ray start` in the foreground; terminating it stops exactly this head's processes (`ray stop`
+    # would stop every Ray cluster on the machine, the test session's own included)
+    # its own agent ports too: the test session's cluster may hold the defaults
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={dash}", "--num-cpus=4", "--disable-usage-stats", *ports],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.time() + 120
+        while subprocess.run(["ray", "job", "list", "--address", f"http://127.0.0.1:{dash}"], env=env,
+                             capture_output=True, timeout=60).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "the head did not come up"
+            time.sleep(2)
         yield {"env": env, "address": f"http://127.0.0.1:{dash}"}
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.terminate()
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            head.kill()
 
 
 def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
@@ -51,8 +64,12 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
            "train.max_steps=4", "train.eval_steps=2", "cluster.learner.replicas=2", "name=jobtest",
            "--output", str(out)]
     t0 = time.time()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    log = res.stdout + res.stderr
+    while True:  # a fresh head takes a few seconds to register its job agent
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        log = res.stdout + res.stderr
+        if "No available agent to submit job" not in log or time.time() - t0 > 120:
+            break
+        time.sleep(3)
     assert res.returncode == 0, log[-4000:]
     assert "succeeded" in log.lower(), log[-2000:]
 
