@@ -83,12 +83,20 @@ def test_zero3_two_ranks_match_single_process_reference(ray_cluster, kit):
                           LossScale(GA=1, S=1, P=1, max_completion_length=5,
                                     num_items_in_batch=batch.info["num_items_in_batch"]))
     loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in ref.named_parameters()}
     opt.step()
 
-    moved = 0
+    moved, clear_n, total_n = 0, 0, 0
     for name, p in ref.named_parameters():
         w0, w1 = torch.from_numpy(after[0][name]), torch.from_numpy(after[1][name])
         assert torch.equal(w0, w1), f"{name} differs between the ranks"
-        torch.testing.assert_close(w0, p.detach(), rtol=1e-5, atol=LR * 1e-2, msg=lambda m: f"{name}: {m}")
+        # Adam's first step is lr * g / (|g| + eps): where the true gradient is ~0 its sign is numerical noise, so
+        # those elements may move by up to 2 lr; everywhere else the two steps agree to 1% of lr
+        clear = grads[name].abs() > 1e-6
+        clear_n, total_n = clear_n + int(clear.sum()), total_n + clear.numel()
+        torch.testing.assert_close(w0[clear], p.detach()[clear], rtol=1e-5, atol=LR * 1e-2,
+                                   msg=lambda m: f"{name}: {m}")
+        assert (w0 - p.detach()).abs().max() <= 2 * LR + 1e-7, name
         moved += int((w0 - init[name]).abs().max() > LR / 2)
     assert moved >= len(after[0]) - 2, "the step did not change the weights"
+    assert clear_n > 0.95 * total_n, (clear_n, total_n)  # the strict comparison covers nearly every element
