@@ -98,26 +98,12 @@ class Controller:
         bar = tqdm(total=t.max_steps, desc=f"{self.cfg.name}", unit="step", dynamic_ncols=True, file=sys.stderr,
                    mininterval=1.0)
         for step in range(1, t.max_steps + 1):
-            t_step = time.time()
+            t0 = time.time()
             self.launch_generations()  # 1. rollout
-            t_launch = time.time()
             admission = self.admit_for_step()  # 2. admit
-            t_admit = time.time()
-            self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
-            learned = reduce_stats([*ray.get([r.train_step.remote() for r in self.pools.learner]), *admission])  # 3.
-            learned.update({"timing/driver_launch_s": t_launch - t_step, "timing/driver_admit_s": t_admit - t_launch,
-                            "timing/driver_learn_s": time.time() - t_admit})
-            self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
-            self.version += 1
-            self.admitted_microsteps -= self.sched.GA
-            record = self.record(step, learned, time.time() - t_step)  # 4. record
-            a = self.cfg.algorithm
-            if a.sync_ref_model and step % a.ref_model_sync_steps == 0:
-                self.pipe.sync_reference(a.ref_model_mixup_alpha)
-            if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
-                self.evaluate(step)
-            if t.save_steps and step % t.save_steps == 0 and step != t.max_steps:
-                self.save(self.out / f"checkpoint-{step}")
+            learned = self.learn(admission)  # 3. learn
+            record = self.record(step, learned, time.time() - t0)  # 4. record, refresh the reference, evaluate, save
+            self.after_step(step)
             bar.update(1)
             if step % t.logging_steps == 0 or step == t.max_steps:
                 bar.set_postfix(self._postfix(record), refresh=False)
@@ -172,6 +158,18 @@ class Controller:
             self.current_gen = {**gen.stats, "admission_lag": lag}
         return admission
 
+    # 3. learn ---------------------------------------------------------------------------------------------------
+    def learn(self, admission: list[dict]) -> dict:
+        """GA micro-batches on every rank, one optimizer step: the policy version goes up by one."""
+        t0 = time.time()
+        self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
+        learned = reduce_stats([*ray.get([r.train_step.remote() for r in self.pools.learner]), *admission])
+        learned["timing/driver_learn_s"] = time.time() - t0
+        self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
+        self.version += 1
+        self.admitted_microsteps -= self.sched.GA
+        return learned
+
     def check_rewards(self, stats: dict) -> None:
         """Report failing reward functions; stop after max_consecutive_failures in a row; restart hung scorers."""
         errors = stats.get("reward_errors", {})
@@ -203,6 +201,15 @@ class Controller:
         rec.setdefault("timing/sync_s", 0.0)
         self.metrics.write(rec)
         return rec
+
+    def after_step(self, step: int) -> None:
+        t, a = self.cfg.train, self.cfg.algorithm
+        if a.sync_ref_model and step % a.ref_model_sync_steps == 0:
+            self.pipe.sync_reference(a.ref_model_mixup_alpha)
+        if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
+            self.evaluate(step)
+        if t.save_steps and step % t.save_steps == 0 and step != t.max_steps:
+            self.save(self.out / f"checkpoint-{step}")
 
     def evaluate(self, step: int) -> dict:
         t0 = time.time()
