@@ -191,12 +191,10 @@ class Controller:
     def record(self, step: int, learned: dict, step_s: float) -> dict:
         g = self.current_gen
         rec = {"step": step, "policy_version": self.version,
-               **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows")},
-               "behaviour_version": g.get("policy_version"), **learned,
+               **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows")}, **learned,
                **self.pipe.sync_stats(), "timing/step_s": step_s,
                "samples": self.sched.B * self.sched.P * self.sched.GA,
                "queue/inflight": len(self.inflight), **self.ledger.counters()}
-        rec["policy_version"] = self.version
         rec["tokens_per_s"] = learned.get("completions/tokens", 0.0) / max(step_s, 1e-9)
         rec.setdefault("timing/sync_s", 0.0)
         self.metrics.write(rec)

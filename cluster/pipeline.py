@@ -57,8 +57,8 @@ def generation_stats(batch: Batch, r: torch.Tensor, lengths: torch.Tensor, score
         "completions/tokens": float(lengths.sum()),
         "timing/generate_s": max(i.get("generate_s", 0.0) for i in scored_infos),
         "timing/reward_s": max(i.get("reward_s", 0.0) for i in scored_infos),
-        "policy_version": int(batch.policy_version.min()),
-        "policy_version_max": int(batch.policy_version.max()),
+        "behaviour_version": int(batch.policy_version.min()),  # the weights that sampled the batch (oldest)
+        "behaviour_version_max": int(batch.policy_version.max()),
         "rows": len(batch),
     }
     for k, name in enumerate(scored_infos[0].get("reward_names", [])):

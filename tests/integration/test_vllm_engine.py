@@ -108,7 +108,7 @@ def test_vllm_rollout_actor_synced_from_the_learner(ray_cluster, kit):
         greedy = SamplingParams(n=1, temperature=0.0, max_tokens=5)
         before = ray.get(pools.rollout[0].generate.remote(probe, greedy))
         gen = pipe.wait(pipe.launch(0))
-        assert gen.stats["rows"] == 16 and gen.stats["policy_version"] == 0
+        assert gen.stats["rows"] == 16 and gen.stats["behaviour_version"] == 0
         ray.get([r.admit.remote(s) for r, s in zip(pools.learner, gen.shards)])
         ray.get([r.train_step.remote() for r in pools.learner])
         pipe.sync_rollout(1)
