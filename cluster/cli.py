@@ -1,8 +1,11 @@
 """``relay-rl``: validate a run file, train it, or build the quickstart kit.
 
-    relay-rl validate RUN.yaml [key.path=value ...]
-    relay-rl train    RUN.yaml [key.path=value ...] [--output DIR]
+    relay-rl validate RUN.yaml [OVERLAY.yaml | key.path=value ...]
+    relay-rl train    RUN.yaml [OVERLAY.yaml | key.path=value ...] [--output DIR]
     relay-rl kit      RUN.yaml                       (build the quickstart kit only)
+
+Overrides apply in order: an overlay file merges section by section (deploy/overlays/kit.yaml runs any paper
+recipe on the quickstart kit), a key.path=value sets one field (the value is YAML).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                         ("kit", "build (or find) the quickstart kit of a run file")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("run_file")
-        p.add_argument("overrides", nargs="*", help="key.path=value (YAML values), e.g. train.max_steps=20")
+        p.add_argument("overrides", nargs="*", help="overlay .yaml files and key.path=value settings (YAML values), in order, "
+                                                       "e.g. deploy/overlays/kit.yaml train.max_steps=20")
         if name == "train":
             p.add_argument("--output", "-o", default=None, help="run folder (default runs/<name>-<timestamp>)")
     args = ap.parse_args(argv)

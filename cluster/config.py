@@ -428,7 +428,8 @@ class RunConfig(Strict):
             raise ValueError("model/data refer to 'kit:...' but there is no kit section: add `kit: {}`")
         alg = self.algorithm
         if alg.multi_objective_aggregation == "normalize_then_sum" and len(self.reward.reward_funcs) < 2:
-            raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs")
+            raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one to "
+                             "reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize")
         if alg.beta > 0 and self.cluster.teacher.replicas < 1:
             raise ValueError("beta > 0 needs reference log-probs from the teacher pool: set cluster.teacher.replicas >= 1")
         if self.cluster.rollout.replicas < 1 or self.cluster.reward.replicas < 1:
@@ -508,7 +509,21 @@ def resolve_schedule(cfg: RunConfig) -> Schedule:
 # loading: YAML + overrides -> RunConfig, with errors that name file, field, line and what is allowed
 # ----------------------------------------------------------------------------------------------------------------
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
-    path = Path(path)
+    """The run file, then each override in order: ``key.path=value``, or an overlay file (``*.yaml`` merged into the
+    run file section by section, e.g. ``deploy/overlays/kit.yaml`` to try a paper recipe on the quickstart kit)."""
+    raw, lines = _read_yaml(Path(path))
+    for item in overrides:
+        if "=" not in item and item.endswith((".yaml", ".yml")):
+            layer, layer_lines = _read_yaml(Path(item))
+            _merge(raw, layer)
+            lines.update(layer_lines)
+        else:
+            apply_override(raw, item, path)
+    return validate_dict(raw, source=str(path), lines=lines, overrides=overrides)
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[tuple, str]]:
+    """A YAML mapping and, for every key path in it, ``file:line``."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such run file")
     text = path.read_text()
@@ -518,9 +533,16 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the run file must be a mapping of sections (cluster, model, data, ...)")
-    for item in overrides:
-        apply_override(raw, item, path)
-    return validate_dict(raw, source=str(path), lines=_yaml_lines(text), overrides=overrides)
+    return raw, {k: f"{path}:{line}" for k, line in _yaml_lines(text).items()}
+
+
+def _merge(base: dict, layer: dict) -> None:
+    """Mappings merge key by key; anything else (values, lists) replaces."""
+    for k, v in layer.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
 
 
 def validate_dict(raw: dict, source: str = "<dict>", lines: dict | None = None, overrides=()) -> RunConfig:
@@ -593,8 +615,7 @@ def _format_errors(e: ValidationError, source: str, lines: dict, overrides) -> s
     for err in e.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "RewardFuncSpec"))))
         field = ".".join(str(p) for p in loc) or "(top level)"
-        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
-        where = f"{source}:{line}" if line else source
+        where = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), source)
         if any(o.split("=", 1)[0].strip() == field for o in overrides):
             where += " (command-line override)"
         if err["type"] == "extra_forbidden":

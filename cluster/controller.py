@@ -47,6 +47,11 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
     init_ray(cfg.cluster.address, cfg.cluster.namespace, log)
     train_data, eval_data = load_data(cfg.data, cfg.kit)
     sched = resolve_schedule(cfg)
+    a = cfg.algorithm
+    if a.max_staleness > 0 and a.old_logprob_source == "recompute" and not a.vllm_importance_sampling_correction:
+        log("[relay-rl] warning: max_staleness > 0 with old_logprob_source: recompute and the rollout correction off: "
+            "the lag between the sampling weights and pi_old goes uncorrected (ALGORITHMS.md §1.4). Set "
+            "algorithm.vllm_importance_sampling_correction: true, or old_logprob_source: behaviour")
     run_name = f"{cfg.name}-{stamp}"
     pools = create_pools(cfg, run_name, model_path, log)
     metrics = MetricsLog(out, run_name)

@@ -109,11 +109,15 @@ class LearnerRank:
     # admission
     # ------------------------------------------------------------------------------------------------------------
     @property
-    def shortcut(self) -> bool:
-        """log pi_old := sg[log pi_theta] (ratio 1 in value), the §1.4 shortcut."""
+    def old_from_step(self) -> bool:
+        """log pi_old is log pi_theta at the admission version v_a (§1.4). When each generation batch is consumed
+        within the optimizer step it is admitted in (GA % (S*mu) = 0), that step's weights are v_a's, so
+        log pi_old = sg[log pi_theta] of the micro-step's own forward pass: no separate pass at admission. With
+        max_staleness 0 and the correction off this is §1.4's shortcut; with the correction on, rho = pi_old / pi_beh
+        is computed in the micro-step from the same values; with max_staleness > 0 it keeps the old-log-prob pass
+        off the learner's critical path."""
         s = self.sched
-        return (self.alg.old_logprob_source == "recompute" and s.GA % (s.S * s.mu) == 0 and s.k == 0
-                and not self.alg.vllm_importance_sampling_correction)
+        return self.alg.old_logprob_source == "recompute" and s.GA % (s.S * s.mu) == 0
 
     @torch.no_grad()
     def admit(self, shard: Batch) -> dict:
@@ -123,18 +127,22 @@ class LearnerRank:
         stats = {}
         if self.alg.old_logprob_source == "behaviour":
             shard.old_logprobs = shard.behaviour_logprobs
-        elif not self.shortcut:  # recompute with the weights of the admission version
+        elif not self.old_from_step:  # recompute with the weights of the admission version
             shard.old_logprobs = self._logprobs_no_grad(shard)
             if self.alg.vllm_importance_sampling_correction:
-                mode = self.alg.vllm_importance_sampling_mode
-                shard.is_weights, stats = rollout_is_weights(
-                    shard.old_logprobs, shard.behaviour_logprobs, shard.completion_mask, mode,
-                    self.alg.vllm_importance_sampling_clip_min, self.alg.vllm_importance_sampling_clip_max)
+                shard.is_weights, stats = self._rollout_correction(shard.old_logprobs, shard)
         slices = shard.split(self.sched.S)
         for j in range(self.sched.S * self.sched.mu):
             self.queue.append(slices[j % self.sched.S])
         stats["timing/admit_s"] = ("mean", time.time() - t0, 1.0)
         return stats
+
+    def _rollout_correction(self, old_logprobs: torch.Tensor, b: Batch) -> tuple[torch.Tensor, dict]:
+        """rho = pi_old / pi_beh, truncated or masked (§5.3)."""
+        a, d = self.alg, old_logprobs.device
+        return rollout_is_weights(old_logprobs, b.behaviour_logprobs.to(d), b.completion_mask.to(d),
+                                  a.vllm_importance_sampling_mode, a.vllm_importance_sampling_clip_min,
+                                  a.vllm_importance_sampling_clip_max)
 
     def _logprobs_no_grad(self, b: Batch, chunk: int = 64) -> torch.Tensor:
         self.engine.eval()
@@ -201,14 +209,18 @@ class LearnerRank:
         if alg.top_entropy_quantile < 1.0:
             tau = entropy_threshold(all_gather_varlen(entropy.detach()[mask > 0]), alg.top_entropy_quantile)
             ent_mask = (entropy.detach() >= tau).float() * mask
+        is_weights, is_stats = _opt(mb.is_weights, d), {}
+        if self.old_from_step and alg.vllm_importance_sampling_correction:  # pi_old = sg[pi_theta] of this step
+            is_weights, is_stats = self._rollout_correction(logp.detach().float(), mb)
         x = PolicyBatch(
             logprobs_BT=logp, mask_BT=mask, advantages=mb.advantages.to(d).float(),
             old_logprobs_BT=_opt(mb.old_logprobs, d), behaviour_logprobs_BT=_opt(mb.behaviour_logprobs, d),
             ref_logprobs_BT=_opt(mb.ref_logprobs, d), entropy_BT=entropy, entropy_mask_BT=ent_mask,
-            is_weights=_opt(mb.is_weights, d))
+            is_weights=is_weights)
         scale = LossScale(GA=s.GA, S=s.S, P=s.P, max_completion_length=self.cfg.rollout.max_completion_length,
                           num_items_in_batch=float(mb.info["num_items_in_batch"]), entropy_coef=entropy_coef)
         loss, stats = policy_loss(alg, x, scale)
+        stats.update(is_stats)
         m_eff = mask if ent_mask is None else ent_mask
         staleness = (self.version - mb.policy_version).float()
         rows = torch.ones_like(staleness)

@@ -1,7 +1,7 @@
 """Every recipe in deploy/recipes validates as written and runs two optimizer steps end to end on the quickstart kit.
 
-Recipes carry the paper's values (models, data and sizes included); here the model, data and sizes are overridden
-on the command line, the way a user tries a recipe on a laptop. The schedule keeps the recipe's shape: the same
+Recipes carry the paper's values (models, data and sizes included); here the model, data, reward and sizes are
+overridden on the command line, the way a user tries a recipe on a laptop. The schedule keeps the recipe's shape: the same
 number of optimizer steps per generation batch (K) and passes (mu), shrunk to tiny batches.
 """
 import json
@@ -22,7 +22,8 @@ KIT = ["kit={}", "model.name_or_path=kit:warm_start", "model.dtype=float32", "da
        "train.warmup_ratio=0.0", "cluster.address=null", "cluster.learner.replicas=1", "cluster.learner.num_cpus=1",
        "cluster.rollout.replicas=1", "cluster.rollout.num_cpus=0.5", "cluster.reward.replicas=1",
        "cluster.reward.num_cpus=0.5", "cluster.teacher.num_cpus=0.5", "cluster.rollout.num_gpus=0",
-       "cluster.learner.num_gpus=0", "cluster.teacher.num_gpus=0", "rollout.engine=hf"]
+       "cluster.learner.num_gpus=0", "cluster.teacher.num_gpus=0", "rollout.engine=hf",
+       "reward.reward_weights=null"]
 
 
 def kit_overrides(recipe: Path) -> list[str]:
@@ -32,8 +33,11 @@ def kit_overrides(recipe: Path) -> list[str]:
     G = min(s.G, 4)
     g = math.gcd(s.S, s.GA)
     S, GA = min(s.S // g, 16), min(s.GA // g, 4)
-    return KIT + [f"algorithm.num_generations={G}", f"algorithm.per_device_train_batch_size={G}",
-                  f"algorithm.gradient_accumulation_steps={GA}", "algorithm.generation_batch_size=null",
+    # the kit's verifier: the recipes' math-verify `accuracy` reads only LaTeX answers (deploy/overlays/kit.yaml)
+    rewards = "[arithmetic_exact,think_format]" if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum" \
+        else "[arithmetic_exact]"
+    return KIT + [f"reward.reward_funcs={rewards}", f"algorithm.num_generations={G}",
+                  f"algorithm.per_device_train_batch_size={G}", f"algorithm.gradient_accumulation_steps={GA}", "algorithm.generation_batch_size=null",
                   f"algorithm.steps_per_generation={S}"]
 
 

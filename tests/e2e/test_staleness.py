@@ -98,3 +98,18 @@ def test_partial_rollouts_run_within_the_bound(ray_cluster, kit, tmp_path):
                              rollout={"partial_rollouts": True, "partial_rollout_chunk": 1})
     assert all(r["staleness/max"] <= 1 and "completions/mixed_version_ratio" in r for r in steps)
     assert_ledger_balances(ledger, resolve_schedule(cfg))
+
+
+@pytest.mark.parametrize("S", [1, 2], ids=["old-from-step", "old-at-admission"])
+def test_recomputed_old_logprobs_match_the_engine_on_the_same_weights(ray_cluster, kit, tmp_path, S):
+    """log pi_old (recompute) from the step's own pass (S = GA) or a pass at admission (S > GA), against the engine's
+    behaviour log-probs of the same weights: with max_staleness 0, the first step of each batch sees the engine's
+    weights, so the correction's ratio is 1 up to float error. A misaligned or stale pi_old would show here."""
+    cfg, steps, _ = run(tmp_path, steps=4, algorithm={
+        "max_staleness": 0, "steps_per_generation": S, "old_logprob_source": "recompute",
+        "vllm_importance_sampling_correction": True})
+    first = steps[::S]  # steps that open a generation batch: learner version = sampling version
+    assert all(r["staleness/max"] == 0 for r in first)
+    for r in first:
+        assert r["sampling/sampling_logp_difference/max"] < 1e-3, r["sampling/sampling_logp_difference/max"]
+        assert abs(r["sampling/importance_sampling_ratio/mean"] - 1) < 1e-4

@@ -125,3 +125,34 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
     assert main(["validate", str(write(tmp_path, GOOD)), "algorithm.epsilon=-1"]) == 2
     err = capsys.readouterr().err
     assert "algorithm.epsilon" in err and "greater than 0" in err
+
+
+OVERLAY = RECIPES.parent / "overlays" / "kit.yaml"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_kit_overlay_keeps_the_papers_method_knobs(recipe):
+    paper = load_config(recipe)
+    two_rewards = ["reward.reward_funcs=[arithmetic_exact,think_format]"] if recipe.stem == "gdpo" else []
+    cfg = load_config(recipe, [str(OVERLAY), *two_rewards])
+    assert cfg.model.name_or_path == "kit:warm_start" and cfg.data.train == "kit:train"
+    assert cfg.reward.reward_funcs[0] == "arithmetic_exact"
+    sizes = {"num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+             "generation_batch_size", "steps_per_generation"}
+    assert cfg.algorithm.model_dump(exclude=sizes) == paper.algorithm.model_dump(exclude=sizes)
+    s = resolve_schedule(cfg)
+    assert (s.P, s.generation_batch_size, s.K) == (2, 256, 4 * paper.algorithm.num_iterations)
+
+
+def test_overlay_then_overrides_in_order_and_errors_name_the_overlay(tmp_path):
+    p = write(tmp_path, GOOD)
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("train:\n  max_steps: 9\nalgorithm:\n  num_generations: 4\n  loss_type: ppo\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, [str(layer)])
+    assert f"{layer}:5: algorithm.loss_type" in str(e.value)
+    cfg = load_config(p, [str(layer), "algorithm.loss_type=grpo", "train.max_steps=3"])
+    assert (cfg.train.max_steps, cfg.algorithm.num_generations, cfg.algorithm.per_device_train_batch_size,
+            cfg.algorithm.loss_type) == (3, 4, 8, "grpo")  # sections merge key by key; later layers win
+    with pytest.raises(ConfigError, match="no such run file"):
+        load_config(p, [str(tmp_path / "missing.yaml")])
