@@ -64,7 +64,7 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
         wall = time.time() - t0
         plot_reward_curve(metrics, out / "reward_curve.png", f"relay-rl {cfg.name}")
         extra["final checkpoint (HF format)"] = str(out / "final")
-        log(summary_table(metrics, out, wall, extra))
+        log(summary_table(metrics, out, wall, extra, steps_per_batch=sched.K))
         final["wall_s"] = wall
         final["output_dir"] = str(out)
         return final

@@ -117,7 +117,9 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict) -> str:
+def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, steps_per_batch: float = 1.0) -> str:
+    """The one-screen end-of-run summary. Rates and times are over all optimizer steps; a generation batch feeds
+    ``steps_per_batch`` (K) steps, and each of them logs that batch's generate time, so the per-step share is 1/K."""
     steps, _ = log.series("reward/mean")
     es, acc = log.series("eval/accuracy")
     train = [r for r in log.history if "loss" in r]
@@ -126,12 +128,17 @@ def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict) ->
         rows.append(("eval accuracy", f"{acc[0]:.3f} (step {es[0]}) -> {acc[-1]:.3f} (step {es[-1]}), best {max(acc):.3f}"))
     if train:
         last = train[-max(1, len(train) // 10):]
-        mean = lambda k: sum(r.get(k) or 0 for r in last) / len(last)  # noqa: E731
-        rows += [("train reward (last 10%)", f"{mean('reward/mean'):.3f}"),
-                 ("samples/s", f"{sum(r.get('samples') or 0 for r in train) / max(1e-9, sum(r.get('timing/step_s') or 0 for r in train)):.1f}"),
-                 ("tokens/s", f"{mean('tokens_per_s'):.0f}"),
-                 ("time per step", f"generate {mean('timing/generate_s'):.3f}s, train {mean('timing/train_s'):.3f}s, "
-                                   f"sync {mean('timing/sync_s'):.3f}s, step {mean('timing/step_s'):.3f}s"),
+        total = lambda k: sum(r.get(k) or 0 for r in train)  # noqa: E731
+        mean = lambda k: total(k) / len(train)  # noqa: E731
+        step_s = max(1e-9, total("timing/step_s"))
+        generate = f"generate {mean('timing/generate_s') / steps_per_batch:.3f}s"
+        if steps_per_batch != 1:
+            generate += f" ({mean('timing/generate_s'):.3f}s per generation batch of {steps_per_batch:g} steps)"
+        rows += [("train reward (last 10%)", f"{sum(r.get('reward/mean') or 0 for r in last) / len(last):.3f}"),
+                 ("samples/s", f"{total('samples') / step_s:.1f}"),
+                 ("tokens/s", f"{total('completions/tokens') / step_s:.0f}"),
+                 ("time per step (mean)", f"{generate}, train {mean('timing/train_s'):.3f}s, "
+                                          f"sync {mean('timing/sync_s'):.3f}s, step {mean('timing/step_s'):.3f}s"),
                  ("staleness max", f"{max((r.get('staleness/max') or 0) for r in train):.0f}")]
     rows += list(extra.items())
     rows += [("metrics", str(out_dir / "metrics.jsonl")), ("reward curve", str(out_dir / "reward_curve.png"))]
