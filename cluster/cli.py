@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure_kit(cfg.kit))
         return 0
     from .controller import train
-    result = train(cfg, output_dir=args.output)
+    try:
+        result = train(cfg, output_dir=args.output)
+    except ConfigError as e:  # found once the run starts: data that cannot load, pools the cluster cannot host
+        print(f"relay-rl: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("eval/", "output_dir", "wall_s"))}))
     return 0
 

@@ -43,9 +43,9 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
         extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
     model_path = resolve_kit_path(cfg.model.name_or_path, cfg.kit)
 
+    train_data, eval_data = load_data(cfg.data, cfg.kit)  # before any cluster starts: a bad path fails fast
     started_ray = not ray.is_initialized() and not (cfg.cluster.address or _env_address())
     init_ray(cfg.cluster.address, cfg.cluster.namespace, log)
-    train_data, eval_data = load_data(cfg.data, cfg.kit)
     sched = resolve_schedule(cfg)
     a = cfg.algorithm
     if a.max_staleness > 0 and a.old_logprob_source == "recompute" and not a.vllm_importance_sampling_correction:
@@ -53,7 +53,12 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
             "the lag between the sampling weights and pi_old goes uncorrected (ALGORITHMS.md §1.4). Set "
             "algorithm.vllm_importance_sampling_correction: true, or old_logprob_source: behaviour")
     run_name = f"{cfg.name}-{stamp}"
-    pools = create_pools(cfg, run_name, model_path, log)
+    try:
+        pools = create_pools(cfg, run_name, model_path, log, fixed_cluster=started_ray)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
     metrics = MetricsLog(out, run_name)
     try:
         reward_names = ray.get(pools.reward[0].names.remote())

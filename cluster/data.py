@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import DataConfig, KitConfig
+from .config import ConfigError, DataConfig, KitConfig
 from .kit import resolve_kit_path
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -34,6 +34,15 @@ def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: st
 
 
 def load_data(cfg: DataConfig, kit: KitConfig | None):
-    train = load_prompts(cfg.train, cfg.train_split, kit, cfg.prompt_column)
-    evals = load_prompts(cfg.eval, cfg.eval_split, kit, cfg.prompt_column, cfg.eval_limit) if cfg.eval else None
+    train = _load("data.train", cfg.train, cfg.train_split, kit, cfg.prompt_column)
+    evals = _load("data.eval", cfg.eval, cfg.eval_split, kit, cfg.prompt_column, cfg.eval_limit) if cfg.eval else None
     return train, evals
+
+
+def _load(field: str, spec: str, *args):
+    try:
+        return load_prompts(spec, *args)
+    except Exception as e:  # noqa: BLE001  (any loader failure: name the field and what was tried)
+        raise ConfigError(f"{field}: cannot load {spec!r}: {type(e).__name__}: {e}. Give a local .jsonl/.json/"
+                          ".parquet/.csv file, a folder saved with datasets' save_to_disk, a dataset name the "
+                          "machine can reach, or kit:train / kit:test") from e

