@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                         ("kit", "build (or find) the quickstart kit of a run file")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("run_file")
-        p.add_argument("overrides", nargs="*", help="overlay .yaml files and key.path=value settings (YAML values), in order, "
-                                                       "e.g. deploy/overlays/kit.yaml train.max_steps=20")
+        p.add_argument("overrides", nargs="*", help="overlay .yaml files and key.path=value settings (YAML values), "
+                                                    "in order, e.g. deploy/overlays/kit.yaml train.max_steps=20")
         if name == "train":
             p.add_argument("--output", "-o", default=None, help="run folder (default runs/<name>-<timestamp>)")
     args = ap.parse_args(argv)

@@ -428,8 +428,9 @@ class RunConfig(Strict):
             raise ValueError("model/data refer to 'kit:...' but there is no kit section: add `kit: {}`")
         alg = self.algorithm
         if alg.multi_objective_aggregation == "normalize_then_sum" and len(self.reward.reward_funcs) < 2:
-            raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one to "
-                             "reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize")
+            raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one "
+                             "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: "
+                             "sum_then_normalize")
         if alg.beta > 0 and self.cluster.teacher.replicas < 1:
             raise ValueError("beta > 0 needs reference log-probs from the teacher pool: set cluster.teacher.replicas >= 1")
         if self.cluster.rollout.replicas < 1 or self.cluster.reward.replicas < 1:

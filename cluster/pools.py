@@ -48,24 +48,31 @@ def _bundle(*specs: PoolSpec) -> dict:
     return out
 
 
+def learner_bundles(c) -> list[dict]:
+    """The learner ranks' placement group: one bundle per rank; colocated, rollout replica i joins bundle i."""
+    R = c.rollout.replicas
+    return [_bundle(c.learner, c.rollout) if c.colocate and i < R else _bundle(c.learner)
+            for i in range(c.learner.replicas)]
+
+
 def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
     """Compare what the pools reserve with what the cluster's live nodes have, before anything waits on it. A cluster
     of fixed size (the automatic local one) that cannot host the pools is a config error; a remote cluster may still
     grow (autoscaler), so there it is a warning."""
     c = cfg.cluster
-    P, R = c.learner.replicas, c.rollout.replicas
-    demand = {"learner": (_bundle(c.learner, c.rollout) if c.colocate else _bundle(c.learner), P),
-              "rollout": (_bundle(c.rollout), 0 if c.colocate else R),
-              "reward": (_bundle(c.reward), c.reward.replicas),
-              "teacher": (_bundle(c.teacher), c.teacher.replicas if cfg.algorithm.beta > 0 else 0)}
+    demand = [("learner", b) for b in learner_bundles(c)]  # (pool, what one actor or rank reserves)
+    demand += [("rollout", _bundle(c.rollout))] * (0 if c.colocate else c.rollout.replicas)
+    demand += [("reward", _bundle(c.reward))] * c.reward.replicas
+    demand += [("teacher", _bundle(c.teacher))] * (c.teacher.replicas if cfg.algorithm.beta > 0 else 0)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     fmt = lambda d: ", ".join(f"{k} {v:g}" for k, v in sorted(d.items())) or "nothing"  # noqa: E731
-    problems, total = [], {}
-    for pool, (per_actor, n) in demand.items():
-        if not n:
-            continue
+    problems, total, seen = [], {}, []
+    for pool, per_actor in demand:
         for k, v in per_actor.items():
-            total[k] = total.get(k, 0) + v * n
+            total[k] = total.get(k, 0) + v
+        if (pool, per_actor) in seen:
+            continue
+        seen.append((pool, per_actor))
         if not any(all(node.get(k, 0) >= v for k, v in per_actor.items()) for node in nodes):
             what = "rank (with its colocated rollout replica)" if pool == "learner" and c.colocate else "actor"
             problems.append(f"cluster.{pool}: each {what} needs {fmt(per_actor)}; no node has that")
@@ -89,8 +96,7 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     c, ns, r = cfg.cluster, cfg.cluster.namespace, cfg.rollout
     P, R = c.learner.replicas, c.rollout.replicas
     check_resources(cfg, fixed_cluster, log)
-    # The learner ranks share a placement group, one bundle each; colocated, rollout replica i joins bundle i.
-    bundles = [_bundle(c.learner, c.rollout) if c.colocate and i < R else _bundle(c.learner) for i in range(P)]
+    bundles = learner_bundles(c)
     pg = placement_group(bundles, strategy="PACK", name=f"{run_name}/learner")
     try:
         ray.get(pg.ready(), timeout=600)

@@ -149,7 +149,8 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str) -> dict:
     finally:
         shutdown_pools(pools)
         Path(raw["data"]["train"]).unlink(missing_ok=True)
-    return {"engine": engine, "transport": transport, "bytes": nbytes, "sync_s": sync_s, "publish_s": publish_s, "load_s": load_s,
+    return {"engine": engine, "transport": transport, "bytes": nbytes, "sync_s": sync_s, "publish_s": publish_s,
+            "load_s": load_s,
             "raw_put_get_s": raw_s, "ratio": sync_s / raw_s, "best_ratio": min(sync_times) / min(raw_times),
             "sync_times": sync_times, "raw_times": raw_times,
             "sync_GBps": nbytes / sync_s / 1e9, "raw_GBps": nbytes / raw_s / 1e9}
@@ -185,9 +186,11 @@ def main():
               f"{r['raw_tokens_per_s']:.0f} tok/s | relay-rl rollout actor {r['service_tokens_per_s']:.0f} tok/s | "
               f"overhead {100 * r['overhead']:+.1f}%")
     for s in results.get("sync", []):
-        print(f"(b) weight sync into {s['engine']}, {s['transport']}: {s['bytes'] / 2**20:.0f} MiB in {s['sync_s']:.3f}s "
+        print(f"(b) weight sync into {s['engine']}, {s['transport']}: {s['bytes'] / 2**20:.0f} MiB in "
+              f"{s['sync_s']:.3f}s "
               f"({s['sync_GBps']:.2f} GB/s) | raw ray.put+ray.get {s['raw_put_get_s']:.3f}s ({s['raw_GBps']:.2f} GB/s) | "
-              f"ratio {s['ratio']:.2f}x of medians, {s['best_ratio']:.2f}x of bests (learner side {s['publish_s']:.3f}s, engine load {s['load_s']:.3f}s)")
+              f"ratio {s['ratio']:.2f}x of medians, {s['best_ratio']:.2f}x of bests "
+              f"(learner side {s['publish_s']:.3f}s, engine load {s['load_s']:.3f}s)")
     print(json.dumps(results))
     ray.shutdown()
 

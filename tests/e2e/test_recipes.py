@@ -1,8 +1,8 @@
 """Every recipe in deploy/recipes validates as written and runs two optimizer steps end to end on the quickstart kit.
 
 Recipes carry the paper's values (models, data and sizes included); here the model, data, reward and sizes are
-overridden on the command line, the way a user tries a recipe on a laptop. The schedule keeps the recipe's shape: the same
-number of optimizer steps per generation batch (K) and passes (mu), shrunk to tiny batches.
+overridden on the command line, the way a user tries a recipe on a laptop. The schedule keeps the recipe's shape: the
+same number of optimizer steps per generation batch (K) and passes (mu), shrunk to tiny batches.
 """
 import json
 import math
@@ -37,8 +37,8 @@ def kit_overrides(recipe: Path) -> list[str]:
     rewards = "[arithmetic_exact,think_format]" if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum" \
         else "[arithmetic_exact]"
     return KIT + [f"reward.reward_funcs={rewards}", f"algorithm.num_generations={G}",
-                  f"algorithm.per_device_train_batch_size={G}", f"algorithm.gradient_accumulation_steps={GA}", "algorithm.generation_batch_size=null",
-                  f"algorithm.steps_per_generation={S}"]
+                  f"algorithm.per_device_train_batch_size={G}", f"algorithm.gradient_accumulation_steps={GA}",
+                  "algorithm.generation_batch_size=null", f"algorithm.steps_per_generation={S}"]
 
 
 def test_there_is_a_recipe_per_paper():

@@ -8,8 +8,10 @@ from cluster.pools import check_resources
 from tests.conftest import quickstart_dict
 
 
-def test_pools_that_fit_pass(ray_cluster):
-    check_resources(validate_dict(quickstart_dict()), fixed=True)
+def test_pools_that_fit_pass_silently(ray_cluster):
+    lines = []
+    check_resources(validate_dict(quickstart_dict()), fixed=False, log=lines.append)
+    assert lines == []
 
 
 def test_gpu_pools_on_a_cpu_cluster_fail_at_once_naming_the_pool(ray_cluster):
