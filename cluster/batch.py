@@ -15,9 +15,10 @@ import torch
 
 TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behaviour_logprobs",
                  "policy_version", "group_id", "truncated", "mixed_version", "rewards", "advantages",
-                 "old_logprobs", "ref_logprobs", "is_weights")
+                 "old_logprobs", "ref_logprobs", "is_weights", "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups")
 # tensors whose second dimension is the completion length (padded on the right when batches are joined)
-_COMPLETION_DIM = ("completion_ids", "completion_mask", "behaviour_logprobs", "old_logprobs", "ref_logprobs")
+_COMPLETION_DIM = ("completion_ids", "completion_mask", "behaviour_logprobs", "old_logprobs", "ref_logprobs",
+                   "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups")
 # ... and the prompt length (padded on the left)
 _PROMPT_DIM = ("prompt_ids", "prompt_mask")
 
@@ -41,6 +42,13 @@ class Batch:
     old_logprobs: Optional[torch.Tensor] = None  # (N, Tc) log pi_old (recomputed at admission)
     ref_logprobs: Optional[torch.Tensor] = None  # (N, Tc) log pi_ref (teacher pool)
     is_weights: Optional[torch.Tensor] = None  # (N, Tc) or (N, 1) rollout importance weights rho (no grad)
+    # -- from a distillation teacher pool (teacher_workers/), log-probs at the loss temperature --
+    teacher_logprobs: Optional[torch.Tensor] = None  # (N, Tc) log p_T of each completion token
+    teacher_dist: Optional[torch.Tensor] = None  # (N, Tc, k) top-k log-probs, or (N, Tc, V) the full vocabulary
+    teacher_dist_ids: Optional[torch.Tensor] = None  # (N, Tc, k) int32 token ids of the top-k; None when full
+    # cross-tokenizer (GOLD's ULD): teacher_dist is then (N, G, k) the teacher's merged group probabilities, sorted
+    # in descending order, and uld_groups (N, Tc) int32 the 1-based group of each completion token (0: not aligned)
+    uld_groups: Optional[torch.Tensor] = None
     # -- text side, aligned with rows --
     prompts: list = field(default_factory=list)  # prompt as given (str or chat messages)
     completions: list = field(default_factory=list)  # decoded completion text
@@ -135,5 +143,5 @@ def _pad(x: torch.Tensor, width: int, left: bool, value) -> torch.Tensor:
     pad = width - x.shape[1]
     if pad <= 0:
         return x
-    filler = torch.full((x.shape[0], pad), value, dtype=x.dtype)
+    filler = torch.full((x.shape[0], pad, *x.shape[2:]), value, dtype=x.dtype)
     return torch.cat([filler, x] if left else [x, filler], dim=1)

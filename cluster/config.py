@@ -14,18 +14,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from .schema import ConfigError, Strict
 
 
-class ConfigError(ValueError):
-    """A run file that cannot be used. The message names the file, the field and what is allowed."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,7 +62,13 @@ class ClusterSpec(Strict):
     reward: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))
     """Reward scorers (verifiers, user functions, reward models)."""
     teacher: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))
-    """Frozen scoring models (reference log-probs for KL). Started only when the method needs them."""
+    """Teacher scorers (teacher_workers/): the distillation teacher's distributions, and, unless ``reference`` is
+    given, the reference pool's log-probs for KL too. Each pool is started only when the method needs it."""
+    reference: Optional[PoolSpec] = None
+    """The reference pool (frozen initial policy, log-probs for KL). None: the same spec as ``teacher``."""
+    frozen_rollout: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
+    """Rollout engines holding the teacher's frozen weights (teacher-generated samples: GKD's ``seq_kd``); never
+    synced. Started only when the method needs it."""
     learner: LearnerPoolSpec = Field(default_factory=lambda: LearnerPoolSpec(num_cpus=0.5))
     """The DeepSpeed learner ranks."""
 
@@ -127,6 +129,8 @@ class DataConfig(Strict):
     eval_split: str = "test"
     prompt_column: str = "prompt"
     """Column holding the prompt: a string, or a list of chat messages (the chat template is applied)."""
+    completion_column: str = "completion"
+    """Column holding a reference completion (a string; EOS is appended): the dataset source of GKD and GOLD."""
     shuffle_dataset: bool = True
     """Shuffle prompt order (seeded by ``train.seed``)."""
     eval_limit: Optional[int] = Field(None, ge=1)
@@ -230,147 +234,25 @@ class RewardConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the algorithm (GRPO family; ALGORITHMS.md §1-§6)
+# the algorithm: one config model per method family, selected by ``name`` (learner/methods/)
 # ----------------------------------------------------------------------------------------------------------------
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo", "gmpo"]
-ISMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+from learner.methods import CONFIG_MODELS, family  # noqa: E402
+from learner.methods.grpo import GRPOConfig  # noqa: E402,F401  (the default family)
+
+AlgorithmConfig = Annotated[Union[tuple(CONFIG_MODELS)], Field(discriminator="name")]
+FAMILY_NAMES = [m.model_fields["name"].default for m in CONFIG_MODELS]
 
 
-class GRPOConfig(Strict):
-    name: Literal["grpo"] = "grpo"
-    """The method. The GRPO family is one loss with variants chosen by ``loss_type`` and the knobs below."""
+class TeacherModelConfig(Strict):
+    """The model a distillation family learns from (served by the ``teacher`` pool)."""
 
-    # -- batching and staleness (§1.2-§1.4) --
-    num_generations: int = Field(8, ge=2)
-    """G: completions per prompt (a group)."""
-    per_device_train_batch_size: int = Field(8, ge=1)
-    """B: completions per learner rank per micro-batch."""
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    """GA: micro-batches per rank per optimizer step."""
-    steps_per_generation: Optional[int] = Field(None, ge=1)
-    """S: micro-batches (slices) per rank per generation batch. None resolves to GA (or from generation_batch_size)."""
-    generation_batch_size: Optional[int] = Field(None, ge=1)
-    """Completions per generation batch over all ranks. Set this or steps_per_generation, not both."""
-    num_iterations: int = Field(1, ge=1)
-    """mu: passes over each generation batch."""
-    max_staleness: int = Field(0, ge=0)
-    """k (relay-rl): policy versions a rollout may lag the learner when its batch is admitted. 0 is synchronous."""
-    staleness_policy: Literal["wait", "drop", "use"] = "wait"
-    """What keeps data within max_staleness. ``wait``: generation is held back so no batch is ever too stale.
-    ``drop``: generation runs ahead (up to max_inflight_generations batches); a batch too stale at admission is
-    dropped, counted, and replaced. ``use``: runs ahead; a too-stale batch is trained on anyway with the rollout
-    importance correction, and counted."""
-    max_inflight_generations: Optional[int] = Field(None, ge=1)
-    """Generation batches launched ahead of the learner under ``drop`` / ``use``. None: max_staleness + 1."""
-    old_logprob_source: Literal["recompute", "behaviour"] = "recompute"
-    """Anchor of the ratio: log-probs recomputed by the learner at admission, or the engine's behaviour log-probs."""
-
-    # -- loss (§3-§6) --
-    loss_type: LossType = "dapo"
-    """Per-token surrogate and its aggregation."""
-    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
-    """token, sequence (GSPO) or sequence_token (GSPO-token)."""
-    epsilon: Optional[float] = Field(None, gt=0)
-    """Lower clip epsilon. None: 0.2 (0.4, in log space, for gmpo)."""
-    epsilon_high: Optional[float] = Field(None, gt=0)
-    """Upper clip epsilon; None means epsilon. For cispo an absolute cap on the ratio."""
-    delta: Optional[float] = Field(None, gt=1)
-    """Two-sided clipping cap of the unclipped branch (INTELLECT-2). Use delta > 1 + epsilon_high."""
-    beta: float = Field(0.0, ge=0)
-    """KL coefficient against the reference model (k3 estimator). 0 loads no reference model."""
-    use_bias_correction_kl: bool = True
-    """Multiply the k3 KL by the importance ratio (DeepSeek-V3.2). relay-rl default True (as TRL 1.16)."""
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    """Divide advantages by the group std (group), the batch std (batch, Lite PPO) or not at all (none, Dr. GRPO)."""
-    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
-    """normalize_then_sum is GDPO (needs >= 2 reward functions)."""
-    mask_truncated_completions: bool = False
-    """Drop completions that hit max_completion_length from the loss (their rewards still enter group statistics)."""
-    off_policy_mask_threshold: Optional[float] = Field(None, ge=0)
-    """DeepSeek-V3.2 off-policy sequence mask threshold (nats per token). None: off."""
-    top_entropy_quantile: float = Field(1.0, ge=0, le=1)
-    """Keep only the top fraction of tokens by entropy in the policy loss (80/20 rule). 1.0: off."""
-    entropy_coef: float = Field(0.0, ge=0)
-    """Static entropy bonus coefficient (initial value when adaptive)."""
-    use_adaptive_entropy: bool = False
-    """Skywork-OR1's adaptive entropy coefficient."""
-    entropy_target: float = Field(0.2, ge=0)
-    entropy_coef_delta: float = Field(0.005, ge=0)
-    entropy_coef_min: float = Field(0.0, ge=0)
-    entropy_coef_max: float = Field(1.0, ge=0)
-    vllm_importance_sampling_correction: bool = True
-    """Rollout-engine importance correction rho = pi_old / pi_beh (applied to every engine in relay-rl)."""
-    vllm_importance_sampling_mode: ISMode = "sequence_mask"
-    """TIS (``*_truncate``) or MIS (``*_mask``), per token or per sequence."""
-    vllm_importance_sampling_clip_min: Optional[float] = Field(None, ge=0)
-    vllm_importance_sampling_clip_max: Optional[float] = Field(3.0, gt=0)
-    sapo_temperature_pos: float = Field(1.0, gt=0)
-    sapo_temperature_neg: float = Field(1.05, gt=0)
-    vespo_k_pos: float = 2.0
-    vespo_lambda_pos: float = Field(3.0, ge=1e-4)
-    vespo_k_neg: float = 3.0
-    vespo_lambda_neg: float = Field(2.0, ge=1e-4)
-    sync_ref_model: bool = False
-    """TR-DPO reference refresh: theta_ref <- alpha*theta + (1-alpha)*theta_ref every ref_model_sync_steps."""
-    ref_model_sync_steps: int = Field(512, ge=1)
-    ref_model_mixup_alpha: float = Field(0.6, ge=0, le=1)
-    cast_lm_head_to_fp32: bool = False
-    """Compute the LM head in fp32 (ScaleRL)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _aliases(cls, data):
-        if isinstance(data, dict):
-            if "vllm_importance_sampling_cap" in data:
-                raise ValueError("vllm_importance_sampling_cap was replaced by vllm_importance_sampling_clip_max "
-                                 "(and vllm_importance_sampling_clip_min): rename the field")
-            if isinstance(data.get("scale_rewards"), bool):  # TRL accepts True/False
-                data = {**data, "scale_rewards": "group" if data["scale_rewards"] else "none"}
-        return data
-
-    @model_validator(mode="after")
-    def _rules(self):
-        if self.steps_per_generation is not None and self.generation_batch_size is not None:
-            raise ValueError("set steps_per_generation or generation_batch_size, not both "
-                             f"(got {self.steps_per_generation} and {self.generation_batch_size})")
-        c_min, c_max = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
-        if c_min is not None and c_max is not None and c_min >= c_max:
-            raise ValueError(f"vllm_importance_sampling_clip_min ({c_min}) must be < clip_max ({c_max})")
-        if (self.vllm_importance_sampling_correction and self.vllm_importance_sampling_mode.endswith("truncate")
-                and c_min is None and c_max is None):
-            raise ValueError("a *_truncate importance-sampling mode needs vllm_importance_sampling_clip_min or "
-                             "vllm_importance_sampling_clip_max")
-        if self.loss_type == "vespo" and self.vllm_importance_sampling_correction and \
-                not self.vllm_importance_sampling_mode.startswith("token"):
-            raise ValueError("loss_type vespo folds the rollout correction into its weight per token: set "
-                             "vllm_importance_sampling_mode to token_truncate or token_mask "
-                             f"(got {self.vllm_importance_sampling_mode}), or turn the correction off")
-        if self.vllm_importance_sampling_correction and self.old_logprob_source == "behaviour":
-            raise ValueError("vllm_importance_sampling_correction needs old_logprob_source='recompute' (with "
-                             "'behaviour' the ratio already anchors on the engine's log-probs): set one of the two")
-        if self.staleness_policy == "use" and not self.vllm_importance_sampling_correction:
-            raise ValueError("staleness_policy 'use' trains on batches staler than max_staleness and needs the rollout "
-                             "importance correction to cover the lag: set vllm_importance_sampling_correction: true")
-        if self.max_inflight_generations is not None and self.staleness_policy == "wait":
-            raise ValueError("max_inflight_generations applies to staleness_policy drop/use (wait derives the "
-                             "look-ahead from max_staleness)")
-        if self.sync_ref_model and self.beta == 0:
-            raise ValueError("sync_ref_model needs a reference model: set beta > 0, or sync_ref_model: false")
-        if self.entropy_coef_min > self.entropy_coef_max:
-            raise ValueError("entropy_coef_min must be <= entropy_coef_max")
-        return self
-
-    # resolved values ------------------------------------------------------------------------------------------
-    @property
-    def epsilon_low(self) -> float:
-        return self.epsilon if self.epsilon is not None else (0.4 if self.loss_type == "gmpo" else 0.2)
-
-    @property
-    def epsilon_up(self) -> float:
-        return self.epsilon_high if self.epsilon_high is not None else self.epsilon_low
+    name_or_path: str
+    """Hugging Face model id or local path; ``kit:teacher`` (same tokenizer as the kit's student) and
+    ``kit:teacher_pairs`` (another tokenizer) are the quickstart kit's teachers, built on first use."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
 
 
-AlgorithmConfig = GRPOConfig  # the discriminated union over ``name`` grows with each method family
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -415,26 +297,64 @@ class RunConfig(Strict):
     kit: Optional[KitConfig] = None
     """Build (or reuse) the quickstart kit before training; ``kit:*`` paths refer to it."""
     model: ModelConfig
+    teacher: Optional[TeacherModelConfig] = None
+    """The teacher model of the distillation families (gkd, on_policy_distillation, gold, minillm); other families
+    do not load it."""
     data: DataConfig
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    reward: RewardConfig
+    reward: Optional[RewardConfig] = None
+    """Reward functions. Required by the families that learn from rewards (grpo); optional for distillation,
+    where they only score samples for the metrics (and ``eval/accuracy``)."""
     algorithm: AlgorithmConfig = Field(default_factory=GRPOConfig)
+    """The method: ``name`` picks the family (grpo, minillm, gkd, on_policy_distillation, gold), the other keys are
+    that family's knobs."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("algorithm"), dict) and "name" not in data["algorithm"]:
+            data = {**data, "algorithm": {"name": "grpo", **data["algorithm"]}}
+        return data
+
+    @property
+    def needs(self):
+        """What the method family needs (pools, sections), from ``learner.methods``."""
+        return family(self.algorithm).needs(self)
+
+    def pool_spec(self, pool: str) -> PoolSpec:
+        """The spec of a teacher pool by name."""
+        return (self.cluster.reference or self.cluster.teacher) if pool == "reference" else self.cluster.teacher
 
     @model_validator(mode="after")
     def _cross_section_rules(self):
-        uses_kit = any(str(v).startswith("kit:") for v in (self.model.name_or_path, self.data.train, self.data.eval))
-        if uses_kit and self.kit is None:
-            raise ValueError("model/data refer to 'kit:...' but there is no kit section: add `kit: {}`")
-        alg = self.algorithm
-        if alg.multi_objective_aggregation == "normalize_then_sum" and len(self.reward.reward_funcs) < 2:
-            raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one "
-                             "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: "
-                             "sum_then_normalize")
-        if alg.beta > 0 and self.cluster.teacher.replicas < 1:
-            raise ValueError("beta > 0 needs reference log-probs from the teacher pool: set cluster.teacher.replicas >= 1")
-        if self.cluster.rollout.replicas < 1 or self.cluster.reward.replicas < 1:
-            raise ValueError("cluster.rollout.replicas and cluster.reward.replicas must be >= 1")
+        paths = (self.model.name_or_path, self.data.train, self.data.eval,
+                 self.teacher.name_or_path if self.teacher else None)
+        if any(str(v).startswith("kit:") for v in paths) and self.kit is None:
+            raise ValueError("model/data/teacher refer to 'kit:...' but there is no kit section: add `kit: {}`")
+        needs, name = self.needs, self.algorithm.name
+        if needs.rewards and self.reward is None:
+            raise ValueError(f"reward: required field is missing (algorithm {name} learns from rewards: add "
+                             "reward: {reward_funcs: [...]})")
+        if needs.teacher_model and self.teacher is None:
+            raise ValueError(f"algorithm {name} learns from a teacher model: add `teacher: {{name_or_path: ...}}` "
+                             "(kit:teacher on the quickstart kit)")
+        for spec in needs.teachers:
+            if self.pool_spec(spec.pool).replicas < 1:
+                what = "reference log-probs" if spec.pool == "reference" else "teacher distributions"
+                field = "reference" if spec.pool == "reference" and self.cluster.reference else "teacher"
+                raise ValueError(f"algorithm {name} needs {what} from the {spec.pool} pool"
+                                 + (" (beta > 0)" if spec.pool == "reference" else "")
+                                 + f": set cluster.{field}.replicas >= 1")
+        if needs.frozen_rollout and self.cluster.frozen_rollout.replicas < 1:
+            raise ValueError("teacher-generated samples (seq_kd) need cluster.frozen_rollout.replicas >= 1")
+        check = getattr(family(self.algorithm), "check", None)
+        if check:
+            check(self)
+        if self.cluster.rollout.replicas < 1:
+            raise ValueError("cluster.rollout.replicas must be >= 1")
+        if self.reward is not None and self.cluster.reward.replicas < 1:
+            raise ValueError("cluster.reward.replicas must be >= 1 (or remove the reward section)")
         if self.rollout.partial_rollouts and self.rollout.engine != "hf":
             raise ValueError("rollout.partial_rollouts needs the hf engine (vLLM's offline engine cannot take weights "
                              "mid-generation)")
@@ -590,38 +510,58 @@ def _yaml_lines(text: str) -> dict[tuple, int]:
     return out
 
 
-def _allowed_fields(loc: tuple) -> list[str] | None:
+def _member(model, part):
+    """The model a field of ``model`` holds (through Optional, unions and the algorithm union's tag)."""
+    field = model.model_fields.get(part)
+    if field is None:
+        return None
+    ann = field.annotation
+    for cand in getattr(ann, "__args__", (ann,)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def _allowed_fields(loc: tuple, family_name: str | None = None) -> list[str] | None:
     """Field names allowed at the parent of ``loc`` (for unknown-key errors)."""
     model: Any = RunConfig
     for part in loc[:-1]:
         if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        ann = field.annotation
-        for cand in getattr(ann, "__args__", (ann,)):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                model = cand
-                break
-        else:
+        if model is RunConfig and part == "algorithm":
+            model = next((m for m in CONFIG_MODELS if m.model_fields["name"].default == family_name), GRPOConfig)
+            continue
+        model = _member(model, part)
+        if model is None:
             return None
     if isinstance(model, type) and issubclass(model, BaseModel):
         return sorted(model.model_fields)
     return None
 
 
+def _owners(field: str) -> list[str]:
+    """The algorithm families that have a knob of this name (for a knob given to the wrong family)."""
+    return [m.model_fields["name"].default for m in CONFIG_MODELS if field in m.model_fields]
+
+
 def _format_errors(e: ValidationError, source: str, lines: dict, overrides) -> str:
     msgs = []
     for err in e.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "RewardFuncSpec"))))
+        raw_loc, family_name = err["loc"], None
+        if len(raw_loc) > 1 and raw_loc[0] == "algorithm" and raw_loc[1] in FAMILY_NAMES:  # the union's tag
+            family_name, raw_loc = raw_loc[1], (raw_loc[0], *raw_loc[2:])
+        loc = tuple(p for p in raw_loc if not (isinstance(p, str) and ("[" in p or p in ("str", "RewardFuncSpec",
+                                                                                       "function-after"))))
         field = ".".join(str(p) for p in loc) or "(top level)"
         where = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), source)
         if any(o.split("=", 1)[0].strip() == field for o in overrides):
             where += " (command-line override)"
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(loc)
+            allowed = _allowed_fields(loc, family_name)
             msg = f"unknown field '{loc[-1]}'" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+            owners = _owners(str(loc[-1])) if loc[:1] == ("algorithm",) else []
+            if owners:
+                msg += f" ('{loc[-1]}' is a knob of algorithm.name {', '.join(owners)}; this run is {family_name})"
         elif err["type"] == "missing":
             msg = "required field is missing"
         else:

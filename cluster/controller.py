@@ -20,10 +20,12 @@ from tqdm import tqdm
 
 from .config import RunConfig, Schedule, dump_config, resolve_schedule
 from .data import load_data
-from .kit import ensure_kit, kit_summary, resolve_kit_path
+from .kit import ensure_kit, kit_parts_needed, kit_summary, resolve_kit_path
 from .metrics import MetricsLog, plot_reward_curve, reduce_stats, summary_table
 from .pipeline import Pipeline
 from .pools import Pools, create_pools, shutdown_pools
+from .preflight import check_teacher
+from learner.methods import family
 from .runtime import init_ray
 
 
@@ -37,32 +39,32 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
     log(f"[relay-rl] run {cfg.name}: output in {out}")
 
     extra = {}
+    needs = cfg.needs
+    teacher_name = cfg.teacher.name_or_path if cfg.teacher is not None and needs.teacher_model else None
     if cfg.kit is not None:
-        ensure_kit(cfg.kit, log=log)
+        ensure_kit(cfg.kit, log=log, parts=kit_parts_needed(cfg.model.name_or_path, teacher_name or ""))
         ks = kit_summary(cfg.kit)
         extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
     model_path = resolve_kit_path(cfg.model.name_or_path, cfg.kit)
+    teacher_path = resolve_kit_path(teacher_name, cfg.kit) if teacher_name else None
+    check_teacher(cfg, model_path, teacher_path)  # before any actor: loads, vocabulary, top-k
 
     train_data, eval_data = load_data(cfg.data, cfg.kit)  # before any cluster starts: a bad path fails fast
     started_ray = not ray.is_initialized() and not (cfg.cluster.address or _env_address())
     init_ray(cfg.cluster.address, cfg.cluster.namespace, log)
     sched = resolve_schedule(cfg)
-    a = cfg.algorithm
-    if a.max_staleness > 0 and a.old_logprob_source == "recompute" and not a.vllm_importance_sampling_correction:
-        log("[relay-rl] warning: max_staleness > 0 with old_logprob_source: recompute and the rollout correction off: "
-            "the lag between the sampling weights and pi_old goes uncorrected (ALGORITHMS.md §1.4). Set "
-            "algorithm.vllm_importance_sampling_correction: true, or old_logprob_source: behaviour")
+    for warning in getattr(family(cfg.algorithm), "warnings", lambda c: [])(cfg):
+        log(f"[relay-rl] warning: {warning}")
     run_name = f"{cfg.name}-{stamp}"
     try:
-        pools = create_pools(cfg, run_name, model_path, log, fixed_cluster=started_ray)
+        pools = create_pools(cfg, run_name, model_path, log, fixed_cluster=started_ray, teacher_path=teacher_path)
     except BaseException:
         if started_ray:
             ray.shutdown()
         raise
     metrics = MetricsLog(out, run_name)
     try:
-        reward_names = ray.get(pools.reward[0].names.remote())
-        pipe = Pipeline(cfg, sched, pools, train_data, reward_names)
+        pipe = Pipeline(cfg, sched, pools, train_data)
         ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
         t0 = time.time()
         final = ctl.run()
@@ -206,13 +208,15 @@ class Controller:
                "samples": self.sched.B * self.sched.P * self.sched.GA,
                "queue/inflight": len(self.inflight), **self.ledger.counters()}
         rec["tokens_per_s"] = learned.get("completions/tokens", 0.0) / max(step_s, 1e-9)
+        for k in [k for k in rec if k.startswith("teacher/bytes/")]:  # a generation batch feeds K steps
+            rec[k.replace("/bytes/", "/bytes_per_step/")] = rec[k] / self.sched.K
         rec.setdefault("timing/sync_s", 0.0)
         self.metrics.write(rec)
         return rec
 
     def after_step(self, step: int) -> None:
         t, a = self.cfg.train, self.cfg.algorithm
-        if a.sync_ref_model and step % a.ref_model_sync_steps == 0:
+        if getattr(a, "sync_ref_model", False) and step % a.ref_model_sync_steps == 0:
             self.pipe.sync_reference(a.ref_model_mixup_alpha)
         if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
             self.evaluate(step)
@@ -227,8 +231,9 @@ class Controller:
         res.update({"step": step, "policy_version": self.version, "timing/eval_s": time.time() - t0})
         self.metrics.write(res)
         self.last_eval = res
-        self.log(f"[relay-rl] step {step}: eval accuracy {res['eval/accuracy']:.3f} "
-                 f"(reward {res['eval/reward']:.3f}, {res['eval/samples']} samples, {res['timing/eval_s']:.1f}s)")
+        if "eval/accuracy" in res:
+            self.log(f"[relay-rl] step {step}: eval accuracy {res['eval/accuracy']:.3f} "
+                     f"(reward {res['eval/reward']:.3f}, {res['eval/samples']} samples, {res['timing/eval_s']:.1f}s)")
         return res
 
     def save(self, path: Path) -> None:
@@ -237,7 +242,7 @@ class Controller:
 
     def _postfix(self, rec: dict) -> dict:
         out = {"reward": f"{rec.get('reward/mean') or 0:.3f}", "loss": f"{rec.get('loss') or 0:.4f}"}
-        if self.last_eval:
+        if "eval/accuracy" in self.last_eval:
             out["eval_acc"] = f"{self.last_eval['eval/accuracy']:.3f}"
         out["stale"] = int(rec.get("staleness/max") or 0)
         return out

@@ -8,6 +8,8 @@ Layout of a kit folder::
     warm_start/            the SFT warm start (HF format)
     train.jsonl test.jsonl dev.jsonl   {"prompt": "12+34=", "answer": "46", "solution": "46"}
     kit.json               what was built and the warm start's accuracies
+    teacher/ teacher_pairs/   optional parts (``KIT_PARTS``), built only when asked for: strong SFT teachers
+                           for distillation, each an HF folder with a part.json (accuracies, steps, settings)
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import KitConfig
@@ -35,7 +38,8 @@ def kit_dir(cfg: KitConfig) -> Path:
 
 
 def resolve_kit_path(value: str, cfg: KitConfig | None) -> str:
-    """``kit:warm_start`` -> <kit>/warm_start, ``kit:train`` -> <kit>/train.jsonl; other values pass through."""
+    """``kit:warm_start`` -> <kit>/warm_start, ``kit:train`` -> <kit>/train.jsonl, ``kit:teacher`` -> <kit>/teacher
+    (any other name -> <kit>/<name>); other values pass through. Parts are not built here: see ``kit_parts_needed``."""
     if not value or not value.startswith("kit:"):
         return value
     name = value[len("kit:"):]
@@ -45,18 +49,40 @@ def resolve_kit_path(value: str, cfg: KitConfig | None) -> str:
 
 
 def build_tokenizer():
+    """The kit's character tokenizer: one token per character of ``VOCAB``."""
+    return _word_level_tokenizer(VOCAB, split=".")
+
+
+PAIR_VOCAB = ["<pad>", "<eos>", *"0123456789", "+", "=", *(f"{n:02d}" for n in range(100))]
+
+
+def build_pair_tokenizer():
+    """A second tokenizer over the same text, for cross-tokenizer distillation: digits are read greedily in pairs
+    ("123" -> "12", "3"; "12+34=" -> "12", "+", "34", "="), so token boundaries differ from the character
+    tokenizer's while every string still decodes to the same text and offsets map tokens back to characters."""
+    return _word_level_tokenizer(PAIR_VOCAB, split=r"\d\d|.")
+
+
+def _word_level_tokenizer(vocab: list[str], split: str):
+    """A fixed vocabulary whose pieces are the regex ``split``'s matches; ``<pad>``/``<eos>`` special, left padding
+    (what batched generation needs)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(VOCAB)}, unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(vocab)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(split), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(["<pad>", "<eos>"])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
                                    padding_side="left", model_max_length=64)
 
 
-def build_model(cfg: KitConfig, tokenizer):
+TOKENIZERS = {"char": build_tokenizer, "pairs": build_pair_tokenizer}
+
+
+def build_model(cfg, tokenizer, seed: int | None = None):
+    """A fresh tiny Qwen3 sized by ``cfg`` (a ``KitConfig`` or ``TeacherSettings``: same field names), seeded by
+    ``seed`` (default ``cfg.seed``)."""
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
@@ -67,7 +93,7 @@ def build_model(cfg: KitConfig, tokenizer):
         max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed if seed is None else seed)
     model = Qwen3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
@@ -83,11 +109,71 @@ def make_task(cfg: KitConfig) -> dict[str, list[dict]]:
     return {"train": train, "test": test, "dev": train[:cfg.dev_size]}
 
 
-def ensure_kit(cfg: KitConfig, log=print) -> Path:
-    """Build the kit unless a complete one with the same settings exists. Returns its folder."""
+@dataclass(frozen=True)
+class TeacherSettings:
+    """A distillation teacher: a tiny Qwen3 larger than the student, trained by SFT from scratch on the kit's train
+    split until it is good (the warm start is deliberately weak; a teacher must not be). The SFT fields are the ones
+    ``learner.sft.train_sft`` reads. Tuned for wall time on 2 CPU cores: a high peak lr with warmup and a cosine
+    decay to ``max_steps``, stopping at the first evaluation whose held-out dev accuracy reaches the target."""
+
+    tokenizer: str = "char"
+    """A key of ``TOKENIZERS``: "char" shares the student's vocabulary, "pairs" tokenizes the same text differently."""
+    seed_offset: int = 1
+    """Seed = kit seed + this: an initialisation and batch order unlike the student's."""
+    hidden_size: int = 192
+    """192 rather than 256: as few steps to the target in trials, at 0.6x the time per step."""
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 768
+    max_position_embeddings: int = 64
+    learning_rate: float = 2e-3
+    min_lr_ratio: float = 0.1
+    batch_size: int = 256
+    warmup_steps: int = 50
+    max_steps: int = 450
+    eval_every: int = 25
+    target_dev_accuracy: float = 0.98
+
+
+KIT_PARTS: dict[str, TeacherSettings] = {
+    # ~350 steps to the target, dev and held-out accuracy >= 0.99 in trials
+    "teacher": TeacherSettings(),
+    # Pair tokens turn the task into a lookup over 90 operand embeddings learned from scratch, far slower to learn
+    # than shared digits. What helped in trials was more, cheaper steps: 2 layers (half the step cost), batch 128,
+    # 3000 steps (~0.95 held-out; 4 layers reached 0.89 in the same time).
+    "teacher_pairs": TeacherSettings(tokenizer="pairs", seed_offset=2, num_hidden_layers=2, learning_rate=3e-3,
+                                     batch_size=128, max_steps=3000, eval_every=100),
+}
+"""Optional kit folders, built only when named (``ensure_kit(parts=...)``, or a ``kit:<part>`` path in a recipe)."""
+
+PART_KEYS = ("test_accuracy", "dev_accuracy", "steps", "parameters", "build_s", "settings")
+
+
+def kit_parts_needed(*paths: str | None) -> tuple[str, ...]:
+    """The parts that ``kit:`` paths refer to, in first-seen order, so a caller builds only those:
+    ("kit:teacher", "kit:train", "/x") -> ("teacher",)."""
+    names = (p[len("kit:"):] for p in paths if isinstance(p, str) and p.startswith("kit:"))
+    return tuple(dict.fromkeys(n for n in names if n in KIT_PARTS))
+
+
+def ensure_kit(cfg: KitConfig, log=print, parts: tuple[str, ...] = ()) -> Path:
+    """Build the kit unless a complete one with the same settings exists, then each part in ``parts`` that is
+    missing. Returns the kit folder."""
+    unknown = [p for p in parts if p not in KIT_PARTS]
+    if unknown:
+        raise ValueError(f"unknown kit part(s) {unknown}; valid parts: {sorted(KIT_PARTS)}")
     root = kit_dir(cfg)
-    if (root / "kit.json").is_file():
-        return root
+    if not (root / "kit.json").is_file():
+        _build_kit(cfg, root, log)
+    for name in dict.fromkeys(parts):
+        _ensure_part(cfg, root, name, log)
+    return root
+
+
+def _build_kit(cfg: KitConfig, root: Path, log) -> None:
+    """Tokenizer, base model, task splits and warm start, built in a temp folder and renamed into place."""
     t0 = time.time()
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,15 +195,88 @@ def ensure_kit(cfg: KitConfig, log=print) -> Path:
     summary = warm_start(tmp / "base", splits, tmp / "warm_start", cfg.warm_start, seed=cfg.seed, log=log)
     summary.update(parameters=n_params, build_s=round(time.time() - t0, 1))
     (tmp / "kit.json").write_text(json.dumps(summary, indent=2))
-    if root.exists():  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(root)
+    _move_into_place(tmp, root)
     log(f"[kit] ready in {time.time() - t0:.0f}s at {root}: warm start held-out greedy accuracy "
         f"{summary['test_accuracy']:.3f} (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
-    return root
+
+
+def _ensure_part(cfg: KitConfig, root: Path, name: str, log) -> Path:
+    """Reuse ``<kit>/<name>`` if its part.json is complete and was built with today's settings, else (re)build it."""
+    out, settings = root / name, KIT_PARTS[name]
+    summary = _read_part(out)
+    if summary is not None and summary["settings"] == asdict(settings):
+        return out
+    if out.exists():  # built with other settings, or not by us: replace it
+        log(f"[kit] {name}: {out} is stale or incomplete; rebuilding")
+        shutil.rmtree(out)
+    tmp = root / f".{name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_part(cfg, root, settings, tmp, log=log, name=name)
+    _move_into_place(tmp, out)
+    return out
+
+
+def build_part(cfg: KitConfig, root: Path, settings: TeacherSettings, out: Path, log=print,
+               name: str = "teacher") -> dict:
+    """Train a teacher from scratch on the kit's splits and save it (model, tokenizer, part.json) to ``out``."""
+    from learner.sft import train_sft
+
+    t0 = time.time()
+    seed = cfg.seed + settings.seed_offset
+    tokenizer = TOKENIZERS[settings.tokenizer]()
+    model = build_model(settings, tokenizer, seed=seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"[kit] {name}: Qwen3 ({n_params:,} parameters), {settings.tokenizer} tokenizer ({len(tokenizer)} tokens); "
+        "SFT ...")
+    splits = teacher_splits(read_splits(root))
+    summary = train_sft(model, tokenizer, splits, settings, seed=seed, log=log, name=name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    summary.update(parameters=n_params, build_s=round(time.time() - t0, 1), settings=asdict(settings))
+    (out / "part.json").write_text(json.dumps(summary, indent=2))  # written last: its presence marks a full build
+    log(f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out greedy accuracy {summary['test_accuracy']:.3f} "
+        f"(dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
+    return summary
+
+
+def read_splits(root: Path) -> dict[str, list[dict]]:
+    """The kit's train/test/dev rows as written (the files are the truth other code reads)."""
+    return {name: [json.loads(line) for line in (root / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "test", "dev")}
+
+
+def teacher_splits(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The kit's splits with the dev rows taken out of train. The kit's dev split is a slice of train (the warm start
+    trains on it), so its accuracy is training accuracy; a teacher stops on it, so it must be held out to say how the
+    teacher does on unseen pairs (dev 1.0 on trained rows still left 0.965 held-out in trials)."""
+    dev = {r["prompt"] for r in splits["dev"]}
+    return {**splits, "train": [r for r in splits["train"] if r["prompt"] not in dev]}
+
+
+def _read_part(folder: Path) -> dict | None:
+    try:
+        summary = json.loads((folder / "part.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if all(k in summary for k in PART_KEYS) else None
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    """Rename a finished build into place; if another process finished first, keep theirs."""
+    if dest.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # lost a race between the check and the rename
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def kit_summary(cfg: KitConfig) -> dict:
     return json.loads((kit_dir(cfg) / "kit.json").read_text())
+
+
+def kit_part_summary(cfg: KitConfig, name: str) -> dict:
+    """A built part's part.json: test/dev accuracy, SFT steps, parameters, build seconds, settings."""
+    return json.loads((kit_dir(cfg) / name / "part.json").read_text())

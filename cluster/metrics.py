@@ -107,6 +107,12 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
     es, acc = log.series("eval/accuracy")
     if es:
         ax.plot(es, acc, "o-", lw=1.8, label="eval accuracy (held-out)")
+    ds, div = log.series("distill/divergence")
+    if ds:  # distillation: the divergence to the teacher, on its own axis
+        ax2 = ax.twinx()
+        ax2.plot(ds, div, color="tab:red", lw=0.8, alpha=0.6, label="divergence to the teacher")
+        ax2.set_ylabel("divergence")
+        ax2.legend(loc="upper right")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward / accuracy")
     ax.set_title(title)
@@ -120,10 +126,9 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
 def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, steps_per_batch: float = 1.0) -> str:
     """The one-screen end-of-run summary. Rates and times are over all optimizer steps; a generation batch feeds
     ``steps_per_batch`` (K) steps, and each of them logs that batch's generate time, so the per-step share is 1/K."""
-    steps, _ = log.series("reward/mean")
     es, acc = log.series("eval/accuracy")
     train = [r for r in log.history if "loss" in r]
-    rows = [("steps", f"{steps[-1] if steps else 0}"), ("wall time", f"{wall_s:.0f} s")]
+    rows = [("steps", f"{train[-1]['step'] if train else 0}"), ("wall time", f"{wall_s:.0f} s")]
     if acc:
         rows.append(("eval accuracy", f"{acc[0]:.3f} (step {es[0]}) -> {acc[-1]:.3f} (step {es[-1]}), best {max(acc):.3f}"))
     if train:
@@ -134,8 +139,13 @@ def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, st
         generate = f"generate {mean('timing/generate_s') / steps_per_batch:.3f}s"
         if steps_per_batch != 1:
             generate += f" ({mean('timing/generate_s'):.3f}s per generation batch of {steps_per_batch:g} steps)"
-        rows += [("train reward (last 10%)", f"{sum(r.get('reward/mean') or 0 for r in last) / len(last):.3f}"),
-                 ("samples/s", f"{total('samples') / step_s:.1f}"),
+        if any("reward/mean" in r for r in train):
+            rows.append(("train reward (last 10%)", f"{sum(r.get('reward/mean') or 0 for r in last) / len(last):.3f}"))
+        if any("distill/divergence" in r for r in train):
+            rows.append(("divergence (first -> last 10%)",
+                         f"{train[0]['distill/divergence']:.4f} -> "
+                         f"{sum(r['distill/divergence'] for r in last) / len(last):.4f}"))
+        rows += [("samples/s", f"{total('samples') / step_s:.1f}"),
                  ("tokens/s", f"{total('completions/tokens') / step_s:.0f}"),
                  ("time per step (mean)", f"{generate}, train {mean('timing/train_s'):.3f}s, "
                                           f"sync {mean('timing/sync_s'):.3f}s, step {mean('timing/step_s'):.3f}s"),

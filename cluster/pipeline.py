@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import ray
 import torch
 
-from learner.advantages import compute_advantages, group_nanstd
+from learner.methods import DATASET, POLICY, TEACHER, family, sources
 from rollout_workers.engine import SamplingParams
 
 from .batch import Batch
@@ -24,50 +24,61 @@ log = logging.getLogger("relay_rl")
 
 
 @ray.remote(num_cpus=0)
-def assemble(scored: list, P: int, reward_weights: list, scale_rewards: str, aggregation: str,
-             mask_truncated: bool, seed: int, gen_id: int):
-    """Whole generation batch -> (P shards..., stats). Advantages first, then the sample-level shuffle (§1.2)."""
-    batch = Batch.concat(ray.get(scored))
-    A, r = compute_advantages(batch.rewards, batch.group_id, torch.tensor(reward_weights), scale_rewards, aggregation)
-    mask = batch.completion_mask.clone()
-    lengths = mask.sum(-1)
-    if mask_truncated:  # the row leaves the loss and N; its reward stayed in the group statistics
-        mask[batch.truncated] = 0.0
-    N = float(mask.sum())
-    batch = batch.replace(advantages=A.float(), completion_mask=mask,
-                          info={"num_items_in_batch": N, "gen_id": gen_id})
-    perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed))
-    shards = batch.select(perm).split(P)
-    stats = generation_stats(batch, r, lengths, scored_infos=[s.info for s in ray.get(scored)])
-    return (*shards, stats)
+def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, gen_id: int):
+    """Whole generation batch -> (P shards..., stats): the family's assemble step (advantages, targets, row order),
+    then P consecutive rank shards of S slices each."""
+    parts = ray.get(scored)
+    batch = Batch.concat(parts)
+    has_rewards = batch.rewards is not None
+    if not has_rewards:  # no reward section: a constant reward of 1.0 (advantages 0)
+        batch, reward_weights = batch.replace(rewards=torch.ones(len(batch), 1)), None
+    weights = reward_weights or [1.0] * batch.rewards.shape[1]
+    stats = generation_stats(batch, total_reward(batch.rewards, weights), [p.info for p in parts],
+                             scored=has_rewards)
+    batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
+    batch = batch.replace(info={**batch.info, "gen_id": gen_id})
+    return (*batch.split(P), {**stats, **family_stats})
 
 
-def generation_stats(batch: Batch, r: torch.Tensor, lengths: torch.Tensor, scored_infos: list[dict]) -> dict:
-    R = batch.rewards
-    gstd = group_nanstd(r, batch.group_id)
+def total_reward(R_NK: torch.Tensor, weights: list) -> torch.Tensor:
+    """r_i = sum_k w_k R_ik over the scored entries; NaN where a row is unscorable (§2.1)."""
+    R = R_NK.double()
+    return torch.nansum(torch.tensor(weights, dtype=R.dtype) * R, dim=1).masked_fill(torch.isnan(R).all(1), torch.nan)
+
+
+def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True) -> dict:
+    lengths = batch.completion_mask.sum(-1)
     stats = {
-        "reward/mean": float(torch.nanmean(r)) if (~torch.isnan(r)).any() else float("nan"),
-        "reward/std": float(r[~torch.isnan(r)].std()) if (~torch.isnan(r)).sum() > 1 else 0.0,
-        "reward/unscorable": float(torch.isnan(r).float().mean()),
-        "frac_reward_zero_std": float((torch.nan_to_num(gstd, nan=0.0) < 1e-6).float().mean()),
         "completions/mean_length": float(lengths.mean()),
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
         "completions/mixed_version_ratio": float(batch.mixed_version.float().mean()) if batch.mixed_version is not None else 0.0,
         "completions/tokens": float(lengths.sum()),
-        "timing/generate_s": max(i.get("generate_s", 0.0) for i in scored_infos),
-        "timing/reward_s": max(i.get("reward_s", 0.0) for i in scored_infos),
+        "timing/generate_s": max(i.get("generate_s", 0.0) for i in infos),
+        "timing/reward_s": max(i.get("reward_s", 0.0) for i in infos),
         "behaviour_version": int(batch.policy_version.min()),  # the weights that sampled the batch (oldest)
         "behaviour_version_max": int(batch.policy_version.max()),
         "rows": len(batch),
     }
-    for k, name in enumerate(scored_infos[0].get("reward_names", [])):
-        col = R[:, k]
+    for key in {k for i in infos for k in i if k.startswith(("teacher_s/", "teacher_bytes/"))}:
+        values = [i.get(key, 0) for i in infos]  # chunks are scored in parallel: seconds max, bytes add up
+        stats[key.replace("teacher_s/", "timing/teacher_s/").replace("teacher_bytes/", "teacher/bytes/")] = \
+            max(values) if key.startswith("teacher_s/") else sum(values)
+    if not scored:
+        return {**stats, "reward_errors": {}, "reward_stuck": []}
+    ok = ~torch.isnan(r)
+    stats.update({
+        "reward/mean": float(r[ok].mean()) if ok.any() else float("nan"),
+        "reward/std": float(r[ok].std()) if ok.sum() > 1 else 0.0,
+        "reward/unscorable": float((~ok).float().mean()),
+    })
+    for k, name in enumerate(infos[0].get("reward_names", [])):
+        col = batch.rewards[:, k]
         ok = ~torch.isnan(col)
         stats[f"rewards/{name}/mean"] = float(col[ok].mean()) if ok.any() else float("nan")
         stats[f"rewards/{name}/std"] = float(col[ok].std()) if ok.sum() > 1 else 0.0
     errors, stuck = {}, []
-    for info in scored_infos:
+    for info in infos:
         errors.update(info.get("reward_errors", {}))
         if info.get("reward_stuck"):
             stuck.append(info.get("reward_worker"))
@@ -87,6 +98,7 @@ class Generation:
     version: int  # v_b: weights version it was sampled with
     shards: list = field(default_factory=list)  # P ObjectRefs
     stats_ref: object = None
+    source_stats: dict = field(default_factory=dict)  # micro-batches per completion source (GKD's mixing)
     stats: dict | None = None
     attempts: int = 1
 
@@ -112,10 +124,9 @@ class PromptSampler:
 
 
 class Pipeline:
-    def __init__(self, cfg: RunConfig, sched: Schedule, pools: Pools, train_data, reward_names: list[str]):
+    def __init__(self, cfg: RunConfig, sched: Schedule, pools: Pools, train_data):
         self.cfg, self.sched, self.pools = cfg, sched, pools
         self.sampler = PromptSampler(train_data, cfg.data.shuffle_dataset, cfg.train.seed)
-        self.reward_names = reward_names
         self.rollout_version = 0  # version the rollout pool holds (after queued loads)
         self.pending_loads: list = []
         self.last_sync: dict = {}
@@ -168,7 +179,7 @@ class Pipeline:
     def sync_reference(self, alpha: float) -> None:
         """TR-DPO reference refresh: theta_ref <- alpha * theta + (1 - alpha) * theta_ref on every teacher actor."""
         refs = ray.get([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
-        ray.get([t.mix_weights.remote(refs, alpha) for t in self.pools.teacher])
+        ray.get([t.mix_weights.remote(refs, alpha) for t in self.pools.teachers["reference"]])
 
     def sync_stats(self) -> dict:
         """Finish the last sync's bookkeeping (waits for the queued loads)."""
@@ -190,38 +201,56 @@ class Pipeline:
 
     # -- generation ---------------------------------------------------------------------------------------------
     def launch(self, gen_id: int, records: list | None = None) -> Generation:
-        """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once."""
+        """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once. Each micro-batch's
+        completions come from one source (the family's ``sources``): the policy's rollout pool, the frozen teacher
+        rollout pool, or the dataset's completions (tokenised by a rollout actor)."""
         s, a = self.sched, self.cfg.algorithm
         self.wake_rollout()
         records = records if records is not None else self.sampler.take(s.prompts_per_generation)
         gen = Generation(gen_id=gen_id, records=records, version=self.rollout_version)
-        params = SamplingParams(n=s.G, seed=(self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id,
-                                **self.sampling)
-        R = len(self.pools.rollout)
-        chunks = [records[i::R] for i in range(R)]  # interleaved split keeps groups whole
+        seed = (self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id
+        plan = sources(a, s.generation_batch_size // s.B, seed)  # one source per micro-batch
+        by_source: dict[str, list] = {}
+        for i, record in enumerate(records):  # prompt i's G rows start at row i*G: micro-batch (i*G) // B
+            by_source.setdefault(plan[i * s.G // s.B], []).append((record, gen_id * len(records) + i))
+        if getattr(family(a), "sources", None):  # the family mixes sources: the fraction of each
+            gen.source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
+        params = SamplingParams(n=s.G, seed=seed, **self.sampling)
         scored = []
-        base = 0
-        for i, (w, chunk) in enumerate(zip(self.pools.rollout, chunks)):
-            if not chunk:
-                continue
-            ref = w.generate.remote(chunk, _seeded(params, i), group_offset=gen_id * len(records) + base)
-            base += len(chunk)
-            reward = self.pools.reward[i % len(self.pools.reward)]
-            ref = reward.score.remote(ref, {"global_step": gen_id})
-            if self.pools.teacher:
-                ref = self.pools.teacher[i % len(self.pools.teacher)].score.remote(ref)
-            scored.append(ref)
+        for src, items in by_source.items():
+            workers = self.pools.frozen_rollout if src == TEACHER else self.pools.rollout
+            for w_index, worker in enumerate(workers):
+                chunk = items[w_index::len(workers)]  # interleaved split keeps groups whole
+                if not chunk:
+                    continue
+                recs, gids = [r for r, _ in chunk], [g for _, g in chunk]
+                if src == DATASET:
+                    ref = worker.from_dataset.remote(recs, self.cfg.data.completion_column,
+                                                     self.cfg.rollout.max_completion_length, group_ids=gids, n=s.G)
+                else:
+                    ref = worker.generate.remote(recs, _seeded(params, w_index + (1000 if src == TEACHER else 0)),
+                                                 group_ids=gids)
+                scored.append(self._score(ref, len(scored), gen_id))
         out = assemble.options(num_returns=s.P + 1).remote(
-            scored, s.P, self.cfg.reward.reward_weights or [1.0] * len(self.reward_names), a.scale_rewards,
-            a.multi_objective_aggregation, a.mask_truncated_completions, self.cfg.train.seed + gen_id, gen_id)
+            scored, a, s.P, self.cfg.reward.reward_weights if self.cfg.reward else None,
+            self.cfg.train.seed + gen_id, gen_id)
         gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
         return gen
+
+    def _score(self, ref, i: int, step: int):
+        """Reward scores (when the run has rewards), then every teacher pool the family needs, chained as refs."""
+        if self.pools.reward:
+            ref = self.pools.reward[i % len(self.pools.reward)].score.remote(ref, {"global_step": step})
+        for spec in self.cfg.needs.teachers:
+            pool = self.pools.teachers[spec.pool]
+            ref = pool[i % len(pool)].score.remote(ref, asdict(spec))
+        return ref
 
     def wait(self, gen: Generation, max_attempts: int = 3) -> Generation:
         """Block until the generation's statistics are in; redo it if a rollout or reward actor crashed."""
         while True:
             try:
-                gen.stats = ray.get(gen.stats_ref)
+                gen.stats = {**ray.get(gen.stats_ref), **gen.source_stats}
                 return gen
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 if gen.attempts >= max_attempts:
@@ -236,7 +265,9 @@ class Pipeline:
     def _await_restarts(self, timeout: float = 300) -> None:
         """Wait until every rollout/reward actor answers, then bring restarted rollout actors to the current weights."""
         deadline = time.time() + timeout
-        for a in self.pools.rollout + self.pools.reward + self.pools.teacher:
+        for a in self.pools.all_actors():
+            if a in self.pools.learner:
+                continue
             while True:
                 try:
                     ray.get(a.ping.remote(), timeout=30)
@@ -270,14 +301,19 @@ class Pipeline:
             chunk = records[i::R]
             if chunk:
                 ref = w.generate.remote(chunk, params, group_offset=i * len(records))
-                refs.append(self.pools.reward[i % len(self.pools.reward)].score.remote(ref, {"global_step": step}))
+                if self.pools.reward:
+                    ref = self.pools.reward[i % len(self.pools.reward)].score.remote(ref, {"global_step": step})
+                refs.append(ref)
         scored = ray.get(refs)  # small: eval batches are scored, not trained on
+        lengths = torch.cat([b.completion_mask.sum(-1) for b in scored])
+        if not self.pools.reward:  # nothing to score with: lengths only
+            return {"eval/mean_length": float(lengths.mean()), "eval/samples": int(lengths.numel())}
         R_all = torch.cat([b.rewards for b in scored])
         w = torch.tensor(self.cfg.reward.reward_weights or [1.0] * R_all.shape[1])
         total = torch.nansum(R_all * w, dim=1)
         return {"eval/accuracy": float((total >= self.cfg.rollout.eval_success_threshold).double().mean()),
                 "eval/reward": float(total.double().mean()),
-                "eval/mean_length": float(torch.cat([b.completion_mask.sum(-1) for b in scored]).mean()),
+                "eval/mean_length": float(lengths.mean()),
                 "eval/samples": int(R_all.shape[0])}
 
 

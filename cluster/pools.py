@@ -24,11 +24,15 @@ class Pools:
     rollout: list
     reward: list
     learner: list
-    teacher: list = field(default_factory=list)
+    teachers: dict = field(default_factory=dict)  # pool name ("reference", "teacher") -> actors
+    frozen_rollout: list = field(default_factory=list)  # the teacher's frozen weights, never synced
     placement_group: object = None
 
     def all_actors(self) -> list:
-        return [*self.rollout, *self.reward, *self.teacher, *self.learner]
+        return [*self.rollout, *self.frozen_rollout, *self.reward, *self.scorers(), *self.learner]
+
+    def scorers(self) -> list:
+        return [a for actors in self.teachers.values() for a in actors]
 
 
 def _actor(cls, spec: PoolSpec, name: str, namespace: str, pg=None, bundle: int | None = None, **options):
@@ -62,8 +66,12 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
     c = cfg.cluster
     demand = [("learner", b) for b in learner_bundles(c)]  # (pool, what one actor or rank reserves)
     demand += [("rollout", _bundle(c.rollout))] * (0 if c.colocate else c.rollout.replicas)
-    demand += [("reward", _bundle(c.reward))] * c.reward.replicas
-    demand += [("teacher", _bundle(c.teacher))] * (c.teacher.replicas if cfg.algorithm.beta > 0 else 0)
+    demand += [("reward", _bundle(c.reward))] * (c.reward.replicas if cfg.reward is not None else 0)
+    for spec in cfg.needs.teachers:
+        pool = cfg.pool_spec(spec.pool)
+        demand += [("reference" if spec.pool == "reference" and c.reference else "teacher", _bundle(pool))] * pool.replicas
+    if cfg.needs.frozen_rollout:
+        demand += [("frozen_rollout", _bundle(c.frozen_rollout))] * c.frozen_rollout.replicas
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     fmt = lambda d: ", ".join(f"{k} {v:g}" for k, v in sorted(d.items())) or "nothing"  # noqa: E731
     problems, total, seen = [], {}, []
@@ -92,7 +100,8 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
     log(f"[relay-rl] warning: {msg}\n  waiting for the cluster to grow (autoscaler) ...")
 
 
-def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixed_cluster: bool = False) -> Pools:
+def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixed_cluster: bool = False,
+                 teacher_path: str | None = None) -> Pools:
     c, ns, r = cfg.cluster, cfg.cluster.namespace, cfg.rollout
     P, R = c.learner.replicas, c.rollout.replicas
     check_resources(cfg, fixed_cluster, log)
@@ -121,31 +130,46 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
         _actor(RewardWorker, c.reward, f"{run_name}/reward-{i}", ns).remote(
             [f if isinstance(f, str) else f.model_dump() for f in cfg.reward.reward_funcs], model_path,
             cfg.reward.timeout_s, index=i)
-        for i in range(c.reward.replicas)]
-    teacher = []
-    if cfg.algorithm.beta > 0:
-        teacher = [_actor(TeacherWorker, c.teacher, f"{run_name}/teacher-{i}", ns).remote(
-            model_path, cfg.model.dtype, temperature=r.temperature or 1.0, index=i,
-            trust_remote_code=cfg.model.trust_remote_code) for i in range(c.teacher.replicas)]
+        for i in range(c.reward.replicas if cfg.reward is not None else 0)]
+    needs, t = cfg.needs, cfg.teacher
+    teachers = {}
+    for spec in needs.teachers:  # the reference is the frozen initial policy; the teacher is the ``teacher:`` model
+        ref = spec.pool == "reference"
+        path, dtype = (model_path, cfg.model.dtype) if ref else (teacher_path, t.dtype)
+        trust = cfg.model.trust_remote_code if ref else t.trust_remote_code
+        teachers[spec.pool] = [_actor(TeacherWorker, cfg.pool_spec(spec.pool), f"{run_name}/{spec.pool}-{i}", ns).remote(
+            path, dtype, index=i, pool=spec.pool, trust_remote_code=trust,
+            student_tokenizer=model_path if spec.retokenize else None)
+            for i in range(cfg.pool_spec(spec.pool).replicas)]
+    frozen = []
+    if needs.frozen_rollout:  # teacher-generated samples: the teacher's weights, never synced
+        frozen = [_actor(RolloutWorker, c.frozen_rollout, f"{run_name}/frozen_rollout-{i}", ns).remote(
+            teacher_path, r.engine, t.dtype, {"trust_remote_code": t.trust_remote_code, **vllm_options(cfg)},
+            index=i, max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column)
+            for i in range(c.frozen_rollout.replicas)]
+    scorers = [a for actors in teachers.values() for a in actors]
 
     cfg_dict = cfg.model_dump(mode="json")
     learner = [_actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, model_path)
                for i in range(P)]
     addr, port = ray.get(learner[0].rendezvous.remote())
     infos = ray.get([a.setup.remote(addr, port) for a in learner]
-                    + [a.ping.remote() for a in rollout + reward + teacher])
+                    + [a.ping.remote() for a in rollout + frozen + reward + scorers])
     if r.weight_transport == "collective":
         addr, port = ray.get(learner[0].rendezvous.remote())
         backend = "nccl" if c.learner.num_gpus and c.rollout.num_gpus else "gloo"
         ray.get([learner[0].init_sync_group.remote(addr, port, R + 1, backend)]
                 + [w.init_sync_group.remote(addr, port, R + 1, i + 1, backend) for i, w in enumerate(rollout)])
     li = infos[0]
-    log(f"[relay-rl] pools up: rollout x{R} ({r.engine}), reward x{len(reward)}, "
-        + (f"teacher x{len(teacher)}, " if teacher else "")
+    log(f"[relay-rl] pools up: rollout x{R} ({r.engine}), "
+        + (f"reward x{len(reward)}, " if reward else "")
+        + "".join(f"{name} x{len(actors)}, " for name, actors in teachers.items())
+        + (f"frozen_rollout x{len(frozen)}, " if frozen else "")
         + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['parameters']:,} parameters, "
           f"setup {li['setup_s']:.0f}s)" + (", colocated" if c.colocate else "")
         + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else ""))
-    return Pools(rollout=rollout, reward=reward, learner=learner, teacher=teacher, placement_group=pg)
+    return Pools(rollout=rollout, reward=reward, learner=learner, teachers=teachers, frozen_rollout=frozen,
+                 placement_group=pg)
 
 
 def vllm_options(cfg: RunConfig) -> dict:

@@ -22,8 +22,8 @@ from cluster.batch import Batch
 from cluster.config import RunConfig, resolve_schedule
 from cluster.metrics import merge_stats
 from cluster.weight_sync import Plan, bucket_plan
-from .logprobs import completion_logprobs, fp32_lm_head
-from .losses import AdaptiveEntropy, LossScale, PolicyBatch, entropy_threshold, policy_loss, rollout_is_weights
+from .logprobs import completion_logits, completion_logprobs, fp32_lm_head
+from .methods import family
 from .weights import gathered_buckets, tensor_to_array, to_arrays
 
 
@@ -38,9 +38,7 @@ class LearnerRank:
         self.model_path = model_path
         self.version = 0
         self.queue: deque = deque()  # (shard, slice index) per pending micro-step
-        a = self.alg
-        self.entropy = AdaptiveEntropy(a.entropy_coef, a.entropy_target, a.entropy_coef_delta, a.entropy_coef_min,
-                                       a.entropy_coef_max, adaptive=a.use_adaptive_entropy)
+        self.objective = family(self.alg).OBJECTIVE(self.cfg, self.sched)  # the family's loss (learner/methods/)
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0 publishes the address the process group meets at."""
@@ -80,7 +78,7 @@ class LearnerRank:
                     mod.p = 0.0
         if self.cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        if self.alg.cast_lm_head_to_fp32:
+        if getattr(self.alg, "cast_lm_head_to_fp32", False):
             fp32_lm_head(model)
         self.engine, *_ = deepspeed.initialize(model=model, config=ds_config, lr_scheduler=self._lr_schedule,
                                                model_parameters=[p for p in model.parameters() if p.requires_grad])
@@ -108,55 +106,29 @@ class LearnerRank:
     # ------------------------------------------------------------------------------------------------------------
     # admission
     # ------------------------------------------------------------------------------------------------------------
-    @property
-    def old_from_step(self) -> bool:
-        """log pi_old is log pi_theta at the admission version v_a (§1.4). When each generation batch is consumed
-        within the optimizer step it is admitted in (GA % (S*mu) = 0), that step's weights are v_a's, so
-        log pi_old = sg[log pi_theta] of the micro-step's own forward pass: no separate pass at admission. With
-        max_staleness 0 and the correction off this is §1.4's shortcut; with the correction on, rho = pi_old / pi_beh
-        is computed in the micro-step from the same values; with max_staleness > 0 it keeps the old-log-prob pass
-        off the learner's critical path."""
-        s = self.sched
-        return self.alg.old_logprob_source == "recompute" and s.GA % (s.S * s.mu) == 0
-
     @torch.no_grad()
     def admit(self, shard: Batch) -> dict:
-        """Take this rank's shard of a generation batch (B*S rows, ordered as S slices of B)."""
+        """Take this rank's shard of a generation batch (B*S rows, ordered as S slices of B); the family precomputes
+        what it needs with the weights of the admission version (e.g. GRPO's pi_old)."""
         t0 = time.time()
         shard = shard.replace(**{k: v.clone() for k, v in shard.tensors().items()})  # own, writable copies
-        stats = {}
-        if self.alg.old_logprob_source == "behaviour":
-            shard.old_logprobs = shard.behaviour_logprobs
-        elif not self.old_from_step:  # recompute with the weights of the admission version
-            shard.old_logprobs = self._logprobs_no_grad(shard)
-            if self.alg.vllm_importance_sampling_correction:
-                shard.is_weights, stats = self._rollout_correction(shard.old_logprobs, shard)
+        shard, stats = self.objective.admit(self, shard)
         slices = shard.split(self.sched.S)
         for j in range(self.sched.S * self.sched.mu):
             self.queue.append(slices[j % self.sched.S])
         stats["timing/admit_s"] = ("mean", time.time() - t0, 1.0)
         return stats
 
-    def _rollout_correction(self, old_logprobs: torch.Tensor, b: Batch) -> tuple[torch.Tensor, dict]:
-        """rho = pi_old / pi_beh, truncated or masked (§5.3)."""
-        a, d = self.alg, old_logprobs.device
-        return rollout_is_weights(old_logprobs, b.behaviour_logprobs.to(d), b.completion_mask.to(d),
-                                  a.vllm_importance_sampling_mode, a.vllm_importance_sampling_clip_min,
-                                  a.vllm_importance_sampling_clip_max)
-
-    def _logprobs_no_grad(self, b: Batch, chunk: int = 64) -> torch.Tensor:
+    def logprobs_no_grad(self, b: Batch, temperature: float, chunk: int = 64) -> torch.Tensor:
+        """log pi_theta(o_t) at the current weights, no grad, dropout off (for anchors computed at admission)."""
         self.engine.eval()
         out = []
         for i in range(0, len(b), chunk):
             mb = b.select(range(i, min(len(b), i + chunk)))
-            lp, _ = completion_logprobs(self.engine, *self._inputs(mb), temperature=self._temperature)
+            lp, _ = completion_logprobs(self.engine, *self._inputs(mb), temperature=temperature)
             out.append(lp.float().cpu())
         self.engine.train()
         return torch.cat(out)
-
-    @property
-    def _temperature(self) -> float:
-        return self.cfg.rollout.temperature or 1.0
 
     def _inputs(self, b: Batch):
         d = self.device
@@ -173,69 +145,38 @@ class LearnerRank:
         GA = self.sched.GA
         if len(self.queue) < GA:
             raise RuntimeError(f"train_step needs {GA} admitted micro-batches, has {len(self.queue)}")
-        coef = self.entropy.coef_for_step()
+        micro_batches = [self.queue.popleft() for _ in range(GA)]
+        self.objective.begin_step(micro_batches)
         stats: dict = {}
-        ent_sum = torch.zeros(2, dtype=torch.float64)
-        for _ in range(GA):
-            mb = self.queue.popleft()
-            loss, mb_stats, ent = self._micro_step(mb, coef)
+        for mb in micro_batches:
+            logits_BTV = completion_logits(self.engine, *self._inputs(mb))
+            loss, mb_stats = self.objective.loss(self, mb, logits_BTV)
             self.engine.backward(loss, scale_wrt_gas=False)  # L_mb already carries the 1/GA of §6.1
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
-            ent_sum += ent
-            merge_stats(stats, mb_stats)
-        if self.alg.use_adaptive_entropy:  # global token mean of H over M^eff, all micro-batches and ranks
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.all_reduce(ent_sum)
-            self.entropy.update(float(ent_sum[0] / ent_sum[1].clamp(min=1)))
+            merge_stats(stats, {**mb_stats, **self._micro_step_stats(mb, loss)})
+        merge_stats(stats, self.objective.end_step())
         self.version += 1
         grad_norm = self.engine.get_global_grad_norm()
         stats.update({
             "grad_norm": ("mean", float(grad_norm) if grad_norm is not None else float("nan"), 1.0),
             "learning_rate": ("mean", self.engine.get_lr()[0], 1.0),
-            "entropy_coef": ("mean", coef, 1.0),
             "timing/train_s": ("max", time.time() - t0, 1.0),
         })
         return stats
 
-    def _micro_step(self, mb: Batch, entropy_coef: float):
-        alg, s = self.alg, self.sched
-        need_entropy = True  # logged every step; also the 80/20 mask and the entropy bonus
-        logp, entropy = completion_logprobs(self.engine, *self._inputs(mb), temperature=self._temperature,
-                                            with_entropy=need_entropy)
-        d = self.device
-        mask = mb.completion_mask.to(d)
-        ent_mask = None
-        if alg.top_entropy_quantile < 1.0:
-            tau = entropy_threshold(all_gather_varlen(entropy.detach()[mask > 0]), alg.top_entropy_quantile)
-            ent_mask = (entropy.detach() >= tau).float() * mask
-        is_weights, is_stats = _opt(mb.is_weights, d), {}
-        if self.old_from_step and alg.vllm_importance_sampling_correction:  # pi_old = sg[pi_theta] of this step
-            is_weights, is_stats = self._rollout_correction(logp.detach().float(), mb)
-        x = PolicyBatch(
-            logprobs_BT=logp, mask_BT=mask, advantages=mb.advantages.to(d).float(),
-            old_logprobs_BT=_opt(mb.old_logprobs, d), behaviour_logprobs_BT=_opt(mb.behaviour_logprobs, d),
-            ref_logprobs_BT=_opt(mb.ref_logprobs, d), entropy_BT=entropy, entropy_mask_BT=ent_mask,
-            is_weights=is_weights)
-        scale = LossScale(GA=s.GA, S=s.S, P=s.P, max_completion_length=self.cfg.rollout.max_completion_length,
-                          num_items_in_batch=float(mb.info["num_items_in_batch"]), entropy_coef=entropy_coef)
-        loss, stats = policy_loss(alg, x, scale)
-        stats.update(is_stats)
-        m_eff = mask if ent_mask is None else ent_mask
+    def _micro_step_stats(self, mb: Batch, loss: torch.Tensor) -> dict:
+        """What every family reports: the loss, staleness of the consumed rows, tokens, which batch they came from."""
         staleness = (self.version - mb.policy_version).float()
-        rows = torch.ones_like(staleness)
-        stats.update({
-            "loss": ("mean", float(loss.detach()), 1.0 / s.GA),  # summed over GA micro-batches, averaged over ranks
-            "entropy": ("mean", float((entropy.detach() * mask).sum()), float(mask.sum())),
-            "staleness/mean": ("mean", float(staleness.sum()), float(rows.sum())),
+        mask = mb.completion_mask
+        return {
+            "loss": ("mean", float(loss.detach()), 1.0 / self.sched.GA),  # summed over GA micro-batches, rank mean
+            "staleness/mean": ("mean", float(staleness.sum()), float(staleness.numel())),
             "staleness/min": ("min", float(staleness.min()), 1.0),
             "staleness/max": ("max", float(staleness.max()), 1.0),
             "staleness/hist": ("hist", staleness.long().tolist(), 1.0),
             "completions/tokens": ("sum", float(mask.sum()), 1.0),
             "consumed/gen_id": ("hist", [int(mb.info.get("gen_id", -1))], 1.0),
-        })
-        ent = torch.tensor([float((entropy.detach() * m_eff).sum()), float(m_eff.sum())], dtype=torch.float64)
-        return loss, stats, ent
+        }
 
     # ------------------------------------------------------------------------------------------------------------
     # weights out
@@ -298,26 +239,6 @@ class LearnerRank:
             dist.barrier()
             dist.destroy_process_group()
         return True
-
-
-def _opt(t, device):
-    return None if t is None else t.to(device)
-
-
-def all_gather_varlen(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor of any length from every rank."""
-    import torch.distributed as dist
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    n = torch.tensor([t.numel()], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    width = int(max(s.item() for s in sizes))
-    padded = torch.zeros(width, dtype=t.dtype, device=t.device)
-    padded[:t.numel()] = t
-    parts = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
 
 
 def deepspeed_config(cfg: RunConfig) -> dict:

@@ -13,20 +13,35 @@ def sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask):
     return input_ids, attn, position_ids
 
 
-def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0,
-                        with_entropy: bool = False):
-    """Returns log pi(o_t) (B, Tc) and, if asked, the entropy H_t (B, Tc) of the temperature-scaled policy."""
+def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """(B, Tc, V) float logits: position t is the distribution that predicted completion token t."""
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     Tc = completion_ids.shape[1]
     logits = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, logits_to_keep=Tc + 1,
                    use_cache=False).logits
-    logits = logits[:, :-1, :].float()  # (B, Tc, V): position t predicts completion token t
+    return logits[:, :-1, :].float()
+
+
+def scaled_log_softmax(logits_BTV: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T) over the full vocabulary (T = 0 or 1: unscaled)."""
     if temperature and temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
+        logits_BTV = logits_BTV / temperature
+    return F.log_softmax(logits_BTV, dim=-1)
+
+
+def token_logprobs(logits_BTV, completion_ids, temperature: float = 1.0, with_entropy: bool = False):
+    """log pi(o_t) (B, Tc) of the sampled tokens and, if asked, the entropy H_t (B, Tc), at temperature T."""
+    logp_all = scaled_log_softmax(logits_BTV, temperature)
     logp = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
     return logp, entropy
+
+
+def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0,
+                        with_entropy: bool = False):
+    """Returns log pi(o_t) (B, Tc) and, if asked, the entropy H_t (B, Tc) of the temperature-scaled policy."""
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return token_logprobs(logits, completion_ids, temperature, with_entropy)
 
 
 def fp32_lm_head(model) -> None:

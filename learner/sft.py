@@ -6,6 +6,7 @@ count is fragile on this task (accuracy can jump 25 points between evaluations).
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -52,20 +53,37 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 5,
 
 
 def warm_start(base_dir: Path, splits: dict, out_dir: Path, cfg, seed: int = 0, log=print) -> dict:
+    """SFT the model saved at ``base_dir`` (with its tokenizer) and save the result, tokenizer included, to
+    ``out_dir``. ``cfg`` is a ``WarmStartConfig`` or anything with the same fields (the kit's teachers pass theirs)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    summary = train_sft(model, tokenizer, splits, cfg, seed=seed, log=log)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {**summary, "sft_s": round(time.time() - t0, 1)}
+
+
+def train_sft(model, tokenizer, splits: dict, cfg, seed: int = 0, log=print, name: str = "warm start") -> dict:
+    """Train ``model`` in place until greedy dev accuracy reaches ``cfg.target_dev_accuracy`` or ``cfg.max_steps``;
+    then measure held-out accuracy on ``splits["test"]`` (never used to decide anything).
+
+    ``cfg`` needs ``learning_rate``, ``batch_size``, ``warmup_steps``, ``max_steps``, ``eval_every`` and
+    ``target_dev_accuracy``; an optional ``min_lr_ratio`` < 1 adds a cosine decay to that fraction of the peak
+    over ``max_steps`` (absent: constant after warmup, the warm start's schedule). Batches are drawn by a
+    ``random.Random(seed)``, so a run is reproducible from ``seed`` and the model's initial weights.
+    """
     model.train()
-    ids, attn, labels = encode_examples(tokenizer, splits["train"])
+    ids, attn, labels = encode_examples(tokenizer, splits["train"])  # (N, T) each
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg))
     rng = random.Random(seed)
     dev_acc, step = 0.0, 0
     for step in range(1, cfg.max_steps + 1):
-        idx = torch.tensor(rng.sample(range(len(ids)), cfg.batch_size))
+        idx = torch.tensor(rng.sample(range(len(ids)), cfg.batch_size))  # (B,)
         loss = model(input_ids=ids[idx], attention_mask=attn[idx], labels=labels[idx]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -74,10 +92,26 @@ def warm_start(base_dir: Path, splits: dict, out_dir: Path, cfg, seed: int = 0, 
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0:
             dev_acc = greedy_accuracy(model, tokenizer, splits["dev"])
-            log(f"[kit] warm start step {step}: loss {loss.item():.3f}, dev greedy accuracy {dev_acc:.3f}")
+            log(f"[kit] {name} step {step}: loss {loss.item():.3f}, dev greedy accuracy {dev_acc:.3f}")
             if dev_acc >= cfg.target_dev_accuracy:
                 break
+    if step % cfg.eval_every:  # stopped by max_steps between evaluations: report the final model's dev accuracy
+        dev_acc = greedy_accuracy(model, tokenizer, splits["dev"])
     test_acc = greedy_accuracy(model, tokenizer, splits["test"])
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return {"steps": step, "dev_accuracy": dev_acc, "test_accuracy": test_acc, "sft_s": round(time.time() - t0, 1)}
+    return {"steps": step, "dev_accuracy": dev_acc, "test_accuracy": test_acc}
+
+
+def _lr_factor(cfg):
+    """Linear warmup to the peak; then constant, or cosine down to ``min_lr_ratio`` of it by ``max_steps``."""
+    warmup = max(1, cfg.warmup_steps)
+    floor = getattr(cfg, "min_lr_ratio", 1.0)
+
+    def factor(s: int) -> float:
+        if s + 1 < warmup:
+            return (s + 1) / warmup
+        if floor >= 1.0:
+            return 1.0
+        progress = min(1.0, (s + 1 - warmup) / max(1, cfg.max_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

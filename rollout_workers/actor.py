@@ -35,8 +35,14 @@ class RolloutWorker:
         self.pending: tuple | None = None
         self.generating = False
 
+    def __repr__(self) -> str:
+        return f"RolloutWorker(index={self.index}, policy_version={self.version}, calls={self.calls})"
+
     # ------------------------------------------------------------------------------------------------------------
-    def generate(self, records: list[dict], params: SamplingParams, group_offset: int = 0) -> Batch:
+    def generate(self, records: list[dict], params: SamplingParams, group_offset: int = 0,
+                 group_ids: list[int] | None = None) -> Batch:
+        """``params.n`` completions per record; the rows of record i get group id ``group_ids[i]`` (default
+        ``group_offset + i``)."""
         t0 = time.time()
         self.calls += 1
         prompts = [r[self.prompt_column] for r in records]
@@ -51,7 +57,33 @@ class RolloutWorker:
             with self.lock:
                 self._apply_pending()
                 outs = self.engine.generate(prompt_ids, params)
-        n = params.n
+        return self._batch(records, prompts, prompt_ids, outs, group_ids or [group_offset + i for i in range(len(records))],
+                           info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version,
+                                 "n": params.n})
+
+    def from_dataset(self, records: list[dict], column: str, max_tokens: int, group_ids: list[int], n: int = 1) -> Batch:
+        """The dataset's completions as a batch (GKD's and GOLD's dataset source): the ``column`` text, tokenised,
+        then EOS, ``n`` rows per record (the batch keeps its shape); longer than ``max_tokens`` is cut and flagged
+        truncated. No behaviour log-probs (NaN); tagged with the version this actor holds, so the data ages like a
+        sample."""
+        from .engine import Completion
+        t0 = time.time()
+        missing = [i for i, r in enumerate(records) if not isinstance(r.get(column), str)]
+        if missing:
+            raise ValueError(f"data.completion_column {column!r}: row {missing[0]} has no string completion "
+                             f"(columns: {sorted(records[missing[0]])})")
+        prompts = [r[self.prompt_column] for r in records]
+        prompt_ids = [self._tokenize(p) for p in prompts]
+        eos = self.engine.eos_ids[0] if hasattr(self.engine, "eos_ids") else self.tokenizer.eos_token_id
+        outs = []
+        for r in records:
+            ids = self.tokenizer(r[column], add_special_tokens=False)["input_ids"] + [eos]
+            cut = ids[:max_tokens]
+            outs.append([Completion(cut, [float("nan")] * len(cut), "stop" if len(ids) <= max_tokens else "length")] * n)
+        return self._batch(records, prompts, prompt_ids, outs, group_ids,
+                           info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version, "n": n})
+
+    def _batch(self, records, prompts, prompt_ids, outs, group_ids: list[int], info: dict) -> Batch:
         rows = [(i, c) for i, comps in enumerate(outs) for c in comps]
         N = len(rows)
         tp = max(map(len, prompt_ids))
@@ -77,12 +109,12 @@ class RolloutWorker:
             behaviour_logprobs=c_lp,
             policy_version=torch.tensor(first, dtype=torch.long),  # the oldest weights that sampled the row
             mixed_version=torch.tensor(first) != torch.tensor(last),
-            group_id=torch.tensor([group_offset + i for i, _ in rows], dtype=torch.long),
+            group_id=torch.tensor([group_ids[i] for i, _ in rows], dtype=torch.long),
             truncated=torch.tensor([c.finish_reason == "length" for _, c in rows]),
             prompts=[prompts[i] for i, _ in rows],
             completions=self.tokenizer.batch_decode([c.token_ids for _, c in rows], skip_special_tokens=True),
             columns={k: [records[i][k] for i, _ in rows] for k in other},
-            info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version, "n": n},
+            info=info,
         )
 
     def _tokenize(self, prompt) -> list[int]:

@@ -1,7 +1,16 @@
-"""Frozen scoring models: the reference policy for KL (and, later, distillation teachers).
+"""Frozen scoring models: the reference policy (KL) and distillation teachers, one actor class for both.
 
-The teacher actor scores the completion tokens of a ``Batch`` under its own weights (logits / T, full vocabulary)
-and returns the batch with ``ref_logprobs``. Its weights change only when asked (``sync_ref_model``).
+A teacher actor scores the completion tokens of a ``Batch`` under its own weights (logits / T) and returns the batch
+with what its pool serves (``learner.methods.TeacherSpec``):
+
+    sampled   log p(o_t) of each completion token                   (N, Tc)
+    topk      the k most likely tokens' log-probs and ids           (N, Tc, k) + (N, Tc, k) int32
+    full      log-probs over the whole vocabulary (small vocabs)    (N, Tc, V)
+
+The reference pool fills ``ref_logprobs``; a teacher pool ``teacher_logprobs`` and ``teacher_dist[_ids]``. Rows are
+scored in chunks bounded by ``max_chunk_elements`` logits, so memory stays bounded for any vocabulary and length. The
+batch goes back into the object store: its tensors reach the learner ranks without passing through the driver.
+Weights change only when asked: ``mix_weights`` (TR-DPO reference refresh).
 """
 from __future__ import annotations
 
@@ -11,32 +20,67 @@ import ray
 import torch
 
 from cluster.batch import Batch
-from learner.logprobs import completion_logprobs
+from learner.logprobs import completion_logits, scaled_log_softmax
 from learner.weights import arrays_to_tensors
 
 
 class TeacherWorker:
-    def __init__(self, model_path: str, dtype: str = "float32", temperature: float = 1.0, index: int = 0,
-                 trust_remote_code: bool = False, chunk: int = 64):
+    def __init__(self, model_path: str, dtype: str = "float32", index: int = 0, pool: str = "teacher",
+                 trust_remote_code: bool = False, max_chunk_elements: int = 2**26, student_tokenizer: str | None = None):
         from cluster.runtime import configure_worker
         from transformers import AutoModelForCausalLM
         configure_worker()
-        self.index, self.temperature, self.chunk = index, temperature, chunk
+        self.index, self.pool, self.max_chunk_elements = index, pool, max_chunk_elements
+        self.model_path = model_path
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.student_tokenizer = student_tokenizer  # cross-tokenizer scoring (GOLD's ULD) re-tokenises text
+
+    def __repr__(self) -> str:
+        return f"TeacherWorker(pool={self.pool}, index={self.index}, model={self.model_path})"
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> Batch:
+    def score(self, batch: Batch, spec: dict) -> Batch:
+        """Score ``batch`` as ``spec`` says (the fields of ``TeacherSpec``)."""
         t0 = time.time()
-        out = []
-        for i in range(0, len(batch), self.chunk):
-            mb = batch.select(range(i, min(len(batch), i + self.chunk)))
-            lp, _ = completion_logprobs(self.model, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
-                                        mb.completion_ids.to(self.device), mb.completion_mask.to(self.device),
-                                        temperature=self.temperature)
-            out.append(lp.float().cpu())
-        return batch.replace(ref_logprobs=torch.cat(out), info={**batch.info, "teacher_s": time.time() - t0})
+        if spec.get("retokenize"):
+            from .retokenize import score_retokenized
+            out = score_retokenized(self, batch, spec)
+        else:
+            out = self._score_same_tokens(batch, spec)
+        nbytes = sum(t.numel() * t.element_size() for t in out.values())
+        info = {**batch.info, f"teacher_s/{self.pool}": time.time() - t0, f"teacher_bytes/{self.pool}": nbytes}
+        return batch.replace(**out, info=info)
+
+    def _score_same_tokens(self, batch: Batch, spec: dict) -> dict[str, torch.Tensor]:
+        kind, k, T = spec["output"], int(spec.get("top_k") or 0), float(spec.get("temperature") or 1.0)
+        Tc = batch.completion_ids.shape[1]
+        rows = max(1, self.max_chunk_elements // max(1, Tc * self.vocab_size))
+        parts: dict[str, list] = {}
+        for i in range(0, len(batch), rows):
+            mb = batch.select(range(i, min(len(batch), i + rows)))
+            ids_BT = mb.completion_ids.to(self.device)
+            logits_BTV = completion_logits(self.model, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
+                                           ids_BT, mb.completion_mask.to(self.device))
+            logp_BTV = scaled_log_softmax(logits_BTV, T)
+            parts.setdefault("tokens", []).append(logp_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1).float().cpu())
+            if kind == "topk":
+                values_BTK, ids_BTK = logp_BTV.topk(k, dim=-1)
+                parts.setdefault("dist", []).append(values_BTK.float().cpu())
+                parts.setdefault("ids", []).append(ids_BTK.to(torch.int32).cpu())
+            elif kind == "full":
+                parts.setdefault("dist", []).append(logp_BTV.float().cpu())
+        cat = {k_: torch.cat(v) for k_, v in parts.items()}
+        if self.pool == "reference":
+            return {"ref_logprobs": cat["tokens"]}
+        out = {"teacher_logprobs": cat["tokens"]}
+        if "dist" in cat:
+            out["teacher_dist"] = cat["dist"]
+        if "ids" in cat:
+            out["teacher_dist_ids"] = cat["ids"]
+        return out
 
     @torch.no_grad()
     def mix_weights(self, bucket_refs: list, alpha: float) -> bool:

@@ -34,6 +34,14 @@ def kit():
 
 
 @pytest.fixture(scope="session")
+def kit_teachers(kit):
+    """The kit's distillation teachers (``kit:teacher``, ``kit:teacher_pairs``): built once, then cached."""
+    from cluster.kit import ensure_kit
+    root = ensure_kit(kit["cfg"], parts=("teacher", "teacher_pairs"))
+    return {"teacher": str(root / "teacher"), "teacher_pairs": str(root / "teacher_pairs")}
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray cluster for the session (logical CPUs above the 2 physical ones, so pools fit)."""
     import ray

@@ -123,7 +123,7 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str) -> dict:
             return int(ray.get(refs[0]).nbytes)
 
     try:
-        pipe = Pipeline(cfg, resolve_schedule(cfg), pools, None, ["arithmetic_exact"])
+        pipe = Pipeline(cfg, resolve_schedule(cfg), pools, None)
         version = [0]
 
         def sync():

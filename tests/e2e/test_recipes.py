@@ -34,9 +34,12 @@ def kit_overrides(recipe: Path) -> list[str]:
     g = math.gcd(s.S, s.GA)
     S, GA = min(s.S // g, 16), min(s.GA // g, 4)
     # the kit's verifier: the recipes' math-verify `accuracy` reads only LaTeX answers (deploy/overlays/kit.yaml)
-    rewards = "[arithmetic_exact,think_format]" if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum" \
-        else "[arithmetic_exact]"
-    return KIT + [f"reward.reward_funcs={rewards}", f"algorithm.num_generations={G}",
+    rewards = "[arithmetic_exact,think_format]" \
+        if getattr(cfg.algorithm, "multi_objective_aggregation", None) == "normalize_then_sum" else "[arithmetic_exact]"
+    # distillation families: the kit's teacher, and its answers as the dataset completions (GKD, GOLD)
+    teacher = ["teacher.name_or_path=kit:teacher", "teacher.dtype=float32", "data.completion_column=answer",
+               "cluster.teacher.replicas=1"] if cfg.needs.teacher_model else []
+    return KIT + teacher + [f"reward.reward_funcs={rewards}", f"algorithm.num_generations={G}",
                   f"algorithm.per_device_train_batch_size={G}", f"algorithm.gradient_accumulation_steps={GA}",
                   "algorithm.generation_batch_size=null", f"algorithm.steps_per_generation={S}"]
 
@@ -45,7 +48,7 @@ def test_there_is_a_recipe_per_paper():
     names = {p.stem for p in PAPER_RECIPES}
     expected = {"deepseekmath", "deepseek_r1", "gspo", "gspo_token", "gmpo", "dapo", "long_cot", "intellect2",
                 "skywork_or1", "rule_80_20", "dr_grpo", "lite_ppo", "tis", "mis", "scalerl", "grpo_2", "sapo",
-                "deepseek_v32", "gdpo", "luspo", "vespo"}
+                "deepseek_v32", "gdpo", "luspo", "vespo", "gkd", "on_policy_distillation", "gold", "minillm"}
     assert expected <= names, sorted(expected - names)
 
 

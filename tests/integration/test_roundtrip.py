@@ -29,7 +29,7 @@ def setup(request, ray_cluster, kit):
     sched = resolve_schedule(cfg)
     pools = create_pools(cfg, f"roundtrip-{transport}", kit["warm_start"], log=lambda m: None)
     train_data, eval_data = load_data(cfg.data, cfg.kit)
-    pipe = Pipeline(cfg, sched, pools, train_data, ["arithmetic_exact"])
+    pipe = Pipeline(cfg, sched, pools, train_data)
     yield cfg, sched, pools, pipe, eval_data
     shutdown_pools(pools)
 

@@ -103,7 +103,7 @@ def test_vllm_rollout_actor_synced_from_the_learner(ray_cluster, kit):
     pools = create_pools(cfg, "vllm-roundtrip", kit["warm_start"], log=lambda m: None)
     try:
         train_data, eval_data = load_data(cfg.data, cfg.kit)
-        pipe = Pipeline(cfg, resolve_schedule(cfg), pools, train_data, ["arithmetic_exact"])
+        pipe = Pipeline(cfg, resolve_schedule(cfg), pools, train_data)
         probe = eval_data.select(range(16)).to_list()
         greedy = SamplingParams(n=1, temperature=0.0, max_tokens=5)
         before = ray.get(pools.rollout[0].generate.remote(probe, greedy))

@@ -1,0 +1,165 @@
+"""Learning from a teacher's token distributions (ALGORITHMS.md §8): GKD, on-policy distillation, GOLD.
+
+    needs      a teacher pool serving the teacher's distribution at every completion position (top-k or full
+               vocabulary, at the loss temperature); with ``seq_kd`` a frozen rollout pool holding the teacher's
+               weights; no rewards (a reward section, if given, only scores for the metrics)
+    sources    per micro-batch, u ~ U(0, 1): u <= lmbda -> the student samples (on-policy); else the teacher samples
+               (``seq_kd``); else the dataset's completions (GKD's mixing; on-policy distillation is always on-policy)
+    assemble   rows back in micro-batch order (each micro-batch is one source), nothing else
+    objective  JSD_beta(p_S, p_T) per completion token, summed over valid tokens and divided by the step's global
+               valid-token count (all GA micro-batches, all ranks)
+
+Temperature: GKD's loss is at temperature 1 (``temperature`` is for sampling only); on-policy distillation and
+GOLD divide student and teacher logits by ``rollout.temperature``. GOLD's cross-tokenizer mode (``use_uld_loss``)
+replaces the JSD by ULD (``learner/methods/uld.py``).
+"""
+from __future__ import annotations
+
+import random
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from learner.collectives import all_reduce_sum
+from learner.divergences import generalized_jsd, topk_support
+from learner.logprobs import scaled_log_softmax
+
+from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec
+
+
+class DistillBase(Batching):
+    num_generations: int = Field(1, ge=1)
+    """Completions per prompt (1: TRL's distillation trainers sample one per prompt)."""
+    beta: float = Field(0.5, ge=0, le=1)
+    """JSD interpolation: 0 is forward KL(p_T||p_S), 1 reverse KL(p_S||p_T), in between the generalised JSD."""
+    loss_top_k: int = Field(0, ge=0)
+    """0: the teacher serves its full-vocabulary log-probs (small vocabularies); k > 0: its top-k tokens and
+    log-probs, and the divergence is taken on that support (relay-rl also offers it for gkd and gold)."""
+    loss_add_tail: bool = False
+    """With loss_top_k: add a bucket holding the mass outside the top-k on both sides (else renormalise on it)."""
+
+    scaled_loss: ClassVar[bool] = True  # student and teacher logits divided by the sampling temperature in the loss
+    lmbda_fixed: ClassVar[float | None] = None  # on-policy distillation: always the student's own samples
+
+    @model_validator(mode="after")
+    def _groups_in_micro_batches(self):
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
+                             f"num_generations ({self.num_generations}): each micro-batch comes from one source")
+        return self
+
+    @property
+    def on_policy_fraction(self) -> float:
+        return self.lmbda_fixed if self.lmbda_fixed is not None else self.lmbda
+
+
+class GKDConfig(DistillBase):
+    """GKD (2306.13649; TRL's GKDConfig)."""
+
+    name: Literal["gkd"] = "gkd"
+    lmbda: float = Field(0.5, ge=0, le=1)
+    """Fraction of micro-batches whose completions the student generates (on-policy)."""
+    seq_kd: bool = False
+    """The other micro-batches: teacher-generated completions (True) or the dataset's (False)."""
+    scaled_loss: ClassVar[bool] = False  # GKD's loss is at temperature 1
+
+
+class OnPolicyDistillationConfig(DistillBase):
+    """On-policy distillation (Thinking Machines; TRL 1.16's DistillationTrainer): reverse KL on the student's own
+    samples, logits of both at ``rollout.temperature``."""
+
+    name: Literal["on_policy_distillation"] = "on_policy_distillation"
+    beta: float = Field(1.0, ge=0, le=1)
+    """1.0: reverse KL(p_S||p_T), mode seeking (TRL's default)."""
+    lmbda_fixed: ClassVar[float | None] = 1.0
+
+
+class GOLDConfig(DistillBase):
+    """GOLD (TRL's experimental GOLDTrainer): GKD's data mixing, the JSD at ``rollout.temperature`` for a shared
+    tokenizer, and Universal Logit Distillation across tokenizers."""
+
+    name: Literal["gold"] = "gold"
+    lmbda: float = Field(0.5, ge=0, le=1)
+    """Fraction of micro-batches whose completions the student generates (on-policy)."""
+    seq_kd: bool = False
+    """The other micro-batches: teacher-generated completions (True) or the dataset's (False)."""
+    use_uld_loss: bool = False
+    """Cross-tokenizer mode: the teacher re-tokenises each sequence with its own tokenizer; tokens are aligned by
+    byte offsets and the loss is the L1 distance of sorted probability vectors (ULD)."""
+    uld_token_merge_strategy: Literal["observed", "bayesian"] = "observed"
+    """How the probabilities of a token split in one tokenisation are merged into one vector (ULD)."""
+    uld_distillation_weight: float = Field(1.0, ge=0)
+    uld_crossentropy_weight: float = Field(0.0, ge=0)
+    """Weight of the student's NLL of its completion tokens, added to ULD."""
+
+    @model_validator(mode="after")
+    def _uld_rules(self):
+        if self.use_uld_loss and self.seq_kd:
+            raise ValueError("use_uld_loss with seq_kd: teacher-generated completions are in the teacher's tokens, "
+                             "which the student cannot train on; set seq_kd: false")
+        return self
+
+
+CONFIGS = (GKDConfig, OnPolicyDistillationConfig, GOLDConfig)
+
+
+def loss_temperature(cfg) -> float:
+    return (cfg.rollout.temperature or 1.0) if cfg.algorithm.scaled_loss else 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# needs, sources, assemble
+# ----------------------------------------------------------------------------------------------------------------
+def needs(cfg) -> Needs:
+    a = cfg.algorithm
+    uld = getattr(a, "use_uld_loss", False)
+    served = TeacherSpec("teacher", "topk" if a.loss_top_k else "full", a.loss_top_k, loss_temperature(cfg),
+                         retokenize=uld, merge=getattr(a, "uld_token_merge_strategy", "observed"))
+    return Needs(rewards=False, teachers=(served,), frozen_rollout=getattr(a, "seq_kd", False), teacher_model=True,
+                 same_vocabulary=not uld)
+
+
+def sources(alg, n_micro_batches: int, seed: int) -> list[str]:
+    """One draw u ~ U(0, 1) per micro-batch (seeded per generation batch)."""
+    rng = random.Random(seed)
+    other = TEACHER if getattr(alg, "seq_kd", False) else DATASET
+    return [POLICY if rng.random() <= alg.on_policy_fraction else other for _ in range(n_micro_batches)]
+
+
+def assemble(batch, alg, reward_weights, seed):
+    """Rows in prompt order, so micro-batch m (rank m // S, slice m % S) holds the rows of its own source."""
+    batch = batch.select(torch.argsort(batch.group_id, stable=True))
+    return batch.replace(info={**batch.info, "num_items_in_batch": float(batch.completion_mask.sum())}), {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the objective
+# ----------------------------------------------------------------------------------------------------------------
+class DistillObjective(Objective):
+    """L_mb = sum_{t in mb} JSD_beta(p_S, p_T)_t M_t / (N_step / P): the step objective is the global token mean."""
+
+    def begin_step(self, micro_batches) -> None:
+        n = torch.tensor([sum(float(mb.completion_mask.sum()) for mb in micro_batches)], dtype=torch.float64)
+        self.step_tokens = float(all_reduce_sum(n))  # N_step: tokens actually trained on, all ranks
+
+    def loss(self, rank, mb, logits_BTV):
+        d = logits_BTV.device
+        mask_BT = mb.completion_mask.to(d)
+        if getattr(self.alg, "use_uld_loss", False):
+            from .uld_objective import uld_micro_batch_loss
+            return uld_micro_batch_loss(self, mb, logits_BTV, mask_BT)
+        D_BT = self.divergence(mb, logits_BTV)
+        loss = (D_BT * mask_BT).sum() * self.sched.P / max(self.step_tokens, 1.0)
+        return loss, {"distill/divergence": ("mean", float((D_BT.detach() * mask_BT).sum()), float(mask_BT.sum()))}
+
+    def divergence(self, mb, logits_BTV) -> torch.Tensor:
+        d = logits_BTV.device
+        student = scaled_log_softmax(logits_BTV, loss_temperature(self.cfg))  # (B, T, V)
+        teacher = mb.teacher_dist.to(d).to(student.dtype)  # (B, T, V) or (B, T, k): log-probs at the same T
+        if mb.teacher_dist_ids is not None:
+            student, teacher = topk_support(student, teacher, mb.teacher_dist_ids.to(d), self.alg.loss_add_tail)
+        return generalized_jsd(student, teacher, self.alg.beta)
+
+
+OBJECTIVE = DistillObjective
