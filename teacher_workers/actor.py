@@ -20,7 +20,7 @@ import ray
 import torch
 
 from cluster.batch import Batch
-from learner.logprobs import completion_logits, scaled_log_softmax
+from learner.logprobs import completion_logits
 from learner.weights import arrays_to_tensors
 
 
@@ -64,14 +64,18 @@ class TeacherWorker:
             ids_BT = mb.completion_ids.to(self.device)
             logits_BTV = completion_logits(self.model, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
                                            ids_BT, mb.completion_mask.to(self.device))
-            logp_BTV = scaled_log_softmax(logits_BTV, T)
-            parts.setdefault("tokens", []).append(logp_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1).float().cpu())
+            if T != 1.0:
+                logits_BTV = logits_BTV / T
+            # log softmax = logits - logsumexp, applied only to what is served (no (B, T, V) log-prob copy)
+            lse_BT1 = torch.logsumexp(logits_BTV, dim=-1, keepdim=True)
+            tokens_BT = (logits_BTV.gather(-1, ids_BT.unsqueeze(-1)) - lse_BT1).squeeze(-1)
+            parts.setdefault("tokens", []).append(tokens_BT.float().cpu())
             if kind == "topk":
-                values_BTK, ids_BTK = logp_BTV.topk(k, dim=-1)
-                parts.setdefault("dist", []).append(values_BTK.float().cpu())
+                values_BTK, ids_BTK = logits_BTV.topk(k, dim=-1)
+                parts.setdefault("dist", []).append((values_BTK - lse_BT1).float().cpu())
                 parts.setdefault("ids", []).append(ids_BTK.to(torch.int32).cpu())
             elif kind == "full":
-                parts.setdefault("dist", []).append(logp_BTV.float().cpu())
+                parts.setdefault("dist", []).append((logits_BTV - lse_BT1).float().cpu())
         cat = {k_: torch.cat(v) for k_, v in parts.items()}
         if self.pool == "reference":
             return {"ref_logprobs": cat["tokens"]}
