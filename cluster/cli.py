@@ -37,15 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "validate":
         s = resolve_schedule(cfg)
         print(dump_config(cfg), end="")
-        print(f"# valid. generation batch {s.generation_batch_size} completions ({s.prompts_per_generation} prompts x "
-              f"{s.G}); {s.K:g} optimizer steps per generation batch; learner ranks {s.P}; max_staleness {s.k}")
+        pools = ", ".join(sorted({spec.pool for spec in cfg.needs.teachers} | ({"frozen_rollout"} if
+                                                                                 cfg.needs.frozen_rollout else set())))
+        print(f"# valid. algorithm {cfg.algorithm.name}; generation batch {s.generation_batch_size} completions "
+              f"({s.prompts_per_generation} prompts x {s.G}); {s.K:g} optimizer steps per generation batch; learner "
+              f"ranks {s.P}; max_staleness {s.k}" + (f"; scoring pools: {pools}" if pools else ""))
         return 0
     if args.cmd == "kit":
-        from .kit import ensure_kit
+        from .kit import ensure_kit, kit_parts_needed
         if cfg.kit is None:
             print("relay-rl: this run file has no kit section", file=sys.stderr)
             return 2
-        print(ensure_kit(cfg.kit))
+        teacher = cfg.teacher.name_or_path if cfg.teacher is not None and cfg.needs.teacher_model else None
+        print(ensure_kit(cfg.kit, parts=kit_parts_needed(cfg.model.name_or_path, teacher)))
         return 0
     from .controller import train
     try:
