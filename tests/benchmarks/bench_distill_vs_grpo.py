@@ -4,8 +4,9 @@
 
 Both start from the kit's weak warm start (held-out greedy accuracy ~0.5-0.6) with the same pools (1 rollout actor,
 1 DeepSpeed ZeRO-3 learner rank), batch (64 completions per step) and learning rate; GRPO learns from the kit's
-binary verifier (the quickstart's settings), on-policy distillation from ``kit:teacher`` (>= 0.95 held-out) by the
-per-token reverse KL. Reported: held-out greedy accuracy at every evaluation against optimizer steps and against
+binary verifier (the quickstart's settings: 8 prompts x 8 completions, a group per prompt for its baseline),
+on-policy distillation from ``kit:teacher`` (>= 0.95 held-out) by the per-token reverse KL, each method in its own
+setting: one completion per prompt (64 prompts; ``--distill-generations``), as TRL's trainer samples. Reported: held-out greedy accuracy at every evaluation against optimizer steps and against
 training seconds (the sum of step times, evaluations excluded), and the accuracy each reaches within ``--seconds``.
 The seed's claim (Thinking Machines' blog): on-policy distillation is more compute-efficient than RL.
 """
@@ -61,13 +62,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--lr", type=float, default=5e-5, help="the quickstart's GRPO learning rate, for both")
     ap.add_argument("--distill-lr", type=float, default=None, help="default: --lr")
+    ap.add_argument("--distill-generations", type=int, default=1, help="completions per prompt for distillation")
     a = ap.parse_args()
     from cluster.config import KitConfig
     from cluster.kit import ensure_kit
     ensure_kit(KitConfig(), parts=("teacher",))
     curves = {"GRPO (kit verifier)": run("quickstart", [], a.steps, a.eval_every, a.lr),
-              "on-policy distillation (kit:teacher)": run("on_policy_distillation", [], a.steps, a.eval_every,
-                                                          a.distill_lr or a.lr)}
+              "on-policy distillation (kit:teacher)": run("on_policy_distillation",
+                                                          [f"algorithm.num_generations={a.distill_generations}"],
+                                                          a.steps, a.eval_every, a.distill_lr or a.lr)}
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs; {a.steps} steps of 64 completions; "
           f"lr {a.lr} (distillation {a.distill_lr or a.lr})")
     for name, curve in curves.items():
