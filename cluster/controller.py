@@ -215,9 +215,8 @@ class Controller:
         return rec
 
     def after_step(self, step: int) -> None:
-        t, a = self.cfg.train, self.cfg.algorithm
-        if getattr(a, "sync_ref_model", False) and step % a.ref_model_sync_steps == 0:
-            self.pipe.sync_reference(a.ref_model_mixup_alpha)
+        t = self.cfg.train
+        family(self.cfg.algorithm).after_step(self.cfg, step, self.pipe)  # e.g. GRPO's reference refresh
         if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
             self.evaluate(step)
         if t.save_steps and step % t.save_steps == 0 and step != t.max_steps:

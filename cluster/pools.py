@@ -145,8 +145,8 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     if needs.frozen_rollout:  # teacher-generated samples: the teacher's weights, never synced
         frozen = [_actor(RolloutWorker, c.frozen_rollout, f"{run_name}/frozen_rollout-{i}", ns).remote(
             teacher_path, r.engine, t.dtype, {"trust_remote_code": t.trust_remote_code, **vllm_options(cfg)},
-            index=i, max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column)
-            for i in range(c.frozen_rollout.replicas)]
+            index=i, max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
+            pool="frozen_rollout") for i in range(c.frozen_rollout.replicas)]
     scorers = [a for actors in teachers.values() for a in actors]
 
     cfg_dict = cfg.model_dump(mode="json")

@@ -19,10 +19,10 @@ from .engine import SamplingParams, make_engine
 class RolloutWorker:
     def __init__(self, model_path: str, engine: str, dtype: str, engine_options: dict, index: int = 0,
                  max_prompt_length: int | None = None, prompt_column: str = "prompt",
-                 partial_rollout_chunk: int | None = None):
+                 partial_rollout_chunk: int | None = None, pool: str = "rollout"):
         from cluster.runtime import configure_worker
         configure_worker()
-        self.index = index
+        self.index, self.pool = index, pool
         self.engine = make_engine(engine, model_path, dtype, engine_options)
         self.tokenizer = self.engine.tokenizer
         self.max_prompt_length = max_prompt_length
@@ -36,7 +36,7 @@ class RolloutWorker:
         self.generating = False
 
     def __repr__(self) -> str:
-        return f"RolloutWorker(index={self.index}, policy_version={self.version}, calls={self.calls})"
+        return f"RolloutWorker(pool={self.pool}, index={self.index}, policy_version={self.version}, calls={self.calls})"
 
     # ------------------------------------------------------------------------------------------------------------
     def generate(self, records: list[dict], params: SamplingParams, group_offset: int = 0,

@@ -264,6 +264,13 @@ def check(cfg) -> None:
                          "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize")
 
 
+def after_step(cfg, step: int, pipe) -> None:
+    """TR-DPO: every ref_model_sync_steps, theta_ref <- alpha * theta + (1 - alpha) * theta_ref (§1.4)."""
+    a = cfg.algorithm
+    if a.sync_ref_model and step % a.ref_model_sync_steps == 0:
+        pipe.sync_reference(a.ref_model_mixup_alpha)
+
+
 def warnings(cfg) -> list[str]:
     a = cfg.algorithm
     if a.max_staleness > 0 and a.old_logprob_source == "recompute" and not a.vllm_importance_sampling_correction:

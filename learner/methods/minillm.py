@@ -19,6 +19,7 @@ from learner.logprobs import scaled_log_softmax
 
 from .base import Needs, TeacherSpec
 from .grpo import GRPOConfig, GRPOObjective
+from .grpo import after_step as after_step  # noqa: F401  (the reference refresh, as GRPO)
 from .grpo import assemble as assemble  # noqa: F401  (group advantages, as GRPO)
 
 
