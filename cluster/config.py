@@ -19,6 +19,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from learner.methods import CONFIG_MODELS, family
+from learner.methods.grpo import GRPOConfig  # noqa: F401  (the default family; tests import it from here)
+
 from .schema import ConfigError, Strict
 
 
@@ -236,9 +239,6 @@ class RewardConfig(Strict):
 # ----------------------------------------------------------------------------------------------------------------
 # the algorithm: one config model per method family, selected by ``name`` (learner/methods/)
 # ----------------------------------------------------------------------------------------------------------------
-from learner.methods import CONFIG_MODELS, family  # noqa: E402
-from learner.methods.grpo import GRPOConfig  # noqa: E402,F401  (the default family)
-
 AlgorithmConfig = Annotated[Union[tuple(CONFIG_MODELS)], Field(discriminator="name")]
 FAMILY_NAMES = [m.model_fields["name"].default for m in CONFIG_MODELS]
 
