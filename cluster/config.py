@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from learner.methods import CONFIG_MODELS, family
+from learner.methods import check as check_family
 from learner.methods.grpo import GRPOConfig  # noqa: F401  (the default family; tests import it from here)
 
 from .schema import ConfigError, Strict
@@ -348,9 +349,7 @@ class RunConfig(Strict):
                                  + f": set cluster.{field}.replicas >= 1")
         if needs.frozen_rollout and self.cluster.frozen_rollout.replicas < 1:
             raise ValueError("teacher-generated samples (seq_kd) need cluster.frozen_rollout.replicas >= 1")
-        check = getattr(family(self.algorithm), "check", None)
-        if check:
-            check(self)
+        check_family(self)
         if self.cluster.rollout.replicas < 1:
             raise ValueError("cluster.rollout.replicas must be >= 1")
         if self.reward is not None and self.cluster.reward.replicas < 1:

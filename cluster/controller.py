@@ -18,6 +18,8 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from learner import methods
+
 from .config import RunConfig, Schedule, dump_config, resolve_schedule
 from .data import load_data
 from .kit import ensure_kit, kit_parts_needed, kit_summary, resolve_kit_path
@@ -25,7 +27,6 @@ from .metrics import MetricsLog, plot_reward_curve, reduce_stats, summary_table
 from .pipeline import Pipeline
 from .pools import Pools, create_pools, shutdown_pools
 from .preflight import check_teacher
-from learner.methods import family
 from .runtime import init_ray
 
 
@@ -53,7 +54,7 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
     started_ray = not ray.is_initialized() and not (cfg.cluster.address or _env_address())
     init_ray(cfg.cluster.address, cfg.cluster.namespace, log)
     sched = resolve_schedule(cfg)
-    for warning in getattr(family(cfg.algorithm), "warnings", lambda c: [])(cfg):
+    for warning in methods.warnings(cfg):
         log(f"[relay-rl] warning: {warning}")
     run_name = f"{cfg.name}-{stamp}"
     try:
@@ -216,7 +217,7 @@ class Controller:
 
     def after_step(self, step: int) -> None:
         t = self.cfg.train
-        family(self.cfg.algorithm).after_step(self.cfg, step, self.pipe)  # e.g. GRPO's reference refresh
+        methods.after_step(self.cfg, step, self.pipe)  # e.g. GRPO's reference refresh
         if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
             self.evaluate(step)
         if t.save_steps and step % t.save_steps == 0 and step != t.max_steps:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import ray
 import torch
 
-from learner.methods import DATASET, POLICY, TEACHER, family, sources
+from learner.methods import DATASET, POLICY, TEACHER, family, mixes_sources, sources
 from rollout_workers.engine import SamplingParams
 
 from .batch import Batch
@@ -213,7 +213,7 @@ class Pipeline:
         by_source: dict[str, list] = {}
         for i, record in enumerate(records):  # prompt i's G rows start at row i*G: micro-batch (i*G) // B
             by_source.setdefault(plan[i * s.G // s.B], []).append((record, gen_id * len(records) + i))
-        if getattr(family(a), "sources", None):  # the family mixes sources: the fraction of each
+        if mixes_sources(a):  # the fraction of each source
             gen.source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
         params = SamplingParams(n=s.G, seed=seed, **self.sampling)
         scored = []
@@ -300,7 +300,7 @@ class Pipeline:
         for i, w in enumerate(self.pools.rollout):
             chunk = records[i::R]
             if chunk:
-                ref = w.generate.remote(chunk, params, group_offset=i * len(records))
+                ref = w.generate.remote(chunk, params, group_ids=list(range(i, len(records), R)))
                 if self.pools.reward:
                     ref = self.pools.reward[i % len(self.pools.reward)].score.remote(ref, {"global_step": step})
                 refs.append(ref)

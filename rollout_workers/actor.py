@@ -39,10 +39,8 @@ class RolloutWorker:
         return f"RolloutWorker(pool={self.pool}, index={self.index}, policy_version={self.version}, calls={self.calls})"
 
     # ------------------------------------------------------------------------------------------------------------
-    def generate(self, records: list[dict], params: SamplingParams, group_offset: int = 0,
-                 group_ids: list[int] | None = None) -> Batch:
-        """``params.n`` completions per record; the rows of record i get group id ``group_ids[i]`` (default
-        ``group_offset + i``)."""
+    def generate(self, records: list[dict], params: SamplingParams, group_ids: list[int] | None = None) -> Batch:
+        """``params.n`` completions per record; the rows of record i get group id ``group_ids[i]`` (default i)."""
         t0 = time.time()
         self.calls += 1
         prompts = [r[self.prompt_column] for r in records]
@@ -57,7 +55,7 @@ class RolloutWorker:
             with self.lock:
                 self._apply_pending()
                 outs = self.engine.generate(prompt_ids, params)
-        return self._batch(records, prompts, prompt_ids, outs, group_ids or [group_offset + i for i in range(len(records))],
+        return self._batch(records, prompts, prompt_ids, outs, group_ids or list(range(len(records))),
                            info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version,
                                  "n": params.n})
 

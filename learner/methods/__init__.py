@@ -23,7 +23,27 @@ def family(alg) -> ModuleType:
     return FAMILIES[name]
 
 
+# The optional pieces of a family, with what a family that does not define them gets.
+def mixes_sources(alg) -> bool:
+    return hasattr(family(alg), "sources")
+
+
 def sources(alg, n_micro_batches: int, seed: int) -> list[str]:
     """Which generator fills each micro-batch (the policy, unless the family mixes sources)."""
     fn = getattr(family(alg), "sources", None)
     return fn(alg, n_micro_batches, seed) if fn else [POLICY] * n_micro_batches
+
+
+def check(cfg) -> None:
+    """Rules across run-file sections (raises ValueError)."""
+    getattr(family(cfg.algorithm), "check", lambda c: None)(cfg)
+
+
+def warnings(cfg) -> list[str]:
+    """Settings that run but deserve a word."""
+    return getattr(family(cfg.algorithm), "warnings", lambda c: [])(cfg)
+
+
+def after_step(cfg, step: int, pipe) -> None:
+    """Driver-side work between optimizer steps (GRPO's reference refresh)."""
+    getattr(family(cfg.algorithm), "after_step", lambda c, s, p: None)(cfg, step, pipe)

@@ -7,7 +7,8 @@
     assemble   a pure function of the scored generation batch (advantages, targets, row order) -> (batch, stats)
     objective  the learner-side loss of one micro-batch, ``(loss, stats)``
 
-    after_step (optional) driver-side work between optimizer steps (GRPO's TR-DPO reference refresh)
+    optional   ``check`` (cross-section rules), ``warnings``, ``after_step`` (driver-side work between optimizer
+               steps: GRPO's TR-DPO reference refresh); ``learner.methods`` supplies the defaults
 
 The controller loop, the pipeline and the learner rank call these pieces and nothing family-specific.
 """

@@ -162,8 +162,4 @@ class DistillObjective(Objective):
         return generalized_jsd(student, teacher, self.alg.beta)
 
 
-def after_step(cfg, step: int, pipe) -> None:
-    """The teacher is frozen: nothing moves between steps."""
-
-
 OBJECTIVE = DistillObjective
