@@ -1,63 +1,111 @@
 """``relay-rl``: validate a run file, train it, or build the quickstart kit.
 
     relay-rl validate RUN.yaml [OVERLAY.yaml | key.path=value ...]
-    relay-rl train    RUN.yaml [OVERLAY.yaml | key.path=value ...] [--output DIR]
+    relay-rl train    RUN.yaml [OVERLAY.yaml | key.path=value ...] [--output DIR] [--overwrite] [--debug]
     relay-rl kit      RUN.yaml                       (build the quickstart kit only)
 
 Overrides apply in order: an overlay file merges section by section (deploy/overlays/kit.yaml runs any paper
-recipe on the quickstart kit), a key.path=value sets one field (the value is YAML).
+recipe on the quickstart kit), a key.path=value sets one field (the value is YAML). Options and overrides may come
+in any order. Relative paths resolve from the folder of the file that names them (the current directory for
+command-line overrides).
+
+Exit codes: 0 done, 2 bad input (nothing trained), 3 run-time failure, 130 interrupted. A failure prints one
+``relay-rl:`` line; the traceback goes to <run folder>/error.log (--debug prints it too).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError, dump_config, load_config, resolve_schedule
-
+def _parser() -> tuple[argparse.ArgumentParser, dict]:
     ap = argparse.ArgumentParser(prog="relay-rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    subs = {}
     for name, help_ in (("validate", "check a run file (and overrides) without starting anything"),
                         ("train", "run a recipe: on $RAY_ADDRESS / cluster.address, or a new local Ray cluster"),
                         ("kit", "build (or find) the quickstart kit of a run file")):
-        p = sub.add_parser(name, help=help_)
+        p = subs[name] = sub.add_parser(name, help=help_)
         p.add_argument("run_file")
         p.add_argument("overrides", nargs="*", help="overlay .yaml files and key.path=value settings (YAML values), "
                                                     "in order, e.g. deploy/overlays/kit.yaml train.max_steps=20")
+        p.add_argument("--debug", action="store_true", help="print full tracebacks (they always go to error.log)")
         if name == "train":
             p.add_argument("--output", "-o", default=None, help="run folder (default runs/<name>-<timestamp>)")
-    args = ap.parse_args(argv)
+            p.add_argument("--overwrite", action="store_true", help="replace the run an existing --output holds")
+    return ap, subs
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Options and overrides in any order: what argparse leaves over after the options is more overrides."""
+    ap, subs = _parser()
+    args, rest = ap.parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        subs[args.cmd].error(f"unknown option(s) {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *rest]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import EXIT_BAD_INPUT, EXIT_OK, report
+
+    args = parse(argv)
+    out_dir = None
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, _interrupt)  # `ray job stop`, kill: stop cleanly like Ctrl-C
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        from .config import load_config
         cfg = load_config(args.run_file, args.overrides)
-    except ConfigError as e:
-        print(f"relay-rl: {e}", file=sys.stderr)
-        return 2
-    if args.cmd == "validate":
-        s = resolve_schedule(cfg)
-        print(dump_config(cfg), end="")
-        pools = ", ".join(sorted({spec.pool for spec in cfg.needs.teachers} | ({"frozen_rollout"} if
-                                                                                 cfg.needs.frozen_rollout else set())))
-        print(f"# valid. algorithm {cfg.algorithm.name}; generation batch {s.generation_batch_size} completions "
-              f"({s.prompts_per_generation} prompts x {s.G}); {s.K:g} optimizer steps per generation batch; learner "
-              f"ranks {s.P}; max_staleness {s.k}" + (f"; scoring pools: {pools}" if pools else ""))
-        return 0
-    if args.cmd == "kit":
-        from .kit import ensure_kit, kit_parts_needed
-        if cfg.kit is None:
-            print("relay-rl: this run file has no kit section", file=sys.stderr)
-            return 2
-        teacher = cfg.teacher.name_or_path if cfg.teacher is not None and cfg.needs.teacher_model else None
-        print(ensure_kit(cfg.kit, parts=kit_parts_needed(cfg.model.name_or_path, teacher)))
-        return 0
-    from .controller import train
-    try:
-        result = train(cfg, output_dir=args.output)
-    except ConfigError as e:  # found once the run starts: data that cannot load, pools the cluster cannot host
-        print(f"relay-rl: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in result.items() if k.startswith(("eval/", "output_dir", "wall_s"))}))
+        if args.cmd == "validate":
+            return _validate(cfg)
+        if args.cmd == "kit":
+            from .kit import ensure_kit, kit_parts_needed
+            if cfg.kit is None:
+                print("relay-rl: this run file has no kit section", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            teacher = cfg.teacher.name_or_path if cfg.teacher is not None and cfg.needs.teacher_model else None
+            print(ensure_kit(cfg.kit, parts=kit_parts_needed(cfg.model.name_or_path, teacher)))
+            return EXIT_OK
+        from .controller import output_folder, train
+        out_dir = output_folder(cfg, args.output)
+        train(cfg, output_dir=str(out_dir), overwrite=args.overwrite)  # the summary table is its last output
+        return EXIT_OK
+    except BaseException as e:  # noqa: BLE001  (every failure: one message, one exit code)
+        if isinstance(e, SystemExit):
+            raise
+        return report(e, out_dir if out_dir is not None and out_dir.is_dir() else None, debug=args.debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def _validate(cfg) -> int:
+    from .config import dump_config, resolve_schedule
+    from .preflight import preflight
+    import os
+    from .runtime import check_reachable
+    checked = preflight(cfg)
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)
+    s = resolve_schedule(cfg)
+    print(dump_config(cfg), end="")
+    for note in checked.notes:
+        print(f"# note: {note}")
+    pools = ", ".join(sorted({spec.pool for spec in cfg.needs.teachers}
+                             | ({"frozen_rollout"} if cfg.needs.frozen_rollout else set())))
+    print(f"# valid. algorithm {cfg.algorithm.name}; generation batch {s.generation_batch_size} completions "
+          f"({s.prompts_per_generation} prompts x {s.G}); {s.K:g} optimizer steps per generation batch; learner "
+          f"ranks {s.P}; max_staleness {s.k}" + (f"; scoring pools: {pools}" if pools else ""))
     return 0
 
 

@@ -178,7 +178,12 @@ class RolloutConfig(Strict):
     min_p: Optional[float] = Field(None, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
     max_prompt_length: Optional[int] = Field(512, ge=1)
-    """Prompts longer than this (tokens) are truncated from the left. None: no limit."""
+    """Prompt budget in tokens (after the chat template). None: no limit (every prompt must fit the model's positions
+    with ``max_completion_length``; checked before the run)."""
+    overlong_prompts: Literal["truncate", "drop", "error"] = "truncate"
+    """Prompts longer than ``max_prompt_length``: ``truncate`` keeps their last tokens (TRL's left truncation; counted
+    in ``prompts/truncated``), ``drop`` removes them from the dataset before the run (counted and reported),
+    ``error`` refuses the run naming the first such row."""
     max_completion_length: int = Field(512, ge=1)
     """Completion budget in tokens (L_max)."""
     eval_temperature: float = Field(0.0, ge=0)
@@ -230,6 +235,10 @@ class RewardConfig(Strict):
 
     @model_validator(mode="after")
     def _weights_match(self):
+        bad = [w for w in self.reward_weights or () if not math.isfinite(w)]
+        if bad:
+            raise ValueError(f"reward_weights must be finite numbers (got {bad[0]}): a NaN or inf weight makes every "
+                             "total reward NaN or inf, and nothing is learned")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} values but there are {len(self.reward_funcs)} "
@@ -260,7 +269,7 @@ class TeacherModelConfig(Strict):
 # training loop
 # ----------------------------------------------------------------------------------------------------------------
 class TrainConfig(Strict):
-    max_steps: int = Field(100, ge=0)
+    max_steps: int = Field(100, ge=1)
     """Optimizer steps to run."""
     learning_rate: float = Field(1e-6, gt=0)
     lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
@@ -284,6 +293,12 @@ class TrainConfig(Strict):
     logging_steps: int = Field(1, ge=1)
     """Console refresh interval; metrics.jsonl always gets every step."""
     disable_dropout: bool = True
+    max_idle_steps: int = Field(10, ge=0)
+    """Stop the run (exit code 3) when this many optimizer steps in a row had nothing to learn from (gradient norm
+    exactly 0: every reward None, every group's rewards identical, ...). 0: never stop."""
+    zero_variance_warning: float = Field(0.9, ge=0, le=1)
+    """Warn (console and ``warning/zero_variance_groups`` in the metrics) when at least this share of the groups had
+    identical rewards for 5 steps in a row: those groups carry no gradient. 1 disables."""
     deepspeed: dict[str, Any] = Field(default_factory=dict)
     """Extra DeepSpeed config merged over the generated one, e.g.
     ``{zero_optimization: {stage3_param_persistence_threshold: 0}}``."""
@@ -292,6 +307,9 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     name: str = "run"
     """Recipe name; the default output folder is runs/<name>-<timestamp>."""
+    run_dir: Optional[str] = None
+    """Set by the loader: the run file's folder. Relative paths in the run file resolve from it (and are written
+    resolved into the run folder's ``config.yaml``); ``module:function`` reward imports are found there too."""
     output_dir: Optional[str] = None
     """Run folder. None: runs/<name>-<timestamp> (``--output`` overrides)."""
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
@@ -352,6 +370,11 @@ class RunConfig(Strict):
         check_family(self)
         if self.cluster.rollout.replicas < 1:
             raise ValueError("cluster.rollout.replicas must be >= 1")
+        if self.rollout.temperature == 0 and self.algorithm.num_generations > 1:
+            raise ValueError(f"rollout.temperature 0 is greedy: the {self.algorithm.num_generations} completions of a "
+                             "prompt (algorithm.num_generations) would all be the same, and a group of equal samples "
+                             "has nothing to compare: set rollout.temperature > 0 (e.g. 1.0), or num_generations: 1 "
+                             "for the distillation families")
         if self.reward is not None and self.cluster.reward.replicas < 1:
             raise ValueError("cluster.reward.replicas must be >= 1 (or remove the reward section)")
         if self.rollout.partial_rollouts and self.rollout.engine != "hf":
@@ -430,29 +453,92 @@ def resolve_schedule(cfg: RunConfig) -> Schedule:
 # ----------------------------------------------------------------------------------------------------------------
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
     """The run file, then each override in order: ``key.path=value``, or an overlay file (``*.yaml`` merged into the
-    run file section by section, e.g. ``deploy/overlays/kit.yaml`` to try a paper recipe on the quickstart kit)."""
-    raw, lines = _read_yaml(Path(path))
+    run file section by section, e.g. ``deploy/overlays/kit.yaml`` to try a paper recipe on the quickstart kit).
+
+    Relative paths resolve from the folder of the file that names them (the run file's, an overlay's; the current
+    directory for command-line overrides); ``~`` and ``$VARS`` are expanded."""
+    path = Path(os.path.expandvars(os.path.expanduser(str(path))))
+    raw, lines = _read_yaml(path)
+    resolve_paths(raw, path.parent)
     for item in overrides:
         if "=" not in item and item.endswith((".yaml", ".yml")):
-            layer, layer_lines = _read_yaml(Path(item))
+            layer_path = Path(os.path.expandvars(os.path.expanduser(item)))
+            layer, layer_lines = _read_yaml(layer_path, what="overlay file")
+            resolve_paths(layer, layer_path.parent)
             _merge(raw, layer)
             lines.update(layer_lines)
         else:
             apply_override(raw, item, path)
+    raw.setdefault("run_dir", str(path.parent.resolve()))
     return validate_dict(raw, source=str(path), lines=lines, overrides=overrides)
 
 
-def _read_yaml(path: Path) -> tuple[dict, dict[tuple, str]]:
+# fields that hold a local path (or a hub id, or ``kit:...``)
+PATH_FIELDS = (("model", "name_or_path"), ("teacher", "name_or_path"), ("data", "train"), ("data", "eval"),
+               ("output_dir",), ("kit", "dir"))
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def resolve_path(value: str, base: Path, field: tuple) -> str:
+    """A path field's value, made absolute from ``base`` when it names a local path. Hub ids (``org/name`` that is
+    not a local folder) and ``kit:...`` stay as they are."""
+    if not isinstance(value, str) or value.startswith("kit:"):
+        return value
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    p = Path(expanded)
+    local = (p.is_absolute() or expanded != value or value.startswith(("./", "../", ".\\")) or (base / p).exists()
+             or field in (("output_dir",), ("kit", "dir"))
+             or (field[0] == "data" and p.suffix in _DATA_SUFFIXES))
+    return str((base / p).resolve()) if local else value
+
+
+def resolve_paths(raw: dict, base: Path) -> None:
+    for field in PATH_FIELDS:
+        node = raw
+        for part in field[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(field[-1]), str):
+            node[field[-1]] = resolve_path(node[field[-1]], base, field)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{self.name}:{key_node.start_mark.line + 1}: '{key}' is given twice in one section "
+                                  f"(first at line {seen[key]}); YAML would keep only the last: merge them into one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path, what: str = "run file") -> tuple[dict, dict[tuple, str]]:
     """A YAML mapping and, for every key path in it, ``file:line``."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such run file")
-    text = path.read_text()
+        raise ConfigError(f"{path}: no such {what}" + (" (it is a folder)" if path.is_dir() else ""))
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(text) or {}
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (it holds binary data): give a YAML {what}, e.g. "
+                          "deploy/recipes/quickstart.yaml") from None
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            raw = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the run file must be a mapping of sections (cluster, model, data, ...)")
+        raise ConfigError(f"{path}: the {what} must be a mapping of sections (cluster, model, data, ...), not a "
+                          f"{type(raw).__name__}")
     return raw, {k: f"{path}:{line}" for k, line in _yaml_lines(text).items()}
 
 
@@ -479,12 +565,19 @@ def apply_override(raw: dict, item: str, path: Path | str = "<command line>") ->
     key, value = item.split("=", 1)
     node = raw
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: expected key.path=value (e.g. train.max_steps=20)")
     for p in parts[:-1]:
         nxt = node.setdefault(p, {})
         if not isinstance(nxt, dict):
             raise ConfigError(f"override {item!r}: {p} is not a section in {path}")
         node = nxt
-    node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it") from None
+    field = tuple(parts)
+    node[parts[-1]] = resolve_path(parsed, Path.cwd(), field) if field in PATH_FIELDS else parsed
 
 
 def _yaml_lines(text: str) -> dict[tuple, int]:

@@ -20,24 +20,55 @@ from tqdm import tqdm
 
 from learner import methods
 
-from .config import RunConfig, Schedule, dump_config, resolve_schedule
-from .data import load_data
-from .kit import ensure_kit, kit_parts_needed, kit_summary, resolve_kit_path
+from .config import ConfigError, RunConfig, Schedule, dump_config, resolve_schedule
+from .kit import ensure_kit, kit_parts_needed, kit_summary
 from .metrics import MetricsLog, plot_reward_curve, reduce_stats, summary_table
 from .pipeline import Pipeline
 from .pools import Pools, create_pools, shutdown_pools
-from .preflight import check_teacher
+from .errors import Interrupted, RunError
+from .health import Health
+from .preflight import preflight
 from .runtime import init_ray
 
 
-def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
-    """Run ``cfg`` end to end; returns the final metrics. Starts a local Ray cluster unless one is given."""
+def output_folder(cfg: RunConfig, output_dir: str | None = None) -> Path:
+    """The run folder: ``--output``, else ``output_dir`` of the run file, else runs/<name>-<timestamp>."""
+    import os
+    chosen = output_dir or cfg.output_dir or f"runs/{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path(os.path.expandvars(os.path.expanduser(chosen))).resolve()
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "pipeline.json", "reward_curve.png", "error.log")
+
+
+def prepare_output(out: Path, overwrite: bool = False) -> None:
+    """A run never writes into another run's folder: refuse one that holds a run that trained (metrics, checkpoints),
+    unless ``overwrite`` (then that run's files go; other files stay). Nothing is written here."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {out} is a file: give a folder (--output)")
+    if not out.is_dir():
+        return
+    trained = [p.name for p in (out / "metrics.jsonl", out / "final", *sorted(out.glob("checkpoint-*"))) if p.exists()]
+    if trained and not overwrite:
+        raise ConfigError(f"output folder {out} already holds a run ({', '.join(trained[:4])}): give another "
+                          "--output, or add --overwrite to replace that run")
+
+
+def clear_run_files(out: Path) -> None:
+    import shutil
+    for p in [*(out / f for f in RUN_FILES), out / "final", *out.glob("checkpoint-*")]:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bool = False) -> dict:
+    """Run ``cfg`` end to end; returns the final metrics. Starts a local Ray cluster unless one is given.
+    Ctrl-C (or SIGTERM) stops the pools and raises ``Interrupted`` naming the step; what was written is kept."""
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(output_dir or cfg.output_dir or f"runs/{cfg.name}-{stamp}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    log(f"[relay-rl] run {cfg.name}: output in {out}")
+    out = output_folder(cfg, output_dir)
+    prepare_output(out, overwrite)
 
     extra = {}
     needs = cfg.needs
@@ -46,25 +77,26 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
         ensure_kit(cfg.kit, log=log, parts=kit_parts_needed(cfg.model.name_or_path, teacher_name or ""))
         ks = kit_summary(cfg.kit)
         extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
-    model_path = resolve_kit_path(cfg.model.name_or_path, cfg.kit)
-    teacher_path = resolve_kit_path(teacher_name, cfg.kit) if teacher_name else None
-    check_teacher(cfg, model_path, teacher_path)  # before any actor: loads, vocabulary, top-k
+    checked = preflight(cfg, kit_built=True)  # before any actor: models, data, reward functions
+    out.mkdir(parents=True, exist_ok=True)
+    clear_run_files(out)  # an earlier run's files (refused above unless overwrite) or an attempt that never trained
+    (out / "config.yaml").write_text(dump_config(cfg))
+    log(f"[relay-rl] run {cfg.name}: output in {out}")
+    for note in checked.notes:
+        log(f"[relay-rl] note: {note}")
+    train_data, eval_data = checked.train_data, checked.eval_data
 
-    train_data, eval_data = load_data(cfg.data, cfg.kit)  # before any cluster starts: a bad path fails fast
     started_ray = not ray.is_initialized() and not (cfg.cluster.address or _env_address())
     init_ray(cfg.cluster.address, cfg.cluster.namespace, log)
     sched = resolve_schedule(cfg)
     for warning in methods.warnings(cfg):
         log(f"[relay-rl] warning: {warning}")
-    run_name = f"{cfg.name}-{stamp}"
+    run_name = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    pools, metrics, ctl = None, None, None
     try:
-        pools = create_pools(cfg, run_name, model_path, log, fixed_cluster=started_ray, teacher_path=teacher_path)
-    except BaseException:
-        if started_ray:
-            ray.shutdown()
-        raise
-    metrics = MetricsLog(out, run_name)
-    try:
+        pools = create_pools(cfg, run_name, checked.model_path, log, fixed_cluster=started_ray,
+                             teacher_path=checked.teacher_path)
+        metrics = MetricsLog(out, run_name)
         pipe = Pipeline(cfg, sched, pools, train_data)
         ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
         t0 = time.time()
@@ -76,9 +108,21 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None) -> dict:
         final["wall_s"] = wall
         final["output_dir"] = str(out)
         return final
+    except KeyboardInterrupt:
+        step = ctl.step if ctl is not None else 0
+        raise Interrupted(f"interrupted at step {step} of {cfg.train.max_steps}: the pools were stopped; what was "
+                          f"written is kept in {out} (metrics.jsonl up to step {step}"
+                          + (", the last checkpoint" if cfg.train.save_steps and step >= cfg.train.save_steps else "")
+                          + ")") from None
     finally:
-        metrics.close()
-        shutdown_pools(pools)
+        if ctl is not None:
+            ctl.ledger.write(out / "pipeline.json", sched.S * sched.mu)
+        if metrics is not None:
+            metrics.close()
+            if ctl is not None and ctl.step and not (out / "reward_curve.png").exists():
+                plot_reward_curve(metrics, out / "reward_curve.png", f"relay-rl {cfg.name}")
+        if pools is not None:
+            shutdown_pools(pools)
         if started_ray:
             ray.shutdown()
 
@@ -102,6 +146,8 @@ class Controller:
         self.current_gen: dict = {}  # statistics of the generation batch the learner is consuming
         self.failures: dict[str, int] = {}  # consecutive failing batches per reward function
         self.last_eval: dict = {}
+        self.step = 0  # the last optimizer step finished
+        self.health = Health(cfg, log)
 
     # ------------------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -110,17 +156,18 @@ class Controller:
             self.evaluate(step=0)
         bar = tqdm(total=t.max_steps, desc=f"{self.cfg.name}", unit="step", dynamic_ncols=True, file=sys.stderr,
                    mininterval=1.0)
-        for step in range(1, t.max_steps + 1):
-            t0 = time.time()
-            self.launch_generations()  # 1. rollout
-            admission = self.admit_for_step()  # 2. admit
-            learned = self.learn(admission)  # 3. learn
-            record = self.record(step, learned, time.time() - t0)  # 4. record, refresh the reference, evaluate, save
-            self.after_step(step)
-            bar.update(1)
-            if step % t.logging_steps == 0 or step == t.max_steps:
-                bar.set_postfix(self._postfix(record), refresh=False)
-        bar.close()
+        with bar:
+            for step in range(1, t.max_steps + 1):
+                t0 = time.time()
+                self.launch_generations()  # 1. rollout
+                admission = self.admit_for_step()  # 2. admit
+                learned = self.learn(admission)  # 3. learn
+                record = self.record(step, learned, time.time() - t0)  # 4. record, refresh the reference, evaluate, save
+                self.step = step
+                self.after_step(step)
+                bar.update(1)
+                if step % t.logging_steps == 0 or step == t.max_steps:
+                    bar.set_postfix(self._postfix(record), refresh=False)
         if t.eval_steps and self.eval_data is not None and self.last_eval.get("step") != t.max_steps:
             self.evaluate(t.max_steps)
         self.save(self.out / "final")
@@ -153,6 +200,7 @@ class Controller:
                 self.launch_generations()
             gen = self.pipe.wait(self.inflight.popleft())
             self.check_rewards(gen.stats)
+            self.health.generation(gen.gen_id, gen.stats)
             self.ledger.generated(gen)
             lag = self.version - gen.version
             if lag > self.sched.k:
@@ -191,8 +239,9 @@ class Controller:
             self.log(f"[relay-rl] reward function {name} failed ({self.failures[name]} in a row): {err}; "
                      "its scores for this batch are None (excluded, not 0)")
             if self.failures[name] >= self.cfg.reward.max_consecutive_failures:
-                raise RuntimeError(f"reward function {name} failed {self.failures[name]} batches in a row "
-                                   f"(reward.max_consecutive_failures): {err}")
+                raise RunError(f"reward function {name} failed {self.failures[name]} batches in a row "
+                               f"(reward.max_consecutive_failures): {err}. Fix the function (try it on a few rows "
+                               "of the dataset), or remove it from reward.reward_funcs")
         for name in list(self.failures):
             if name not in errors:
                 self.failures[name] = 0
@@ -212,7 +261,12 @@ class Controller:
         for k in [k for k in rec if k.startswith("teacher/bytes/")]:  # a generation batch feeds K steps
             rec[k.replace("/bytes/", "/bytes_per_step/")] = rec[k] / self.sched.K
         rec.setdefault("timing/sync_s", 0.0)
+        for name in g.get("reward_errors", {}):
+            rec[f"rewards/{name}/failed"] = 1.0
+        stop = self.health.step(step, rec)  # may add warnings; a run that learns nothing stops (after the record)
         self.metrics.write(rec)
+        if stop is not None:
+            raise stop
         return rec
 
     def after_step(self, step: int) -> None:

@@ -14,6 +14,7 @@ def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: st
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its loader errors reach the user through ours
     path = resolve_kit_path(spec, kit)
     p = Path(path).expanduser()
     if p.suffix in _FORMATS:
@@ -43,6 +44,9 @@ def _load(field: str, spec: str, *args):
     try:
         return load_prompts(spec, *args)
     except Exception as e:  # noqa: BLE001  (any loader failure: name the field and what was tried)
-        raise ConfigError(f"{field}: cannot load {spec!r}: {type(e).__name__}: {e}. Give a local .jsonl/.json/"
+        while e.__cause__ is not None or e.__context__ is not None:  # the loader's own cause (a JSON parse error)
+            e = e.__cause__ or e.__context__
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"{field}: cannot load {spec!r}: {type(e).__name__}: {first}. Give a local .jsonl/.json/"
                           ".parquet/.csv file, a folder saved with datasets' save_to_disk, a dataset name the "
                           "machine can reach, or kit:train / kit:test") from e

@@ -117,7 +117,8 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
     ax.set_ylabel("reward / accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # nothing to show when every reward was None
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

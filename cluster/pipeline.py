@@ -59,6 +59,7 @@ def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: b
         "behaviour_version": int(batch.policy_version.min()),  # the weights that sampled the batch (oldest)
         "behaviour_version_max": int(batch.policy_version.max()),
         "rows": len(batch),
+        "prompts/truncated": float(sum(i.get("prompts_truncated", 0) for i in infos)),
     }
     for key in {k for i in infos for k in i if k.startswith(("teacher_s/", "teacher_bytes/"))}:
         values = [i.get(key, 0) for i in infos]  # chunks are scored in parallel: seconds max, bytes add up

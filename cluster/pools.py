@@ -17,6 +17,7 @@ from rollout_workers.actor import RolloutWorker
 from teacher_workers.actor import TeacherWorker
 
 from .config import ConfigError, PoolSpec, RunConfig
+from .preflight import reward_search_path
 
 
 @dataclass
@@ -129,7 +130,7 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     reward = [
         _actor(RewardWorker, c.reward, f"{run_name}/reward-{i}", ns).remote(
             [f if isinstance(f, str) else f.model_dump() for f in cfg.reward.reward_funcs], model_path,
-            cfg.reward.timeout_s, index=i)
+            cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg))
         for i in range(c.reward.replicas if cfg.reward is not None else 0)]
     needs, t = cfg.needs, cfg.teacher
     teachers = {}

@@ -1,26 +1,157 @@
-"""Pre-flight checks of the models a run names, before any actor starts: a teacher that cannot load, whose
-vocabulary differs from the student's (except in GOLD's cross-tokenizer mode), or a top-k beyond its vocabulary is a
-``ConfigError`` naming the field and both models."""
+"""Pre-flight: everything that can be checked before any actor starts, run by both ``relay-rl validate`` and
+``relay-rl train``. A problem is a ``ConfigError`` naming the field (or file and row), what is wrong and what to do;
+a ``validate`` that passes means ``train`` will start.
+
+Checked: the models (the path exists, config and tokenizer load, the embedding covers the tokenizer, a pad token or
+the EOS fallback, a chat template for conversational data, prompt + completion budget within the model's positions),
+the teacher (loads, same vocabulary where the family needs one, top-k within it), the data (loads, not empty, the
+prompt column holds strings or chat messages, overlong prompts per ``rollout.overlong_prompts``, the completion
+column of the families that train on dataset completions), and every reward function (imports, is callable, accepts
+the keywords TRL passes, finds the dataset columns it names).
+"""
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from learner.methods import DATASET, sources
+
 from .config import ConfigError, RunConfig
+from .kit import kit_dir, kit_parts_needed, resolve_kit_path
+
+# the keywords every reward function receives besides the dataset columns (TRL's signature)
+REWARD_KEYWORDS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+SAMPLE_ROWS = 20_000  # prompts tokenised to check their lengths (all of them up to this many)
 
 
-def _load_tokenizer(field: str, path: str):
+@dataclass
+class Checked:
+    """What the pre-flight resolved and loaded, for ``train`` to use (nothing is loaded twice)."""
+
+    model_path: str | None
+    teacher_path: str | None
+    train_data: object = None
+    eval_data: object = None
+    notes: list[str] = field(default_factory=list)
+
+
+def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
+    """Run every check; raise ``ConfigError`` at the first problem. ``kit_built=False`` (validate before the kit
+    exists) skips what needs the kit's files, with a note."""
+    needs = cfg.needs
+    teacher_name = cfg.teacher.name_or_path if cfg.teacher is not None and needs.teacher_model else None
+    model_path = resolve_kit_path(cfg.model.name_or_path, cfg.kit)
+    teacher_path = resolve_kit_path(teacher_name, cfg.kit) if teacher_name else None
+    out = Checked(model_path, teacher_path)
+    if kit_built is None:
+        kit_built = cfg.kit is None or (kit_dir(cfg.kit) / "kit.json").is_file()
+    missing_parts = [p for p in kit_parts_needed(cfg.model.name_or_path, teacher_name or "")
+                     if cfg.kit is not None and not (kit_dir(cfg.kit) / p).is_dir()]
+    if not kit_built or missing_parts:
+        out.notes.append("the quickstart kit is not built yet: its models and data are checked when `relay-rl "
+                         "train` (or `relay-rl kit`) builds it")
+        _check_rewards_importable(cfg)
+        return out
+
+    tok, mcfg = load_model_files("model.name_or_path", model_path, cfg.model.trust_remote_code)
+    out.notes += check_tokenizer(cfg, tok, mcfg, model_path)
+    if teacher_path:
+        check_teacher(cfg, model_path, teacher_path, (tok, mcfg))
+
+    from .data import load_data
+    out.train_data, out.eval_data = load_data(cfg.data, cfg.kit)
+    for fld, ds in (("data.train", out.train_data), ("data.eval", out.eval_data)):
+        if ds is None:
+            continue
+        conversational = check_prompts(cfg, fld, ds, tok)
+        if conversational and not getattr(tok, "chat_template", None):
+            raise ConfigError(f"{fld}: the prompts are chat messages but the tokenizer of {model_path} has no chat "
+                              "template: use an instruct/chat model's tokenizer, add a chat_template to its "
+                              "tokenizer_config.json, or give plain-text prompts")
+        ds, note = check_lengths(cfg, fld, ds, tok, mcfg, conversational)
+        if note:
+            out.notes.append(note)
+        if fld == "data.train":
+            out.train_data = ds
+        else:
+            out.eval_data = ds
+    if DATASET in sources(cfg.algorithm, 256, 0):
+        check_completions(cfg, out.train_data)
+    if cfg.reward is not None:
+        check_rewards(cfg, tok, {fld: ds.column_names for fld, ds in (("data.train", out.train_data),
+                                                                       ("data.eval", out.eval_data)) if ds is not None})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models
+# ----------------------------------------------------------------------------------------------------------------
+def load_model_files(field: str, path: str, trust_remote_code: bool = False):
+    """(tokenizer, model config) of ``path``; a ConfigError naming the field if either cannot load."""
     from transformers import AutoConfig, AutoTokenizer
+    p = Path(path)
+    if p.is_absolute() and not p.exists():
+        raise ConfigError(f"{field}: no such folder {path}: give a local model folder (relative paths resolve from the "
+                          "run file's folder) or a model id the cluster can download")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise ConfigError(f"{field}: {path} has no config.json: give a folder saved with save_pretrained (the "
+                          "model's config, weights and tokenizer)")
     try:
-        return AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)
+        mcfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001  (any loading failure is the user's path)
-        raise ConfigError(f"{field}: cannot load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): give "
-                          "a local model folder or a model id the cluster can download") from None
+        raise ConfigError(f"{field}: cannot load the model config of {path!r} ({_first_line(e)}): give a local model "
+                          "folder or a model id the cluster can download"
+                          + (" (HF_HUB_OFFLINE is set: no downloads)" if os.environ.get("HF_HUB_OFFLINE") else "")
+                          ) from None
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{field}: the model config of {path} loads but its tokenizer does not ({_first_line(e)}): "
+                          "save the tokenizer into the model folder (tokenizer.save_pretrained)") from None
+    return tok, mcfg
 
 
-def check_teacher(cfg: RunConfig, student_path: str, teacher_path: str | None) -> None:
+def _text_config(mcfg):
+    return mcfg.get_text_config() if hasattr(mcfg, "get_text_config") else mcfg
+
+
+def check_tokenizer(cfg: RunConfig, tok, mcfg, path: str) -> list[str]:
+    notes = []
+    vocab = getattr(_text_config(mcfg), "vocab_size", None)
+    if vocab is not None and len(tok) > vocab:
+        raise ConfigError(f"model.name_or_path: the tokenizer of {path} has {len(tok)} tokens but the model's "
+                          f"embedding has vocab_size {vocab}: ids >= {vocab} would index past it. Use the tokenizer "
+                          "saved with this model (or resize the model's embeddings and save it)")
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ConfigError(f"model.name_or_path: the tokenizer of {path} has neither a pad nor an EOS token: "
+                              "completions could never end. Set eos_token (and pad_token) in its tokenizer_config.json")
+        notes.append(f"the tokenizer has no pad token: EOS ({tok.eos_token!r}) pads (padding is masked out)")
+    positions = getattr(_text_config(mcfg), "max_position_embeddings", None)
+    r = cfg.rollout
+    if positions:
+        if r.max_completion_length >= positions:
+            raise ConfigError(f"rollout.max_completion_length: {r.max_completion_length} tokens leave no room for a "
+                              f"prompt in the model's {positions} positions (max_position_embeddings of {path}): "
+                              f"lower it below {positions}")
+        if r.max_prompt_length and r.max_prompt_length + r.max_completion_length > positions:
+            raise ConfigError(f"rollout.max_prompt_length + max_completion_length = {r.max_prompt_length} + "
+                              f"{r.max_completion_length} exceeds the model's {positions} positions "
+                              f"(max_position_embeddings of {path}): set max_prompt_length <= "
+                              f"{positions - r.max_completion_length} (or shorten the completions)")
+    return notes
+
+
+def check_teacher(cfg: RunConfig, student_path: str, teacher_path: str | None, student=None) -> None:
     needs = cfg.needs
     if not needs.teachers or not any(s.pool == "teacher" for s in needs.teachers):
         return
-    s_tok, s_cfg = _load_tokenizer("model.name_or_path", student_path)
-    t_tok, t_cfg = _load_tokenizer("teacher.name_or_path", teacher_path)
+    s_tok, s_cfg = student or load_model_files("model.name_or_path", student_path, cfg.model.trust_remote_code)
+    t_tok, t_cfg = load_model_files("teacher.name_or_path", teacher_path, cfg.teacher.trust_remote_code)
     t_vocab = getattr(t_cfg, "vocab_size", None) or len(t_tok)
     if needs.same_vocabulary and (s_tok.get_vocab() != t_tok.get_vocab() or
                                   getattr(s_cfg, "vocab_size", None) != getattr(t_cfg, "vocab_size", None)):
@@ -35,3 +166,200 @@ def check_teacher(cfg: RunConfig, student_path: str, teacher_path: str | None) -
             raise ConfigError(f"algorithm.loss_top_k: {spec.top_k} is larger than the teacher's vocabulary "
                               f"({t_vocab} tokens, {teacher_path}): use at most {t_vocab}, or 0 for the full "
                               "vocabulary")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------------------------
+def check_prompts(cfg: RunConfig, fld: str, ds, tok) -> bool:
+    """Every prompt (of the first SAMPLE_ROWS) is a non-empty string or a list of chat messages; returns whether
+    the data is conversational."""
+    col = cfg.data.prompt_column
+    if len(ds) == 0:
+        raise ConfigError(f"{fld}: the dataset has no rows")
+    kinds = set()
+    for i, p in enumerate(ds.select(range(min(len(ds), SAMPLE_ROWS)))[col]):
+        if isinstance(p, str):
+            if not p.strip():
+                raise ConfigError(f"{fld}: row {i}: the prompt ({col!r}) is empty")
+            kinds.add("text")
+        elif isinstance(p, list) and p and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                and isinstance(m.get("content"), str) for m in p):
+            kinds.add("chat")
+        else:
+            what = "null" if p is None else f"{type(p).__name__} {str(p)[:60]!r}"
+            raise ConfigError(f"{fld}: row {i}: the prompt ({col!r}) is {what}; a prompt is a string, or a list of "
+                              "chat messages {role: ..., content: ...}. Fix the row or set data.prompt_column")
+    if kinds == {"text", "chat"}:
+        raise ConfigError(f"{fld}: the prompt column {col!r} mixes strings and chat messages: use one form")
+    return kinds == {"chat"}
+
+
+def prompt_length(tok, prompt, conversational: bool) -> int:
+    if conversational:
+        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return len(tok(prompt, add_special_tokens=False)["input_ids"])
+
+
+def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg, conversational: bool):
+    """Prompts longer than the budget: truncated (counted), dropped (the dataset without them) or an error, per
+    ``rollout.overlong_prompts``; with no budget, a prompt that cannot fit the model's positions is an error."""
+    r, col = cfg.rollout, cfg.data.prompt_column
+    positions = getattr(_text_config(mcfg), "max_position_embeddings", None)
+    n = min(len(ds), SAMPLE_ROWS)
+    lengths = [prompt_length(tok, p, conversational) for p in ds.select(range(n))[col]]
+    budget = r.max_prompt_length
+    if budget is None:
+        if positions:
+            fit = positions - r.max_completion_length
+            over = [i for i, L in enumerate(lengths) if L > fit]
+            if over:
+                raise ConfigError(f"{fld}: row {over[0]}: its prompt has {lengths[over[0]]} tokens and cannot fit the "
+                                  f"model's {positions} positions with max_completion_length {r.max_completion_length} "
+                                  f"({len(over)} of {n} prompts checked are too long): set rollout.max_prompt_length "
+                                  f"<= {fit} (they are then truncated, or dropped with overlong_prompts: drop)")
+        return ds, None
+    over = [i for i, L in enumerate(lengths) if L > budget]
+    if not over:
+        return ds, None
+    share = f"{len(over)} of {n} prompts" + ("" if n == len(ds) else " checked")
+    if r.overlong_prompts == "error":
+        raise ConfigError(f"{fld}: row {over[0]}: its prompt has {lengths[over[0]]} tokens, more than "
+                          f"rollout.max_prompt_length ({budget}); {share} are too long. Raise max_prompt_length, or "
+                          "set rollout.overlong_prompts: truncate (keep their last tokens) or drop")
+    if r.overlong_prompts == "drop":
+        keep = [i for i in range(len(ds)) if i >= n or lengths[i] <= budget]
+        if not keep:
+            raise ConfigError(f"{fld}: every prompt is longer than rollout.max_prompt_length ({budget}) and "
+                              "overlong_prompts is drop: nothing would be left. Raise max_prompt_length")
+        return ds.select(keep), f"{fld}: dropped {share} longer than max_prompt_length ({budget} tokens)"
+    return ds, (f"{fld}: {share} are longer than max_prompt_length ({budget} tokens) and are truncated to their "
+                "last tokens (rollout.overlong_prompts; counted in prompts/truncated)")
+
+
+def check_completions(cfg: RunConfig, ds) -> None:
+    col = cfg.data.completion_column
+    if col not in ds.column_names:
+        raise ConfigError(f"data.completion_column: the training data has no column {col!r} (columns: "
+                          f"{', '.join(ds.column_names)}); algorithm {cfg.algorithm.name} trains on dataset "
+                          "completions (lmbda < 1): set data.completion_column, or lmbda: 1.0 (only the policy's "
+                          "own samples)")
+    for i, c in enumerate(ds.select(range(min(len(ds), SAMPLE_ROWS)))[col]):
+        if not isinstance(c, str):
+            raise ConfigError(f"data.train: row {i}: the completion ({col!r}) is "
+                              f"{'null' if c is None else type(c).__name__}; it must be a string")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reward functions
+# ----------------------------------------------------------------------------------------------------------------
+def reward_search_path(cfg: RunConfig) -> list[str]:
+    """Where ``module:function`` reward imports are found besides installed packages: the run file's folder and the
+    current directory (added to the driver's sys.path, which Ray's workers inherit)."""
+    return list(dict.fromkeys(p for p in (cfg.run_dir, os.getcwd()) if p))
+
+
+def _add_search_path(cfg: RunConfig) -> None:
+    for p in reversed(reward_search_path(cfg)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def _check_rewards_importable(cfg: RunConfig) -> None:
+    """Without a tokenizer (kit not built): import paths only."""
+    if cfg.reward is None:
+        return
+    import importlib
+    from reward_workers.registry import BUILTINS
+    from reward_workers import verifiers  # noqa: F401
+    _add_search_path(cfg)
+    for i, spec in enumerate(cfg.reward.reward_funcs):
+        name = spec if isinstance(spec, str) else spec.name
+        if name in BUILTINS:
+            continue
+        _import_reward(f"reward.reward_funcs[{i}]", name, importlib)
+
+
+def _import_reward(fld: str, name: str, importlib):
+    from reward_workers.registry import BUILTINS
+    if ":" not in name:
+        close = difflib.get_close_matches(name, BUILTINS, n=1)
+        raise ConfigError(f"{fld}: unknown reward function {name!r}"
+                          + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f": use a built-in ({', '.join(sorted(BUILTINS))}) or an import path 'package.module:function'")
+    module, attr = name.split(":", 1)
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001  (ImportError, or the module itself failing on import)
+        raise ConfigError(f"{fld}: reward function {name!r}: module {module!r} cannot be imported ({_first_line(e)}). "
+                          f"It is looked up in the run file's folder, the current directory and the installed "
+                          "packages") from None
+    if not hasattr(mod, attr):
+        public = [a for a in dir(mod) if not a.startswith("_") and callable(getattr(mod, a))]
+        close = difflib.get_close_matches(attr, public, n=1)
+        raise ConfigError(f"{fld}: module {module} ({getattr(mod, '__file__', '?')}) has no {attr!r}"
+                          + (f": did you mean {module}:{close[0]}?" if close else
+                             f" (it has: {', '.join(public[:12]) or 'no functions'})"))
+    return getattr(mod, attr)
+
+
+def check_rewards(cfg: RunConfig, tokenizer, columns: dict[str, list[str]]) -> None:
+    """Build every reward function as the reward actor will, and check it can be called with TRL's keywords."""
+    import importlib
+    from reward_workers import verifiers  # noqa: F401  (registers the built-ins)
+    from reward_workers.registry import BUILTINS, resolve
+    _add_search_path(cfg)
+    for i, spec in enumerate(cfg.reward.reward_funcs):
+        fld = f"reward.reward_funcs[{i}]"
+        name, kwargs = (spec, {}) if isinstance(spec, str) else (spec.name, spec.kwargs)
+        if name not in BUILTINS:
+            obj = _import_reward(fld, name, importlib)
+            if not callable(obj):
+                raise ConfigError(f"{fld}: {name} is a {type(obj).__name__}, not a function: name a function with "
+                                  "TRL's reward signature f(prompts, completions, **kwargs) -> list[float]")
+        try:
+            _, fn = resolve(spec if isinstance(spec, str) else spec.model_dump(), tokenizer)
+        except ConfigError:
+            raise
+        except TypeError as e:
+            raise ConfigError(f"{fld}: {name} cannot be built with kwargs {kwargs} ({e}): give the arguments its "
+                              "factory takes") from None
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"{fld}: {name} failed while being built ({_first_line(e)})") from None
+        if not callable(fn):
+            raise ConfigError(f"{fld}: {name} with kwargs {kwargs} returned a {type(fn).__name__}, not a reward "
+                              "function (a factory must return the function)")
+        for data_field, cols in columns.items():
+            check_signature(fld, name, fn, cols, data_field)
+
+
+def check_signature(fld: str, name: str, fn, columns: list[str], data_field: str = "data.train") -> None:
+    """The keywords TRL passes (and the dataset columns) must be accepted; the columns it needs must exist."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin or C function: nothing to check
+    params = sig.parameters.values()
+    offered = set(REWARD_KEYWORDS) | set(columns)
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL)]
+    if positional:
+        raise ConfigError(f"{fld}: {name} takes positional-only arguments ({', '.join(positional)}); reward "
+                          "functions are called with keywords only: f(prompts, completions, **kwargs)")
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        names = {p.name for p in params}
+        refused = [k for k in REWARD_KEYWORDS if k not in names]
+        if refused:
+            raise ConfigError(f"{fld}: {name}{sig} does not accept the keyword(s) {', '.join(refused)} that every "
+                              "reward function receives (TRL's signature): add **kwargs to its parameters")
+    required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    needed = [c for c in required if c not in offered] + [c for c in getattr(fn, "columns", ()) if c not in columns]
+    if needed:
+        raise ConfigError(f"{fld}: {name} needs the dataset column(s) {', '.join(dict.fromkeys(needed))}, which "
+                          f"{data_field} lacks (columns: {', '.join(columns)}): add the column, or pick the reward "
+                          "that matches the data")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__

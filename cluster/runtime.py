@@ -21,6 +21,11 @@ def configure_worker() -> None:
         os.environ.setdefault(k, v)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*non-writable.*")  # read-only arrays from the object store
+    try:  # every actor loads a model: one "Loading weights" bar per actor and load is noise on the driver's console
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def from_numpy(a: np.ndarray) -> torch.Tensor:
@@ -28,6 +33,29 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address where nothing listens fails here within seconds (Ray itself retries for minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from .schema import ConfigError
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise ConfigError(f"cluster.address (or $RAY_ADDRESS) {address!r}: expected host:port (the head's GCS port, "
+                          "6379 by default), ray://host:10001, or auto")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cluster.address (or $RAY_ADDRESS) {address}: nothing answers at {host}:{port} "
+                          f"({e.strerror or type(e).__name__} within {timeout_s:.0f}s). Start the cluster "
+                          "(`ray start --head`), fix the address, or unset it (and $RAY_ADDRESS) to run on a new "
+                          "local cluster") from None
 
 
 def init_ray(address: str | None, namespace: str, log=print):
@@ -45,6 +73,7 @@ def init_ray(address: str | None, namespace: str, log=print):
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", **forwarded}}
     os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     if address:
+        check_reachable(address)
         ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
         log(f"[relay-rl] joined Ray cluster at {address}")
     else:

@@ -148,15 +148,19 @@ class LearnerRank:
         micro_batches = [self.queue.popleft() for _ in range(GA)]
         self.objective.begin_step(micro_batches)
         stats: dict = {}
-        for mb in micro_batches:
+        own_norm = None
+        for j, mb in enumerate(micro_batches):
             logits_BTV = completion_logits(self.engine, *self._inputs(mb))
             loss, mb_stats = self.objective.loss(self, mb, logits_BTV)
             self.engine.backward(loss, scale_wrt_gas=False)  # L_mb already carries the 1/GA of §6.1
+            if j == GA - 1 and self.zero_stage == 0:  # DeepSpeed records no norm without a ZeRO optimizer
+                own_norm = torch.nn.utils.get_total_norm(
+                    [p.grad for p in self.engine.module.parameters() if p.grad is not None])
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
             merge_stats(stats, {**mb_stats, **self._micro_step_stats(mb, loss)})
         merge_stats(stats, self.objective.end_step())
         self.version += 1
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = self.engine.get_global_grad_norm() if own_norm is None else own_norm
         stats.update({
             "grad_norm": ("mean", float(grad_norm) if grad_norm is not None else float("nan"), 1.0),
             "learning_rate": ("mean", self.engine.get_lr()[0], 1.0),

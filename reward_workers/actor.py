@@ -1,14 +1,17 @@
 """The reward actor: scores a rollout ``Batch`` with every reward function, one column per function.
 
-A function that raises, returns the wrong number of scores, or outruns ``timeout_s`` is reported (name, error) and
-contained: its column is None (NaN) for that batch, never silently 0. A timed-out sync function may still hold a
-thread, so the actor then asks to be restarted.
+A function that raises, returns the wrong number of scores, a score that is not a number (a string, a list), inf or
+NaN, or outruns ``timeout_s`` is reported (name, error, an example row) and contained: its column is None (NaN) for
+that batch, never silently 0. ``None`` is a valid score ("not applicable"). Lists, tuples, numpy arrays and tensors
+of the right length are accepted, as in TRL. A timed-out sync function may still hold a thread, so the actor then
+asks to be restarted.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import inspect
+import math
 import time
 import traceback
 
@@ -19,10 +22,15 @@ from .registry import resolve
 
 
 class RewardWorker:
-    def __init__(self, reward_funcs: list, tokenizer_path: str, timeout_s: float = 60.0, index: int = 0):
+    def __init__(self, reward_funcs: list, tokenizer_path: str, timeout_s: float = 60.0, index: int = 0,
+                 search_path: list[str] = ()):
+        import sys
         from cluster.runtime import configure_worker
         from transformers import AutoTokenizer
         configure_worker()
+        for p in reversed(search_path):  # where ``module:function`` imports are found (the run file's folder, ...)
+            if p not in sys.path:
+                sys.path.insert(0, p)
         self.index = index
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.funcs = [resolve(spec, self.tokenizer) for spec in reward_funcs]
@@ -69,11 +77,14 @@ class RewardWorker:
             values, col = results[i], torch.full((N,), float("nan"))
             if isinstance(values, BaseException):
                 errors[name] = _describe(values)
-            elif not isinstance(values, (list, tuple)) or len(values) != N:
-                got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-                errors[name] = f"returned {got} scores for {N} completions"
             else:
-                col = torch.tensor([float("nan") if v is None else float(v) for v in values])
+                scores, problem = _scores(values, N)
+                if problem is None:
+                    col = scores
+                else:
+                    row = problem[1]
+                    example = f" (row {row}: completion {batch.completions[row][:80]!r})" if row is not None else ""
+                    errors[name] = problem[0] + example
             columns.append(col)
         rewards = torch.stack(columns, dim=1)  # (N, K)
         info = {**batch.info, "reward_s": time.time() - t0, "reward_errors": errors, "reward_stuck": stuck,
@@ -93,6 +104,30 @@ class RewardWorker:
 
     def ping(self) -> bool:
         return True
+
+
+def _scores(values, N: int):
+    """(scores as a float tensor, None) or (None, (what is wrong, the first bad row or None))."""
+    if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):  # numpy arrays, tensors
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        return None, (f"returned a {type(values).__name__}, not a list of {N} scores", None)
+    if len(values) != N:
+        return None, (f"returned {len(values)} scores for {N} completions", None)
+    out = []
+    for row, v in enumerate(values):
+        if v is None:
+            out.append(float("nan"))  # not applicable: excluded from the weighted sum
+            continue
+        if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:  # numpy / torch scalars
+            v = v.item()
+        if not isinstance(v, (int, float)):  # bools count as 0 / 1
+            return None, (f"returned {type(v).__name__} {str(v)[:40]!r} as a score; scores are numbers or None", row)
+        f = float(v)
+        if not math.isfinite(f):
+            return None, (f"returned {f} as a score; scores must be finite (None marks 'not applicable')", row)
+        out.append(f)
+    return torch.tensor(out), None
 
 
 def _describe(e: BaseException) -> str:

@@ -39,6 +39,7 @@ def make_arithmetic_exact(tokenizer, answer_column: str = "answer"):
             out.append(1.0 if list(ids) == want else 0.0)
         return out
 
+    arithmetic_exact.columns = (answer_column,)  # the dataset columns it reads (checked before the run)
     return arithmetic_exact
 
 

@@ -44,7 +44,7 @@ class RolloutWorker:
         t0 = time.time()
         self.calls += 1
         prompts = [r[self.prompt_column] for r in records]
-        prompt_ids = [self._tokenize(p) for p in prompts]
+        prompt_ids, n_truncated = self._tokenize_all(prompts)
         if self.partial_chunk:
             self.generating = True
             try:
@@ -57,7 +57,7 @@ class RolloutWorker:
                 outs = self.engine.generate(prompt_ids, params)
         return self._batch(records, prompts, prompt_ids, outs, group_ids or list(range(len(records))),
                            info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version,
-                                 "n": params.n})
+                                 "n": params.n, "prompts_truncated": n_truncated})
 
     def from_dataset(self, records: list[dict], column: str, max_tokens: int, group_ids: list[int], n: int = 1) -> Batch:
         """The dataset's completions as a batch (GKD's and GOLD's dataset source): the ``column`` text, tokenised,
@@ -71,7 +71,7 @@ class RolloutWorker:
             raise ValueError(f"data.completion_column {column!r}: row {missing[0]} has no string completion "
                              f"(columns: {sorted(records[missing[0]])})")
         prompts = [r[self.prompt_column] for r in records]
-        prompt_ids = [self._tokenize(p) for p in prompts]
+        prompt_ids, _ = self._tokenize_all(prompts)
         eos = self.engine.eos_ids[0] if hasattr(self.engine, "eos_ids") else self.tokenizer.eos_token_id
         outs = []
         for r in records:
@@ -115,15 +115,20 @@ class RolloutWorker:
             info=info,
         )
 
-    def _tokenize(self, prompt) -> list[int]:
-        if isinstance(prompt, list):  # chat messages
-            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
-        else:
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if self.max_prompt_length and len(ids) > self.max_prompt_length:
-            ids = ids[-self.max_prompt_length:]
-        return list(ids)
+    def _tokenize_all(self, prompts: list) -> tuple[list[list[int]], int]:
+        """Token ids of each prompt (chat messages through the chat template), cut to their last
+        ``max_prompt_length`` tokens (TRL's left truncation); and how many were cut."""
+        out, cut = [], 0
+        for prompt in prompts:
+            if isinstance(prompt, list):  # chat messages
+                ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+                ids = ids["input_ids"] if isinstance(ids, dict) else ids
+            else:
+                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if self.max_prompt_length and len(ids) > self.max_prompt_length:
+                ids, cut = ids[-self.max_prompt_length:], cut + 1
+            out.append(list(ids))
+        return out, cut
 
     # ------------------------------------------------------------------------------------------------------------
     def load_weights(self, version: int, bucket_refs: list) -> dict:

@@ -66,3 +66,45 @@ def slow_exact(tokenizer=None, delay_s: float = 0.3):
         time.sleep(delay_s)
         return exact(completion_ids=completion_ids, answer=answer)
     return reward
+
+
+# run-time faults of user reward functions (tests/e2e/test_bad_runs.py) ------------------------------------------
+def words(completions, **kwargs):
+    return ["good" for _ in completions]
+
+
+def inf_score(completions, **kwargs):
+    return [float("inf")] + [0.0] * (len(completions) - 1)
+
+
+def nan_score(completions, **kwargs):
+    return [0.0] * (len(completions) - 1) + [float("nan")]
+
+
+def numpy_scores(completions, **kwargs):
+    import numpy as np
+    return np.linspace(0.0, 1.0, len(completions), dtype=np.float32)
+
+
+def tensor_scores(completions, **kwargs):
+    import torch
+    return torch.arange(len(completions), dtype=torch.float64) % 2
+
+
+def all_none(completions, **kwargs):
+    return [None] * len(completions)
+
+
+def constant_one(completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+def interrupt_driver(pid: int, at_step: int):
+    """A factory: a reward that sends SIGINT (Ctrl-C) to the driver when generation ``at_step`` is scored."""
+    def reward(completions, trainer_state, **kwargs):
+        import os
+        import signal
+        if trainer_state.get("global_step") == at_step:
+            os.kill(pid, signal.SIGINT)
+        return [0.0] * len(completions)
+    return reward

@@ -158,11 +158,11 @@ def test_overlay_then_overrides_in_order_and_errors_name_the_overlay(tmp_path):
         load_config(p, [str(tmp_path / "missing.yaml")])
 
 
-def test_cli_train_reports_data_that_cannot_load_before_any_pool(tmp_path, capsys):
+def test_cli_train_reports_a_model_that_cannot_load_before_any_pool(tmp_path, capsys):
     from cluster.cli import main
     run = write(tmp_path, GOOD.replace("kit: {}\n", "").replace('"kit:warm_start"', f'"{tmp_path}/model"')
                 .replace('data: {train: "kit:train", eval: "kit:test"}', f'data: {{train: "{tmp_path}/nope.jsonl"}}'))
     assert main(["train", str(run), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "relay-rl: data.train: cannot load" in err and "nope.jsonl" in err
+    assert "relay-rl: model.name_or_path: no such folder" in err and f"{tmp_path}/model" in err
     assert "pools up" not in err and not (tmp_path / "out" / "metrics.jsonl").exists()  # failed before any pool
