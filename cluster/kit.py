@@ -135,11 +135,15 @@ class TeacherSettings:
     max_steps: int = 450
     eval_every: int = 25
     target_dev_accuracy: float = 0.98
+    min_steps: int = 0
+    """No early stop before this step: dev accuracy (200 training pairs) can reach the target before the held-out
+    accuracy does."""
 
 
 KIT_PARTS: dict[str, TeacherSettings] = {
-    # ~350 steps to the target, dev and held-out accuracy >= 0.99 in trials
-    "teacher": TeacherSettings(),
+    # ~350 steps to the target, dev and held-out accuracy >= 0.99 in trials; one fresh build hit the dev target at
+    # step 250 with 0.93 held-out, hence the floor of 400 steps
+    "teacher": TeacherSettings(min_steps=400),
     # Pair tokens turn the task into a lookup over 90 operand embeddings learned from scratch, far slower to learn
     # than shared digits. What helped in trials was more, cheaper steps: 2 layers (half the step cost), batch 128,
     # 3000 steps (~0.95 held-out; 4 layers reached 0.89 in the same time).

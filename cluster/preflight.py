@@ -133,16 +133,10 @@ def check_tokenizer(cfg: RunConfig, tok, mcfg, path: str) -> list[str]:
         notes.append(f"the tokenizer has no pad token: EOS ({tok.eos_token!r}) pads (padding is masked out)")
     positions = getattr(_text_config(mcfg), "max_position_embeddings", None)
     r = cfg.rollout
-    if positions:
-        if r.max_completion_length >= positions:
-            raise ConfigError(f"rollout.max_completion_length: {r.max_completion_length} tokens leave no room for a "
-                              f"prompt in the model's {positions} positions (max_position_embeddings of {path}): "
-                              f"lower it below {positions}")
-        if r.max_prompt_length and r.max_prompt_length + r.max_completion_length > positions:
-            raise ConfigError(f"rollout.max_prompt_length + max_completion_length = {r.max_prompt_length} + "
-                              f"{r.max_completion_length} exceeds the model's {positions} positions "
-                              f"(max_position_embeddings of {path}): set max_prompt_length <= "
-                              f"{positions - r.max_completion_length} (or shorten the completions)")
+    if positions and r.max_completion_length >= positions:
+        raise ConfigError(f"rollout.max_completion_length: {r.max_completion_length} tokens leave no room for a "
+                          f"prompt in the model's {positions} positions (max_position_embeddings of {path}): "
+                          f"lower it below {positions}")
     return notes
 
 
@@ -203,33 +197,41 @@ def prompt_length(tok, prompt, conversational: bool) -> int:
 
 
 def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg, conversational: bool):
-    """Prompts longer than the budget: truncated (counted), dropped (the dataset without them) or an error, per
-    ``rollout.overlong_prompts``; with no budget, a prompt that cannot fit the model's positions is an error."""
+    """Prompts longer than ``max_prompt_length``: truncated (counted), dropped (the dataset without them) or an
+    error, per ``rollout.overlong_prompts``. A prompt that, so cut, still cannot fit the model's positions with
+    ``max_completion_length`` is an error."""
     r, col = cfg.rollout, cfg.data.prompt_column
     positions = getattr(_text_config(mcfg), "max_position_embeddings", None)
     n = min(len(ds), SAMPLE_ROWS)
-    lengths = [prompt_length(tok, p, conversational) for p in ds.select(range(n))[col]]
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "longer than the maximum sequence length": what this check reports itself
+    try:
+        lengths = [prompt_length(tok, p, conversational) for p in ds.select(range(n))[col]]
+    finally:
+        hf_logging.set_verbosity(verbosity)
     budget = r.max_prompt_length
-    if budget is None:
-        if positions:
-            fit = positions - r.max_completion_length
-            over = [i for i, L in enumerate(lengths) if L > fit]
-            if over:
-                raise ConfigError(f"{fld}: row {over[0]}: its prompt has {lengths[over[0]]} tokens and cannot fit the "
-                                  f"model's {positions} positions with max_completion_length {r.max_completion_length} "
-                                  f"({len(over)} of {n} prompts checked are too long): set rollout.max_prompt_length "
-                                  f"<= {fit} (they are then truncated, or dropped with overlong_prompts: drop)")
-        return ds, None
-    over = [i for i, L in enumerate(lengths) if L > budget]
-    if not over:
-        return ds, None
+    over = [i for i, L in enumerate(lengths) if budget and L > budget]
     share = f"{len(over)} of {n} prompts" + ("" if n == len(ds) else " checked")
-    if r.overlong_prompts == "error":
+    if over and r.overlong_prompts == "error":
         raise ConfigError(f"{fld}: row {over[0]}: its prompt has {lengths[over[0]]} tokens, more than "
                           f"rollout.max_prompt_length ({budget}); {share} are too long. Raise max_prompt_length, or "
                           "set rollout.overlong_prompts: truncate (keep their last tokens) or drop")
+    kept = [i for i in range(n) if not (over and r.overlong_prompts == "drop" and budget and lengths[i] > budget)]
+    if positions:
+        fit = positions - r.max_completion_length
+        misfit = [i for i in kept if min(lengths[i], budget or lengths[i]) > fit]
+        if misfit:
+            i = misfit[0]
+            raise ConfigError(f"{fld}: row {i}: its prompt has {lengths[i]} tokens"
+                              + (f" (cut to max_prompt_length {budget})" if budget and lengths[i] > budget else "")
+                              + f" and cannot fit the model's {positions} positions with max_completion_length "
+                              f"{r.max_completion_length} ({len(misfit)} of {n} prompts checked): set "
+                              f"rollout.max_prompt_length <= {fit}, or shorten max_completion_length")
+    if not over:
+        return ds, None
     if r.overlong_prompts == "drop":
-        keep = [i for i in range(len(ds)) if i >= n or lengths[i] <= budget]
+        keep = kept + list(range(n, len(ds)))
         if not keep:
             raise ConfigError(f"{fld}: every prompt is longer than rollout.max_prompt_length ({budget}) and "
                               "overlong_prompts is drop: nothing would be left. Raise max_prompt_length")

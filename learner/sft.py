@@ -93,7 +93,7 @@ def train_sft(model, tokenizer, splits: dict, cfg, seed: int = 0, log=print, nam
         if step % cfg.eval_every == 0:
             dev_acc = greedy_accuracy(model, tokenizer, splits["dev"])
             log(f"[kit] {name} step {step}: loss {loss.item():.3f}, dev greedy accuracy {dev_acc:.3f}")
-            if dev_acc >= cfg.target_dev_accuracy:
+            if dev_acc >= cfg.target_dev_accuracy and step >= getattr(cfg, "min_steps", 0):
                 break
     if step % cfg.eval_every:  # stopped by max_steps between evaluations: report the final model's dev accuracy
         dev_acc = greedy_accuracy(model, tokenizer, splits["dev"])

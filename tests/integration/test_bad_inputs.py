@@ -237,9 +237,11 @@ def test_teacher_path_missing(user, capsys):
         expect=["teacher.name_or_path: no such folder"])
 
 
-def test_completion_budget_beyond_positions(user, capsys):
-    bad(capsys, "validate", run_file(user), "rollout.max_prompt_length=60",
-        expect=["exceeds the model's 64 positions", "max_prompt_length <= 59"])
+def test_prompts_cut_to_the_budget_still_beyond_positions(user, capsys):
+    _jsonl(user / "long40.jsonl", [{"prompt": "1" * 40 + "+1=", "answer": "2"}])
+    bad(capsys, "validate", run_file(user, **{"./train.jsonl": "./long40.jsonl"}), "rollout.max_prompt_length=60",
+        "rollout.max_completion_length=30", expect=["row 0", "cannot fit the model's 64 positions",
+                                                    "max_prompt_length <= 34"])
 
 
 def test_completion_alone_beyond_positions(user, capsys):

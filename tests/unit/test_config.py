@@ -120,7 +120,8 @@ def test_cross_field_rules_say_what_to_do(tmp_path):
 
 def test_cli_validate_exit_codes(tmp_path, capsys):
     from cluster.cli import main
-    assert main(["validate", str(write(tmp_path, GOOD))]) == 0
+    lengths = ["rollout.max_prompt_length=16", "rollout.max_completion_length=5"]  # the kit model has 64 positions
+    assert main(["validate", str(write(tmp_path, GOOD)), *lengths]) == 0
     assert "# valid." in capsys.readouterr().out
     assert main(["validate", str(write(tmp_path, GOOD)), "algorithm.epsilon=-1"]) == 2
     err = capsys.readouterr().err
@@ -154,7 +155,7 @@ def test_overlay_then_overrides_in_order_and_errors_name_the_overlay(tmp_path):
     cfg = load_config(p, [str(layer), "algorithm.loss_type=grpo", "train.max_steps=3"])
     assert (cfg.train.max_steps, cfg.algorithm.num_generations, cfg.algorithm.per_device_train_batch_size,
             cfg.algorithm.loss_type) == (3, 4, 8, "grpo")  # sections merge key by key; later layers win
-    with pytest.raises(ConfigError, match="no such run file"):
+    with pytest.raises(ConfigError, match="no such overlay file"):
         load_config(p, [str(tmp_path / "missing.yaml")])
 
 
