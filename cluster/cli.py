@@ -2,7 +2,9 @@
 
     relay-rl validate RUN.yaml [OVERLAY.yaml | key.path=value ...]
     relay-rl train    RUN.yaml [OVERLAY.yaml | key.path=value ...] [--output DIR] [--overwrite] [--debug]
+                      [--resume DIR|auto]
     relay-rl kit      RUN.yaml                       (build the quickstart kit only)
+    relay-rl scale    RUN_FOLDER POOL N              (resize a rollout/reward/teacher pool of a running run)
 
 Overrides apply in order: an overlay file merges section by section (deploy/overlays/kit.yaml runs any paper
 recipe on the quickstart kit), a key.path=value sets one field (the value is YAML). Options and overrides may come
@@ -34,12 +36,28 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
         if name == "train":
             p.add_argument("--output", "-o", default=None, help="run folder (default runs/<name>-<timestamp>)")
             p.add_argument("--overwrite", action="store_true", help="replace the run an existing --output holds")
+            p.add_argument("--resume", default=None, metavar="DIR|auto",
+                           help="continue from a checkpoint-<step> folder, a run folder (its newest checkpoint), or "
+                                "auto (the newest checkpoint of --output)")
     return ap, subs
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Options and overrides in any order: what argparse leaves over after the options is more overrides."""
     ap, subs = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scale"]:  # relay-rl scale RUN POOL N [--address A]
+        p = argparse.ArgumentParser(prog="relay-rl scale", description="resize a pool of a running run at its next "
+                                                                        "step boundary")
+        p.add_argument("run", help="the run's folder (holds run.json) or its name (printed when its pools are up)")
+        p.add_argument("pool", help="rollout, reward, reference or teacher")
+        p.add_argument("replicas", type=int)
+        p.add_argument("--address", default=None, help="Ray address (default: run.json's, $RAY_ADDRESS, or auto)")
+        p.add_argument("--namespace", default="relay-rl")
+        p.add_argument("--debug", action="store_true")
+        args = p.parse_args(argv[1:])
+        args.cmd = "scale"
+        return args
     args, rest = ap.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:
@@ -59,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread
         previous = None
     try:
+        if args.cmd == "scale":
+            from .control import scale
+            answer = scale(args.run, args.pool, args.replicas, address=args.address, namespace=args.namespace)
+            print(f"relay-rl: {answer}", file=sys.stderr if answer.startswith("refused") else sys.stdout)
+            return EXIT_BAD_INPUT if answer.startswith("refused") else EXIT_OK
         from .config import load_config
         cfg = load_config(args.run_file, args.overrides)
         if args.cmd == "validate":
@@ -73,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         from .controller import output_folder, train
         out_dir = output_folder(cfg, args.output)
-        train(cfg, output_dir=str(out_dir), overwrite=args.overwrite)  # the summary table is its last output
+        explicit = args.output or cfg.output_dir
+        train(cfg, output_dir=str(out_dir) if explicit or not args.resume else None, overwrite=args.overwrite,
+              resume=args.resume)  # the summary table is its last output
         return EXIT_OK
     except BaseException as e:  # noqa: BLE001  (every failure: one message, one exit code)
         if isinstance(e, SystemExit):

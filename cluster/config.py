@@ -48,7 +48,8 @@ class LearnerPoolSpec(PoolSpec):
     replicas: int = Field(1, ge=1)
     """Data-parallel learner ranks (P). Each rank is a Ray actor holding one DeepSpeed engine."""
     max_restarts: int = Field(0, ge=0)
-    """Learner ranks are not restarted: a rank holds optimizer state that cannot be rebuilt mid-run."""
+    """Ray does not restart a learner rank on its own (its process group and optimizer partition die with it): the
+    controller restarts the whole group from the newest checkpoint instead (``train.max_restarts``)."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend: ``auto`` picks NCCL when the ranks have GPUs, gloo otherwise."""
 
@@ -289,7 +290,14 @@ class TrainConfig(Strict):
     eval_steps: Optional[int] = Field(50, ge=1)
     """Evaluate every this many steps (and at step 0). None: no evaluation."""
     save_steps: Optional[int] = Field(None, ge=1)
-    """Save an HF checkpoint every this many steps (the final one is always saved)."""
+    """Write a checkpoint every this many steps: an HF-format model plus everything ``--resume`` needs to continue
+    exactly (DeepSpeed state of every rank, the sampler position, the ledger, RNG, ...). The final HF model is always
+    saved. None: no checkpoints (a run that stops cannot be resumed)."""
+    save_total_limit: Optional[int] = Field(None, ge=1)
+    """Keep only the newest this many checkpoints (None: keep all)."""
+    max_restarts: int = Field(3, ge=0)
+    """A learner rank that dies: the learner group is restarted from the newest checkpoint (steps after it are
+    redone), at most this many times per run. Needs ``save_steps``; 0: a dead rank ends the run."""
     logging_steps: int = Field(1, ge=1)
     """Console refresh interval; metrics.jsonl always gets every step."""
     disable_dropout: bool = True

@@ -9,6 +9,7 @@ Weights reach the rollout pool lazily: right before a generation (or an evaluati
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import deque
@@ -24,7 +25,9 @@ from .config import ConfigError, RunConfig, Schedule, dump_config, resolve_sched
 from .kit import ensure_kit, kit_parts_needed, kit_summary
 from .metrics import MetricsLog, plot_reward_curve, reduce_stats, summary_table
 from .pipeline import Pipeline
-from .pools import Pools, create_pools, shutdown_pools
+from .control import RunControl, write_run_file
+from .pools import Pools, create_pools, get_all, resize, shutdown_pools
+from . import checkpoint as checkpoints
 from .errors import Interrupted, RunError
 from .health import Health
 from .preflight import preflight
@@ -63,12 +66,22 @@ def clear_run_files(out: Path) -> None:
             p.unlink()
 
 
-def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bool = False) -> dict:
+def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bool = False,
+          resume: str | None = None) -> dict:
     """Run ``cfg`` end to end; returns the final metrics. Starts a local Ray cluster unless one is given.
-    Ctrl-C (or SIGTERM) stops the pools and raises ``Interrupted`` naming the step; what was written is kept."""
+    ``resume``: a checkpoint folder, a run folder or "auto" (the newest checkpoint of the output folder) to continue
+    from. Ctrl-C (or SIGTERM) stops the pools and raises ``Interrupted`` naming the step; what was written is kept."""
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    out = output_folder(cfg, output_dir)
-    prepare_output(out, overwrite)
+    out, ckpt, state = output_folder(cfg, output_dir), None, None
+    if resume:
+        if resume == "auto" and not (output_dir or cfg.output_dir):
+            raise ConfigError("--resume auto continues the newest checkpoint of the run folder: give it with --output")
+        if resume != "auto" and not (output_dir or cfg.output_dir):
+            out = checkpoints.find(resume, out).parent  # the run folder the checkpoint belongs to
+        ckpt = checkpoints.find(resume, out)
+        state = checkpoints.check_compatible(cfg, ckpt)
+    else:
+        prepare_output(out, overwrite)
 
     extra = {}
     needs = cfg.needs
@@ -79,9 +92,11 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
         extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
     checked = preflight(cfg, kit_built=True)  # before any actor: models, data, reward functions
     out.mkdir(parents=True, exist_ok=True)
-    clear_run_files(out)  # an earlier run's files (refused above unless overwrite) or an attempt that never trained
+    if ckpt is None:
+        clear_run_files(out)  # an earlier run's files (refused above unless overwrite), or an attempt that never trained
     (out / "config.yaml").write_text(dump_config(cfg))
-    log(f"[relay-rl] run {cfg.name}: output in {out}")
+    log(f"[relay-rl] run {cfg.name}: output in {out}"
+        + (f"; resuming {ckpt.name} (step {state['step']} of {cfg.train.max_steps})" if ckpt else ""))
     for note in checked.notes:
         log(f"[relay-rl] note: {note}")
     train_data, eval_data = checked.train_data, checked.eval_data
@@ -95,10 +110,16 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
     pools, metrics, ctl = None, None, None
     try:
         pools = create_pools(cfg, run_name, checked.model_path, log, fixed_cluster=started_ray,
-                             teacher_path=checked.teacher_path)
-        metrics = MetricsLog(out, run_name)
+                             teacher_path=checked.teacher_path, resume=ckpt)
+        metrics = MetricsLog(out, run_name, previous=checkpoints.saved_metrics(ckpt) if ckpt else None)
         pipe = Pipeline(cfg, sched, pools, train_data)
         ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
+        ctl.control = ray.remote(RunControl).options(name=f"{run_name}/control", namespace=cfg.cluster.namespace,
+                                                     num_cpus=0).remote()
+        write_run_file(out, run_name, cfg.cluster.namespace, cfg.cluster.address or _env_address())
+        log(f"[relay-rl] run {run_name}: `relay-rl scale {out} rollout N` resizes a pool while it runs")
+        if state is not None:
+            ctl.restore(state)
         t0 = time.time()
         final = ctl.run()
         wall = time.time() - t0
@@ -121,6 +142,8 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
             metrics.close()
             if ctl is not None and ctl.step and not (out / "reward_curve.png").exists():
                 plot_reward_curve(metrics, out / "reward_curve.png", f"relay-rl {cfg.name}")
+        if ctl is not None and ctl.control is not None:
+            ray.kill(ctl.control, no_restart=True)
         if pools is not None:
             shutdown_pools(pools)
         if started_ray:
@@ -148,23 +171,32 @@ class Controller:
         self.last_eval: dict = {}
         self.step = 0  # the last optimizer step finished
         self.health = Health(cfg, log)
+        self.learner_restarts = 0
+        self.control = None  # the run's mailbox for ``relay-rl scale`` (cluster/control.py)
 
     # ------------------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         t = self.cfg.train
-        if t.eval_steps and self.eval_data is not None:
+        if t.eval_steps and self.eval_data is not None and self.step == 0:
             self.evaluate(step=0)
-        bar = tqdm(total=t.max_steps, desc=f"{self.cfg.name}", unit="step", dynamic_ncols=True, file=sys.stderr,
-                   mininterval=1.0)
+        bar = tqdm(total=t.max_steps, initial=self.step, desc=f"{self.cfg.name}", unit="step", dynamic_ncols=True,
+                   file=sys.stderr, mininterval=1.0)
         with bar:
-            for step in range(1, t.max_steps + 1):
-                t0 = time.time()
-                self.launch_generations()  # 1. rollout
-                admission = self.admit_for_step()  # 2. admit
-                learned = self.learn(admission)  # 3. learn
-                record = self.record(step, learned, time.time() - t0)  # 4. record, refresh the reference, evaluate, save
-                self.step = step
-                self.after_step(step)
+            while self.step < t.max_steps:
+                step, t0 = self.step + 1, time.time()
+                self.apply_control()  # pool sizes asked for by `relay-rl scale`
+                try:
+                    self.launch_generations()  # 1. rollout
+                    admission = self.admit_for_step()  # 2. admit
+                    learned = self.learn(admission)  # 3. learn
+                    record = self.record(step, learned, time.time() - t0)  # 4. record, refresh the reference, eval, save
+                    self.step = step
+                    self.after_step(step)
+                except ray.exceptions.RayError as e:  # an actor died, or a rank's peer failed in a collective
+                    self.heal_learner(e)  # a dead learner rank: back to the newest checkpoint (else re-raises)
+                    bar.reset(total=t.max_steps)
+                    bar.update(self.step)
+                    continue
                 bar.update(1)
                 if step % t.logging_steps == 0 or step == t.max_steps:
                     bar.set_postfix(self._postfix(record), refresh=False)
@@ -213,7 +245,7 @@ class Controller:
                              f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far")
                     continue
                 self.ledger.stale_used(gen, lag)
-            admission += ray.get([r.admit.remote(shard) for r, shard in zip(self.pools.learner, gen.shards)])
+            admission += get_all([r.admit.remote(shard) for r, shard in zip(self.pools.learner, gen.shards)])
             self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
@@ -224,7 +256,7 @@ class Controller:
         """GA micro-batches on every rank, one optimizer step: the policy version goes up by one."""
         t0 = time.time()
         self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
-        learned = reduce_stats([*ray.get([r.train_step.remote() for r in self.pools.learner]), *admission])
+        learned = reduce_stats([*get_all([r.train_step.remote() for r in self.pools.learner]), *admission])
         learned["timing/driver_learn_s"] = time.time() - t0
         self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
         self.version += 1
@@ -253,11 +285,16 @@ class Controller:
     def record(self, step: int, learned: dict, step_s: float) -> dict:
         g = self.current_gen
         rec = {"step": step, "policy_version": self.version,
-               **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows")}, **learned,
+               **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows", "work")}, **learned,
                **self.pipe.sync_stats(), "timing/step_s": step_s,
                "samples": self.sched.B * self.sched.P * self.sched.GA,
-               "queue/inflight": len(self.inflight), **self.ledger.counters()}
-        rec["tokens_per_s"] = learned.get("completions/tokens", 0.0) / max(step_s, 1e-9)
+               "queue/inflight": len(self.inflight), **self.ledger.counters(),
+               "restarts/learner": self.learner_restarts, "restarts/redone_batches": self.pipe.redone}
+        tokens = learned.get("completions/tokens", 0.0)
+        rec["tokens_per_s"] = tokens / max(step_s, 1e-9)
+        rec["tokens_per_s/learner"] = tokens / max(learned.get("timing/train_s") or step_s, 1e-9)
+        rec["tokens_per_s/rollout"] = g.get("completions/tokens", 0.0) / max(g.get("timing/generate_s") or step_s, 1e-9)
+        rec.update({f"replicas/{pool}": n for pool, n in self.pools.replicas().items()})
         for k in [k for k in rec if k.startswith("teacher/bytes/")]:  # a generation batch feeds K steps
             rec[k.replace("/bytes/", "/bytes_per_step/")] = rec[k] / self.sched.K
         rec.setdefault("timing/sync_s", 0.0)
@@ -274,8 +311,8 @@ class Controller:
         methods.after_step(self.cfg, step, self.pipe)  # e.g. GRPO's reference refresh
         if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
             self.evaluate(step)
-        if t.save_steps and step % t.save_steps == 0 and step != t.max_steps:
-            self.save(self.out / f"checkpoint-{step}")
+        if t.save_steps and step % t.save_steps == 0:
+            self.checkpoint(step)
 
     def evaluate(self, step: int) -> dict:
         t0 = time.time()
@@ -291,8 +328,92 @@ class Controller:
         return res
 
     def save(self, path: Path) -> None:
-        ray.get([r.save_hf.remote(str(path)) for r in self.pools.learner])
+        get_all([r.save_hf.remote(str(path)) for r in self.pools.learner])
         self.log(f"[relay-rl] saved HF checkpoint {path}")
+
+    # checkpoints (cluster/checkpoint.py) ------------------------------------------------------------------------
+    def checkpoint(self, step: int) -> Path:
+        """An HF model plus everything a resume needs, written aside and moved into place once complete."""
+        t0 = time.time()
+        tmp = checkpoints.begin(self.out, step)
+        get_all([r.save_hf.remote(str(tmp)) for r in self.pools.learner])
+        get_all([r.save_state.remote(str(tmp / "relay")) for r in self.pools.learner])
+        for pool in methods.moving_pools(self.cfg):  # e.g. a refreshed reference: its weights are the run's state
+            ray.get(self.pools.teachers[pool][0].save.remote(str(tmp / "relay" / pool)))
+        path = checkpoints.commit(tmp, self.state(), self.metrics.history)
+        gone = checkpoints.rotate(self.out, self.cfg.train.save_total_limit)
+        self.log(f"[relay-rl] saved checkpoint {path} ({time.time() - t0:.1f}s"
+                 + (f"; removed {', '.join(p.name for p in gone)}" if gone else "") + ")")
+        return path
+
+    def apply_control(self) -> None:
+        """Resize pools at the step boundary, as ``relay-rl scale`` asked; new rollout replicas get the current
+        weights before they generate. A request that cannot be met is answered with why; the run goes on."""
+        if self.control is None:
+            return
+        for req in ray.get(self.control.take.remote()):
+            pool, n = req["pool"], req["n"]
+            try:
+                if pool in methods.moving_pools(self.cfg):
+                    raise ConfigError(f"the {pool} pool's weights move during this run: it cannot be resized")
+                text = resize(self.pools, pool, n)
+                if pool == "rollout":
+                    self.pipe.sync_rollout(self.version, force=True)
+                    self.pipe.sync_stats()
+                self.log(f"[relay-rl] step {self.step}: scaled {text}")
+            except ConfigError as e:
+                text = f"refused: {e}"
+                self.log(f"[relay-rl] step {self.step}: scale {pool} -> {n} {text}")
+            self.control.answer.remote(req["id"], text, self.pools.replicas())
+
+    def heal_learner(self, error: BaseException) -> None:
+        """A learner rank died: replace the learner group from the newest checkpoint and continue from there (the
+        steps after it are redone: nothing is trained twice; their prompts are drawn again, in the same order)."""
+        from .pools import dead_learner_ranks, restart_learner
+        dead = dead_learner_ranks(self.pools)
+        if not dead:
+            raise error  # not the learner: the pipeline's own retries have given up
+        t = self.cfg.train
+        found = checkpoints.checkpoints(self.out)
+        if self.learner_restarts >= t.max_restarts or not found:
+            raise RunError(f"learner rank(s) {dead} died at step {self.step + 1} and the run cannot heal: "
+                           + (f"train.max_restarts ({t.max_restarts}) restarts used" if found else
+                              "no checkpoint to continue from (set train.save_steps)")
+                           + f". Continue with `relay-rl train ... --resume auto --output {self.out}`") from None
+        ckpt = found[-1]
+        state = json.loads((ckpt / "relay" / "driver.json").read_text())
+        self.learner_restarts += 1
+        self.log(f"[relay-rl] learner rank(s) {dead} died at step {self.step + 1} ({type(error).__name__}); "
+                 f"restarting the learner group from {ckpt.name} (restart {self.learner_restarts} of "
+                 f"{t.max_restarts}); steps {state['step'] + 1}-{self.step} are redone")
+        self.inflight.clear()  # launched for later steps; the checkpoint's own in-flight batches are relaunched
+        restart_learner(self.pools, self.cfg, self.metrics.run_name, ckpt, self.log)
+        self.restore(state)
+        self.pipe.sync_rollout(self.version, force=True)  # the rollout pool back to the checkpoint's weights
+        self.pipe.sync_stats()
+        self.metrics.truncate(state["step"])
+
+    def state(self) -> dict:
+        """The driver's part of a checkpoint (JSON)."""
+        return {"step": self.step, "version": self.version, "next_gen": self.next_gen,
+                "admitted_microsteps": self.admitted_microsteps, "sampler": self.pipe.sampler.state(),
+                "ledger": self.ledger.state(), "failures": self.failures, "last_eval": self.last_eval,
+                "current_gen": self.current_gen, "health": self.health.state(),
+                "inflight": [{"gen_id": g.gen_id, "records": g.records} for g in self.inflight],
+                "config": self.cfg.model_dump(mode="json")}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint's driver state (the pools already hold its weights and learner state)."""
+        self.step, self.version, self.next_gen = state["step"], state["version"], state["next_gen"]
+        self.admitted_microsteps = state["admitted_microsteps"]
+        self.pipe.sampler.restore(state["sampler"])
+        self.pipe.rollout_version = self.version  # the rollout pool was created from the checkpoint's weights
+        self.ledger.restore(state["ledger"])
+        self.failures, self.last_eval, self.current_gen = state["failures"], state["last_eval"], state["current_gen"]
+        self.health.restore(state["health"])
+        for g in state["inflight"]:  # batches in flight at the save (max_staleness > 0): sampled again, same prompts
+            self.inflight.append(self.pipe.launch(g["gen_id"], g["records"]))
+            self.ledger.regenerated += 1
 
     def _postfix(self, rec: dict) -> dict:
         out = {"reward": f"{rec.get('reward/mean') or 0:.3f}", "loss": f"{rec.get('loss') or 0:.4f}"}
@@ -313,10 +434,24 @@ class Ledger:
         self.stale_used_ids: dict[int, int] = {}
         self.microsteps: dict[int, int] = {}  # gen_id -> micro-steps consumed (per rank)
         self.expected: dict[int, int] = {}
+        self.regenerated = 0  # batches in flight at a checkpoint, sampled again on resume
+        self.work: dict[str, int] = {}  # "<pool>/<replica>" -> rows it generated or scored
 
     @property
     def admitted_batches(self) -> int:
         return len(self.admitted_ids)
+
+    def state(self) -> dict:
+        return {"samples": self.samples, "admitted_ids": self.admitted_ids, "dropped_ids": self.dropped_ids,
+                "stale_used_ids": self.stale_used_ids, "microsteps": self.microsteps, "expected": self.expected,
+                "regenerated": self.regenerated, "work": self.work}
+
+    def restore(self, state: dict) -> None:
+        ints = lambda d: {int(k): v for k, v in d.items()}  # noqa: E731  (JSON keys are strings)
+        self.samples, self.dropped_ids = ints(state["samples"]), ints(state["dropped_ids"])
+        self.stale_used_ids, self.microsteps = ints(state["stale_used_ids"]), ints(state["microsteps"])
+        self.expected, self.admitted_ids = ints(state["expected"]), list(state["admitted_ids"])
+        self.regenerated, self.work = state.get("regenerated", 0), dict(state.get("work", {}))
 
     @property
     def dropped_samples(self) -> int:
@@ -324,6 +459,8 @@ class Ledger:
 
     def generated(self, gen) -> None:
         self.samples[gen.gen_id] = gen.stats["rows"]
+        for key, rows in gen.stats.get("work", {}).items():  # "rollout/0" -> rows it produced
+            self.work[key] = self.work.get(key, 0) + rows
 
     def dropped(self, gen, lag: int) -> None:
         self.dropped_ids[gen.gen_id] = lag
@@ -350,4 +487,4 @@ class Ledger:
         path.write_text(json.dumps({
             "microsteps_per_batch": microsteps_per_batch, "generated": self.samples, "admitted": self.admitted_ids,
             "dropped": self.dropped_ids, "stale_used": self.stale_used_ids, "consumed_microsteps": self.microsteps,
-            **self.counters()}, indent=1))
+            "regenerated_at_resume": self.regenerated, "work_per_replica": self.work, **self.counters()}, indent=1))

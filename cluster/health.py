@@ -21,6 +21,14 @@ class Health:
         self.warned_zero_var = False
         self.unscorable_batches = 0
 
+    def state(self) -> dict:
+        return {"idle_since": self.idle_since, "zero_var_streak": self.zero_var_streak,
+                "warned_zero_var": self.warned_zero_var, "unscorable_batches": self.unscorable_batches}
+
+    def restore(self, state: dict) -> None:
+        self.idle_since, self.zero_var_streak = state["idle_since"], state["zero_var_streak"]
+        self.warned_zero_var, self.unscorable_batches = state["warned_zero_var"], state["unscorable_batches"]
+
     def generation(self, gen_id: int, stats: dict) -> None:
         """A generation batch arrived (scored)."""
         if stats.get("reward/unscorable") == 1.0:

@@ -45,15 +45,43 @@ def reduce_stats(per_rank: list[dict]) -> dict:
 class MetricsLog:
     """Appends one JSON line per record to metrics.jsonl and mirrors key values to Ray's metrics (dashboard)."""
 
-    GAUGES = {"reward/mean": "relay_rl_reward_mean", "loss": "relay_rl_loss", "tokens_per_s": "relay_rl_tokens_per_s",
-              "staleness/max": "relay_rl_staleness_max", "timing/sync_s": "relay_rl_sync_seconds",
-              "eval/accuracy": "relay_rl_eval_accuracy", "queue/inflight": "relay_rl_inflight_generations"}
+    # metrics.jsonl key -> (Prometheus gauge, pool label). Ray exports them as ray_<name>{run, pool} on every node's
+    # metrics endpoint (the dashboard's Metrics page and deploy/grafana/relay_rl.json read them).
+    GAUGES = {
+        "reward/mean": ("relay_rl_reward_mean", "reward"),
+        "eval/accuracy": ("relay_rl_eval_accuracy", "rollout"),
+        "loss": ("relay_rl_loss", "learner"),
+        "kl": ("relay_rl_kl", "learner"),
+        "entropy": ("relay_rl_entropy", "learner"),
+        "grad_norm": ("relay_rl_grad_norm", "learner"),
+        "staleness/max": ("relay_rl_staleness_max", "learner"),
+        "staleness/mean": ("relay_rl_staleness_mean", "learner"),
+        "tokens_per_s/rollout": ("relay_rl_tokens_per_s", "rollout"),
+        "tokens_per_s/learner": ("relay_rl_tokens_per_s", "learner"),
+        "tokens_per_s": ("relay_rl_tokens_per_s", "run"),
+        "queue/inflight": ("relay_rl_generation_queue_depth", "rollout"),
+        "timing/sync_s": ("relay_rl_sync_seconds", "rollout"),
+        "sync/bytes": ("relay_rl_sync_bytes", "rollout"),
+        "timing/generate_s": ("relay_rl_seconds_per_step", "rollout"),
+        "timing/reward_s": ("relay_rl_seconds_per_step", "reward"),
+        "timing/train_s": ("relay_rl_seconds_per_step", "learner"),
+        "restarts/learner": ("relay_rl_restarts", "learner"),
+        "restarts/redone_batches": ("relay_rl_restarts", "rollout"),
+        "pipeline/dropped_samples": ("relay_rl_dropped_samples", "learner"),
+        "pipeline/generated_samples": ("relay_rl_generated_samples", "rollout"),
+        "replicas/rollout": ("relay_rl_replicas", "rollout"),
+        "replicas/reward": ("relay_rl_replicas", "reward"),
+        "replicas/learner": ("relay_rl_replicas", "learner"),
+    }
 
-    def __init__(self, out_dir: Path, run_name: str):
+    def __init__(self, out_dir: Path, run_name: str, previous: list[dict] | None = None):
+        """``previous``: the records of a resumed run up to its checkpoint (the file is rewritten with them)."""
         self.path = out_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", buffering=1)
-        self.history: list[dict] = []
+        self.file = open(self.path, "w", buffering=1)
+        self.history: list[dict] = list(previous or [])
+        for record in self.history:
+            self.file.write(json.dumps(record) + "\n")
         self.run_name = run_name
         self._gauges = None
 
@@ -61,8 +89,9 @@ class MetricsLog:
         if self._gauges is None:
             try:
                 from ray.util.metrics import Gauge
-                self._gauges = {k: Gauge(name, description=f"relay-rl {k}", tag_keys=("run",))
-                                for k, name in self.GAUGES.items()}
+                made = {name: Gauge(name, description=f"relay-rl {name[len('relay_rl_'):].replace('_', ' ')}",
+                                    tag_keys=("run", "pool")) for name, _ in self.GAUGES.values()}
+                self._gauges = {k: (made[name], pool) for k, (name, pool) in self.GAUGES.items()}
             except Exception:  # noqa: BLE001  (metrics are optional; never fail a run for them)
                 self._gauges = {}
         return self._gauges
@@ -71,10 +100,18 @@ class MetricsLog:
         record = {k: _clean(v) for k, v in record.items()}
         self.file.write(json.dumps(record) + "\n")
         self.history.append(record)
-        for k, g in self._ray_gauges().items():
+        for k, (g, pool) in self._ray_gauges().items():
             v = record.get(k)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                g.set(v, tags={"run": self.run_name})
+                g.set(v, tags={"run": self.run_name, "pool": pool})
+
+    def truncate(self, step: int) -> None:
+        """Forget the records after ``step`` (a learner restart redoes those steps); the file is rewritten."""
+        self.history = [r for r in self.history if r.get("step", 0) <= step]
+        self.file.close()
+        self.file = open(self.path, "w", buffering=1)
+        for record in self.history:
+            self.file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self.file.close()

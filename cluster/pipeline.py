@@ -18,7 +18,7 @@ from rollout_workers.engine import SamplingParams
 
 from .batch import Batch
 from .config import RunConfig, Schedule
-from .pools import Pools
+from .pools import Pools, get_all
 
 log = logging.getLogger("relay_rl")
 
@@ -34,7 +34,7 @@ def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, 
         batch, reward_weights = batch.replace(rewards=torch.ones(len(batch), 1)), None
     weights = reward_weights or [1.0] * batch.rewards.shape[1]
     stats = generation_stats(batch, total_reward(batch.rewards, weights), [p.info for p in parts],
-                             scored=has_rewards)
+                             scored=has_rewards, part_sizes=[len(p) for p in parts])
     batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
     batch = batch.replace(info={**batch.info, "gen_id": gen_id})
     return (*batch.split(P), {**stats, **family_stats})
@@ -46,7 +46,8 @@ def total_reward(R_NK: torch.Tensor, weights: list) -> torch.Tensor:
     return torch.nansum(torch.tensor(weights, dtype=R.dtype) * R, dim=1).masked_fill(torch.isnan(R).all(1), torch.nan)
 
 
-def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True) -> dict:
+def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True,
+                     part_sizes: list[int] | None = None) -> dict:
     lengths = batch.completion_mask.sum(-1)
     stats = {
         "completions/mean_length": float(lengths.mean()),
@@ -65,6 +66,11 @@ def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: b
         values = [i.get(key, 0) for i in infos]  # chunks are scored in parallel: seconds max, bytes add up
         stats[key.replace("teacher_s/", "timing/teacher_s/").replace("teacher_bytes/", "teacher/bytes/")] = \
             max(values) if key.startswith("teacher_s/") else sum(values)
+    stats["work"] = {}  # rows per replica: "rollout/0", "reward/1", ... (the ledger sums them)
+    for info, part_rows in zip(infos, part_sizes or [0] * len(infos)):
+        for key in (f"rollout/{info.get('worker')}", f"reward/{info.get('reward_worker')}"):
+            if not key.endswith("/None"):
+                stats["work"][key] = stats["work"].get(key, 0) + part_rows
     if not scored:
         return {**stats, "reward_errors": {}, "reward_stuck": []}
     ok = ~torch.isnan(r)
@@ -111,6 +117,17 @@ class PromptSampler:
         self.ds, self.shuffle, self.seed = dataset, shuffle, seed
         self.epoch, self.order, self.pos = 0, [], 0
 
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def restore(self, state: dict) -> None:
+        """The order of the epoch in progress is rebuilt from its seed."""
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        if self.epoch:
+            g = torch.Generator().manual_seed(self.seed + self.epoch - 1)
+            self.order = (torch.randperm(len(self.ds), generator=g).tolist() if self.shuffle
+                          else list(range(len(self.ds))))
+
     def take(self, n: int) -> list[dict]:
         out = []
         while len(out) < n:
@@ -133,6 +150,7 @@ class Pipeline:
         self.last_sync: dict = {}
         self.plan = None  # bucket plan of the collective transport
         self.asleep = False  # colocated vLLM engines resting while the learner trains
+        self.redone = 0  # generation batches redone after a rollout, reward or teacher actor died
         r = cfg.rollout
         self.sampling = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
                              repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
@@ -168,9 +186,9 @@ class Pipeline:
         if self.cfg.rollout.weight_transport == "collective":
             self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
             self.pending_loads = [w.receive_weights.remote(version, self.plan) for w in self.pools.rollout]
-            ray.get([r.broadcast_weights.remote(mb) for r in self.pools.learner])
+            get_all([r.broadcast_weights.remote(mb) for r in self.pools.learner])
         else:
-            refs = ray.get([r.publish_weights.remote(mb) for r in self.pools.learner])[0]
+            refs = get_all([r.publish_weights.remote(mb) for r in self.pools.learner])[0]
             self.pending_loads = [w.load_weights.remote(version, refs) for w in self.pools.rollout]
             if self.cfg.rollout.partial_rollouts:  # threaded actors: make sure the load lands before the next generate
                 ray.get(self.pending_loads)
@@ -179,7 +197,7 @@ class Pipeline:
 
     def sync_reference(self, alpha: float) -> None:
         """TR-DPO reference refresh: theta_ref <- alpha * theta + (1 - alpha) * theta_ref on every teacher actor."""
-        refs = ray.get([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
+        refs = get_all([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
         ray.get([t.mix_weights.remote(refs, alpha) for t in self.pools.teachers["reference"]])
 
     def sync_stats(self) -> dict:
@@ -259,6 +277,7 @@ class Pipeline:
                 log.warning("generation %d lost a worker (%s); restarting it and redoing the batch",
                             gen.gen_id, type(e).__name__)
                 self._await_restarts()
+                self.redone += 1
                 redo = self.launch(gen.gen_id, gen.records)
                 redo.attempts = gen.attempts + 1
                 gen = redo

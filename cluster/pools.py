@@ -6,6 +6,7 @@ ranks share one placement group (PACK), so that they land together and fail toge
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -28,6 +29,15 @@ class Pools:
     teachers: dict = field(default_factory=dict)  # pool name ("reference", "teacher") -> actors
     frozen_rollout: list = field(default_factory=list)  # the teacher's frozen weights, never synced
     placement_group: object = None
+    make: object = None  # the PoolMaker that made them (more replicas on ``scale``)
+
+    def pool(self, name: str) -> list:
+        return {"rollout": self.rollout, "reward": self.reward, "learner": self.learner,
+                "frozen_rollout": self.frozen_rollout}.get(name) or self.teachers.get(name, [])
+
+    def replicas(self) -> dict[str, int]:
+        return {"rollout": len(self.rollout), "reward": len(self.reward), "learner": len(self.learner),
+                **{k: len(v) for k, v in self.teachers.items()}}
 
     def all_actors(self) -> list:
         return [*self.rollout, *self.frozen_rollout, *self.reward, *self.scorers(), *self.learner]
@@ -36,12 +46,60 @@ class Pools:
         return [a for actors in self.teachers.values() for a in actors]
 
 
+def get_all(refs: list) -> list:
+    """``ray.get`` of the learner ranks' results, failing as soon as one fails: when a rank dies, its peers may wait
+    in a collective that never completes."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready[0])  # raises that rank's failure at once
+    return ray.get(refs)
+
+
 def _actor(cls, spec: PoolSpec, name: str, namespace: str, pg=None, bundle: int | None = None, **options):
     if pg is not None:
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)
     return ray.remote(cls).options(
         name=name, namespace=namespace, num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources,
         max_restarts=spec.max_restarts, max_task_retries=0, **options)
+
+
+class PoolMaker:
+    """How each pool's actors are made (one place: at start, and when ``relay-rl scale`` adds replicas)."""
+
+    def __init__(self, cfg: RunConfig, run_name: str, model_path: str, teacher_path: str | None, policy_path: str,
+                 pg=None, resume: Path | None = None):
+        self.cfg, self.run_name, self.pg, self.resume = cfg, run_name, pg, resume
+        self.model_path, self.teacher_path, self.policy_path = model_path, teacher_path, policy_path
+
+    def spec(self, pool: str) -> PoolSpec:
+        c = self.cfg.cluster
+        return {"rollout": c.rollout, "reward": c.reward}.get(pool) or self.cfg.pool_spec(pool)
+
+    def actor(self, pool: str, i: int):
+        cfg, c, r, ns = self.cfg, self.cfg.cluster, self.cfg.rollout, self.cfg.cluster.namespace
+        name = f"{self.run_name}/{pool}-{i}"
+        if pool == "rollout":
+            # partial rollouts: a weight load may arrive while a generation runs (two threads; the actor orders them)
+            options = {"max_concurrency": 2} if r.partial_rollouts else {}
+            placement = (self.pg, i) if c.colocate else ()
+            return _actor(RolloutWorker, c.rollout, name, ns, *placement, **options).remote(
+                self.policy_path, r.engine, cfg.model.dtype,
+                {"trust_remote_code": cfg.model.trust_remote_code, **vllm_options(cfg)}, index=i,
+                max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
+                partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None)
+        if pool == "reward":
+            return _actor(RewardWorker, c.reward, name, ns).remote(
+                [f if isinstance(f, str) else f.model_dump() for f in cfg.reward.reward_funcs], self.model_path,
+                cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg))
+        spec = next(s for s in cfg.needs.teachers if s.pool == pool)
+        ref, t = pool == "reference", cfg.teacher
+        path, dtype = (self.model_path, cfg.model.dtype) if ref else (self.teacher_path, t.dtype)
+        if ref and self.resume is not None and (self.resume / "relay" / "reference").is_dir():
+            path = str(self.resume / "relay" / "reference")  # a reference that moves (sync_ref_model)
+        return _actor(TeacherWorker, cfg.pool_spec(pool), name, ns).remote(
+            path, dtype, index=i, pool=pool, trust_remote_code=cfg.model.trust_remote_code if ref else t.trust_remote_code,
+            student_tokenizer=self.model_path if spec.retokenize else None)
 
 
 def _bundle(*specs: PoolSpec) -> dict:
@@ -102,8 +160,11 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
 
 
 def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixed_cluster: bool = False,
-                 teacher_path: str | None = None) -> Pools:
+                 teacher_path: str | None = None, resume: Path | None = None) -> Pools:
+    """Every pool the run needs. ``resume``: a checkpoint; the policy's pools start from its weights (the learner
+    also from its DeepSpeed state, the rollout pool at its policy version), a moving reference from its copy."""
     c, ns, r = cfg.cluster, cfg.cluster.namespace, cfg.rollout
+    policy_path = str(resume) if resume is not None else model_path
     P, R = c.learner.replicas, c.rollout.replicas
     check_resources(cfg, fixed_cluster, log)
     bundles = learner_bundles(c)
@@ -115,33 +176,14 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
         raise RuntimeError(f"the learner's placement group ({P} bundles of {bundles[0]}) was not ready after 600 s: "
                            "the cluster lacks the resources; check `ray status`") from None
 
-    engine_options = {"trust_remote_code": cfg.model.trust_remote_code, **vllm_options(cfg)}
-    # partial rollouts: a weight load may arrive while a generation runs (two threads; the actor orders them)
-    rollout_options = {"max_concurrency": 2} if r.partial_rollouts else {}
-    rollout = [
-        _actor(RolloutWorker, c.rollout, f"{run_name}/rollout-{i}", ns, *((pg, i) if c.colocate else ()),
-               **rollout_options).remote(
-            model_path, r.engine, cfg.model.dtype, engine_options, index=i, max_prompt_length=r.max_prompt_length,
-            prompt_column=cfg.data.prompt_column, partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts
-            else None)
-        for i in range(R)]
+    make = PoolMaker(cfg, run_name, model_path, teacher_path, policy_path, pg, resume)
+    rollout = [make.actor("rollout", i) for i in range(R)]
     if c.colocate:  # vLLM sizes its KV cache from the free GPU memory it sees at start: start it before the learner
         ray.get([a.ping.remote() for a in rollout])
-    reward = [
-        _actor(RewardWorker, c.reward, f"{run_name}/reward-{i}", ns).remote(
-            [f if isinstance(f, str) else f.model_dump() for f in cfg.reward.reward_funcs], model_path,
-            cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg))
-        for i in range(c.reward.replicas if cfg.reward is not None else 0)]
+    reward = [make.actor("reward", i) for i in range(c.reward.replicas if cfg.reward is not None else 0)]
     needs, t = cfg.needs, cfg.teacher
-    teachers = {}
-    for spec in needs.teachers:  # the reference is the frozen initial policy; the teacher is the ``teacher:`` model
-        ref = spec.pool == "reference"
-        path, dtype = (model_path, cfg.model.dtype) if ref else (teacher_path, t.dtype)
-        trust = cfg.model.trust_remote_code if ref else t.trust_remote_code
-        teachers[spec.pool] = [_actor(TeacherWorker, cfg.pool_spec(spec.pool), f"{run_name}/{spec.pool}-{i}", ns).remote(
-            path, dtype, index=i, pool=spec.pool, trust_remote_code=trust,
-            student_tokenizer=model_path if spec.retokenize else None)
-            for i in range(cfg.pool_spec(spec.pool).replicas)]
+    teachers = {spec.pool: [make.actor(spec.pool, i) for i in range(cfg.pool_spec(spec.pool).replicas)]
+                for spec in needs.teachers}  # the reference: the frozen initial policy; the teacher: ``teacher:``
     frozen = []
     if needs.frozen_rollout:  # teacher-generated samples: the teacher's weights, never synced
         frozen = [_actor(RolloutWorker, c.frozen_rollout, f"{run_name}/frozen_rollout-{i}", ns).remote(
@@ -151,11 +193,14 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     scorers = [a for actors in teachers.values() for a in actors]
 
     cfg_dict = cfg.model_dump(mode="json")
-    learner = [_actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, model_path)
+    learner = [_actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, policy_path)
                for i in range(P)]
     addr, port = ray.get(learner[0].rendezvous.remote())
     infos = ray.get([a.setup.remote(addr, port) for a in learner]
                     + [a.ping.remote() for a in rollout + frozen + reward + scorers])
+    if resume is not None:
+        versions = ray.get([a.load_state.remote(str(resume / "relay")) for a in learner])
+        ray.get([w.set_version.remote(versions[0]) for w in rollout])
     if r.weight_transport == "collective":
         addr, port = ray.get(learner[0].rendezvous.remote())
         backend = "nccl" if c.learner.num_gpus and c.rollout.num_gpus else "gloo"
@@ -170,7 +215,80 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
           f"setup {li['setup_s']:.0f}s)" + (", colocated" if c.colocate else "")
         + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else ""))
     return Pools(rollout=rollout, reward=reward, learner=learner, teachers=teachers, frozen_rollout=frozen,
-                 placement_group=pg)
+                 placement_group=pg, make=make)
+
+
+def _named(make_one, name: str, tries: int = 60):
+    """Create a named actor, waiting while a dead actor of that name is still being released."""
+    import time
+    for _ in range(tries):
+        try:
+            return make_one()
+        except ValueError:
+            time.sleep(1)
+    raise RuntimeError(f"{name}: the name was not released after {tries} s")
+
+
+def resize(pools: Pools, pool: str, n: int) -> str:
+    """Resize a rollout, reward or teacher pool to ``n`` replicas (new ones started and answering; the highest
+    indices go first). Raises ConfigError when it cannot: the caller's run is untouched."""
+    cfg, make = pools.make.cfg, pools.make
+    current = pools.pool(pool)
+    if pool not in ("rollout", "reward") and pool not in pools.teachers:
+        raise ConfigError(f"this run has no {pool} pool (its pools: {', '.join(k for k, v in pools.replicas().items() if v)})")
+    if n < 1:
+        raise ConfigError(f"{pool} needs at least 1 replica (got {n})")
+    if pool == "rollout" and cfg.cluster.colocate:
+        raise ConfigError("colocated rollout replicas live in the learner ranks' bundles: the rollout pool cannot be "
+                          "resized while the run goes on")
+    if pool == "rollout" and cfg.rollout.weight_transport == "collective":
+        raise ConfigError("the collective weight transport's group has a fixed size: use weight_transport: "
+                          "object_store to resize the rollout pool")
+    if n > len(current):
+        need = {k: v * (n - len(current)) for k, v in _bundle(make.spec(pool)).items()}
+        free = ray.available_resources()
+        short = [f"{v:g} {k} (free: {free.get(k, 0):g})" for k, v in need.items() if free.get(k, 0) < v - 1e-9]
+        if short:
+            raise ConfigError(f"{pool} -> {n}: the cluster cannot host {n - len(current)} more replica(s): they need "
+                              + ", ".join(short))
+        added = [_named(lambda i=i: make.actor(pool, i), f"{make.run_name}/{pool}-{i}") for i in range(len(current), n)]
+        ray.get([a.ping.remote() for a in added])
+        current.extend(added)
+    else:
+        while len(current) > n:
+            ray.kill(current.pop(), no_restart=True)
+    return f"{pool}: {n} replica(s)"
+
+
+def restart_learner(pools: Pools, cfg: RunConfig, run_name: str, ckpt: Path, log=print) -> int:
+    """Replace the whole learner group (a rank died: the others hold a process group that cannot go on) with new
+    ranks in the same placement-group bundles, started from checkpoint ``ckpt``; returns its policy version."""
+    c, ns, P = cfg.cluster, cfg.cluster.namespace, cfg.cluster.learner.replicas
+    for a in pools.learner:
+        ray.kill(a, no_restart=True)
+    cfg_dict = cfg.model_dump(mode="json")
+    learner = []
+    for i in range(P):  # the dead ranks' names are released once Ray has seen them die
+        learner.append(_named(lambda i=i: _actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns,
+                                                 pools.placement_group, i).remote(i, P, cfg_dict, str(ckpt)),
+                              f"{run_name}/learner-{i}"))
+    addr, port = ray.get(learner[0].rendezvous.remote())
+    ray.get([a.setup.remote(addr, port) for a in learner])
+    versions = ray.get([a.load_state.remote(str(ckpt / "relay")) for a in learner])
+    pools.learner = learner
+    log(f"[relay-rl] learner x{P} restarted from {ckpt.name} (policy version {versions[0]})")
+    return versions[0]
+
+
+def dead_learner_ranks(pools: Pools, timeout_s: float = 10) -> list[int]:
+    """The learner ranks that do not answer (died, or their node is gone)."""
+    dead = []
+    for i, a in enumerate(pools.learner):
+        try:
+            ray.get(a.get_version.remote(), timeout=timeout_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            dead.append(i)
+    return dead
 
 
 def vllm_options(cfg: RunConfig) -> dict:

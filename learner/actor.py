@@ -234,6 +234,38 @@ class LearnerRank:
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
         return path
 
+    # ------------------------------------------------------------------------------------------------------------
+    # checkpoints (exact resume)
+    # ------------------------------------------------------------------------------------------------------------
+    def save_state(self, path: str) -> bool:
+        """Collective. DeepSpeed's checkpoint (weights, optimizer partitions, LR scheduler) under ``path/deepspeed``,
+        and this rank's own state: version, the admitted micro-batches not yet consumed, the objective's state, RNG."""
+        import random
+
+        import numpy as np
+        self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag="state", save_latest=False)
+        torch.save({"version": self.version, "queue": list(self.queue), "objective": self.objective.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
+                   os.path.join(path, f"rank{self.rank}.pt"))
+        return True
+
+    def load_state(self, path: str) -> int:
+        """Collective. The inverse of ``save_state`` (same number of ranks); returns the restored version."""
+        import random
+
+        import numpy as np
+        loaded, _ = self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="state",
+                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/deepspeed")
+        state = torch.load(os.path.join(path, f"rank{self.rank}.pt"), weights_only=False)
+        self.version, self.queue = state["version"], deque(state["queue"])
+        self.objective.load_state_dict(state["objective"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        return self.version
+
     def get_version(self) -> int:
         return self.version
 

@@ -190,5 +190,10 @@ class RolloutWorker:
     def get_version(self) -> int:
         return self.version
 
+    def set_version(self, version: int) -> int:
+        """The weights it was created with are this policy version (a resumed run's checkpoint)."""
+        self.version = version
+        return version
+
     def ping(self) -> bool:
         return True

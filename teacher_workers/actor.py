@@ -96,5 +96,12 @@ class TeacherWorker:
                 p.mul_(1 - alpha).add_(t.to(p.device, p.dtype), alpha=alpha)
         return True
 
+    def save(self, path: str) -> str:
+        """Write this actor's weights as an HF model (a reference that moves, TR-DPO, is saved in checkpoints)."""
+        from transformers import AutoTokenizer
+        self.model.save_pretrained(path, safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        return path
+
     def ping(self) -> bool:
         return True

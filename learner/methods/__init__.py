@@ -44,6 +44,11 @@ def warnings(cfg) -> list[str]:
     return getattr(family(cfg.algorithm), "warnings", lambda c: [])(cfg)
 
 
+def moving_pools(cfg) -> list[str]:
+    """Scoring pools whose weights change during the run (saved in checkpoints), e.g. GRPO's refreshed reference."""
+    return getattr(family(cfg.algorithm), "moving_pools", lambda c: [])(cfg)
+
+
 def after_step(cfg, step: int, pipe) -> None:
     """Driver-side work between optimizer steps (GRPO's reference refresh)."""
     getattr(family(cfg.algorithm), "after_step", lambda c, s, p: None)(cfg, step, pipe)

@@ -101,6 +101,13 @@ class Objective:
     def end_step(self) -> dict:
         return {}
 
+    def state_dict(self) -> dict:
+        """What the objective carries from step to step (saved in checkpoints; e.g. GRPO's adaptive entropy)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` on resume."""
+
     @property
     def temperature(self) -> float:
         return self.cfg.rollout.temperature or 1.0

@@ -175,6 +175,12 @@ class GRPOObjective(Objective):
         self.coef = 0.0
         self.ent_sum = torch.zeros(2, dtype=torch.float64)
 
+    def state_dict(self) -> dict:
+        return {"coef": self.entropy.coef, "last_entropy": self.entropy.last_entropy}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.entropy.coef, self.entropy.last_entropy = state["coef"], state["last_entropy"]
+
     # -- admission: the anchor pi_old (§1.4) --
     @property
     def old_from_step(self) -> bool:
@@ -278,3 +284,8 @@ def warnings(cfg) -> list[str]:
                 "the sampling weights and pi_old goes uncorrected (ALGORITHMS.md §1.4). Set "
                 "algorithm.vllm_importance_sampling_correction: true, or old_logprob_source: behaviour"]
     return []
+
+
+def moving_pools(cfg) -> list[str]:
+    """TR-DPO refreshes the reference: its weights belong in checkpoints."""
+    return ["reference"] if cfg.algorithm.sync_ref_model else []

@@ -20,6 +20,7 @@ from learner.logprobs import scaled_log_softmax
 from .base import Needs, TeacherSpec
 from .grpo import GRPOConfig, GRPOObjective
 from .grpo import after_step as after_step  # noqa: F401  (the reference refresh, as GRPO)
+from .grpo import moving_pools as moving_pools  # noqa: F401  (the refreshed reference, as GRPO)
 from .grpo import assemble as assemble  # noqa: F401  (group advantages, as GRPO)
 
 

@@ -90,10 +90,30 @@ def test_groups_without_reward_variance_are_warned_about(ray_cluster, kit, tmp_p
 
 
 def test_ctrl_c_stops_the_pools_and_keeps_what_was_written(ray_cluster, kit, tmp_path, capsys):
-    interrupt = {"name": f"{FNS}:interrupt_driver", "kwargs": {"pid": os.getpid(), "at_step": 3}}
-    code, console, steps = run(tmp_path, capsys, {"reward_funcs": ["arithmetic_exact", interrupt]},
-                               {"max_steps": 30})
+    """Ctrl-C as a terminal sends it: SIGINT to the driver's process, once the run is at step 3 (sent again after
+    10 s should one land where Python cannot raise it, as a user would press it again; the count is asserted)."""
+    import signal
+    import threading
+    sent, done = [], threading.Event()
+
+    def user():
+        metrics = tmp_path / "out" / "metrics.jsonl"
+        while not done.is_set():
+            rows = metrics.read_text().count('"loss"') if metrics.exists() else 0
+            if rows >= 3 and (not sent or time.time() - sent[-1] > 10):
+                sent.append(time.time())
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=user, daemon=True)
+    t.start()
+    try:
+        code, console, steps = run(tmp_path, capsys, {"reward_funcs": ["arithmetic_exact"]}, {"max_steps": 300})
+    finally:
+        done.set()
     assert code == 130, console
+    assert len(sent) <= 2, len(sent)
     assert "relay-rl: interrupted at step" in console and "what was written is kept" in console
-    assert 1 <= len(steps) < 30 and (tmp_path / "out" / "config.yaml").is_file()
+    assert 3 <= len(steps) < 300 and (tmp_path / "out" / "config.yaml").is_file()
+    assert (tmp_path / "out" / "pipeline.json").is_file()
     assert _run_actors_gone()

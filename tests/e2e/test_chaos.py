@@ -1,0 +1,77 @@
+"""A run that heals itself: in one short run, a learner rank is killed once, a rollout actor twice and a reward
+actor twice (SIGKILL, by pid) at steps drawn at random; the run finishes, the learner group is restarted from the
+newest checkpoint, every generation batch is trained on exactly S x mu micro-steps or counted as dropped, and the
+model is not worse than the warm start."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+
+import ray
+from ray.util.state import list_actors
+
+from cluster.config import validate_dict
+from cluster.controller import train
+from tests.conftest import quickstart_dict
+
+
+def _pid(suffix: str) -> int | None:
+    for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
+        if (a.name or "").startswith("quickstart-") and a.name.endswith(suffix):
+            return a.pid
+    return None
+
+
+class Chaos(threading.Thread):
+    """Watches metrics.jsonl; at each planned step kills the named actor's process."""
+
+    def __init__(self, metrics_path, plan: list[tuple[int, str]]):
+        super().__init__(daemon=True)
+        self.path, self.plan, self.done, self.stop = metrics_path, sorted(plan), [], threading.Event()
+
+    def run(self):
+        while self.plan and not self.stop.is_set():
+            step = 0
+            if self.path.exists():
+                steps = [json.loads(x).get("step", 0) for x in self.path.read_text().splitlines() if '"loss"' in x]
+                step = max(steps, default=0)
+            if step >= self.plan[0][0]:
+                at, suffix = self.plan.pop(0)
+                pid = _pid(suffix)
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    self.done.append((at, suffix, step))
+            time.sleep(0.2)
+
+
+def test_a_run_survives_killed_learner_rollout_and_reward_actors(ray_cluster, kit, tmp_path, capsys):
+    rng = random.Random(7)
+    plan = [(rng.randint(4, 6), "/learner-1"), *[(s, "/rollout-0") for s in sorted(rng.sample(range(2, 12), 2))],
+            *[(s, "/reward-0") for s in sorted(rng.sample(range(2, 12), 2))]]
+    raw = quickstart_dict(train={"max_steps": 14, "save_steps": 3, "eval_steps": 14, "seed": 0},
+                          data={"eval_limit": 64})
+    chaos = Chaos(tmp_path / "metrics.jsonl", plan)
+    chaos.start()
+    try:
+        final = train(validate_dict(raw), output_dir=str(tmp_path))
+    finally:
+        chaos.stop.set()
+    err = capsys.readouterr().err
+    assert len(chaos.done) == 5, (chaos.done, plan)
+    assert "restarting the learner group from checkpoint-" in err
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 15))  # redone steps replace the lost ones
+    assert steps[-1]["restarts/learner"] == 1 and steps[-1]["restarts/redone_batches"] >= 1
+    ledger = json.loads((tmp_path / "pipeline.json").read_text())
+    per_batch = ledger["microsteps_per_batch"]
+    for gen_id in map(str, ledger["admitted"]):
+        assert ledger["consumed_microsteps"].get(gen_id) == per_batch, gen_id
+    assert set(ledger["generated"]) == set(map(str, ledger["admitted"])) | set(ledger["dropped"])
+    warm = [r for r in rows if r.get("step") == 0 and "eval/accuracy" in r][0]["eval/accuracy"]
+    assert final["eval/accuracy"] >= warm - 0.05, (warm, final["eval/accuracy"])
+    assert ray.is_initialized()

@@ -1,0 +1,92 @@
+"""Exact resume: a synchronous run continued from its step-2 checkpoint gives, step for step, the metrics of the run
+that did not stop (2 DeepSpeed ZeRO-3 ranks: optimizer partitions, LR schedule, sampler position, ledger, RNG).
+A checkpoint whose save did not finish is never taken for a complete one; a checkpoint of another run shape is
+refused before any actor starts."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from cluster import checkpoint
+from cluster.cli import main
+from cluster.config import ConfigError
+from tests.conftest import quickstart_dict
+
+COMPARED = ("loss", "policy_loss", "reward/mean", "reward/std", "grad_norm", "learning_rate", "entropy",
+            "completions/mean_length", "rewards/arithmetic_exact/mean", "policy_version", "staleness/max",
+            "pipeline/generated_samples", "pipeline/admitted_samples")
+
+
+def _rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, kit, tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    raw = quickstart_dict(train={"max_steps": 4, "save_steps": 2, "eval_steps": 2, "seed": 0,
+                                 "learning_rate": 5e-5},
+                          rollout={"max_completion_length": 5, "max_prompt_length": 16},
+                          data={"eval_limit": 32})
+    raw["algorithm"] = {**raw["algorithm"], "per_device_train_batch_size": 16}
+    run = d / "run.yaml"
+    run.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(run), "--output", str(d / "a")]) == 0
+    return {"run": run, "out": d / "a", "dir": d}
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(uninterrupted, capsys):
+    a = uninterrupted["out"]
+    assert [p.name for p in checkpoint.checkpoints(a)] == ["checkpoint-2", "checkpoint-4"]
+    b = uninterrupted["dir"] / "b"
+    assert main(["train", str(uninterrupted["run"]), "--resume", str(a / "checkpoint-2"), "--output", str(b)]) == 0
+    assert "resuming checkpoint-2 (step 2 of 4)" in capsys.readouterr().err
+    rows_a, rows_b = _rows(a), _rows(b)
+    steps_a = {r["step"]: r for r in rows_a if "loss" in r}
+    steps_b = {r["step"]: r for r in rows_b if "loss" in r}
+    assert sorted(steps_b) == [1, 2, 3, 4]  # the first two come from the checkpoint
+    for step in (3, 4):
+        assert all(steps_a[step].get(k) is not None for k in ("loss", "grad_norm", "reward/mean", "learning_rate"))
+        for key in COMPARED:
+            assert steps_b[step].get(key) == steps_a[step].get(key), (step, key, steps_a[step].get(key),
+                                                                       steps_b[step].get(key))
+    evals_a = [(r["step"], r["eval/accuracy"]) for r in rows_a if "eval/accuracy" in r]
+    evals_b = [(r["step"], r["eval/accuracy"]) for r in rows_b if "eval/accuracy" in r]
+    assert evals_b == evals_a and [s for s, _ in evals_a] == [0, 2, 4]
+    ledger_a, ledger_b = (json.loads((d / "pipeline.json").read_text()) for d in (a, b))
+    assert ledger_a["consumed_microsteps"] == ledger_b["consumed_microsteps"]
+
+
+def test_resume_auto_and_a_save_that_did_not_finish(uninterrupted, tmp_path):
+    a = uninterrupted["out"]
+    run = tmp_path / "r"
+    shutil.copytree(a, run)
+    partial = run / "checkpoint-6.tmp"  # a driver killed while writing step 6: everything but the mark
+    shutil.copytree(run / "checkpoint-4", partial)
+    (partial / checkpoint.MARK).unlink()
+    assert checkpoint.find("auto", run).name == "checkpoint-4"
+    with pytest.raises(ConfigError, match="is incomplete"):
+        checkpoint.find(str(partial), run)
+    assert checkpoint.rotate(run, keep=1) == [run / "checkpoint-2"]
+    assert not partial.exists() and [p.name for p in checkpoint.checkpoints(run)] == ["checkpoint-4"]
+
+
+def test_resume_bad_input_is_refused_before_any_actor(uninterrupted, tmp_path, capsys):
+    run, a = uninterrupted["run"], uninterrupted["out"]
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--resume", "auto", "--output", str(tmp_path / "empty")], "holds no complete checkpoint"),
+        (["--resume", str(tmp_path / "nowhere")], "does not exist"),
+        (["--resume", str(a / "checkpoint-2"), "algorithm.per_device_train_batch_size=8",
+          "--output", str(tmp_path / "x")], "the batch shape differs: B = 8 now, 16 in the checkpoint"),
+        (["--resume", str(a / "checkpoint-2"), "cluster.learner.replicas=1", "--output", str(tmp_path / "y")],
+         "cluster.learner.replicas is 1, the checkpoint has 2 ranks"),
+        (["--resume", str(a / "checkpoint-4"), "--output", str(tmp_path / "z")], "nothing is left to train"),
+    ]
+    for extra, text in cases:
+        assert main(["train", str(run), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert text in err and "Traceback" not in err, (extra, err)
