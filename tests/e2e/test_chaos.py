@@ -1,7 +1,7 @@
 """A run that heals itself: in one short run, a learner rank is killed once, a rollout actor twice and a reward
 actor twice (SIGKILL, by pid) at steps drawn at random; the run finishes, the learner group is restarted from the
 newest checkpoint, every generation batch is trained on exactly S x mu micro-steps or counted as dropped, and the
-model is not worse than the warm start."""
+held-out accuracy is within 0.1 of the same run undisturbed (64 prompts)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,6 @@ import threading
 import time
 
 import ray
-from ray.util.state import list_actors
 
 from cluster.config import validate_dict
 from cluster.controller import train
@@ -20,9 +19,11 @@ from tests.conftest import quickstart_dict
 
 
 def _pid(suffix: str) -> int | None:
-    for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
-        if (a.name or "").startswith("quickstart-") and a.name.endswith(suffix):
-            return a.pid
+    """The process id of the run's actor named ``<run><suffix>``."""
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["name"].startswith("quickstart-") and a["name"].endswith(suffix):
+            handle = ray.get_actor(a["name"], namespace=a["namespace"])
+            return ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
     return None
 
 
@@ -32,20 +33,29 @@ class Chaos(threading.Thread):
     def __init__(self, metrics_path, plan: list[tuple[int, str]]):
         super().__init__(daemon=True)
         self.path, self.plan, self.done, self.stop = metrics_path, sorted(plan), [], threading.Event()
+        self.errors: list[str] = []
 
     def run(self):
         while self.plan and not self.stop.is_set():
+            try:
+                self.tick()
+            except Exception as e:  # noqa: BLE001  (an actor mid-restart: try again)
+                self.errors.append(repr(e))
+            time.sleep(0.2)
+
+    def tick(self):
+        if self.plan:
             step = 0
             if self.path.exists():
                 steps = [json.loads(x).get("step", 0) for x in self.path.read_text().splitlines() if '"loss"' in x]
                 step = max(steps, default=0)
             if step >= self.plan[0][0]:
-                at, suffix = self.plan.pop(0)
+                at, suffix = self.plan[0]
                 pid = _pid(suffix)
                 if pid:
                     os.kill(pid, signal.SIGKILL)
                     self.done.append((at, suffix, step))
-            time.sleep(0.2)
+                    self.plan.pop(0)
 
 
 def test_a_run_survives_killed_learner_rollout_and_reward_actors(ray_cluster, kit, tmp_path, capsys):
@@ -54,6 +64,9 @@ def test_a_run_survives_killed_learner_rollout_and_reward_actors(ray_cluster, ki
             *[(s, "/reward-0") for s in sorted(rng.sample(range(2, 12), 2))]]
     raw = quickstart_dict(train={"max_steps": 14, "save_steps": 3, "eval_steps": 14, "seed": 0},
                           data={"eval_limit": 64})
+    calm = train(validate_dict(raw), output_dir=str(tmp_path / "calm"))  # the undisturbed run, side by side
+    tmp_path = tmp_path / "chaos"
+    capsys.readouterr()
     chaos = Chaos(tmp_path / "metrics.jsonl", plan)
     chaos.start()
     try:
@@ -61,7 +74,7 @@ def test_a_run_survives_killed_learner_rollout_and_reward_actors(ray_cluster, ki
     finally:
         chaos.stop.set()
     err = capsys.readouterr().err
-    assert len(chaos.done) == 5, (chaos.done, plan)
+    assert len(chaos.done) == 5, (chaos.done, plan, chaos.errors)
     assert "restarting the learner group from checkpoint-" in err
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
@@ -72,6 +85,6 @@ def test_a_run_survives_killed_learner_rollout_and_reward_actors(ray_cluster, ki
     for gen_id in map(str, ledger["admitted"]):
         assert ledger["consumed_microsteps"].get(gen_id) == per_batch, gen_id
     assert set(ledger["generated"]) == set(map(str, ledger["admitted"])) | set(ledger["dropped"])
-    warm = [r for r in rows if r.get("step") == 0 and "eval/accuracy" in r][0]["eval/accuracy"]
-    assert final["eval/accuracy"] >= warm - 0.05, (warm, final["eval/accuracy"])
+    # in the range of the undisturbed run (redone batches are sampled with the same seeds, so it is usually equal)
+    assert abs(final["eval/accuracy"] - calm["eval/accuracy"]) <= 0.1, (calm["eval/accuracy"], final["eval/accuracy"])
     assert ray.is_initialized()

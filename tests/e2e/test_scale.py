@@ -34,7 +34,8 @@ def _scale(out: Path, *args) -> tuple[int, str]:
 
 
 def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_path, capsys):
-    raw = quickstart_dict(train={"max_steps": 16, "eval_steps": None, "seed": 0},
+    slow = {"name": "tests.integration.reward_fns:slow_exact", "kwargs": {"delay_s": 0.4}}  # a run that lasts
+    raw = quickstart_dict(train={"max_steps": 40, "eval_steps": None, "seed": 0}, reward={"reward_funcs": [slow]},
                           cluster={"learner": {"replicas": 1, "num_cpus": 1}})
     answers: dict = {}
 
@@ -42,19 +43,22 @@ def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_pat
         metrics = tmp_path / "metrics.jsonl"
         while _step(metrics) < 2:
             time.sleep(0.2)
-        answers["rollout 2"] = _scale(tmp_path, "rollout", 2)
-        answers["rollout 0"] = _scale(tmp_path, "rollout", 0)
+        answers["rollout 2"] = _scale(tmp_path, "rollout", 2)  # the command, through the run's control actor
         answers["rollout 64"] = _scale(tmp_path, "rollout", 64)
-        answers["learner 2"] = _scale(tmp_path, "learner", 2)
         run = json.loads((tmp_path / "run.json").read_text())["run"]
-        control = ray.get_actor(f"{run}/control", namespace="relay-rl")
-        request = ray.get(control.request.remote("reward", 2))
-        while ray.get(control.status.remote(request)) is None:
-            time.sleep(0.2)
-        start = _step(metrics)
-        while _step(metrics) < start + 4:
-            time.sleep(0.2)
-        answers["rollout 1"] = _scale(tmp_path, "rollout", 1)
+        control = ray.get_actor(f"{run}/control", namespace="relay-rl")  # the same mailbox, from this process
+        for pool, n in (("reward", 2), (None, None), ("rollout", 1)):
+            if pool is None:  # let the two rollout replicas work a few steps
+                start = _step(metrics)
+                while _step(metrics) < start + 4:
+                    time.sleep(0.2)
+                continue
+            request = ray.get(control.request.remote(pool, n))
+            while (answer := ray.get(control.status.remote(request))) is None:
+                time.sleep(0.2)
+            answers[f"{pool} {n}"] = answer
+        answers["rollout 0"] = _scale(tmp_path, "rollout", 0)  # refused by the command itself
+        answers["learner 2"] = _scale(tmp_path, "learner", 2)
 
     t = threading.Thread(target=operator, daemon=True)
     t.start()
@@ -62,16 +66,16 @@ def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_pat
     t.join(timeout=60)
     assert answers["rollout 2"] == (0, "relay-rl: rollout: 2 replica(s)\n"), answers
     assert answers["rollout 0"][0] == 2 and "at least 1 replica" in answers["rollout 0"][1]
-    assert answers["rollout 64"][0] == 2 and "cannot host 63 more replica(s)" in answers["rollout 64"][1]
+    assert answers["rollout 64"][0] == 2 and "cannot host 62 more replica(s)" in answers["rollout 64"][1]
     assert answers["learner 2"][0] == 2 and "cannot be resized while a run goes on" in answers["learner 2"][1]
-    assert answers["rollout 1"][0] == 0, answers
+    assert answers["reward 2"] == "reward: 2 replica(s)" and answers["rollout 1"] == "rollout: 1 replica(s)", answers
     err = capsys.readouterr().err
     assert "scaled rollout: 2 replica(s)" in err and "scaled reward: 2 replica(s)" in err
     ledger = json.loads((tmp_path / "pipeline.json").read_text())
     work = ledger["work_per_replica"]
     assert work.get("rollout/1", 0) > 0 and work.get("reward/1", 0) > 0, work  # the new replicas did work
     steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert [r["step"] for r in steps] == list(range(1, 17))
+    assert [r["step"] for r in steps] == list(range(1, 41))
     assert all(r["staleness/max"] == 0 for r in steps)  # new replicas generated with the current weights
     assert steps[-1]["replicas/rollout"] == 1 and steps[-1]["replicas/reward"] == 2
 
@@ -83,10 +87,12 @@ def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_pat
                        ("relay_rl_tokens_per_s", "rollout"), ("relay_rl_sync_bytes", "rollout")):
         assert any(line.startswith(f"ray_{name}{{") and f'run="{run}"' in line and f'pool="{pool}"' in line
                    for line in text.splitlines()), (name, pool)
-    dashboard = json.loads((ROOT / "deploy" / "grafana" / "relay_rl.json").read_text())
+    from cluster.metrics import MetricsLog
+    defined = {f"ray_{name}" for name, _ in MetricsLog.GAUGES.values()}
     exported = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_relay_rl_")}
-    for panel in dashboard["panels"]:
-        assert panel["targets"][0]["expr"].split("{")[0] in exported, panel["title"]
+    assert len(exported) >= 12 and exported <= defined, exported - defined
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "relay_rl.json").read_text())
+    assert {p["targets"][0]["expr"].split("{")[0] for p in dashboard["panels"]} == defined  # one panel per gauge
 
 
 def _prometheus(wanted: str, timeout_s: float = 60) -> str:
