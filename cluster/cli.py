@@ -69,13 +69,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from .errors import EXIT_BAD_INPUT, EXIT_OK, report
 
+    from .errors import STOP_REQUESTED, stop_on_signal
+
     args = parse(argv)
     out_dir = None
-    previous = signal.getsignal(signal.SIGTERM)
+    STOP_REQUESTED.clear()
+    # Ctrl-C, `ray job stop`, kill: stop cleanly, at once or at the next step boundary. A signal the process was told
+    # to ignore (SIGINT of a background job, nohup) stays ignored, as Python leaves it.
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) not in (signal.SIG_IGN, None)}
     try:
-        signal.signal(signal.SIGTERM, _interrupt)  # `ray job stop`, kill: stop cleanly like Ctrl-C
+        for s in previous:
+            signal.signal(s, stop_on_signal)
     except ValueError:  # not the main thread
-        previous = None
+        previous = {}
     try:
         if args.cmd == "scale":
             from .control import scale
@@ -105,12 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return report(e, out_dir if out_dir is not None and out_dir.is_dir() else None, debug=args.debug)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        STOP_REQUESTED.clear()  # the next run in this process (tests, notebooks) starts unflagged
 
 
 def _validate(cfg) -> int:

@@ -28,7 +28,7 @@ from .pipeline import Pipeline
 from .control import RunControl, write_run_file
 from .pools import Pools, create_pools, get_all, resize, shutdown_pools
 from . import checkpoint as checkpoints
-from .errors import Interrupted, RunError
+from .errors import STOP_REQUESTED, Interrupted, RunError
 from .health import Health
 from .preflight import preflight
 from .runtime import init_ray
@@ -183,6 +183,8 @@ class Controller:
                    file=sys.stderr, mininterval=1.0)
         with bar:
             while self.step < t.max_steps:
+                if STOP_REQUESTED.is_set():  # a Ctrl-C whose KeyboardInterrupt was lost on the way
+                    raise KeyboardInterrupt("stop requested")
                 step, t0 = self.step + 1, time.time()
                 self.apply_control()  # pool sizes asked for by `relay-rl scale`
                 try:

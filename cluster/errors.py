@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -27,6 +28,18 @@ class RunError(RuntimeError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM during a run, after the pools were stopped. The message says at which step."""
+
+
+STOP_REQUESTED = threading.Event()
+"""Set by the CLI's SIGINT / SIGTERM handler. Python raises KeyboardInterrupt wherever the main thread is, and there
+it can be lost (inside a finalizer, or C code that clears it); the controller also checks this at every step
+boundary, so a Ctrl-C always stops the run by the next step."""
+
+
+def stop_on_signal(signum, frame):
+    import signal
+    STOP_REQUESTED.set()
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def unwrap(e: BaseException) -> BaseException:
