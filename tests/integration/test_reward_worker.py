@@ -61,6 +61,7 @@ def test_failures_are_reported_and_contained(worker_cls, kit):
 def test_hanging_function_times_out_and_the_worker_restarts(worker_cls, kit):
     import ray
     w = worker_cls.remote([f"{FNS}:length_reward", f"{FNS}:hangs"], kit["warm_start"], timeout_s=1.0)
+    ray.get(w.ping.remote())  # started (the time below is the call's, not the actor's start on a busy machine)
     t0 = time.time()
     out = ray.get(w.score.remote(make_batch()))
     assert time.time() - t0 < 10
