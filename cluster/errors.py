@@ -82,9 +82,7 @@ def describe(e: BaseException) -> tuple[int, str]:
         return EXIT_INTERRUPTED, str(cause) or "interrupted"
     if isinstance(cause, ConfigError):
         return EXIT_BAD_INPUT, str(cause)
-    if isinstance(cause, RunError):
-        return EXIT_RUN_FAILED, str(cause)
-    if isinstance(cause, _ActorFailure):
+    if isinstance(cause, (RunError, _ActorFailure)):
         return EXIT_RUN_FAILED, str(cause)
     if isinstance(cause, MemoryError):
         return EXIT_RUN_FAILED, ("out of memory: lower per_device_train_batch_size, max_completion_length or the "

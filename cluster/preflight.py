@@ -322,8 +322,6 @@ def check_rewards(cfg: RunConfig, tokenizer, columns: dict[str, list[str]]) -> N
                                   "TRL's reward signature f(prompts, completions, **kwargs) -> list[float]")
         try:
             _, fn = resolve(spec if isinstance(spec, str) else spec.model_dump(), tokenizer)
-        except ConfigError:
-            raise
         except TypeError as e:
             raise ConfigError(f"{fld}: {name} cannot be built with kwargs {kwargs} ({e}): give the arguments its "
                               "factory takes") from None
