@@ -1,11 +1,13 @@
 """`ray job submit` against a head node that the test starts (`ray start --head`) and stops.
 
 The job runs the README's command, ``python -m cluster.launch deploy/recipes/quickstart.yaml``, shortened by
-overrides; it must succeed, write its metrics, and the cluster's state API (what the dashboard shows) must list the
-pools as named actors.
+overrides; it must succeed and write its metrics. While it runs, the Ray dashboard, opened in a real headless Chromium,
+shows the run's actors (a screenshot is saved in ``test-artifacts/``), and the cluster's state API lists the pools as
+named actors.
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +17,32 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def chromium() -> str:
+    """Debian's Chromium (``.ci/run`` installs it; here the fixture installs it if it can)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True, timeout=1200)
+        if found := shutil.which("chromium"):
+            return found
+    pytest.fail("the dashboard test needs Chromium: `sudo apt-get install -y chromium` (Debian/Ubuntu)")
+
+
+def open_in_chromium(url: str, screenshot: Path | None = None) -> str:
+    """The page's DOM after its scripts ran (``--dump-dom``), or a PNG of it; a real headless browser."""
+    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+            "--window-size=1600,1000", "--virtual-time-budget=15000"]
+    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    res = subprocess.run([*args, url], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
 
 
 def free_port() -> int:
@@ -58,8 +86,8 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
     out = tmp_path / "job-run"
     runtime_env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "RELAY_RL_CACHE")
                                 if k in os.environ}}
-    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps(runtime_env), "--",
+    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait",
+           "--submission-id", "jobtest", "--runtime-env-json", json.dumps(runtime_env), "--",
            "python", "-m", "cluster.launch", "deploy/recipes/quickstart.yaml",
            "train.max_steps=4", "train.eval_steps=2", "cluster.learner.replicas=2", "name=jobtest",
            "--output", str(out)]
@@ -71,7 +99,26 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
             break
         time.sleep(3)
     assert res.returncode == 0, log[-4000:]
-    assert "succeeded" in log.lower(), log[-2000:]
+
+    # the operator's view while the run goes on: the dashboard's Actors page, rendered by a real browser
+    while not (out / "run.json").exists():  # written once the pools are up
+        assert time.time() - t0 < 400, _job_logs(env, address)
+        time.sleep(0.5)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard_actors.png"
+    open_in_chromium(f"{address}/#/actors", screenshot=shot)
+    dom = open_in_chromium(f"{address}/#/actors")
+    for pool in ("rollout-0", "reward-0", "learner-0", "learner-1"):
+        assert f"/{pool}" in dom, (pool, dom[-3000:])
+    assert "RolloutWorker" in dom and "LearnerRank" in dom and "ALIVE" in dom
+    assert shot.stat().st_size > 20_000, "the screenshot is blank"
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    jobs = JobSubmissionClient(address)
+    while not (status := jobs.get_job_status("jobtest")).is_terminal():
+        assert time.time() - t0 < 600, status
+        time.sleep(2)
+    assert status == JobStatus.SUCCEEDED, _job_logs(env, address)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
@@ -87,3 +134,9 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
     for pool in ("rollout-0", "reward-0", "learner-0", "learner-1"):
         assert any(n and n.startswith("jobtest-") and n.endswith(f"/{pool}") for n in names), (pool, names)
     assert time.time() - t0 < 600
+
+
+def _job_logs(env, address) -> str:
+    res = subprocess.run(["ray", "job", "logs", "--address", address, "jobtest"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    return (res.stdout + res.stderr)[-4000:]

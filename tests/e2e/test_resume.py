@@ -90,3 +90,57 @@ def test_resume_bad_input_is_refused_before_any_actor(uninterrupted, tmp_path, c
         assert main(["train", str(run), *extra]) == 2, extra
         err = capsys.readouterr().err
         assert text in err and "Traceback" not in err, (extra, err)
+
+
+KILLED_DRIVER = """
+import os, sys, time
+from cluster import checkpoint
+commit = checkpoint.commit
+
+def commit_then_hang(tmp, *args):  # the ranks have written their state; the driver dies before the mark
+    if tmp.name == "checkpoint-4.tmp":
+        (tmp.parent / "paused").write_text(str(os.getpid()))
+        time.sleep(600)
+    return commit(tmp, *args)
+
+checkpoint.commit = commit_then_hang
+from cluster.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_driver_killed_while_writing_a_checkpoint_leaves_the_previous_one_usable(uninterrupted, tmp_path):
+    """SIGKILL of the driver process in the middle of writing checkpoint-4 (rank states on disk, no mark): the run
+    folder resumes with ``--resume auto`` from checkpoint-2 and repeats steps 3-4 of the uninterrupted run exactly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from tests.conftest import ROOT
+    out, log = tmp_path / "killed", tmp_path / "driver.log"
+    driver = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, "train", str(uninterrupted["run"]),
+                               f"cluster.address={ray.get_runtime_context().gcs_address}", "--output", str(out)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    deadline = time.time() + 400
+    while not (out / "paused").exists():
+        assert driver.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "the driver never reached the checkpoint-4 write"
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    partial = out / "checkpoint-4.tmp"
+    assert any(partial.rglob("rank*.pt")) and not (partial / checkpoint.MARK).exists()
+    assert [p.name for p in checkpoint.checkpoints(out)] == ["checkpoint-2"]
+
+    assert main(["train", str(uninterrupted["run"]), "--resume", "auto", "--output", str(out)]) == 0
+    assert not partial.exists() and [p.name for p in checkpoint.checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    steps_a = {r["step"]: r for r in _rows(uninterrupted["out"]) if "loss" in r}
+    steps_b = {r["step"]: r for r in _rows(out) if "loss" in r}
+    assert sorted(steps_b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in COMPARED:
+            assert steps_b[step].get(key) == steps_a[step].get(key), (step, key)
