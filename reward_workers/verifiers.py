@@ -200,3 +200,35 @@ def make_repetition_penalty(tokenizer, ngram_size: int, max_penalty: float):
         return out
 
     return repetition_penalty
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Code execution against test cases (reward_workers/sandbox.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+@builtin("code_tests")
+def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fraction", parallel: int = 4,
+                    cpu_s: int = 2, wall_s: float = 5.0, memory_mb: int = 512, file_mb: int = 16,
+                    processes: int = 16, isolate_network: str = "auto"):
+    """Runs the completion's code (its last fenced block, else the whole text) in a sandbox, then each of the row's
+    tests (Python statements such as ``assert f(2) == 4``, a list in the ``tests`` column). Score: the fraction of
+    tests passed (``mode="fraction"``) or 1.0 only if all pass (``"all"``). ``parallel`` sandboxes at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .sandbox import Limits, extract_code, run_tests
+    if mode not in ("fraction", "all"):
+        raise ValueError(f"code_tests: mode must be 'fraction' or 'all', got {mode!r}")
+    if isolate_network not in ("auto", "require", "off"):
+        raise ValueError(f"code_tests: isolate_network must be 'auto', 'require' or 'off', got {isolate_network!r}")
+    limits = Limits(cpu_s=cpu_s, wall_s=wall_s, memory_mb=memory_mb, file_mb=file_mb, processes=processes)
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sandbox")
+
+    def one(completion, tests):
+        score = run_tests(extract_code(_text(completion)), list(tests or []), limits, isolate_network)
+        return score if score is None or mode == "fraction" else float(score == 1.0)
+
+    def code_tests(completions, **kwargs):
+        return list(pool.map(one, completions, kwargs[tests_column]))
+
+    code_tests.columns = (tests_column,)
+    return code_tests
