@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -107,7 +106,7 @@ def extract_code(completion: str) -> str:
 
 def run_tests(code: str, tests: list[str], limits: Limits = Limits(), isolate_network: str = "auto") -> float | None:
     """The fraction of ``tests`` (Python statements, e.g. ``assert f(2) == 4``) that pass after ``code`` runs; None
-    when the sandbox itself could not run (never the completion's fault)."""
+    for a row without tests (nothing to score)."""
     if not tests:
         return None
     prefix = network_isolation() if isolate_network != "off" else []
