@@ -232,3 +232,6 @@ def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fractio
 
     code_tests.columns = (tests_column,)
     return code_tests
+
+
+from . import reward_model  # noqa: E402,F401  (registers ``reward_model``: every built-in is known once this is imported)
