@@ -22,17 +22,11 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 def chromium() -> str:
-    """Debian's Chromium (``.ci/run`` installs it; here the fixture installs it if it can)."""
+    """Debian's Chromium, which ``.ci/run`` installs."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if found := shutil.which(name):
             return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True, timeout=1200)
-        if found := shutil.which("chromium"):
-            return found
-    pytest.fail("the dashboard test needs Chromium: `sudo apt-get install -y chromium` (Debian/Ubuntu)")
+    pytest.fail("the dashboard test needs Chromium: `sudo apt-get install -y chromium` (Debian/Ubuntu), as .ci/run does")
 
 
 def open_in_chromium(url: str, screenshot: Path | None = None) -> str:
