@@ -15,10 +15,11 @@ import torch
 
 TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behaviour_logprobs",
                  "policy_version", "group_id", "truncated", "mixed_version", "rewards", "advantages",
-                 "old_logprobs", "ref_logprobs", "is_weights", "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups")
+                 "old_logprobs", "ref_logprobs", "is_weights", "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups",
+                 "scores", "values", "returns")
 # tensors whose second dimension is the completion length (padded on the right when batches are joined)
 _COMPLETION_DIM = ("completion_ids", "completion_mask", "behaviour_logprobs", "old_logprobs", "ref_logprobs",
-                   "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups")
+                   "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups", "values", "returns")
 # ... and the prompt length (padded on the left)
 _PROMPT_DIM = ("prompt_ids", "prompt_mask")
 
@@ -49,6 +50,10 @@ class Batch:
     # cross-tokenizer (GOLD's ULD): teacher_dist is then (N, G, k) the teacher's merged group probabilities, sorted
     # in descending order, and uld_groups (N, Tc) int32 the 1-based group of each completion token (0: not aligned)
     uld_groups: Optional[torch.Tensor] = None
+    # -- PPO (learner/methods/ppo.py) --
+    scores: Optional[torch.Tensor] = None  # (N,) the weighted reward of each completion
+    values: Optional[torch.Tensor] = None  # (N, Tc) V_old from the critic, once per generation batch
+    returns: Optional[torch.Tensor] = None  # (N, Tc) GAE returns R_t = A_t + V_old_t (the critic's targets)
     # -- text side, aligned with rows --
     prompts: list = field(default_factory=list)  # prompt as given (str or chat messages)
     completions: list = field(default_factory=list)  # decoded completion text

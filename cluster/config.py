@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from learner.methods import CONFIG_MODELS, family
 from learner.methods import check as check_family
+from learner.methods import cross_section_aliases
 from learner.methods.grpo import GRPOConfig  # noqa: F401  (the default family; tests import it from here)
 
 from .schema import ConfigError, Strict
@@ -54,6 +55,14 @@ class LearnerPoolSpec(PoolSpec):
     """torch.distributed backend: ``auto`` picks NCCL when the ranks have GPUs, gloo otherwise."""
 
 
+class CriticPoolSpec(LearnerPoolSpec):
+    replicas: Optional[int] = Field(None, ge=1)
+    """Critic ranks; None: as many as learner ranks (the only value allowed: rank i scores and learns rank i's rows)."""
+    colocate_with_learner: bool = False
+    """Put critic rank i in learner rank i's placement-group bundle (same node; with fractional num_gpus, the same
+    GPU). False: the critic ranks get their own placement group."""
+
+
 class ClusterSpec(Strict):
     colocate: bool = False
     """Place rollout replica i with learner rank i in one placement-group bundle (shared GPUs, fractional
@@ -76,6 +85,9 @@ class ClusterSpec(Strict):
     synced. Started only when the method needs it."""
     learner: LearnerPoolSpec = Field(default_factory=lambda: LearnerPoolSpec(num_cpus=0.5))
     """The DeepSpeed learner ranks."""
+    critic: "CriticPoolSpec" = Field(default_factory=lambda: CriticPoolSpec(num_cpus=0.5))
+    """PPO's critic: a value model trained by its own DeepSpeed group, rank i beside learner rank i's rows. Started
+    only when the method needs it."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,7 +354,7 @@ class RunConfig(Strict):
     def _default_family(cls, data):
         if isinstance(data, dict) and isinstance(data.get("algorithm"), dict) and "name" not in data["algorithm"]:
             data = {**data, "algorithm": {"name": "grpo", **data["algorithm"]}}
-        return data
+        return cross_section_aliases(data) if isinstance(data, dict) else data
 
     @property
     def needs(self):

@@ -247,7 +247,7 @@ class Controller:
                              f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far")
                     continue
                 self.ledger.stale_used(gen, lag)
-            admission += get_all([r.admit.remote(shard) for r, shard in zip(self.pools.learner, gen.shards)])
+            admission += self.pipe.admit(gen)
             self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
@@ -258,7 +258,7 @@ class Controller:
         """GA micro-batches on every rank, one optimizer step: the policy version goes up by one."""
         t0 = time.time()
         self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
-        learned = reduce_stats([*get_all([r.train_step.remote() for r in self.pools.learner]), *admission])
+        learned = reduce_stats([*get_all([r.train_step.remote() for r in self.pools.trainers]), *admission])
         learned["timing/driver_learn_s"] = time.time() - t0
         self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
         self.version += 1
@@ -339,7 +339,8 @@ class Controller:
         t0 = time.time()
         tmp = checkpoints.begin(self.out, step)
         get_all([r.save_hf.remote(str(tmp)) for r in self.pools.learner])
-        get_all([r.save_state.remote(str(tmp / "relay")) for r in self.pools.learner])
+        get_all([r.save_state.remote(str(tmp / "relay")) for r in self.pools.learner]
+                + [c.save_state.remote(str(tmp / "relay" / "critic")) for c in self.pools.critic])
         for pool in methods.moving_pools(self.cfg):  # e.g. a refreshed reference: its weights are the run's state
             ray.get(self.pools.teachers[pool][0].save.remote(str(tmp / "relay" / pool)))
         path = checkpoints.commit(tmp, self.state(), self.metrics.history)

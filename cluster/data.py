@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .config import ConfigError, DataConfig, KitConfig
 from .kit import resolve_kit_path
+from .kit_code import ensure_kit_data
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -15,7 +16,7 @@ def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: st
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its loader errors reach the user through ours
-    path = resolve_kit_path(spec, kit)
+    path = ensure_kit_data(spec, kit) or resolve_kit_path(spec, kit)  # kit:code_* are built on first use
     p = Path(path).expanduser()
     if p.suffix in _FORMATS:
         if not p.is_file():

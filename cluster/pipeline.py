@@ -282,11 +282,25 @@ class Pipeline:
                 redo.attempts = gen.attempts + 1
                 gen = redo
 
+    # -- admission ----------------------------------------------------------------------------------------------
+    def admit(self, gen: Generation) -> list[dict]:
+        """Learner rank i takes shard i. With a critic (PPO): critic rank i first computes V_old of shard i, learner
+        rank i computes advantages and returns with it, and critic rank i takes the returns of the same rows. Only
+        refs pass through here."""
+        learner, critic = self.pools.learner, self.pools.critic
+        if not critic:
+            return get_all([r.admit.remote(shard) for r, shard in zip(learner, gen.shards)])
+        values = [c.values.remote(shard) for c, shard in zip(critic, gen.shards)]
+        admitted = [r.admit.options(num_returns=2).remote(shard, v) for r, shard, v in zip(learner, gen.shards, values)]
+        critic_stats = [c.admit.remote(shard, v, returns) for c, shard, v, (_, returns)
+                        in zip(critic, gen.shards, values, admitted)]
+        return get_all([stats for stats, _ in admitted] + critic_stats)
+
     def _await_restarts(self, timeout: float = 300) -> None:
         """Wait until every rollout/reward actor answers, then bring restarted rollout actors to the current weights."""
         deadline = time.time() + timeout
         for a in self.pools.all_actors():
-            if a in self.pools.learner:
+            if a in self.pools.trainers:
                 continue
             while True:
                 try:

@@ -28,6 +28,8 @@ class Pools:
     learner: list
     teachers: dict = field(default_factory=dict)  # pool name ("reference", "teacher") -> actors
     frozen_rollout: list = field(default_factory=list)  # the teacher's frozen weights, never synced
+    critic: list = field(default_factory=list)  # PPO's value model: rank i beside learner rank i (own DeepSpeed group)
+    critic_placement_group: object = None
     placement_group: object = None
     make: object = None  # the PoolMaker that made them (more replicas on ``scale``)
 
@@ -37,10 +39,15 @@ class Pools:
 
     def replicas(self) -> dict[str, int]:
         return {"rollout": len(self.rollout), "reward": len(self.reward), "learner": len(self.learner),
-                **{k: len(v) for k, v in self.teachers.items()}}
+                **{k: len(v) for k, v in self.teachers.items()}, **({"critic": len(self.critic)} if self.critic else {})}
 
     def all_actors(self) -> list:
-        return [*self.rollout, *self.frozen_rollout, *self.reward, *self.scorers(), *self.learner]
+        return [*self.rollout, *self.frozen_rollout, *self.reward, *self.scorers(), *self.learner, *self.critic]
+
+    @property
+    def trainers(self) -> list:
+        """The ranks that take an optimizer step each step: the learner's, then the critic's."""
+        return [*self.learner, *self.critic]
 
     def scorers(self) -> list:
         return [a for actors in self.teachers.values() for a in actors]
@@ -111,10 +118,12 @@ def _bundle(*specs: PoolSpec) -> dict:
     return out
 
 
-def learner_bundles(c) -> list[dict]:
-    """The learner ranks' placement group: one bundle per rank; colocated, rollout replica i joins bundle i."""
+def learner_bundles(c, critic: bool = False) -> list[dict]:
+    """The learner ranks' placement group: one bundle per rank; colocated, rollout replica i joins bundle i (and
+    critic rank i, with ``critic.colocate_with_learner``)."""
     R = c.rollout.replicas
-    return [_bundle(c.learner, c.rollout) if c.colocate and i < R else _bundle(c.learner)
+    with_critic = (c.critic,) if critic and c.critic.colocate_with_learner else ()
+    return [_bundle(c.learner, c.rollout, *with_critic) if c.colocate and i < R else _bundle(c.learner, *with_critic)
             for i in range(c.learner.replicas)]
 
 
@@ -123,7 +132,9 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
     of fixed size (the automatic local one) that cannot host the pools is a config error; a remote cluster may still
     grow (autoscaler), so there it is a warning."""
     c = cfg.cluster
-    demand = [("learner", b) for b in learner_bundles(c)]  # (pool, what one actor or rank reserves)
+    demand = [("learner", b) for b in learner_bundles(c, cfg.needs.critic)]  # (pool, what one actor or rank reserves)
+    if cfg.needs.critic and not c.critic.colocate_with_learner:
+        demand += [("critic", _bundle(c.critic))] * c.learner.replicas
     demand += [("rollout", _bundle(c.rollout))] * (0 if c.colocate else c.rollout.replicas)
     demand += [("reward", _bundle(c.reward))] * (c.reward.replicas if cfg.reward is not None else 0)
     for spec in cfg.needs.teachers:
@@ -167,7 +178,7 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     policy_path = str(resume) if resume is not None else model_path
     P, R = c.learner.replicas, c.rollout.replicas
     check_resources(cfg, fixed_cluster, log)
-    bundles = learner_bundles(c)
+    bundles = learner_bundles(c, cfg.needs.critic)
     pg = placement_group(bundles, strategy="PACK", name=f"{run_name}/learner")
     try:
         ray.get(pg.ready(), timeout=600)
@@ -195,11 +206,15 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     cfg_dict = cfg.model_dump(mode="json")
     learner = [_actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, policy_path)
                for i in range(P)]
+    critic, critic_pg = (start_critic(cfg, run_name, model_path, pg) if needs.critic else ([], None))
     addr, port = ray.get(learner[0].rendezvous.remote())
+    critic_addr = ray.get(critic[0].rendezvous.remote()) if critic else None  # the critic's own process group
+    critic_setup = [a.setup.remote(*critic_addr) for a in critic]
     infos = ray.get([a.setup.remote(addr, port) for a in learner]
-                    + [a.ping.remote() for a in rollout + frozen + reward + scorers])
+                    + [a.ping.remote() for a in rollout + frozen + reward + scorers] + critic_setup)
     if resume is not None:
-        versions = ray.get([a.load_state.remote(str(resume / "relay")) for a in learner])
+        versions = ray.get([a.load_state.remote(str(resume / "relay")) for a in learner]
+                           + [a.load_state.remote(str(resume / "relay" / "critic")) for a in critic])
         ray.get([w.set_version.remote(versions[0]) for w in rollout])
     if r.weight_transport == "collective":
         addr, port = ray.get(learner[0].rendezvous.remote())
@@ -213,9 +228,29 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
         + (f"frozen_rollout x{len(frozen)}, " if frozen else "")
         + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['parameters']:,} parameters, "
           f"setup {li['setup_s']:.0f}s)" + (", colocated" if c.colocate else "")
-        + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else ""))
+        + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else "")
+        + (f", critic x{len(critic)} ({infos[-1]['parameters']:,} parameters)" if critic else ""))
     return Pools(rollout=rollout, reward=reward, learner=learner, teachers=teachers, frozen_rollout=frozen,
-                 placement_group=pg, make=make)
+                 critic=critic, critic_placement_group=critic_pg, placement_group=pg, make=make)
+
+
+def start_critic(cfg: RunConfig, run_name: str, model_path: str, learner_pg) -> tuple[list, object]:
+    """PPO's critic ranks (LearnerRank with role "critic"), from the family's value model; rank i in learner bundle i
+    when colocated, else in a placement group of its own. A resume loads their DeepSpeed state afterwards."""
+    from learner.methods import family
+
+    from .kit import resolve_kit_path
+    c, ns, P = cfg.cluster, cfg.cluster.namespace, cfg.cluster.learner.replicas
+    path = resolve_kit_path(family(cfg.algorithm).value_model_path(cfg, model_path), cfg.kit)
+    own = not c.critic.colocate_with_learner
+    pg = learner_pg if not own else None
+    if own and _bundle(c.critic):  # (a critic that reserves nothing needs no placement group)
+        pg = placement_group([_bundle(c.critic)] * P, strategy="PACK", name=f"{run_name}/critic")
+        ray.get(pg.ready(), timeout=600)
+    cfg_dict = cfg.model_dump(mode="json")
+    ranks = [_actor(LearnerRank, c.critic, f"{run_name}/critic-{i}", ns, pg, i if pg else None).remote(
+        i, P, cfg_dict, path, role="critic") for i in range(P)]
+    return ranks, (pg if own else None)
 
 
 def _named(make_one, name: str, tries: int = 60):
@@ -274,7 +309,8 @@ def restart_learner(pools: Pools, cfg: RunConfig, run_name: str, ckpt: Path, log
                               f"{run_name}/learner-{i}"))
     addr, port = ray.get(learner[0].rendezvous.remote())
     ray.get([a.setup.remote(addr, port) for a in learner])
-    versions = ray.get([a.load_state.remote(str(ckpt / "relay")) for a in learner])
+    versions = ray.get([a.load_state.remote(str(ckpt / "relay")) for a in learner]
+                       + [a.load_state.remote(str(ckpt / "relay" / "critic")) for a in pools.critic])
     pools.learner = learner
     log(f"[relay-rl] learner x{P} restarted from {ckpt.name} (policy version {versions[0]})")
     return versions[0]
@@ -304,10 +340,11 @@ def vllm_options(cfg: RunConfig) -> dict:
 
 def shutdown_pools(pools: Pools) -> None:
     try:
-        ray.get([a.shutdown.remote() for a in pools.learner], timeout=60)
+        ray.get([a.shutdown.remote() for a in pools.trainers], timeout=60)
     except Exception:  # noqa: BLE001  (best effort on the way out)
         pass
     for a in pools.all_actors():
         ray.kill(a, no_restart=True)
-    if pools.placement_group is not None:
-        remove_placement_group(pools.placement_group)
+    for pg in (pools.placement_group, pools.critic_placement_group):
+        if pg is not None:
+            remove_placement_group(pg)

@@ -7,6 +7,10 @@ The driver calls every rank with the same method at the same time (they run coll
     train_step()     GA micro-batches, one optimizer step: the policy version goes up by one
     publish_weights  gather full weights (ZeRO-3: GatheredParameters), rank 0 puts them in the object store in buckets
     save_hf(path)    the same gather, written as an HF checkpoint by rank 0
+
+A critic (PPO) is the same class with ``role="critic"``: a value model (an HF sequence classifier's backbone and
+scalar head, per position) in its own DeepSpeed group, with the family's ``CRITIC_OBJECTIVE``; ``values`` gives
+V_old of a shard's rows once per generation batch.
 """
 from __future__ import annotations
 
@@ -22,13 +26,13 @@ from cluster.batch import Batch
 from cluster.config import RunConfig, resolve_schedule
 from cluster.metrics import merge_stats
 from cluster.weight_sync import Plan, bucket_plan
-from .logprobs import completion_logits, completion_logprobs, fp32_lm_head
+from .logprobs import completion_logits, completion_logprobs, completion_values, fp32_lm_head
 from .methods import family
 from .weights import gathered_buckets, tensor_to_array, to_arrays
 
 
 class LearnerRank:
-    def __init__(self, rank: int, world_size: int, cfg: dict, model_path: str):
+    def __init__(self, rank: int, world_size: int, cfg: dict, model_path: str, role: str = "policy"):
         from cluster.runtime import configure_worker
         configure_worker()
         self.rank, self.world_size = rank, world_size
@@ -38,7 +42,10 @@ class LearnerRank:
         self.model_path = model_path
         self.version = 0
         self.queue: deque = deque()  # (shard, slice index) per pending micro-step
-        self.objective = family(self.alg).OBJECTIVE(self.cfg, self.sched)  # the family's loss (learner/methods/)
+        self.role = role  # "policy", or "critic" (PPO's value model)
+        objective = family(self.alg).CRITIC_OBJECTIVE if role == "critic" else family(self.alg).OBJECTIVE
+        self.objective = objective(self.cfg, self.sched)  # the family's loss (learner/methods/)
+        self.forward = completion_values if role == "critic" else completion_logits
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0 publishes the address the process group meets at."""
@@ -52,7 +59,7 @@ class LearnerRank:
         t0 = time.time()
         import deepspeed
         import torch._dynamo  # noqa: F401  (import before zero.Init patches tensor constructors)
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         from transformers.integrations import HfDeepSpeedConfig
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
@@ -70,15 +77,19 @@ class LearnerRank:
         if self.zero_stage == 3:
             self._hf_ds = HfDeepSpeedConfig(ds_config)  # must stay alive: from_pretrained then partitions at load
         m = self.cfg.model
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, m.dtype),
-                                                     trust_remote_code=m.trust_remote_code)
+        if self.role == "critic":  # a scalar head on the backbone (kept from a reward model, else new)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.model_path, num_labels=1, dtype=getattr(torch, m.dtype), trust_remote_code=m.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, m.dtype),
+                                                         trust_remote_code=m.trust_remote_code)
         if self.cfg.train.disable_dropout:
             for mod in model.modules():
                 if isinstance(mod, torch.nn.Dropout):
                     mod.p = 0.0
         if self.cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        if getattr(self.alg, "cast_lm_head_to_fp32", False):
+        if getattr(self.alg, "cast_lm_head_to_fp32", False) and self.role == "policy":
             fp32_lm_head(model)
         self.engine, *_ = deepspeed.initialize(model=model, config=ds_config, lr_scheduler=self._lr_schedule,
                                                model_parameters=[p for p in model.parameters() if p.requires_grad])
@@ -107,17 +118,36 @@ class LearnerRank:
     # admission
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def admit(self, shard: Batch) -> dict:
+    def admit(self, shard: Batch, values: torch.Tensor | None = None, returns: torch.Tensor | None = None):
         """Take this rank's shard of a generation batch (B*S rows, ordered as S slices of B); the family precomputes
-        what it needs with the weights of the admission version (e.g. GRPO's pi_old)."""
+        what it needs with the weights of the admission version (e.g. GRPO's pi_old). With a critic (PPO), the policy
+        rank gets the critic's V_old and returns ``(stats, returns)`` for it; the critic rank gets both."""
         t0 = time.time()
         shard = shard.replace(**{k: v.clone() for k, v in shard.tensors().items()})  # own, writable copies
+        if values is not None:
+            shard.values = values.clone()
+        if returns is not None:
+            shard.returns = returns.clone()
         shard, stats = self.objective.admit(self, shard)
         slices = shard.split(self.sched.S)
         for j in range(self.sched.S * self.sched.mu):
             self.queue.append(slices[j % self.sched.S])
-        stats["timing/admit_s"] = ("mean", time.time() - t0, 1.0)
+        stats[f"timing/{'critic_' if self.role == 'critic' else ''}admit_s"] = ("mean", time.time() - t0, 1.0)
+        if self.role == "policy" and values is not None:
+            return stats, shard.returns
         return stats
+
+    @torch.no_grad()
+    def values(self, shard: Batch, chunk: int = 64) -> torch.Tensor:
+        """Critic: V_old (N, Tc) of a shard's rows at the current weights, 0 on padding (the same number of forwards
+        on every critic rank: their shards have equal sizes, as ZeRO-3's gathers need)."""
+        self.engine.eval()
+        out = []
+        for i in range(0, len(shard), chunk):
+            mb = shard.select(range(i, min(len(shard), i + chunk)))
+            out.append(completion_values(self.engine, *self._inputs(mb)).float().cpu())
+        self.engine.train()
+        return torch.cat(out) * shard.completion_mask
 
     def logprobs_no_grad(self, b: Batch, temperature: float, chunk: int = 64) -> torch.Tensor:
         """log pi_theta(o_t) at the current weights, no grad, dropout off (for anchors computed at admission)."""
@@ -150,21 +180,22 @@ class LearnerRank:
         stats: dict = {}
         own_norm = None
         for j, mb in enumerate(micro_batches):
-            logits_BTV = completion_logits(self.engine, *self._inputs(mb))
-            loss, mb_stats = self.objective.loss(self, mb, logits_BTV)
+            outputs = self.forward(self.engine, *self._inputs(mb))  # logits (B, T, V); a critic's values (B, T)
+            loss, mb_stats = self.objective.loss(self, mb, outputs)
             self.engine.backward(loss, scale_wrt_gas=False)  # L_mb already carries the 1/GA of §6.1
             if j == GA - 1 and self.zero_stage == 0:  # DeepSpeed records no norm without a ZeRO optimizer
                 own_norm = torch.nn.utils.get_total_norm(
                     [p.grad for p in self.engine.module.parameters() if p.grad is not None])
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
-            merge_stats(stats, {**mb_stats, **self._micro_step_stats(mb, loss)})
+            merge_stats(stats, mb_stats if self.role == "critic" else {**mb_stats, **self._micro_step_stats(mb, loss)})
         merge_stats(stats, self.objective.end_step())
         self.version += 1
         grad_norm = self.engine.get_global_grad_norm() if own_norm is None else own_norm
+        prefix = "critic/" if self.role == "critic" else ""
         stats.update({
-            "grad_norm": ("mean", float(grad_norm) if grad_norm is not None else float("nan"), 1.0),
-            "learning_rate": ("mean", self.engine.get_lr()[0], 1.0),
-            "timing/train_s": ("max", time.time() - t0, 1.0),
+            f"{prefix}grad_norm": ("mean", float(grad_norm) if grad_norm is not None else float("nan"), 1.0),
+            f"{prefix}learning_rate": ("mean", self.engine.get_lr()[0], 1.0),
+            f"timing/{prefix.replace('/', '_')}train_s": ("max", time.time() - t0, 1.0),
         })
         return stats
 

@@ -22,6 +22,17 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     return logits[:, :-1, :].float()
 
 
+def completion_values(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """(B, Tc) float values of a critic (an HF sequence classifier: its backbone, then its scalar ``score`` head at
+    every position): position t is the state before completion token t, as in ``completion_logits``."""
+    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    backbone = getattr(module, module.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    Tc = completion_ids.shape[1]
+    return module.score(hidden[:, -Tc - 1:-1]).squeeze(-1).float()
+
+
 def scaled_log_softmax(logits_BTV: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / T) over the full vocabulary (T = 0 or 1: unscaled)."""
     if temperature and temperature != 1.0:

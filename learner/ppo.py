@@ -11,20 +11,28 @@ import torch
 Tensor = torch.Tensor
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return (x * mask).sum() / mask.sum()
+def masked_mean(x: Tensor, mask: Tensor, all_reduce=None) -> Tensor:
+    """sum(x * mask) / sum(mask); with ``all_reduce`` (a cross-rank sum) over the rows of every rank."""
+    if all_reduce is None:
+        return (x * mask).sum() / mask.sum()
+    sums = all_reduce(torch.stack([(x * mask).sum(), mask.sum()]).double())
+    return (sums[0] / sums[1]).to(x.dtype)
 
 
-def masked_var(x: Tensor, mask: Tensor) -> Tensor:
-    """Masked variance with Bessel's factor n / (n - 1)."""
-    n = mask.sum()
-    var = masked_mean((x - masked_mean(x, mask)) ** 2, mask)
-    return var * n / (n - 1)
+def masked_var(x: Tensor, mask: Tensor, all_reduce=None) -> Tensor:
+    """Masked variance with Bessel's factor n / (n - 1) (two passes: the mean, then the squared deviations)."""
+    mean = masked_mean(x, mask, all_reduce)
+    if all_reduce is None:
+        n, ss = mask.sum(), (((x - mean) ** 2) * mask).sum()
+    else:
+        ss, n = all_reduce(torch.stack([(((x - mean) ** 2) * mask).sum(), mask.sum()]).double())
+    return (ss / n * n / (n - 1)).to(x.dtype)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """(x - mean) / sqrt(var + 1e-8) over the masked entries; ``shift_mean=False`` adds the mean back. 0 on padding."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, all_reduce=None) -> Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries; ``shift_mean=False`` adds the mean back. 0 on padding.
+    ``all_reduce``: the statistics of every rank's rows (the whole generation batch), not this shard's alone."""
+    mean, var = masked_mean(x, mask, all_reduce), masked_var(x, mask, all_reduce)
     white = (x - mean) * torch.rsqrt(var + 1e-8)
     return (white if shift_mean else white + mean) * mask
 
@@ -41,7 +49,7 @@ def kl_per_token(old_logprobs_BT: Tensor, ref_logprobs_BT: Tensor, estimator: st
 
 
 def token_rewards(scores_B: Tensor, kl_BT: Tensor, mask_BT: Tensor, kl_coef: float,
-                  whiten: bool = False) -> tuple[Tensor, Tensor]:
+                  whiten: bool = False, all_reduce=None) -> tuple[Tensor, Tensor]:
     """r_t = -kl_coef * KL_t on completion tokens, plus the score at each row's last completion token; whitened
     keeping its mean if ``whiten``. Returns (r_BT, non_score_BT)."""
     non_score = -kl_coef * kl_BT * mask_BT
@@ -49,7 +57,7 @@ def token_rewards(scores_B: Tensor, kl_BT: Tensor, mask_BT: Tensor, kl_coef: flo
     rewards = non_score.clone()
     rewards[torch.arange(len(scores_B)), last] += scores_B * (mask_BT.sum(1) > 0)
     if whiten:
-        rewards = masked_whiten(rewards, mask_BT, shift_mean=False)
+        rewards = masked_whiten(rewards, mask_BT, shift_mean=False, all_reduce=all_reduce)
     return rewards, non_score
 
 

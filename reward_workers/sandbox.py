@@ -1,13 +1,14 @@
 """Sandboxed code execution: a completion's Python code run against a row's test cases in a throw-away process.
 
-Each completion runs in its own subprocess (``python -I``: no user site, no environment-driven imports) in a fresh
-temporary directory, with a clean environment, under limits set by the harness on itself before the code runs:
-CPU seconds, address space, file size, process count; a wall-clock timeout kills the whole process group. The network
-is cut with a private network namespace (``unshare -n``; ``unshare -rn`` for a non-root user) where the kernel allows
-it; where it does not, ``isolate_network="auto"`` runs without (warned once) and ``"require"`` refuses to run.
-As root the harness also drops to ``nobody`` so the process-count limit applies (the kernel exempts root), where
-``nobody`` can read the interpreter; else it runs as root without that limit (warned). The code can write where its
-user can (its working directory; as ``nobody``, /tmp), within the file-size limit: no private mount namespace yet.
+Each completion runs in its own subprocess (``python -I -S``: no user site, no environment-driven imports, no
+``.pth`` hooks, site-packages still importable) in a fresh temporary directory, with a clean environment, under limits
+set by the harness on itself before the code runs: CPU seconds, address space, file size, process count; a
+wall-clock timeout kills the whole process group. The network is cut with a private network namespace (``unshare
+-n``; ``unshare -rn`` for a non-root user) where the kernel allows it; where it does not, ``isolate_network="auto"``
+runs without (warned once) and ``"require"`` refuses to run. As root the harness also drops to ``nobody`` so the
+process-count limit applies (the kernel exempts root), where ``nobody`` can read the interpreter; else it runs as
+root without that limit (warned). The code can write where its user can (its working directory; as ``nobody``,
+/tmp), within the file-size limit: no private mount namespace yet.
 
 This contains what code does to the machine; it does not stop a completion that reads the harness from gaming its
 own score (the result is reported from inside the sandboxed process).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +30,7 @@ from functools import lru_cache
 HARNESS = r"""
 import json, os, resource, sys
 cfg = json.loads(sys.argv[1])
+sys.path.extend(cfg["path"])
 for name, value in (("RLIMIT_CPU", cfg["cpu_s"]), ("RLIMIT_AS", cfg["memory_mb"] << 20),
                     ("RLIMIT_FSIZE", cfg["file_mb"] << 20), ("RLIMIT_NPROC", cfg["processes"])):
     resource.setrlimit(getattr(resource, name), (value, value))
@@ -75,6 +78,16 @@ def network_isolation() -> list[str] | None:
 
 
 @lru_cache(maxsize=None)
+def site_dirs() -> tuple[str, ...]:
+    """This interpreter's site-packages folders: the code can import what is installed there (numpy, ...). The
+    harness runs with ``-S`` and puts them on ``sys.path`` itself, so their ``.pth`` files do not run: a start
+    several times faster (11 ms against 37 ms on the development machine, where an editable install's import hook
+    costs more than the rest of the start), with nothing loaded but the standard library and the code's imports."""
+    import site
+    return tuple(d for d in site.getsitepackages() if os.path.isdir(d))
+
+
+@lru_cache(maxsize=None)
 def unprivileged_uid() -> int | None:
     """As root: ``nobody``'s uid if the interpreter and its standard library are readable by it (the code imports
     from them after the drop), else None (warned: the process-count limit then does not bind, the kernel exempts
@@ -104,6 +117,23 @@ def extract_code(completion: str) -> str:
     return rest if first.strip().isalpha() or not first.strip() else block
 
 
+def _wait(proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``proc`` exits or ``timeout`` seconds pass. On a pidfd (Linux 5.3+) the wait ends when the process
+    does; ``Popen.wait(timeout)`` polls with doubling sleeps, which adds up to as much again to a 30 ms run."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd here (another OS, an old kernel)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    try:
+        select.select([fd], [], [], timeout)  # readable once the process has exited (it is not reaped yet)
+    finally:
+        os.close(fd)
+
+
 def run_tests(code: str, tests: list[str], limits: Limits = Limits(), isolate_network: str = "auto") -> float | None:
     """The fraction of ``tests`` (Python statements, e.g. ``assert f(2) == 4``) that pass after ``code`` runs; None
     for a row without tests (nothing to score)."""
@@ -127,18 +157,15 @@ def run_tests(code: str, tests: list[str], limits: Limits = Limits(), isolate_ne
             os.chmod(work, 0o777)  # the dropped user writes its own files here, nothing else
         read, write = os.pipe()  # the harness reports on this pipe: prints of the code cannot mix in
         cfg = json.dumps({"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-                          "processes": limits.processes, "drop_to": drop_to, "fd": write})
+                          "processes": limits.processes, "drop_to": drop_to, "fd": write, "path": site_dirs()})
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         try:
-            proc = subprocess.Popen([*prefix, sys.executable, "-I", "-c", HARNESS, cfg], cwd=work, env=env,
+            proc = subprocess.Popen([*prefix, sys.executable, "-I", "-S", "-c", HARNESS, cfg], cwd=work, env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     pass_fds=(write,), start_new_session=True)
         finally:
             os.close(write)
-        try:
-            proc.wait(timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            pass
+        _wait(proc, limits.wall_s)
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # the code's own children too
         except ProcessLookupError:

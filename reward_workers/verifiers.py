@@ -209,10 +209,18 @@ def make_repetition_penalty(tokenizer, ngram_size: int, max_penalty: float):
 @builtin("code_tests")
 def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fraction", parallel: int = 4,
                     cpu_s: int = 2, wall_s: float = 5.0, memory_mb: int = 512, file_mb: int = 16,
-                    processes: int = 16, isolate_network: str = "auto"):
+                    processes: int = 16, isolate_network: str = "auto", template: str = "{code}",
+                    template_column: str | None = None, dedupe: bool = True):
     """Runs the completion's code (its last fenced block, else the whole text) in a sandbox, then each of the row's
-    tests (Python statements such as ``assert f(2) == 4``, a list in the ``tests`` column). Score: the fraction of
-    tests passed (``mode="fraction"``) or 1.0 only if all pass (``"all"``). ``parallel`` sandboxes at once."""
+    tests (Python statements such as ``assert f(2) == 4``: a list in the ``tests`` column, or one string holding a
+    whole test script). Score: the fraction of tests passed (``mode="fraction"``) or 1.0 only if all pass
+    (``"all"``). ``parallel`` sandboxes at once.
+
+    The program run is ``template`` with ``{code}`` replaced by the completion's code (default: the code alone), or
+    the row's own template from ``template_column``: e.g. ``"def f():\\n    return {code}\\n"`` runs an expression
+    as a function's body (the kit's code task), ``"<the prompt's signature>{code}"`` a completion that continues a
+    function. ``dedupe``: identical programs with identical tests in one batch run once and share the score (GRPO's
+    groups repeat completions); set it false for code whose result is random."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .sandbox import Limits, extract_code, run_tests
@@ -220,17 +228,34 @@ def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fractio
         raise ValueError(f"code_tests: mode must be 'fraction' or 'all', got {mode!r}")
     if isolate_network not in ("auto", "require", "off"):
         raise ValueError(f"code_tests: isolate_network must be 'auto', 'require' or 'off', got {isolate_network!r}")
+    if "{code}" not in template:
+        raise ValueError(f"code_tests: template must contain {{code}} (where the completion's code goes), "
+                         f"got {template!r}")
     limits = Limits(cpu_s=cpu_s, wall_s=wall_s, memory_mb=memory_mb, file_mb=file_mb, processes=processes)
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sandbox")
 
-    def one(completion, tests):
-        score = run_tests(extract_code(_text(completion)), list(tests or []), limits, isolate_network)
+    def program(completion, row_template) -> str:
+        if not isinstance(row_template, str) or "{code}" not in row_template:
+            raise ValueError(f"code_tests: the {template_column!r} column holds {row_template!r}: a template is a "
+                             "string containing {code}")
+        return row_template.replace("{code}", extract_code(_text(completion)))
+
+    def one(job):
+        code, tests = job
+        score = run_tests(code, list(tests), limits, isolate_network)
         return score if score is None or mode == "fraction" else float(score == 1.0)
 
     def code_tests(completions, **kwargs):
-        return list(pool.map(one, completions, kwargs[tests_column]))
+        templates = kwargs[template_column] if template_column else [template] * len(completions)
+        jobs = [(program(c, t), tuple([tests] if isinstance(tests, str) else tests or ()))
+                for c, t, tests in zip(completions, templates, kwargs[tests_column], strict=True)]
+        if not dedupe:
+            return list(pool.map(one, jobs))
+        unique = list(dict.fromkeys(jobs))
+        scores = dict(zip(unique, pool.map(one, unique)))
+        return [scores[job] for job in jobs]
 
-    code_tests.columns = (tests_column,)
+    code_tests.columns = (tests_column,) + ((template_column,) if template_column else ())
     return code_tests
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import distill, grpo, minillm
+from . import distill, grpo, minillm, ppo
 from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec  # noqa: F401
 
 FAMILIES: dict[str, ModuleType] = {}
 CONFIG_MODELS = []
-for _module in (grpo, minillm, distill):
+for _module in (grpo, minillm, distill, ppo):
     for _cfg in _module.CONFIGS:
         FAMILIES[_cfg.model_fields["name"].default] = _module
         CONFIG_MODELS.append(_cfg)
@@ -32,6 +32,13 @@ def sources(alg, n_micro_batches: int, seed: int) -> list[str]:
     """Which generator fills each micro-batch (the policy, unless the family mixes sources)."""
     fn = getattr(family(alg), "sources", None)
     return fn(alg, n_micro_batches, seed) if fn else [POLICY] * n_micro_batches
+
+
+def cross_section_aliases(data: dict) -> dict:
+    """A family's knob names that set another section's field (PPO's response_length), applied to the raw run file."""
+    name = (data.get("algorithm") or {}).get("name")
+    fn = getattr(FAMILIES.get(name), "cross_section_aliases", None)
+    return fn(data) if fn else data
 
 
 def check(cfg) -> None:

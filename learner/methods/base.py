@@ -77,6 +77,7 @@ class Needs:
     frozen_rollout: bool = False  # a rollout pool with the teacher's frozen weights (teacher-generated samples)
     teacher_model: bool = False  # the ``teacher:`` section is required
     same_vocabulary: bool = True  # the teacher's vocabulary must equal the student's
+    critic: bool = False  # a critic pool: a value model trained beside the policy (its own DeepSpeed engine)
 
 
 POLICY, DATASET, TEACHER = "policy", "dataset", "teacher"  # where a micro-batch's completions come from

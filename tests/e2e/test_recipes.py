@@ -15,6 +15,7 @@ from cluster.config import load_config, resolve_schedule
 from tests.conftest import RECIPES
 
 PAPER_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if p.stem != "quickstart")
+KIT_CODE = RECIPES.parent / "overlays" / "kit_code.yaml"  # the kit's code task, for recipes that run code
 
 KIT = ["kit={}", "model.name_or_path=kit:warm_start", "model.dtype=float32", "data.train=kit:train", "data.eval=null",
        "data.prompt_column=prompt", "rollout.max_completion_length=5", "rollout.max_prompt_length=16",
@@ -22,7 +23,8 @@ KIT = ["kit={}", "model.name_or_path=kit:warm_start", "model.dtype=float32", "da
        "train.warmup_ratio=0.0", "cluster.address=null", "cluster.learner.replicas=1", "cluster.learner.num_cpus=1",
        "cluster.rollout.replicas=1", "cluster.rollout.num_cpus=0.5", "cluster.reward.replicas=1",
        "cluster.reward.num_cpus=0.5", "cluster.teacher.num_cpus=0.5", "cluster.rollout.num_gpus=0",
-       "cluster.learner.num_gpus=0", "cluster.teacher.num_gpus=0", "rollout.engine=hf",
+       "cluster.learner.num_gpus=0", "cluster.teacher.num_gpus=0", "cluster.reward.num_gpus=0",
+       "cluster.critic.num_gpus=0", "cluster.critic.num_cpus=0", "rollout.engine=hf",
        "reward.reward_weights=null"]
 
 
@@ -36,10 +38,13 @@ def kit_overrides(recipe: Path) -> list[str]:
     # the kit's verifier: the recipes' math-verify `accuracy` reads only LaTeX answers (deploy/overlays/kit.yaml)
     rewards = "[arithmetic_exact,think_format]" \
         if getattr(cfg.algorithm, "multi_objective_aggregation", None) == "normalize_then_sum" else "[arithmetic_exact]"
+    # a code recipe: the kit's code task, its completions run against the rows' tests (code_tests, the sandbox)
+    runs_code = cfg.reward is not None and any(getattr(f, "name", f) == "code_tests" for f in cfg.reward.reward_funcs)
+    task = [str(KIT_CODE), "data.eval=null"] if runs_code else [f"reward.reward_funcs={rewards}"]
     # distillation families: the kit's teacher, and its answers as the dataset completions (GKD, GOLD)
     teacher = ["teacher.name_or_path=kit:teacher", "teacher.dtype=float32", "data.completion_column=answer",
                "cluster.teacher.replicas=1"] if cfg.needs.teacher_model else []
-    return KIT + teacher + [f"reward.reward_funcs={rewards}", f"algorithm.num_generations={G}",
+    return KIT + teacher + task + [f"algorithm.num_generations={G}",
                   f"algorithm.per_device_train_batch_size={G}", f"algorithm.gradient_accumulation_steps={GA}",
                   "algorithm.generation_batch_size=null", f"algorithm.steps_per_generation={S}"]
 
@@ -48,7 +53,8 @@ def test_there_is_a_recipe_per_paper():
     names = {p.stem for p in PAPER_RECIPES}
     expected = {"deepseekmath", "deepseek_r1", "gspo", "gspo_token", "gmpo", "dapo", "long_cot", "intellect2",
                 "skywork_or1", "rule_80_20", "dr_grpo", "lite_ppo", "tis", "mis", "scalerl", "grpo_2", "sapo",
-                "deepseek_v32", "gdpo", "luspo", "vespo", "gkd", "on_policy_distillation", "gold", "minillm"}
+                "deepseek_v32", "gdpo", "luspo", "vespo", "gkd", "on_policy_distillation", "gold", "minillm",
+                "code_grpo"}
     assert expected <= names, sorted(expected - names)
 
 
@@ -69,4 +75,6 @@ def test_recipe_runs_two_steps_on_the_kit(recipe, ray_cluster, kit, tmp_path):
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in steps)
+    if cfg.reward and "code_tests" in [getattr(f, "name", f) for f in cfg.reward.reward_funcs]:  # the code task ran
+        assert cfg.data.train == "kit:code_train" and all("rewards/code_tests/mean" in r for r in steps)
     assert (tmp_path / "final" / "model.safetensors").is_file()

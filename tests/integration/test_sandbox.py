@@ -69,3 +69,40 @@ def test_process_count_limit_or_the_warning_that_it_does_not_bind():
         unprivileged_uid.cache_clear()
         with pytest.warns(UserWarning, match="without the process-count limit"):
             assert unprivileged_uid() is None
+
+
+def test_templates_place_the_code_and_a_string_of_tests_is_one_script():
+    _, body = resolve({"name": "code_tests", "kwargs": {"template": "def f(x):\n    return {code}\n"}}, None)
+    assert body(completions=["x + 1", "2 * x", "x +"], tests=[TESTS] * 3) == [1.0, pytest.approx(1 / 3), 0.0]
+    _, per_row = resolve({"name": "code_tests", "kwargs": {"template_column": "template", "mode": "all"}}, None)
+    assert per_row.columns == ("tests", "template")  # checked against the data before the run
+    templates = ["def f(x):\n    return {code}\n", "def f(x):\n    {code}\n", "{code}"]
+    assert per_row(completions=["x + 1", "return x + 1", "def f(x): return x"], tests=[TESTS] * 3,
+                   template=templates) == [1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="a template is a string containing"):
+        per_row(completions=["1"], tests=[TESTS], template=["return 1"])
+    with pytest.raises(ValueError, match="must contain"):
+        resolve({"name": "code_tests", "kwargs": {"template": "x = 1"}}, None)
+    _, fraction = resolve("code_tests", None)
+    script = "assert f(1) == 2\nassert f(2) == 3"  # one test: a whole script, not one test per character
+    assert fraction(completions=["def f(x): return x + 1", "def f(x): return 2"], tests=[script, script]) == [1.0, 0.0]
+
+
+def test_identical_programs_run_once_unless_dedupe_is_off(monkeypatch):
+    import reward_workers.sandbox as sandbox
+    runs = []
+    real = sandbox.run_tests
+    monkeypatch.setattr(sandbox, "run_tests", lambda code, tests, *a: runs.append(code) or real(code, tests, *a))
+    _, fn = resolve("code_tests", None)
+    _, every = resolve({"name": "code_tests", "kwargs": {"dedupe": False}}, None)
+    completions = ["def f(x): return x + 1"] * 3 + ["def f(x): return x"]
+    assert fn(completions=completions, tests=[TESTS] * 4) == [1.0, 1.0, 1.0, 0.0] and len(runs) == 2
+    runs.clear()
+    assert fn(completions=completions[:2], tests=[TESTS, TESTS[:1]]) == [1.0, 1.0] and len(runs) == 2  # other tests
+    runs.clear()
+    assert every(completions=completions, tests=[TESTS] * 4) == [1.0, 1.0, 1.0, 0.0] and len(runs) == 4
+
+
+def test_installed_packages_stay_importable_without_their_pth_hooks():
+    assert run_tests("import numpy\nok = numpy.int64(2) + 1", ["assert ok == 3"]) == 1.0  # site-packages on the path
+    assert run_tests("import sys\nflags = sys.flags", ["assert flags.no_site and flags.isolated"]) == 1.0

@@ -149,6 +149,8 @@ def started_pools(cfg) -> list:
     pools += [("reward", c.reward)] if cfg.reward is not None else []
     pools += [(spec.pool, cfg.pool_spec(spec.pool)) for spec in cfg.needs.teachers]
     pools += [("frozen_rollout", c.frozen_rollout)] if cfg.needs.frozen_rollout else []
+    if cfg.needs.critic:  # one critic rank per learner rank
+        pools += [("critic", c.critic.model_copy(update={"replicas": c.learner.replicas}))]
     return pools
 
 
