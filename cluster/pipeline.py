@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import ray
 import torch
 
+from learner.advantages import total_reward
 from learner.methods import DATASET, POLICY, TEACHER, family, mixes_sources, sources
 from rollout_workers.engine import SamplingParams
 
@@ -38,12 +39,6 @@ def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, 
     batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
     batch = batch.replace(info={**batch.info, "gen_id": gen_id})
     return (*batch.split(P), {**stats, **family_stats})
-
-
-def total_reward(R_NK: torch.Tensor, weights: list) -> torch.Tensor:
-    """r_i = sum_k w_k R_ik over the scored entries; NaN where a row is unscorable (§2.1)."""
-    R = R_NK.double()
-    return torch.nansum(torch.tensor(weights, dtype=R.dtype) * R, dim=1).masked_fill(torch.isnan(R).all(1), torch.nan)
 
 
 def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True,

@@ -141,22 +141,18 @@ class LearnerRank:
     def values(self, shard: Batch, chunk: int = 64) -> torch.Tensor:
         """Critic: V_old (N, Tc) of a shard's rows at the current weights, 0 on padding (the same number of forwards
         on every critic rank: their shards have equal sizes, as ZeRO-3's gathers need)."""
-        self.engine.eval()
-        out = []
-        for i in range(0, len(shard), chunk):
-            mb = shard.select(range(i, min(len(shard), i + chunk)))
-            out.append(completion_values(self.engine, *self._inputs(mb)).float().cpu())
-        self.engine.train()
-        return torch.cat(out) * shard.completion_mask
+        values = self._no_grad_chunks(shard, lambda mb: completion_values(self.engine, *self._inputs(mb)), chunk)
+        return values * shard.completion_mask
 
     def logprobs_no_grad(self, b: Batch, temperature: float, chunk: int = 64) -> torch.Tensor:
         """log pi_theta(o_t) at the current weights, no grad, dropout off (for anchors computed at admission)."""
+        return self._no_grad_chunks(
+            b, lambda mb: completion_logprobs(self.engine, *self._inputs(mb), temperature=temperature)[0], chunk)
+
+    def _no_grad_chunks(self, b: Batch, fn, chunk: int) -> torch.Tensor:
+        """``fn`` over ``b`` in chunks of rows, eval mode (dropout off), results joined on CPU as float32."""
         self.engine.eval()
-        out = []
-        for i in range(0, len(b), chunk):
-            mb = b.select(range(i, min(len(b), i + chunk)))
-            lp, _ = completion_logprobs(self.engine, *self._inputs(mb), temperature=temperature)
-            out.append(lp.float().cpu())
+        out = [fn(b.select(range(i, min(len(b), i + chunk)))).float().cpu() for i in range(0, len(b), chunk)]
         self.engine.train()
         return torch.cat(out)
 

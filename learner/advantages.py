@@ -34,6 +34,12 @@ def nanstd(x: torch.Tensor) -> torch.Tensor:
     return v.std(unbiased=True) if v.numel() > 1 else torch.tensor(float("nan"), dtype=x.dtype)
 
 
+def total_reward(R_NK: torch.Tensor, weights) -> torch.Tensor:
+    """r_i = sum_k w_k R_ik over the scored entries (float64); NaN where a row is unscorable (§2.1)."""
+    R = R_NK.double()
+    return torch.nansum(torch.as_tensor(weights, dtype=R.dtype) * R, dim=1).masked_fill(torch.isnan(R).all(1), torch.nan)
+
+
 def compute_advantages(rewards_NK: torch.Tensor, group_id_N: torch.Tensor, reward_weights_K: torch.Tensor,
                        scale_rewards: str = "group", aggregation: str = "sum_then_normalize"):
     """Returns (advantages (N,), total reward r (N,), NaN where unscorable)."""

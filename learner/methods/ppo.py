@@ -19,6 +19,7 @@ import torch
 from pydantic import Field, model_validator
 
 from learner import ppo
+from learner.advantages import total_reward
 from learner.collectives import all_reduce_sum
 from learner.logprobs import token_logprobs
 
@@ -124,10 +125,9 @@ def value_model_path(cfg, policy_path: str) -> str:
 
 def assemble(batch, alg, reward_weights: list[float], seed: int):
     """The score of each completion (sum_k w_k R_k; an unscorable row scores 0, counted), then a row shuffle."""
-    R = batch.rewards.double()
-    scores = torch.nansum(torch.tensor(reward_weights, dtype=R.dtype) * R, dim=1)
-    unscorable = torch.isnan(R).all(1)
-    batch = batch.replace(scores=scores.masked_fill(unscorable, 0.0).float())
+    scores = total_reward(batch.rewards, reward_weights)
+    unscorable = torch.isnan(scores)
+    batch = batch.replace(scores=torch.nan_to_num(scores, nan=0.0).float())
     perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed))
     return batch.select(perm), {"ppo/unscorable_scored_zero": float(unscorable.float().mean())}
 
@@ -146,7 +146,7 @@ class PPOObjective(Objective):
         kl = ppo.kl_per_token(old, ref, a.kl_estimator) * mask
         rewards, non_score = ppo.token_rewards(scores, kl, mask, a.kl_coef, whiten=a.whiten_rewards,
                                                all_reduce=all_reduce_sum)
-        advantages, returns = ppo.gae(rewards, shard.values * mask, mask, a.gamma, a.lam)
+        advantages, returns = ppo.gae(rewards, shard.values, mask, a.gamma, a.lam)
         advantages = ppo.masked_whiten(advantages, mask, all_reduce=all_reduce_sum)  # the whole generation batch
         shard.old_logprobs, shard.advantages, shard.returns = old, advantages, returns
         n = float(len(shard))
@@ -158,7 +158,7 @@ class PPOObjective(Objective):
             "objective/scores": ("mean", float(scores.sum()), n),
             "val/num_eos_tokens": ("sum", float((~shard.truncated).sum()), 1.0),
             "val/returns_mean": ("mean", float(returns.sum()), float(mask.sum())),
-            "val/values_old_mean": ("mean", float((shard.values * mask).sum()), float(mask.sum())),
+            "val/values_old_mean": ("mean", float(shard.values.sum()), float(mask.sum())),  # 0 on padding
         }
         return shard, stats
 
