@@ -94,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "validate":
             return _validate(cfg)
         if args.cmd == "kit":
-            from .kit import ensure_kit, kit_parts_needed
+            from .kit import ensure_kit, kit_parts_needed, reward_kit_paths
             if cfg.kit is None:
                 print("relay-rl: this run file has no kit section", file=sys.stderr)
                 return EXIT_BAD_INPUT
             teacher = cfg.teacher.name_or_path if cfg.teacher is not None and cfg.needs.teacher_model else None
-            print(ensure_kit(cfg.kit, parts=kit_parts_needed(cfg.model.name_or_path, teacher)))
+            print(ensure_kit(cfg.kit, parts=kit_parts_needed(cfg.model.name_or_path, teacher,
+                                                             *reward_kit_paths(cfg.reward))))
             return EXIT_OK
         from .controller import output_folder, train
         out_dir = output_folder(cfg, args.output)

@@ -85,6 +85,9 @@ class ClusterSpec(Strict):
     synced. Started only when the method needs it."""
     learner: LearnerPoolSpec = Field(default_factory=lambda: LearnerPoolSpec(num_cpus=0.5))
     """The DeepSpeed learner ranks."""
+    judge: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
+    """Rollout engines serving the LLM judge of the ``llm_judge`` reward (its own model, frozen: never synced).
+    Started only when a reward function is ``llm_judge``."""
     critic: "CriticPoolSpec" = Field(default_factory=lambda: CriticPoolSpec(num_cpus=0.5))
     """PPO's critic: a value model trained by its own DeepSpeed group, rank i beside learner rank i's rows. Started
     only when the method needs it."""
@@ -368,9 +371,12 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _cross_section_rules(self):
         paths = (self.model.name_or_path, self.data.train, self.data.eval,
-                 self.teacher.name_or_path if self.teacher else None)
+                 self.teacher.name_or_path if self.teacher else None,
+                 *(v for f in (self.reward.reward_funcs if self.reward else ()) if not isinstance(f, str)
+                   for v in f.kwargs.values()))
         if any(str(v).startswith("kit:") for v in paths) and self.kit is None:
-            raise ValueError("model/data/teacher refer to 'kit:...' but there is no kit section: add `kit: {}`")
+            raise ValueError("model/data/teacher/reward kwargs refer to 'kit:...' but there is no kit section: add "
+                             "`kit: {}`")
         needs, name = self.needs, self.algorithm.name
         if needs.rewards and self.reward is None:
             raise ValueError(f"reward: required field is missing (algorithm {name} learns from rewards: add "

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from learner import methods
 
 from .config import ConfigError, RunConfig, Schedule, dump_config, resolve_schedule
-from .kit import ensure_kit, kit_parts_needed, kit_summary
+from .kit import ensure_kit, kit_parts_needed, kit_summary, reward_kit_paths
 from .metrics import MetricsLog, plot_reward_curve, reduce_stats, summary_table
 from .pipeline import Pipeline
 from .control import RunControl, write_run_file
@@ -87,7 +87,8 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
     needs = cfg.needs
     teacher_name = cfg.teacher.name_or_path if cfg.teacher is not None and needs.teacher_model else None
     if cfg.kit is not None:
-        ensure_kit(cfg.kit, log=log, parts=kit_parts_needed(cfg.model.name_or_path, teacher_name or ""))
+        ensure_kit(cfg.kit, log=log, parts=kit_parts_needed(cfg.model.name_or_path, teacher_name,
+                                                            *reward_kit_paths(cfg.reward)))
         ks = kit_summary(cfg.kit)
         extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
     checked = preflight(cfg, kit_built=True)  # before any actor: models, data, reward functions

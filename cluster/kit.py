@@ -8,8 +8,9 @@ Layout of a kit folder::
     warm_start/            the SFT warm start (HF format)
     train.jsonl test.jsonl dev.jsonl   {"prompt": "12+34=", "answer": "46", "solution": "46"}
     kit.json               what was built and the warm start's accuracies
-    teacher/ teacher_pairs/   optional parts (``KIT_PARTS``), built only when asked for: strong SFT teachers
-                           for distillation, each an HF folder with a part.json (accuracies, steps, settings)
+    teacher/ teacher_pairs/ reward_model/   optional parts (``KIT_PARTS``), built only when asked for: strong SFT
+                           teachers for distillation and a trained reward model (a sequence classifier), each an HF
+                           folder with a part.json (accuracies, steps, settings)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Union
 
 from .config import KitConfig
 
@@ -38,8 +40,9 @@ def kit_dir(cfg: KitConfig) -> Path:
 
 
 def resolve_kit_path(value: str, cfg: KitConfig | None) -> str:
-    """``kit:warm_start`` -> <kit>/warm_start, ``kit:train`` -> <kit>/train.jsonl, ``kit:teacher`` -> <kit>/teacher
-    (any other name -> <kit>/<name>); other values pass through. Parts are not built here: see ``kit_parts_needed``."""
+    """``kit:warm_start`` -> <kit>/warm_start, ``kit:train`` -> <kit>/train.jsonl, ``kit:teacher`` -> <kit>/teacher,
+    ``kit:reward_model`` -> <kit>/reward_model (any other name -> <kit>/<name>); other values pass through. Parts are
+    not built here: see ``kit_parts_needed``."""
     if not value or not value.startswith("kit:"):
         return value
     name = value[len("kit:"):]
@@ -84,20 +87,37 @@ def build_model(cfg, tokenizer, seed: int | None = None):
     """A fresh tiny Qwen3 sized by ``cfg`` (a ``KitConfig`` or ``TeacherSettings``: same field names), seeded by
     ``seed`` (default ``cfg.seed``)."""
     import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-    )
+    config = _qwen3_config(cfg, tokenizer, tie_word_embeddings=True)
     torch.manual_seed(cfg.seed if seed is None else seed)
     model = Qwen3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     return model
+
+
+def build_reward_model(cfg, tokenizer, seed: int):
+    """A fresh tiny ``Qwen3ForSequenceClassification`` with one label (a reward model) sized by ``cfg``. Its
+    ``pad_token_id`` is the tokenizer's, so the pooling finds each row's last real token under left padding."""
+    import torch
+    from transformers import Qwen3ForSequenceClassification
+
+    config = _qwen3_config(cfg, tokenizer, num_labels=1)
+    torch.manual_seed(seed)
+    return Qwen3ForSequenceClassification(config)
+
+
+def _qwen3_config(cfg, tokenizer, **extra):
+    from transformers import Qwen3Config
+    return Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
 
 
 def make_task(cfg: KitConfig) -> dict[str, list[dict]]:
@@ -139,8 +159,193 @@ class TeacherSettings:
     """No early stop before this step: dev accuracy (200 training pairs) can reach the target before the held-out
     accuracy does."""
 
+    def build(self, cfg: KitConfig, root: Path, out: Path, log=print, name: str = "teacher") -> dict:
+        """Train the teacher from scratch on the kit's splits; save model, tokenizer and part.json to ``out``."""
+        from learner.sft import train_sft
 
-KIT_PARTS: dict[str, TeacherSettings] = {
+        t0 = time.time()
+        seed = cfg.seed + self.seed_offset
+        tokenizer = TOKENIZERS[self.tokenizer]()
+        model = build_model(self, tokenizer, seed=seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"[kit] {name}: Qwen3 ({n_params:,} parameters), {self.tokenizer} tokenizer ({len(tokenizer)} tokens); "
+            "SFT ...")
+        splits = teacher_splits(read_splits(root))
+        summary = train_sft(model, tokenizer, splits, self, seed=seed, log=log, name=name)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        summary.update(parameters=n_params, build_s=round(time.time() - t0, 1), settings=asdict(self))
+        _write_part(out, summary)
+        log(f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out greedy accuracy "
+            f"{summary['test_accuracy']:.3f} (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
+        return summary
+
+
+NEGATIVE_KINDS = ("off_by_small", "off_by_carry", "digit", "swapped", "other_sum", "truncated", "extra_digit", "junk")
+"""How the reward model's wrong completions are made from the answer (``wrong_completion``): off by 1-3; off by
+9/10/11/100 (a carry gone wrong); one digit changed; two adjacent digits swapped; another pair's sum; a proper prefix
+(the empty completion included); one digit inserted; 1-5 random characters of the task's alphabet."""
+
+
+def wrong_completion(answer: str, rng: random.Random, kind: str | None = None) -> str:
+    """A completion that is not ``answer``, made as ``kind`` says (default: a kind drawn at random). The text is as
+    the rollout decodes a completion (special tokens skipped: no "<eos>"), which is what the reward model scores."""
+    n = int(answer)
+    for _ in range(100):
+        k = kind or rng.choice(NEGATIVE_KINDS)
+        if k == "off_by_small":
+            w = str(n + rng.choice((-3, -2, -1, 1, 2, 3)))
+        elif k == "off_by_carry":
+            w = str(n + rng.choice((-100, -11, -10, -9, 9, 10, 11, 100)))
+        elif k == "digit":
+            i = rng.randrange(len(answer))
+            w = answer[:i] + rng.choice([d for d in "0123456789" if d != answer[i]]) + answer[i + 1:]
+        elif k == "swapped":
+            i = rng.randrange(len(answer) - 1) if len(answer) > 1 else 0
+            w = answer[:i] + answer[i + 1:i + 2] + answer[i:i + 1] + answer[i + 2:]
+        elif k == "other_sum":
+            w = str(rng.randint(10, 99) + rng.randint(10, 99))
+        elif k == "truncated":
+            w = answer[:rng.randrange(len(answer))]
+        elif k == "extra_digit":
+            i = rng.randrange(len(answer) + 1)
+            w = answer[:i] + rng.choice("0123456789") + answer[i:]
+        elif k == "junk":
+            w = "".join(rng.choice("0123456789+=") for _ in range(rng.randint(1, 5)))
+        else:
+            raise ValueError(f"unknown negative kind {k!r}; kinds: {NEGATIVE_KINDS}")
+        if w != answer and not w.startswith("-"):
+            return w
+    return answer + "0"  # e.g. "swapped" on "11": no other swap exists
+
+
+def policy_mistakes(model_dir: Path, rows: list[dict], samples: int, seed: int, max_new_tokens: int = 5,
+                    batch_size: int = 256) -> dict[str, list[str]]:
+    """The wrong completions the model at ``model_dir`` samples (temperature 1, ``samples`` per prompt), decoded as a
+    run decodes them (special tokens skipped): prompt -> its distinct wrong completions (a prompt the model always
+    gets right has none). What a policy starting from that model gets wrong is what its reward model must rank."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    torch.manual_seed(seed)
+    out: dict[str, list[str]] = {}
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 num_return_sequences=samples, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        texts = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for k, r in enumerate(chunk):
+            wrong = [t for t in texts[k * samples:(k + 1) * samples] if t != r["answer"]]
+            out[r["prompt"]] = list(dict.fromkeys(wrong))
+    return out
+
+
+def reward_pairs(rows: list[dict], seed: int) -> list[tuple[str, str, str, str]]:
+    """(prompt, correct completion, wrong completion, kind): one pair per row and kind of ``NEGATIVE_KINDS``, seeded
+    (the reward model's fixed dev and held-out test pairs)."""
+    rng = random.Random(seed)
+    return [(r["prompt"], r["answer"], wrong_completion(r["answer"], rng, k), k) for r in rows for k in NEGATIVE_KINDS]
+
+
+@dataclass(frozen=True)
+class RewardModelSettings:
+    """A reward model: a tiny ``Qwen3ForSequenceClassification`` (one label) on the kit's character tokenizer, trained
+    from scratch on the train split (dev rows held out, as the teachers) to score ``prompt + completion`` higher when
+    the completion is the answer than when it is wrong (``NEGATIVE_KINDS``), by ``learner.reward_training``.
+
+    It scores text as the ``reward_model`` reward function gets it: the completion decoded without special tokens,
+    so "12+34=46" for the completion "46<eos>". A completion cut at ``max_completion_length`` without EOS decodes the
+    same way, so the reward model cannot tell "46<eos>" from "46" that ran out of tokens (or "46<pad>..."); with the
+    quickstart's 5-token budget and answers of at most 3 digits, a truncated completion always shows extra
+    characters, which it scores as wrong."""
+
+    seed_offset: int = 3
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 512
+    max_position_embeddings: int = 64
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.1
+    batch_size: int = 64
+    """Prompts per step; each is scored with its answer and ``negatives`` wrong completions."""
+    negatives: int = 1
+    policy_samples: int = 8
+    """Completions sampled per train prompt from the warm start (``policy_mistakes``); its wrong ones are negatives."""
+    policy_share: float = 0.5
+    """Share of negatives drawn from the warm start's own mistakes (where the prompt has any); the rest are made
+    (``NEGATIVE_KINDS``). With made negatives alone the model ranked the warm start's near misses poorly: PPO on it
+    raised its score while held-out accuracy fell."""
+    lm_loss_weight: float = 1.0
+    """Weight of the auxiliary next-token loss on the answers (``learner.reward_training``): in trials it raised
+    held-out pairwise accuracy after 400 steps from 0.85 to 0.92."""
+    warmup_steps: int = 30
+    max_steps: int = 800
+    eval_every: int = 50
+    target_dev_accuracy: float = 0.97
+    min_steps: int = 0
+    threads: int = 1
+    """torch threads while it trains (restored after): on 2 busy cores, 2 threads ran 10x slower per step than 1
+    (2.5 s against 0.2-0.5 s) in trials."""
+
+    def build(self, cfg: KitConfig, root: Path, out: Path, log=print, name: str = "reward_model") -> dict:
+        """Train the reward model; save it (``AutoModelForSequenceClassification``/``AutoTokenizer`` load the folder)
+        with a part.json: held-out pairwise accuracy (``test_accuracy``: correct above wrong for the same prompt,
+        one pair per test prompt and kind), dev pairwise accuracy, steps, parameters, build seconds, settings."""
+        import torch
+        from learner.reward_training import pairwise_accuracy, train_reward_model
+
+        t0 = time.time()
+        seed = cfg.seed + self.seed_offset
+        tokenizer = build_tokenizer()
+        model = build_reward_model(self, tokenizer, seed=seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"[kit] {name}: Qwen3 sequence classifier ({n_params:,} parameters); pairwise training ...")
+        splits = teacher_splits(read_splits(root))
+        pairs = {"dev": reward_pairs(splits["dev"], seed + 1), "test": reward_pairs(splits["test"], seed + 2)}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(threads, self.threads)))
+        try:
+            mistakes = policy_mistakes(root / "warm_start", splits["train"] + splits["test"], self.policy_samples,
+                                       seed + 4)
+            log(f"[kit] {name}: {sum(map(len, mistakes.values())):,} distinct wrong warm-start samples as negatives")
+
+            def negative(row: dict, rng: random.Random) -> str:
+                own = mistakes.get(row["prompt"])
+                return rng.choice(own) if own and rng.random() < self.policy_share else \
+                    wrong_completion(row["answer"], rng)
+
+            summary = train_reward_model(model, tokenizer, splits["train"], pairs, self, negative,
+                                         seed=seed, log=log, name=name)
+            policy_pairs = [(r["prompt"], r["answer"], random.Random(seed + 5 + i).choice(mistakes[r["prompt"]]))
+                            for i, r in enumerate(splits["test"]) if mistakes.get(r["prompt"])]
+            summary["test_accuracy_policy"] = pairwise_accuracy(model, tokenizer, policy_pairs)
+            summary["test_pairs_policy"] = len(policy_pairs)
+        finally:
+            torch.set_num_threads(threads)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        summary.update(parameters=n_params, build_s=round(time.time() - t0, 1), settings=asdict(self),
+                       text_example=pairs["test"][0][0] + pairs["test"][0][1])
+        _write_part(out, summary)
+        log(f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out pairwise accuracy "
+            f"{summary['test_accuracy']:.3f}, {summary['test_accuracy_policy']:.3f} against the warm start's own "
+            f"mistakes (dev {summary['dev_accuracy']:.3f}, {summary['steps']} steps)")
+        return summary
+
+
+KitPart = Union[TeacherSettings, RewardModelSettings]
+"""A part's settings: a frozen dataclass whose ``build(cfg, root, out, log, name) -> summary`` trains and saves it
+(model, tokenizer and a part.json holding ``PART_KEYS``); ``asdict`` of it is what a cached build must match."""
+
+KIT_PARTS: dict[str, KitPart] = {
     # hidden 128 at batch 128: half the wall time of hidden 192 at batch 256 (194 s against 391 s on 2 cores), held-out
     # 0.970 at step 550 in the trial; one earlier build hit the dev target at step 250 with 0.93 held-out, hence a
     # floor of 300 steps
@@ -151,6 +356,8 @@ KIT_PARTS: dict[str, TeacherSettings] = {
     # 3000 steps (~0.95 held-out; 4 layers reached 0.89 in the same time).
     "teacher_pairs": TeacherSettings(tokenizer="pairs", seed_offset=2, num_hidden_layers=2, learning_rate=3e-3,
                                      batch_size=128, max_steps=3000, eval_every=100),
+    # a reward model for ``{name: reward_model, kwargs: {model: kit:reward_model}}``
+    "reward_model": RewardModelSettings(),
 }
 """Optional kit folders, built only when named (``ensure_kit(parts=...)``, or a ``kit:<part>`` path in a recipe)."""
 
@@ -162,6 +369,41 @@ def kit_parts_needed(*paths: str | None) -> tuple[str, ...]:
     ("kit:teacher", "kit:train", "/x") -> ("teacher",)."""
     names = (p[len("kit:"):] for p in paths if isinstance(p, str) and p.startswith("kit:"))
     return tuple(dict.fromkeys(n for n in names if n in KIT_PARTS))
+
+
+def _spec_fields(spec) -> tuple[str, dict]:
+    """(name, kwargs) of a reward_funcs entry: a string, a ``RewardFuncSpec`` or its dict."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict):
+        return spec["name"], dict(spec.get("kwargs") or {})
+    return spec.name, dict(spec.kwargs or {})
+
+
+def reward_kit_paths(reward) -> tuple[str, ...]:
+    """The ``kit:`` values among the reward functions' kwargs (``reward`` is a ``RewardConfig`` or None), e.g.
+    ``{name: reward_model, kwargs: {model: kit:reward_model}}`` -> ("kit:reward_model",): what
+    ``kit_parts_needed`` must also see, so the part is built before the run."""
+    funcs = getattr(reward, "reward_funcs", None) or ()
+    return tuple(v for spec in funcs for v in _spec_fields(spec)[1].values()
+                 if isinstance(v, str) and v.startswith("kit:"))
+
+
+def resolve_reward_funcs(reward_funcs, cfg: KitConfig | None) -> list:
+    """The reward_funcs entries as the reward actor and ``registry.resolve`` take them (a name, or a
+    ``{name, kwargs}`` dict), with every ``kit:`` kwarg value resolved to its kit path (``resolve_kit_path``)."""
+    out = []
+    for spec in reward_funcs:
+        if isinstance(spec, str):
+            out.append(spec)
+            continue
+        name, kwargs = _spec_fields(spec)
+        if any(isinstance(v, str) and v.startswith("kit:") for v in kwargs.values()) and cfg is None:
+            raise ValueError(f"reward function {name}: kwargs {kwargs} refer to 'kit:...' but there is no kit "
+                             "section: add `kit: {}`")
+        out.append({"name": name, "kwargs": {k: resolve_kit_path(v, cfg) if isinstance(v, str) else v
+                                             for k, v in kwargs.items()}})
+    return out
 
 
 def ensure_kit(cfg: KitConfig, log=print, parts: tuple[str, ...] = ()) -> Path:
@@ -222,27 +464,13 @@ def _ensure_part(cfg: KitConfig, root: Path, name: str, log) -> Path:
     return out
 
 
-def build_part(cfg: KitConfig, root: Path, settings: TeacherSettings, out: Path, log=print,
-               name: str = "teacher") -> dict:
-    """Train a teacher from scratch on the kit's splits and save it (model, tokenizer, part.json) to ``out``."""
-    from learner.sft import train_sft
+def build_part(cfg: KitConfig, root: Path, settings: KitPart, out: Path, log=print, name: str = "teacher") -> dict:
+    """Build one part from its settings into ``out`` (model, tokenizer, part.json); returns its summary."""
+    return settings.build(cfg, root, out, log=log, name=name)
 
-    t0 = time.time()
-    seed = cfg.seed + settings.seed_offset
-    tokenizer = TOKENIZERS[settings.tokenizer]()
-    model = build_model(settings, tokenizer, seed=seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"[kit] {name}: Qwen3 ({n_params:,} parameters), {settings.tokenizer} tokenizer ({len(tokenizer)} tokens); "
-        "SFT ...")
-    splits = teacher_splits(read_splits(root))
-    summary = train_sft(model, tokenizer, splits, settings, seed=seed, log=log, name=name)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    summary.update(parameters=n_params, build_s=round(time.time() - t0, 1), settings=asdict(settings))
+
+def _write_part(out: Path, summary: dict) -> None:
     (out / "part.json").write_text(json.dumps(summary, indent=2))  # written last: its presence marks a full build
-    log(f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out greedy accuracy {summary['test_accuracy']:.3f} "
-        f"(dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
-    return summary
 
 
 def read_splits(root: Path) -> dict[str, list[dict]]:

@@ -230,7 +230,7 @@ class Pipeline:
         if mixes_sources(a):  # the fraction of each source
             gen.source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
         params = SamplingParams(n=s.G, seed=seed, **self.sampling)
-        scored = []
+        chunks = []  # (rollout ref, number of groups in it)
         for src, items in by_source.items():
             workers = self.pools.frozen_rollout if src == TEACHER else self.pools.rollout
             for w_index, worker in enumerate(workers):
@@ -244,21 +244,33 @@ class Pipeline:
                 else:
                     ref = worker.generate.remote(recs, _seeded(params, w_index + (1000 if src == TEACHER else 0)),
                                                  group_ids=gids)
-                scored.append(self._score(ref, len(scored), gen_id))
+                chunks.append((ref, len(chunk)))
+        scored = self._score(chunks, gen_id)
         out = assemble.options(num_returns=s.P + 1).remote(
             scored, a, s.P, self.cfg.reward.reward_weights if self.cfg.reward else None,
             self.cfg.train.seed + gen_id, gen_id)
         gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
         return gen
 
-    def _score(self, ref, i: int, step: int):
-        """Reward scores (when the run has rewards), then every teacher pool the family needs, chained as refs."""
-        if self.pools.reward:
-            ref = self.pools.reward[i % len(self.pools.reward)].score.remote(ref, {"global_step": step})
-        for spec in self.cfg.needs.teachers:
+    def _score(self, chunks: list, step: int, teachers: bool = True) -> list:
+        """Reward scores (when the run has rewards), then every teacher pool the family needs, chained as refs; one
+        ref per scored part. ``chunks``: (rollout ref, groups in it). The reward pool scales apart from the rollout
+        pool: with more reward replicas than chunks, a chunk is split between several replicas (whole groups, in
+        order: ``RewardWorker.score``'s ``part``), each scoring its part; with fewer, chunk i goes to replica i mod W.
+        Teacher pools take the parts round-robin."""
+        W, n = len(self.pools.reward), len(chunks)
+        parts = []
+        for i, (ref, groups) in enumerate(chunks):
+            if not W:
+                parts.append(ref)
+                continue
+            replicas = list(range(i, W, n))[:groups] if W > n else [i % W]
+            parts += [self.pools.reward[r].score.remote(ref, {"global_step": step}, part=(j, len(replicas)))
+                      for j, r in enumerate(replicas)]
+        for spec in self.cfg.needs.teachers if teachers else ():
             pool = self.pools.teachers[spec.pool]
-            ref = pool[i % len(pool)].score.remote(ref, asdict(spec))
-        return ref
+            parts = [pool[k % len(pool)].score.remote(ref, asdict(spec)) for k, ref in enumerate(parts)]
+        return parts
 
     def wait(self, gen: Generation, max_attempts: int = 3) -> Generation:
         """Block until the generation's statistics are in; redo it if a rollout or reward actor crashed."""
@@ -325,23 +337,19 @@ class Pipeline:
                                 stop=tuple(r.stop) if r.stop else None, seed=self.cfg.train.seed)
         records = eval_data.to_list()
         R = len(self.pools.rollout)
-        refs = []
-        for i, w in enumerate(self.pools.rollout):
-            chunk = records[i::R]
-            if chunk:
-                ref = w.generate.remote(chunk, params, group_ids=list(range(i, len(records), R)))
-                if self.pools.reward:
-                    ref = self.pools.reward[i % len(self.pools.reward)].score.remote(ref, {"global_step": step})
-                refs.append(ref)
-        scored = ray.get(refs)  # small: eval batches are scored, not trained on
+        chunks = [(w.generate.remote(records[i::R], params, group_ids=list(range(i, len(records), R))),
+                   len(records[i::R])) for i, w in enumerate(self.pools.rollout) if records[i::R]]
+        scored = ray.get(self._score(chunks, step, teachers=False))  # small: eval batches are scored, not trained on
         lengths = torch.cat([b.completion_mask.sum(-1) for b in scored])
         if not self.pools.reward:  # nothing to score with: lengths only
             return {"eval/mean_length": float(lengths.mean()), "eval/samples": int(lengths.numel())}
         R_all = torch.cat([b.rewards for b in scored])
         w = torch.tensor(self.cfg.reward.reward_weights or [1.0] * R_all.shape[1])
         total = torch.nansum(R_all * w, dim=1)
+        names = scored[0].info["reward_names"]
+        per_func = {f"eval/rewards/{n}/mean": float(torch.nanmean(R_all[:, k].double())) for k, n in enumerate(names)}
         return {"eval/accuracy": float((total >= self.cfg.rollout.eval_success_threshold).double().mean()),
-                "eval/reward": float(total.double().mean()),
+                "eval/reward": float(total.double().mean()), **per_func,
                 "eval/mean_length": float(lengths.mean()),
                 "eval/samples": int(R_all.shape[0])}
 

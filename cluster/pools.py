@@ -18,7 +18,9 @@ from rollout_workers.actor import RolloutWorker
 from teacher_workers.actor import TeacherWorker
 
 from .config import ConfigError, PoolSpec, RunConfig
+from .kit import resolve_kit_path, resolve_reward_funcs
 from .preflight import reward_search_path
+from reward_workers.judge import JUDGE, judge_pool_model
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Pools:
     learner: list
     teachers: dict = field(default_factory=dict)  # pool name ("reference", "teacher") -> actors
     frozen_rollout: list = field(default_factory=list)  # the teacher's frozen weights, never synced
+    judge: list = field(default_factory=list)  # the llm_judge reward's engines: the judge's weights, never synced
     critic: list = field(default_factory=list)  # PPO's value model: rank i beside learner rank i (own DeepSpeed group)
     critic_placement_group: object = None
     placement_group: object = None
@@ -35,14 +38,15 @@ class Pools:
 
     def pool(self, name: str) -> list:
         return {"rollout": self.rollout, "reward": self.reward, "learner": self.learner,
-                "frozen_rollout": self.frozen_rollout}.get(name) or self.teachers.get(name, [])
+                "frozen_rollout": self.frozen_rollout, "judge": self.judge}.get(name) or self.teachers.get(name, [])
 
     def replicas(self) -> dict[str, int]:
         return {"rollout": len(self.rollout), "reward": len(self.reward), "learner": len(self.learner),
-                **{k: len(v) for k, v in self.teachers.items()}, **({"critic": len(self.critic)} if self.critic else {})}
+                **{k: len(v) for k, v in self.teachers.items()}, **({"critic": len(self.critic)} if self.critic else {}),
+                **({"judge": len(self.judge)} if self.judge else {})}
 
     def all_actors(self) -> list:
-        return [*self.rollout, *self.frozen_rollout, *self.reward, *self.scorers(), *self.learner, *self.critic]
+        return [*self.rollout, *self.frozen_rollout, *self.judge, *self.reward, *self.scorers(), *self.learner, *self.critic]
 
     @property
     def trainers(self) -> list:
@@ -96,9 +100,16 @@ class PoolMaker:
                 max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
                 partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None)
         if pool == "reward":
+            judges = {"judge_actors": [f"{self.run_name}/judge-{j}" for j in range(c.judge.replicas)], "namespace": ns}
+            funcs = [{**f, "kwargs": {**f["kwargs"], **judges}} if not isinstance(f, str) and f["name"] == JUDGE else f
+                     for f in resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)]
             return _actor(RewardWorker, c.reward, name, ns).remote(
-                [f if isinstance(f, str) else f.model_dump() for f in cfg.reward.reward_funcs], self.model_path,
-                cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg))
+                funcs, self.model_path, cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg))
+        if pool == "judge":
+            j = judge_pool_model(resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit))
+            return _actor(RolloutWorker, c.judge, name, ns).remote(
+                j["model"], j["engine"], j["dtype"], {"trust_remote_code": j["trust_remote_code"],
+                                                      **(j["engine_options"] or {})}, index=i, pool="judge")
         spec = next(s for s in cfg.needs.teachers if s.pool == pool)
         ref, t = pool == "reference", cfg.teacher
         path, dtype = (self.model_path, cfg.model.dtype) if ref else (self.teacher_path, t.dtype)
@@ -107,6 +118,11 @@ class PoolMaker:
         return _actor(TeacherWorker, cfg.pool_spec(pool), name, ns).remote(
             path, dtype, index=i, pool=pool, trust_remote_code=cfg.model.trust_remote_code if ref else t.trust_remote_code,
             student_tokenizer=self.model_path if spec.retokenize else None)
+
+
+def uses_judge(cfg: RunConfig) -> bool:
+    """A reward function is ``llm_judge``: the run starts the judge pool."""
+    return cfg.reward is not None and any(not isinstance(f, str) and f.name == JUDGE for f in cfg.reward.reward_funcs)
 
 
 def _bundle(*specs: PoolSpec) -> dict:
@@ -137,6 +153,7 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
         demand += [("critic", _bundle(c.critic))] * c.learner.replicas
     demand += [("rollout", _bundle(c.rollout))] * (0 if c.colocate else c.rollout.replicas)
     demand += [("reward", _bundle(c.reward))] * (c.reward.replicas if cfg.reward is not None else 0)
+    demand += [("judge", _bundle(c.judge))] * (c.judge.replicas if uses_judge(cfg) else 0)
     for spec in cfg.needs.teachers:
         pool = cfg.pool_spec(spec.pool)
         demand += [("reference" if spec.pool == "reference" and c.reference else "teacher", _bundle(pool))] * pool.replicas
@@ -191,6 +208,7 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     rollout = [make.actor("rollout", i) for i in range(R)]
     if c.colocate:  # vLLM sizes its KV cache from the free GPU memory it sees at start: start it before the learner
         ray.get([a.ping.remote() for a in rollout])
+    judge = [make.actor("judge", i) for i in range(c.judge.replicas if uses_judge(cfg) else 0)]
     reward = [make.actor("reward", i) for i in range(c.reward.replicas if cfg.reward is not None else 0)]
     needs, t = cfg.needs, cfg.teacher
     teachers = {spec.pool: [make.actor(spec.pool, i) for i in range(cfg.pool_spec(spec.pool).replicas)]
@@ -211,7 +229,7 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     critic_addr = ray.get(critic[0].rendezvous.remote()) if critic else None  # the critic's own process group
     critic_setup = [a.setup.remote(*critic_addr) for a in critic]
     infos = ray.get([a.setup.remote(addr, port) for a in learner]
-                    + [a.ping.remote() for a in rollout + frozen + reward + scorers] + critic_setup)
+                    + [a.ping.remote() for a in rollout + frozen + judge + reward + scorers] + critic_setup)
     if resume is not None:
         versions = ray.get([a.load_state.remote(str(resume / "relay")) for a in learner]
                            + [a.load_state.remote(str(resume / "relay" / "critic")) for a in critic])
@@ -225,13 +243,13 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     log(f"[relay-rl] pools up: rollout x{R} ({r.engine}), "
         + (f"reward x{len(reward)}, " if reward else "")
         + "".join(f"{name} x{len(actors)}, " for name, actors in teachers.items())
-        + (f"frozen_rollout x{len(frozen)}, " if frozen else "")
+        + (f"frozen_rollout x{len(frozen)}, " if frozen else "") + (f"judge x{len(judge)}, " if judge else "")
         + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['parameters']:,} parameters, "
           f"setup {li['setup_s']:.0f}s)" + (", colocated" if c.colocate else "")
         + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else "")
         + (f", critic x{len(critic)} ({infos[-1]['parameters']:,} parameters)" if critic else ""))
     return Pools(rollout=rollout, reward=reward, learner=learner, teachers=teachers, frozen_rollout=frozen,
-                 critic=critic, critic_placement_group=critic_pg, placement_group=pg, make=make)
+                 judge=judge, critic=critic, critic_placement_group=critic_pg, placement_group=pg, make=make)
 
 
 def start_critic(cfg: RunConfig, run_name: str, model_path: str, learner_pg) -> tuple[list, object]:
@@ -239,7 +257,6 @@ def start_critic(cfg: RunConfig, run_name: str, model_path: str, learner_pg) -> 
     when colocated, else in a placement group of its own. A resume loads their DeepSpeed state afterwards."""
     from learner.methods import family
 
-    from .kit import resolve_kit_path
     c, ns, P = cfg.cluster, cfg.cluster.namespace, cfg.cluster.learner.replicas
     path = resolve_kit_path(family(cfg.algorithm).value_model_path(cfg, model_path), cfg.kit)
     own = not c.critic.colocate_with_learner

@@ -21,7 +21,7 @@ from pathlib import Path
 from learner.methods import DATASET, sources
 
 from .config import ConfigError, RunConfig
-from .kit import kit_dir, kit_parts_needed, resolve_kit_path
+from .kit import kit_dir, kit_parts_needed, resolve_kit_path, resolve_reward_funcs, reward_kit_paths
 
 # the keywords every reward function receives besides the dataset columns (TRL's signature)
 REWARD_KEYWORDS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
@@ -49,7 +49,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
     out = Checked(model_path, teacher_path)
     if kit_built is None:
         kit_built = cfg.kit is None or (kit_dir(cfg.kit) / "kit.json").is_file()
-    missing_parts = [p for p in kit_parts_needed(cfg.model.name_or_path, teacher_name or "")
+    missing_parts = [p for p in kit_parts_needed(cfg.model.name_or_path, teacher_name, *reward_kit_paths(cfg.reward))
                      if cfg.kit is not None and not (kit_dir(cfg.kit) / p).is_dir()]
     if not kit_built or missing_parts:
         out.notes.append("the quickstart kit is not built yet: its models and data are checked when `relay-rl "
@@ -310,18 +310,24 @@ def check_rewards(cfg: RunConfig, tokenizer, columns: dict[str, list[str]]) -> N
     """Build every reward function as the reward actor will, and check it can be called with TRL's keywords."""
     import importlib
     from reward_workers import verifiers  # noqa: F401  (registers the built-ins)
+    from reward_workers.judge import judge_pool_model
     from reward_workers.registry import BUILTINS, resolve
     _add_search_path(cfg)
-    for i, spec in enumerate(cfg.reward.reward_funcs):
+    specs = resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)
+    try:
+        judge_pool_model(specs)
+    except ValueError as e:
+        raise ConfigError(f"reward.reward_funcs: {e}") from None
+    for i, spec in enumerate(specs):
         fld = f"reward.reward_funcs[{i}]"
-        name, kwargs = (spec, {}) if isinstance(spec, str) else (spec.name, spec.kwargs)
+        name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], spec["kwargs"])
         if name not in BUILTINS:
             obj = _import_reward(fld, name, importlib)
             if not callable(obj):
                 raise ConfigError(f"{fld}: {name} is a {type(obj).__name__}, not a function: name a function with "
                                   "TRL's reward signature f(prompts, completions, **kwargs) -> list[float]")
         try:
-            _, fn = resolve(spec if isinstance(spec, str) else spec.model_dump(), tokenizer)
+            _, fn = resolve(spec, tokenizer)
         except TypeError as e:
             raise ConfigError(f"{fld}: {name} cannot be built with kwargs {kwargs} ({e}): give the arguments its "
                               "factory takes") from None

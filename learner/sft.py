@@ -76,29 +76,46 @@ def train_sft(model, tokenizer, splits: dict, cfg, seed: int = 0, log=print, nam
     over ``max_steps`` (absent: constant after warmup, the warm start's schedule). Batches are drawn by a
     ``random.Random(seed)``, so a run is reproducible from ``seed`` and the model's initial weights.
     """
-    model.train()
     ids, attn, labels = encode_examples(tokenizer, splits["train"])  # (N, T) each
+
+    def batch_loss(rng: random.Random):
+        idx = torch.tensor(rng.sample(range(len(ids)), cfg.batch_size))  # (B,)
+        loss = model(input_ids=ids[idx], attention_mask=attn[idx], labels=labels[idx]).loss
+        return loss, f"loss {loss.item():.3f}"
+
+    step, dev_acc = train_until(model, cfg, batch_loss, lambda: greedy_accuracy(model, tokenizer, splits["dev"]),
+                                seed=seed, log=log, what=f"{name} step {{step}}: {{loss}}, dev greedy accuracy")
+    test_acc = greedy_accuracy(model, tokenizer, splits["test"])
+    return {"steps": step, "dev_accuracy": dev_acc, "test_accuracy": test_acc}
+
+
+def train_until(model, cfg, batch_loss, dev_accuracy, seed: int = 0, log=print,
+                what: str = "step {step}: {loss}, dev accuracy") -> tuple[int, float]:
+    """The kit's single-process training loop: AdamW (betas 0.9/0.98, no weight decay), ``_lr_factor``'s schedule,
+    gradients clipped at 1.0; ``batch_loss(rng) -> (loss, loss text)`` draws a batch from a ``random.Random(seed)``.
+    Every ``cfg.eval_every`` steps ``dev_accuracy()`` is logged and the loop stops once it reaches
+    ``cfg.target_dev_accuracy`` (not before ``cfg.min_steps``), else at ``cfg.max_steps``. Returns (steps, the
+    final dev accuracy)."""
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg))
     rng = random.Random(seed)
-    dev_acc, step = 0.0, 0
+    t0, dev_acc, step = time.time(), 0.0, 0
     for step in range(1, cfg.max_steps + 1):
-        idx = torch.tensor(rng.sample(range(len(ids)), cfg.batch_size))  # (B,)
-        loss = model(input_ids=ids[idx], attention_mask=attn[idx], labels=labels[idx]).loss
+        loss, text = batch_loss(rng)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0:
-            dev_acc = greedy_accuracy(model, tokenizer, splits["dev"])
-            log(f"[kit] {name} step {step}: loss {loss.item():.3f}, dev greedy accuracy {dev_acc:.3f}")
+            dev_acc = dev_accuracy()
+            log(f"[kit] {what.format(step=step, loss=text)} {dev_acc:.3f} ({time.time() - t0:.0f}s)")
             if dev_acc >= cfg.target_dev_accuracy and step >= getattr(cfg, "min_steps", 0):
                 break
     if step % cfg.eval_every:  # stopped by max_steps between evaluations: report the final model's dev accuracy
-        dev_acc = greedy_accuracy(model, tokenizer, splits["dev"])
-    test_acc = greedy_accuracy(model, tokenizer, splits["test"])
-    return {"steps": step, "dev_accuracy": dev_acc, "test_accuracy": test_acc}
+        dev_acc = dev_accuracy()
+    return step, dev_acc
 
 
 def _lr_factor(cfg):

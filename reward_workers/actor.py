@@ -35,13 +35,17 @@ class RewardWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.funcs = [resolve(spec, self.tokenizer) for spec in reward_funcs]
         self.timeout_s = timeout_s
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, len(self.funcs)))
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self.funcs) + 1)  # + the async loop
 
     def names(self) -> list[str]:
         return [n for n, _ in self.funcs]
 
-    def score(self, batch: Batch, trainer_state: dict | None = None) -> Batch:
+    def score(self, batch: Batch, trainer_state: dict | None = None, part: tuple[int, int] = (0, 1)) -> Batch:
+        """Score ``batch``, or with ``part`` = (j, k) only its j-th of k runs of whole groups (in order): the rows
+        this replica scores when a rollout chunk is split between k reward replicas. Returns the scored rows."""
         t0 = time.time()
+        if part[1] > 1:
+            batch = batch.select(group_part(batch.group_id, *part))
         conversational = bool(batch.prompts) and isinstance(batch.prompts[0], list)
         completions = ([[{"role": "assistant", "content": c}] for c in batch.completions] if conversational
                        else list(batch.completions))
@@ -58,21 +62,24 @@ class RewardWorker:
         )
         N = len(batch)
         columns, errors, stuck = [], {}, False
+        # every function at once: the sync ones on the thread pool, the async ones awaited together on an event loop
+        # of their own (the actor's thread may run one); all within one reward.timeout_s from now
         async_funcs = [(i, n, f) for i, (n, f) in enumerate(self.funcs) if inspect.iscoroutinefunction(f)]
+        futures = {i: self.pool.submit(fn, **kwargs) for i, (_, fn) in enumerate(self.funcs)
+                   if not inspect.iscoroutinefunction(fn)}
+        awaited = self.pool.submit(asyncio.run, self._run_async(async_funcs, kwargs)) if async_funcs else None
+        deadline = time.time() + self.timeout_s
         results: dict[int, object] = {}
-        if async_funcs:  # awaited concurrently, on an event loop of their own (the actor's thread may run one)
-            results.update(self.pool.submit(asyncio.run, self._run_async(async_funcs, kwargs)).result())
-        for i, (name, fn) in enumerate(self.funcs):  # sync functions, in order
-            if i in results:
-                continue
-            fut = self.pool.submit(fn, **kwargs)
+        for i, fut in futures.items():
             try:
-                results[i] = fut.result(timeout=self.timeout_s)
+                results[i] = fut.result(timeout=max(0.0, deadline - time.time()))
             except concurrent.futures.TimeoutError:
                 results[i] = TimeoutError(f"no result after {self.timeout_s:.0f}s (reward.timeout_s)")
                 stuck = True
             except Exception as e:  # noqa: BLE001  (contained and reported)
                 results[i] = e
+        if awaited is not None:
+            results.update(awaited.result())  # each bounded by its own wait_for
         for i, (name, _) in enumerate(self.funcs):
             values, col = results[i], torch.full((N,), float("nan"))
             if isinstance(values, BaseException):
@@ -104,6 +111,14 @@ class RewardWorker:
 
     def ping(self) -> bool:
         return True
+
+
+def group_part(group_id: torch.Tensor, j: int, k: int) -> torch.Tensor:
+    """Row indices of the j-th of k contiguous runs of groups (groups in order of first appearance; sizes differ by
+    at most one group)."""
+    groups = list(dict.fromkeys(group_id.tolist()))
+    mine = set(groups[j * len(groups) // k:(j + 1) * len(groups) // k])
+    return torch.tensor([r for r, g in enumerate(group_id.tolist()) if g in mine], dtype=torch.long)
 
 
 def _scores(values, N: int):

@@ -7,6 +7,7 @@ a reward model with another vocabulary than the policy's works. The score is the
 """
 from __future__ import annotations
 
+import json
 import os
 
 from .registry import builtin
@@ -28,13 +29,59 @@ def texts_for_reward_model(tokenizer, prompts, completions) -> list[str]:
     return out
 
 
+HOW_TO_GET_ONE = ("give a *ForSequenceClassification model (num_labels=1), e.g. from TRL's RewardTrainer "
+                  "(trl.RewardTrainer trains one on chosen/rejected pairs), or kit:reward_model on the quickstart kit")
+
+
+def check_sequence_classifier(model: str) -> None:
+    """A local checkpoint must be a sequence classifier, judged from its config.json alone (no weights, no torch):
+    ``architectures`` naming a ``*ForSequenceClassification`` class (or remote code mapping
+    ``AutoModelForSequenceClassification``); without ``architectures``, a ``model_type`` that transformers has a
+    classification class for. ``AutoModelForSequenceClassification`` would load a causal LM of such a family (a
+    Qwen3ForCausalLM, say) with a freshly initialised score head and only a warning: every reward would be noise.
+    The error says what to do first (the pre-flight shows the first 200 characters). Hub ids (not a local folder)
+    are checked when the actor loads them."""
+    if not os.path.isdir(model):
+        return
+    path = os.path.join(model, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"reward model {model!r}: the folder has no config.json (not an HF checkpoint): "
+                         + HOW_TO_GET_ONE)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"reward model {model!r}: its config.json cannot be read ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"reward model {model!r}: its config.json is not a JSON object: " + HOW_TO_GET_ONE)
+    if "AutoModelForSequenceClassification" in (config.get("auto_map") or {}):
+        return  # remote code that declares its own classification class
+    archs = [a for a in config.get("architectures") or () if isinstance(a, str)]
+    model_type = config.get("model_type")
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    loadable = model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    if not archs and loadable:
+        return  # no architectures recorded: AutoModelForSequenceClassification decides, as it would anyway
+    what = f"a {'/'.join(archs)}" if archs else f"model_type {model_type!r} with no architectures"
+    why = ("AutoModelForSequenceClassification would load it with an untrained score head, so every reward would be "
+           "noise" if loadable else
+           f"transformers has no sequence-classification class for model_type {model_type!r}")
+    raise ValueError(f"reward model {model!r} is {what}, not a sequence classifier: {HOW_TO_GET_ONE}. ({why}; "
+                     f"read from {path})")
+
+
 @builtin("reward_model")
 def make_reward_model(tokenizer, model: str, batch_size: int = 16, max_length: int = 1024, dtype: str = "float32",
                       device: str = "auto", trust_remote_code: bool = False):
     """The checkpoint is read when the first batch comes (on the reward actor, not in the driver's pre-flight); a
-    local folder without ``config.json`` is an error at once."""
-    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
-        raise ValueError(f"reward model {model!r}: the folder has no config.json (not an HF checkpoint)")
+    local folder that is not a sequence classifier (no config.json, or a config.json naming a causal LM, say) is an
+    error at once (``check_sequence_classifier``): the pre-flight builds this too, so before any actor starts."""
+    if isinstance(model, str) and model.startswith("kit:"):
+        raise ValueError(f"reward model {model!r}: a kit path must be resolved to the kit's folder before the reward "
+                         "function is built (cluster.kit.resolve_reward_funcs); is there a kit section?")
+    check_sequence_classifier(model)
     state: dict = {}
 
     def load():

@@ -259,4 +259,4 @@ def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fractio
     return code_tests
 
 
-from . import reward_model  # noqa: E402,F401  (registers ``reward_model``: every built-in is known once this is imported)
+from . import judge, reward_model  # noqa: E402,F401  (registers reward_model, llm_judge: every built-in is known)

@@ -1,7 +1,9 @@
 """PPO end to end on the kit (deploy/recipes/ppo.yaml through deploy/overlays/kit.yaml): 2 policy ranks and 2 critic
 ranks (two DeepSpeed ZeRO-3 groups over gloo), the reference pool for the KL penalty, the reward pool. It must raise
 held-out accuracy with the verifier reward, and a run resumed from a checkpoint taken in the middle of a generation
-batch (num_ppo_epochs passes) must repeat the uninterrupted run's policy and critic numbers exactly."""
+batch (num_ppo_epochs passes) must repeat the uninterrupted run's policy and critic numbers exactly. With the kit's
+trained reward model in place of the verifier (deploy/recipes/ppo_reward_model.yaml + deploy/overlays/
+kit_reward_model.yaml, the critic starting from the reward model) it must raise the reward model's held-out reward."""
 from __future__ import annotations
 
 import json
@@ -17,8 +19,8 @@ KIT = [str(ROOT / "deploy" / "overlays" / "kit.yaml"), "algorithm.generation_bat
        "train.learning_rate=5e-5", "algorithm.num_generations=1"]
 
 
-def ppo_config(*overrides: str):
-    return load_config(RECIPES / "ppo.yaml", [*KIT, *overrides])
+def ppo_config(*overrides: str, recipe: str = "ppo.yaml", overlays: tuple = ()):
+    return load_config(RECIPES / recipe, [*KIT[:1], *overlays, *KIT[1:], *overrides])
 
 
 def _rows(out) -> list[dict]:
@@ -50,6 +52,27 @@ def test_ppo_learns_the_kit_task(ray_cluster, kit, tmp_path):
     first, last = (sum(r["loss/value_avg"] for r in part) / 4 for part in (records[:4], records[-4:]))
     assert last < first, (first, last)
     assert evals[steps] >= evals[0] + 0.07, evals
+
+
+def test_ppo_raises_the_kit_reward_models_reward(ray_cluster, kit, tmp_path):
+    steps = 32
+    cfg = ppo_config("algorithm.per_device_train_batch_size=32", f"train.max_steps={steps}",
+                     f"train.eval_steps={steps}", "algorithm.value_model=kit:warm_start", recipe="ppo_reward_model.yaml",
+                     overlays=(str(ROOT / "deploy" / "overlays" / "kit_reward_model.yaml"),))
+    rm = cfg.reward.reward_funcs[0]
+    assert rm.name == "reward_model" and rm.kwargs["model"] == "kit:reward_model"
+    train(cfg, output_dir=str(tmp_path))
+    rows = _rows(tmp_path)
+    evals = {r["step"]: r for r in rows if "eval/reward" in r}
+    records = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert all("rewards/reward_model/mean" in r for r in records if "objective/kl" in r)
+    # held-out: the reward model's mean score of greedy answers rises (measured: 9.46 -> 9.92 in reward-model units,
+    # 0.946 -> 0.992 at weight 0.1); the verifier (weight 0) is logged beside it. Its accuracy did not rise (0.50 ->
+    # 0.46): the reward model ranks the policy's own near misses at 0.88, and PPO finds what it over-rates.
+    first, last = evals[0], evals[steps]
+    assert last["eval/reward"] >= first["eval/reward"] + 0.02, (first, last)
+    assert "eval/rewards/arithmetic_exact/mean" in last
 
 
 @pytest.fixture(scope="module")

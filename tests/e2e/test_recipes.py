@@ -16,6 +16,7 @@ from tests.conftest import RECIPES
 
 PAPER_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if p.stem != "quickstart")
 KIT_CODE = RECIPES.parent / "overlays" / "kit_code.yaml"  # the kit's code task, for recipes that run code
+KIT_RM = RECIPES.parent / "overlays" / "kit_reward_model.yaml"  # the kit's reward model, for recipes that use one
 
 KIT = ["kit={}", "model.name_or_path=kit:warm_start", "model.dtype=float32", "data.train=kit:train", "data.eval=null",
        "data.prompt_column=prompt", "rollout.max_completion_length=5", "rollout.max_prompt_length=16",
@@ -40,7 +41,9 @@ def kit_overrides(recipe: Path) -> list[str]:
         if getattr(cfg.algorithm, "multi_objective_aggregation", None) == "normalize_then_sum" else "[arithmetic_exact]"
     # a code recipe: the kit's code task, its completions run against the rows' tests (code_tests, the sandbox)
     runs_code = cfg.reward is not None and any(getattr(f, "name", f) == "code_tests" for f in cfg.reward.reward_funcs)
-    task = [str(KIT_CODE), "data.eval=null"] if runs_code else [f"reward.reward_funcs={rewards}"]
+    uses_rm = cfg.reward is not None and any(getattr(f, "name", f) == "reward_model" for f in cfg.reward.reward_funcs)
+    task = [str(KIT_CODE), "data.eval=null"] if runs_code else [str(KIT_RM)] if uses_rm else \
+        [f"reward.reward_funcs={rewards}"]
     # distillation families: the kit's teacher, and its answers as the dataset completions (GKD, GOLD)
     teacher = ["teacher.name_or_path=kit:teacher", "teacher.dtype=float32", "data.completion_column=answer",
                "cluster.teacher.replicas=1"] if cfg.needs.teacher_model else []
@@ -54,7 +57,7 @@ def test_there_is_a_recipe_per_paper():
     expected = {"deepseekmath", "deepseek_r1", "gspo", "gspo_token", "gmpo", "dapo", "long_cot", "intellect2",
                 "skywork_or1", "rule_80_20", "dr_grpo", "lite_ppo", "tis", "mis", "scalerl", "grpo_2", "sapo",
                 "deepseek_v32", "gdpo", "luspo", "vespo", "gkd", "on_policy_distillation", "gold", "minillm",
-                "code_grpo"}
+                "code_grpo", "ppo", "ppo_reward_model"}
     assert expected <= names, sorted(expected - names)
 
 
@@ -77,4 +80,6 @@ def test_recipe_runs_two_steps_on_the_kit(recipe, ray_cluster, kit, tmp_path):
     assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in steps)
     if cfg.reward and "code_tests" in [getattr(f, "name", f) for f in cfg.reward.reward_funcs]:  # the code task ran
         assert cfg.data.train == "kit:code_train" and all("rewards/code_tests/mean" in r for r in steps)
+    if cfg.reward and "reward_model" in [getattr(f, "name", f) for f in cfg.reward.reward_funcs]:  # the kit's model
+        assert any("rewards/reward_model/mean" in r for r in steps)
     assert (tmp_path / "final" / "model.safetensors").is_file()

@@ -35,6 +35,16 @@ async def async_two(completions, **kwargs):
     return [2.0] * len(completions)
 
 
+def sync_one(completions, **kwargs):
+    time.sleep(0.5)
+    return [1.0] * len(completions)
+
+
+def sync_two(completions, **kwargs):
+    time.sleep(0.5)
+    return [2.0] * len(completions)
+
+
 def uses_columns(completions, answer, trainer_state, log_metric, log_extra, **kwargs):
     log_metric("my_metric", 3.0)
     log_extra("seen_answer", answer)

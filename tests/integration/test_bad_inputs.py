@@ -354,6 +354,17 @@ def test_builtin_verifier_without_its_column(user, capsys):
         expect=["arithmetic_exact needs the dataset column(s) answer"])
 
 
+def test_code_reward_on_a_dataset_without_tests(user, capsys):
+    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "code_tests"}),
+        expect=["code_tests needs the dataset column(s) tests", "data.train lacks"])
+
+
+def test_judge_template_without_the_completion(user, capsys):
+    judge = "[{name: llm_judge, kwargs: {model: some/judge, chat: false, template: 'Grade {prompt}'}}]"
+    bad(capsys, "validate", run_file(user, **{"[my_rewards:exact]": judge}),
+        expect=["llm_judge", "no {completion} field"])
+
+
 def test_reward_factory_with_wrong_kwargs(user, capsys):
     run = run_file(user, **{"[my_rewards:exact]": "[{name: my_rewards:factory, kwargs: {scael: 2}}]"})
     bad(capsys, "validate", run, expect=["cannot be built with kwargs {'scael': 2}"])

@@ -67,3 +67,29 @@ def test_a_run_combines_a_reward_model_with_a_rule_reward(ray_cluster, kit, rewa
     for r in steps:
         rm, rule = r["rewards/reward_model/mean"], r["rewards/arithmetic_exact/mean"]
         assert rm != 0.0 and r["reward/mean"] == pytest.approx(rule + 0.5 * rm, abs=1e-5)
+
+
+def test_a_causal_lm_is_refused_before_any_actor_starts(kit):
+    """The kit's warm start is a Qwen3ForCausalLM: AutoModelForSequenceClassification would give it an untrained
+    score head. Refused from config.json alone, naming the path, the architecture and what to give instead."""
+    with pytest.raises(ValueError) as e:
+        resolve({"name": "reward_model", "kwargs": {"model": kit["warm_start"]}}, None)
+    msg = str(e.value)
+    assert kit["warm_start"] in msg and "Qwen3ForCausalLM" in msg and "ForSequenceClassification" in msg
+    assert "RewardTrainer" in msg
+
+
+def test_a_model_type_without_a_classification_class_is_refused(tmp_path):
+    import json
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_family"}))
+    with pytest.raises(ValueError, match="no sequence-classification class"):
+        resolve({"name": "reward_model", "kwargs": {"model": str(tmp_path)}}, None)
+
+
+def test_the_pre_flight_names_a_causal_lm_reward_model(kit):
+    from cluster.config import ConfigError, validate_dict
+    from cluster.preflight import preflight
+    from tests.conftest import quickstart_dict
+    raw = quickstart_dict(reward={"reward_funcs": [{"name": "reward_model", "kwargs": {"model": kit["warm_start"]}}]})
+    with pytest.raises(ConfigError, match=r"reward_funcs\[0\].*Qwen3ForCausalLM, not a sequence classifier"):
+        preflight(validate_dict(raw), kit_built=True)

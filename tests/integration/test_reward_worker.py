@@ -47,6 +47,17 @@ def test_async_functions_run_concurrently(worker_cls, kit):
     assert out.rewards[:, 0].tolist() == [1.0] * 4 and out.rewards[:, 1].tolist() == [2.0] * 4
 
 
+def test_functions_of_both_kinds_run_at_the_same_time(worker_cls, kit):
+    """Two sync functions (a reward model and a sandbox, say) and an async one: each takes 0.5 s; together 0.5 s."""
+    import ray
+    w = worker_cls.remote([f"{FNS}:sync_one", f"{FNS}:sync_two", f"{FNS}:async_one"], kit["warm_start"])
+    ray.get(w.ping.remote())
+    t0 = time.time()
+    out = ray.get(w.score.remote(make_batch()))
+    assert time.time() - t0 < 0.95
+    assert out.rewards.tolist() == [[1.0, 2.0, 1.0]] * 4
+
+
 def test_failures_are_reported_and_contained(worker_cls, kit):
     import ray
     w = worker_cls.remote([f"{FNS}:length_reward", f"{FNS}:raises", f"{FNS}:wrong_length"], kit["warm_start"])
@@ -85,3 +96,19 @@ def test_unknown_function_names_the_choices(kit):
         resolve("no_such_reward", build_tokenizer())
     with pytest.raises(ValueError, match="cannot be imported"):
         resolve("no_such_module:fn", build_tokenizer())
+
+
+def test_a_part_of_a_chunk_is_whole_groups_in_order(worker_cls, kit):
+    """Two reward replicas share one rollout chunk (``Pipeline._score``): part (j, k) scores the j-th of k runs of
+    whole groups; the parts, joined in order, are the chunk."""
+    import ray
+    from reward_workers.actor import group_part
+    gid = torch.tensor([3, 3, 3, 5, 5, 5, 8, 8, 8, 9, 9, 9, 2, 2, 2])  # 5 groups of 3
+    parts = [group_part(gid, j, 2).tolist() for j in range(2)]
+    assert parts == [[0, 1, 2, 3, 4, 5], list(range(6, 15))]
+    assert [group_part(gid, j, 5).tolist() for j in range(5)] == [[3 * g, 3 * g + 1, 3 * g + 2] for g in range(5)]
+    w = worker_cls.remote([f"{FNS}:length_reward"], kit["warm_start"])
+    batch = make_batch(4).replace(group_id=torch.tensor([0, 0, 1, 1]))
+    halves = ray.get([w.score.remote(batch, {}, part=(j, 2)) for j in range(2)])
+    assert [h.completions for h in halves] == [["2", "22"], ["222", "2222"]]
+    assert torch.cat([h.rewards for h in halves])[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]

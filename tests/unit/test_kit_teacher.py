@@ -86,7 +86,7 @@ def test_parts_are_reused_and_named(parts):
     assert stamps == {n: (parts["root"] / n / "part.json").stat().st_mtime_ns for n in PARTS}
     with pytest.raises(ValueError, match="teacher_pairs"):
         ensure_kit(parts["cfg"], parts=("no_such_part",))
-    assert set(KIT_PARTS) == set(PARTS)
+    assert set(KIT_PARTS) == {*PARTS, "reward_model"}
     assert resolve_kit_path("kit:teacher", parts["cfg"]) == str(parts["root"] / "teacher")
     assert kit_parts_needed("kit:teacher", "kit:warm_start", "/abs/path", None, "kit:teacher") == ("teacher",)
     assert kit_parts_needed("kit:train") == ()

@@ -1,0 +1,184 @@
+"""LLM judges: a reward that asks a frozen LLM to grade each completion (``{name: llm_judge, kwargs: {model,
+template, ...}}``).
+
+The judge model is served by a rollout-engine pool of its own (``cluster.judge``: ``RolloutWorker`` actors with
+the judge's weights, never synced, ``hf`` or ``vllm``). The reward actor fills ``template`` for every completion
+(``{completion}``, ``{prompt}`` and any dataset column by name), sends the texts to the judge pool (split over its
+replicas, each distinct text once), and parses each answer:
+
+- ``pattern`` (a regex; default: the first number) finds the verdict in the judge's answer; its first group, or
+  the whole match when it has none, is the verdict text;
+- ``labels`` maps verdict texts to scores (compared lower-case, stripped), e.g. ``{"yes": 1, "no": 0}``; without
+  ``labels`` the verdict text must be a number, which is the score;
+- ``score_range`` [lo, hi] bounds a numeric score.
+
+An answer with no match, a verdict that is neither a label nor a number, or a score outside ``score_range`` is
+None: "not applicable" for that completion (excluded from the weighted sum, never 0). The share that was
+unparseable goes to the run's metrics (``rewards/llm_judge/unparseable``), the judge's answers beside the
+completions (``log_extra`` column ``judge_answer``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from typing import Any, Optional
+
+from .registry import builtin
+
+JUDGE = "llm_judge"
+"""The built-in's name: a ``reward_funcs`` entry with it makes the controller start the judge pool."""
+
+DEFAULT_PATTERN = r"-?\d+(?:\.\d+)?"
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{field}`` names of a ``str.format`` template, in order, each once."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"llm_judge template {template[:80]!r} is not a valid format string ({e}): fields are "
+                         "{completion}, {prompt} and dataset columns; write a literal brace as {{ or }}") from None
+    bad = [f for f in names if not f.isidentifier()]
+    if bad:
+        raise ValueError(f"llm_judge template: field {{{bad[0]}}} is not a plain name: use {{completion}}, {{prompt}} "
+                         "or a dataset column")
+    return list(dict.fromkeys(names))
+
+
+def parse_verdict(answer: str, pattern: "re.Pattern", labels: Optional[dict[str, float]] = None,
+                  score_range: Optional[tuple[float, float]] = None) -> Optional[float]:
+    """The score in a judge's ``answer``, or None when it holds none (see the module docstring)."""
+    m = pattern.search(answer)
+    if m is None:
+        return None
+    text = (m.group(1) if pattern.groups else m.group(0)).strip()
+    if labels is not None:
+        score = labels.get(text.lower())
+    else:
+        try:
+            score = float(text)
+        except ValueError:
+            score = None
+    if score is None or (score_range is not None and not score_range[0] <= score <= score_range[1]):
+        return None
+    return float(score)
+
+
+def as_text(x: Any) -> str:
+    """A prompt or completion as the template sees it: a string as is; chat messages as "role: content" lines."""
+    if isinstance(x, str):
+        return x
+    return "\n".join(f"{m['role']}: {m['content']}" for m in x)
+
+
+def judge_pool_model(reward_funcs: list) -> Optional[dict]:
+    """The judge pool's engine settings (``model``, ``engine``, ``dtype``, ``trust_remote_code``, ``engine_options``)
+    from the ``llm_judge`` entries of ``reward_funcs`` (dicts, as ``cluster.kit.resolve_reward_funcs`` gives them),
+    or None when there is none. Every judge entry must name the same model and engine: the run has one judge pool."""
+    specs = [s for s in reward_funcs if not isinstance(s, str) and s["name"] == JUDGE]
+    if not specs:
+        return None
+    keys = ("model", "engine", "dtype", "trust_remote_code", "engine_options")
+    settings = [{k: s["kwargs"].get(k, _FACTORY_DEFAULTS.get(k)) for k in keys} for s in specs]
+    if any(s != settings[0] for s in settings[1:]):
+        raise ValueError(f"the llm_judge reward functions name different judge models or engines ({settings}): a run "
+                         "has one judge pool (cluster.judge); give every llm_judge entry the same model, engine, "
+                         "dtype and engine_options")
+    return settings[0]
+
+
+_FACTORY_DEFAULTS = {"engine": "hf", "dtype": "float32", "trust_remote_code": False, "engine_options": None}
+
+
+@builtin(JUDGE)
+def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_PATTERN,
+                   labels: Optional[dict[str, float]] = None, score_range: Optional[list[float]] = None,
+                   chat: bool = True, max_tokens: int = 32, temperature: float = 0.0, engine: str = "hf",
+                   dtype: str = "float32", trust_remote_code: bool = False, engine_options: Optional[dict] = None,
+                   judge_actors: Optional[list[str]] = None, namespace: Optional[str] = None):
+    """``model``: any HF causal LM (local path or hub id), frozen. ``template``: the judge's prompt, with
+    ``{completion}`` (required), ``{prompt}`` and dataset columns. ``chat``: send the filled template as a user
+    message through the judge's chat template (False: as raw text). ``max_tokens``/``temperature``: the judge's
+    sampling (0: greedy). ``engine``/``dtype``/``trust_remote_code``/``engine_options``: its engine (as ``rollout``).
+    ``judge_actors``/``namespace`` are set by the controller (the judge pool's actor names); without them (the
+    pre-flight) the function is built and checked but cannot be called.
+
+    Checked here, so before any actor starts: the template names ``{completion}`` and parses; ``pattern`` compiles;
+    ``labels`` are numbers; a local ``model`` folder has a config.json and, with ``chat``, a chat template."""
+    fields = template_fields(template)
+    if "completion" not in fields:
+        raise ValueError(f"llm_judge template {template[:120]!r} has no {{completion}} field: the judge would never see "
+                         "the completion it grades; put {completion} (and usually {prompt}) in the template")
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"llm_judge pattern {pattern!r} is not a valid regular expression ({e})") from None
+    if labels is not None:
+        if not isinstance(labels, dict) or not all(isinstance(v, (int, float)) for v in labels.values()):
+            raise ValueError(f"llm_judge labels {labels!r}: give a mapping from verdict text to score, e.g. "
+                             "{yes: 1.0, no: 0.0}")
+        labels = {str(k).strip().lower(): float(v) for k, v in labels.items()}
+    bounds = None
+    if score_range is not None:
+        if len(score_range) != 2 or not score_range[0] <= score_range[1]:
+            raise ValueError(f"llm_judge score_range {score_range!r}: give [lowest, highest]")
+        bounds = (float(score_range[0]), float(score_range[1]))
+    _check_judge_model(model, chat, trust_remote_code)
+    columns = tuple(f for f in fields if f not in ("completion", "prompt"))
+    state: dict = {}
+
+    def llm_judge(prompts, completions, log_extra=None, log_metric=None, **kwargs):
+        import ray
+        from rollout_workers.engine import SamplingParams
+        if not judge_actors:
+            raise RuntimeError("llm_judge has no judge pool: the controller starts cluster.judge and passes its "
+                               "actors (judge_actors); this function was built outside a run")
+        if "actors" not in state:
+            state["actors"] = [ray.get_actor(name, namespace=namespace) for name in judge_actors]
+        texts = [template.format(prompt=as_text(p), completion=as_text(c), **{k: kwargs[k][i] for k in columns})
+                 for i, (p, c) in enumerate(zip(prompts, completions))]
+        unique = list(dict.fromkeys(texts))  # a group's equal completions are judged once
+        records = [{"prompt": [{"role": "user", "content": t}] if chat else t} for t in unique]
+        params = SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens)
+        actors = state["actors"]
+        shards = [list(range(i, len(unique), len(actors))) for i in range(len(actors))]  # text indices per replica
+        batches = ray.get([a.generate.remote([records[j] for j in shard], params)
+                           for a, shard in zip(actors, shards) if shard])
+        answers = {unique[j]: answer for shard, batch in zip(shards, batches)
+                   for j, answer in zip(shard, batch.completions)}
+        scores = [parse_verdict(answers[t], regex, labels, bounds) for t in texts]
+        if log_metric is not None:
+            log_metric(f"{JUDGE}/unparseable", sum(s is None for s in scores) / max(1, len(scores)))
+        if log_extra is not None:
+            log_extra("judge_answer", [answers[t] for t in texts])
+        return scores
+
+    llm_judge.columns = columns
+    return llm_judge
+
+
+def _check_judge_model(model: str, chat: bool, trust_remote_code: bool) -> None:
+    if isinstance(model, str) and model.startswith("kit:"):
+        raise ValueError(f"llm_judge model {model!r}: a kit path must be resolved to the kit's folder first "
+                         "(cluster.kit.resolve_reward_funcs); is there a kit section?")
+    if not os.path.isdir(model):
+        return  # a hub id: the judge actor loads it
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        raise ValueError(f"llm_judge model {model!r}: the folder has no config.json (not an HF checkpoint)")
+    if chat and not _has_chat_template(model):
+        raise ValueError(f"llm_judge model {model!r} has no chat template, so the judge prompt cannot be sent as a "
+                         "chat message: set chat: false (the filled template is sent as raw text) or use an "
+                         "instruction-tuned judge")
+
+
+def _has_chat_template(model: str) -> bool:
+    if os.path.isfile(os.path.join(model, "chat_template.jinja")) or os.path.isfile(
+            os.path.join(model, "chat_template.json")):
+        return True
+    try:
+        with open(os.path.join(model, "tokenizer_config.json")) as f:
+            return bool(json.load(f).get("chat_template"))
+    except (OSError, ValueError):
+        return False
