@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import distill, grpo, minillm, ppo
+from . import distill, grpo, minillm, ppo, ssd
 from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec  # noqa: F401
 
 FAMILIES: dict[str, ModuleType] = {}
 CONFIG_MODELS = []
-for _module in (grpo, minillm, distill, ppo):
+for _module in (grpo, minillm, distill, ppo, ssd):
     for _cfg in _module.CONFIGS:
         FAMILIES[_cfg.model_fields["name"].default] = _module
         CONFIG_MODELS.append(_cfg)

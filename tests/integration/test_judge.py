@@ -1,6 +1,6 @@
 """LLM judges (``llm_judge``): the judge pool (real ``RolloutWorker`` actors, frozen weights) answers the filled
-template exactly as a direct transformers greedy generation of the same text does, its verdicts are parsed (None
-when unparseable, never 0), and a real run starts the judge pool and logs its scores. Bad judge settings are errors
+template exactly as a direct transformers greedy generation of the same text does, and its verdicts are parsed (None
+when unparseable, never 0); a real run with the judge pool is in test_reward_model.py. Bad judge settings are errors
 of the pre-flight, before any actor starts.
 
 The judge is the kit's warm start, which only reads digits, ``+`` and ``=``: the template ``{completion}+11=``
@@ -31,7 +31,7 @@ def test_verdicts_are_parsed_or_none():
                                                                                          "answer"]
 
 
-def _judge_spec(model, **kw):
+def judge_spec(model, **kw):
     return {"name": "llm_judge", "kwargs": {"model": model, "template": TEMPLATE, "chat": False, "max_tokens": 4, **kw}}
 
 
@@ -47,7 +47,7 @@ def test_the_judge_pool_answers_as_a_direct_generation(ray_cluster, kit):
         kit["warm_start"], "hf", "float32", {}, index=i, pool="judge") for i, n in enumerate(names)]
     try:
         ray.get([a.ping.remote() for a in actors])
-        _, fn = resolve(_judge_spec(kit["warm_start"], judge_actors=names, namespace="test-judge",
+        _, fn = resolve(judge_spec(kit["warm_start"], judge_actors=names, namespace="test-judge",
                                     pattern=r"^(\d+)$"), None)
         completions = ["46", "23", "46", "70", "", "9999", "5+5", "31"]
         logged, metrics = {}, {}
@@ -74,29 +74,6 @@ def test_the_judge_pool_answers_as_a_direct_generation(ray_cluster, kit):
             ray.kill(a)
 
 
-def test_a_run_starts_the_judge_pool_and_logs_its_scores(ray_cluster, kit, tmp_path):
-    """Also: two reward replicas beside one rollout replica share its chunks (both call the one judge pool)."""
-    import json
-    from cluster.config import validate_dict
-    from cluster.controller import train
-    from tests.conftest import quickstart_dict
-    raw = quickstart_dict(train={"max_steps": 1, "eval_steps": None, "save_steps": None},
-                          reward={"reward_funcs": ["arithmetic_exact",
-                                                   _judge_spec("kit:warm_start", score_range=[0, 300])],
-                                  "reward_weights": [1.0, 0.0]},
-                          cluster={"learner": {"replicas": 1, "num_cpus": 1}, "judge": {"num_cpus": 0.25},
-                                   "rollout": {"replicas": 1}, "reward": {"replicas": 2, "num_cpus": 0.25}})
-    train(validate_dict(raw), output_dir=str(tmp_path))
-    steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert [r["step"] for r in steps] == [1]
-    r = steps[0]
-    assert "rewards/llm_judge/mean" in r and 0 <= r["rewards/llm_judge/unparseable"] <= 1, r
-    assert r["reward/mean"] == pytest.approx(r["rewards/arithmetic_exact/mean"], abs=1e-6)  # weight 0: not summed
-    # the reward pool scales apart from the rollout pool: two reward replicas split the one rollout chunk
-    work = json.loads((tmp_path / "pipeline.json").read_text())["work_per_replica"]
-    assert work["reward/0"] > 0 and work["reward/1"] > 0 and work["reward/0"] + work["reward/1"] == work["rollout/0"]
-
-
 @pytest.mark.parametrize("kwargs, message", [
     ({"template": "Grade this answer: {prompt}"}, r"reward_funcs\[1\].*no \{completion\} field"),
     ({"template": "{completion} vs {reference}"}, r"reward_funcs\[1\].*reference"),
@@ -108,8 +85,8 @@ def test_bad_judge_settings_are_preflight_errors(kit, kwargs, message):
     from cluster.preflight import preflight
     from tests.conftest import quickstart_dict
     raw = quickstart_dict(reward={"reward_funcs": ["arithmetic_exact",
-                                                   {**_judge_spec("kit:warm_start"),
-                                                    "kwargs": {**_judge_spec("kit:warm_start")["kwargs"], **kwargs}}]})
+                                                   {**judge_spec("kit:warm_start"),
+                                                    "kwargs": {**judge_spec("kit:warm_start")["kwargs"], **kwargs}}]})
     with pytest.raises(ConfigError, match=message):
         preflight(validate_dict(raw), kit_built=True)
 
@@ -118,6 +95,6 @@ def test_two_judge_models_are_refused(kit):
     from cluster.config import ConfigError, validate_dict
     from cluster.preflight import preflight
     from tests.conftest import quickstart_dict
-    raw = quickstart_dict(reward={"reward_funcs": [_judge_spec("kit:warm_start"), _judge_spec("kit:base")]})
+    raw = quickstart_dict(reward={"reward_funcs": [judge_spec("kit:warm_start"), judge_spec("kit:base")]})
     with pytest.raises(ConfigError, match="one judge pool"):
         preflight(validate_dict(raw), kit_built=True)

@@ -50,23 +50,34 @@ def test_a_folder_that_is_not_a_checkpoint_is_refused(tmp_path):
         resolve({"name": "reward_model", "kwargs": {"model": str(tmp_path)}}, None)
 
 
-def test_a_run_combines_a_reward_model_with_a_rule_reward(ray_cluster, kit, reward_model_dir, tmp_path):
-    """Through the reward actor in a real run, weighted with the kit's verifier by ``reward_weights``."""
+def test_a_run_combines_a_reward_model_a_judge_and_a_rule_reward(ray_cluster, kit, reward_model_dir, tmp_path):
+    """Through the reward actors of a real run, weighted by ``reward_weights``: the kit's verifier, the reward model
+    (0.5) and an LLM judge served by the run's judge pool (weight 0: logged, not summed; tests/integration/
+    test_judge.py checks its verdicts). Two reward replicas beside one rollout replica split its chunks (both call the
+    one judge pool)."""
     import json
     from cluster.config import validate_dict
     from cluster.controller import train
     from tests.conftest import quickstart_dict
+    from tests.integration.test_judge import judge_spec
     raw = quickstart_dict(train={"max_steps": 2, "eval_steps": None, "save_steps": None},
                           reward={"reward_funcs": ["arithmetic_exact",
-                                                   {"name": "reward_model", "kwargs": {"model": reward_model_dir}}],
-                                  "reward_weights": [1.0, 0.5]},
-                          cluster={"learner": {"replicas": 1, "num_cpus": 1}})
+                                                   {"name": "reward_model", "kwargs": {"model": reward_model_dir}},
+                                                   judge_spec("kit:warm_start", score_range=[0, 300])],
+                                  "reward_weights": [1.0, 0.5, 0.0]},
+                          cluster={"learner": {"replicas": 1, "num_cpus": 1}, "judge": {"num_cpus": 0.25},
+                                   "rollout": {"replicas": 1}, "reward": {"replicas": 2, "num_cpus": 0.25}})
     train(validate_dict(raw), output_dir=str(tmp_path))
     steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:
         rm, rule = r["rewards/reward_model/mean"], r["rewards/arithmetic_exact/mean"]
         assert rm != 0.0 and r["reward/mean"] == pytest.approx(rule + 0.5 * rm, abs=1e-5)
+        assert "rewards/llm_judge/mean" in r and 0 <= r["rewards/llm_judge/unparseable"] <= 1, r
+        assert r["replicas/judge"] == 1
+    # the reward pool scales apart from the rollout pool: two reward replicas split the one rollout chunk
+    work = json.loads((tmp_path / "pipeline.json").read_text())["work_per_replica"]
+    assert work["reward/0"] > 0 and work["reward/1"] > 0 and work["reward/0"] + work["reward/1"] == work["rollout/0"]
 
 
 def test_a_causal_lm_is_refused_before_any_actor_starts(kit):
