@@ -61,9 +61,9 @@ def test_no_network_no_environment_and_an_honest_result_channel(monkeypatch):
     monkeypatch.setenv("RELAY_RL_SECRET", "s3cret")
     assert run_tests("import os\nleak = os.environ.get('RELAY_RL_SECRET')", ["assert leak is None"]) == 1.0
     assert run_tests("import os\nhome = os.getcwd()", ["import os\nassert os.listdir(home) == ['solution.py', "
-                                                       "'tests.json'] or sorted(os.listdir(home)) == "
-                                                       "['solution.py', 'tests.json']"]) == 1.0
-    fake = 'print(\'{"passed": 9, "total": 1}\')'  # stdout is not where the harness reports
+                                                       "'tests.txt'] or sorted(os.listdir(home)) == "
+                                                       "['solution.py', 'tests.txt']"]) == 1.0
+    fake = 'print("9/1")'  # stdout is not where the harness reports (its format: passed/total)
     assert run_tests(fake, ["assert False"]) == 0.0
     if os.geteuid() == 0 and (private_namespaces() or unprivileged_uid()):  # as root the code runs as nobody (in
         # the private sandbox whatever the interpreter; else where nobody can read it)
@@ -269,7 +269,7 @@ def hostile_corpus(port: int, marker: str, name: str, secret: str) -> list[tuple
         ("os._exit(0)", HONEST + "import os\nos._exit(0)\n", TESTS, 0.0),
         # stdout and stderr are /dev/null: 16 MiB of prints (and a fake result) change nothing
         ("prints megabytes", "import sys\nsys.stdout.write('x' * (8 << 20))\nsys.stderr.write('y' * (8 << 20))\n"
-         "print('{\"passed\": 3, \"total\": 3}')\n" + HONEST, TESTS, 1.0),
+         "print('3/3')\n" + HONEST, TESTS, 1.0),
     ]
 
 
