@@ -24,13 +24,11 @@ import torch.nn.functional as F
 from .sft import train_until
 
 
-def _pool(model, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """The score head at the rightmost non-pad token of each row: ``GenericForSequenceClassification``'s pooling
-    (left or right padding alike)."""
+def _last_token(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The rightmost non-pad position of each row (N,): where ``GenericForSequenceClassification`` pools (left or
+    right padding alike)."""
     pad = model.config.get_text_config().pad_token_id
-    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
-    last = (positions * (input_ids != pad)).argmax(-1)  # (N,)
-    return model.score(hidden[torch.arange(len(input_ids)), last]).squeeze(-1)  # (N,)
+    return (torch.arange(input_ids.shape[-1], device=input_ids.device) * (input_ids != pad)).argmax(-1)
 
 
 def _encode(tokenizer, texts: list[str]) -> dict:
@@ -49,11 +47,17 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int = 512) -> li
     return out
 
 
-def pairwise_accuracy(model, tokenizer, pairs: list[tuple], by_kind: bool = False):
+def pair_scores(model, tokenizer, pairs: list[tuple]) -> tuple[list[float], list[float]]:
+    """The scores of ``(prompt, correct, wrong[, kind])`` pairs: (correct texts, wrong texts)."""
+    return (score_texts(model, tokenizer, [p[0] + p[1] for p in pairs]),
+            score_texts(model, tokenizer, [p[0] + p[2] for p in pairs]))
+
+
+def pairwise_accuracy(model, tokenizer, pairs: list[tuple], by_kind: bool = False, scores=None):
     """Fraction of ``(prompt, correct, wrong[, kind])`` pairs whose correct completion scores higher; with
-    ``by_kind``, also that fraction per kind (pairs without a kind count as "any")."""
-    right = score_texts(model, tokenizer, [p[0] + p[1] for p in pairs])
-    wrong = score_texts(model, tokenizer, [p[0] + p[2] for p in pairs])
+    ``by_kind``, also that fraction per kind (pairs without a kind count as "any"). ``scores``: ``pair_scores``
+    already taken."""
+    right, wrong = scores or pair_scores(model, tokenizer, pairs)
     wins = [r > w for r, w in zip(right, wrong)]
     acc = sum(wins) / max(1, len(wins))
     if not by_kind:
@@ -85,30 +89,31 @@ def train_reward_model(model, tokenizer, rows: list[dict], eval_pairs: dict[str,
         wrong = [r["prompt"] + negative(r, rng) for r in batch for _ in range(K)]
         enc = _encode(tokenizer, right + wrong)
         hidden = model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        scores = _pool(model, hidden, enc["input_ids"])  # (B + B*K,)
+        last = _last_token(model, enc["input_ids"])  # (B + B*K,)
+        scores = model.score(hidden[torch.arange(len(last)), last]).squeeze(-1)  # (B + B*K,)
         margin = scores[:B, None] - scores[B:].view(B, K)  # (B, K)
         rm_loss = -F.logsigmoid(margin).mean()  # Bradley-Terry
         loss = rm_loss
         if lm_weight:
-            loss = loss + lm_weight * _answer_lm_loss(model, tokenizer, hidden[:B], enc["input_ids"][:B], batch)
+            loss = loss + lm_weight * _answer_lm_loss(model, tokenizer, hidden[:B], enc["input_ids"][:B], last[:B],
+                                                      batch)
         return loss, f"loss {loss.item():.3f} (pairwise {rm_loss.item():.3f})"
 
     step, dev_acc = train_until(model, cfg, batch_loss, lambda: pairwise_accuracy(model, tokenizer, eval_pairs["dev"]),
                                 seed=seed, log=log, what=f"{name} step {{step}}: {{loss}}, dev pairwise accuracy")
-    test_acc, by_kind = pairwise_accuracy(model, tokenizer, eval_pairs["test"], by_kind=True)
-    right = score_texts(model, tokenizer, [p[0] + p[1] for p in eval_pairs["test"]])
-    wrong = score_texts(model, tokenizer, [p[0] + p[2] for p in eval_pairs["test"]])
+    right, wrong = pair_scores(model, tokenizer, eval_pairs["test"])
+    test_acc, by_kind = pairwise_accuracy(model, tokenizer, eval_pairs["test"], by_kind=True, scores=(right, wrong))
     model.eval()
     return {"steps": step, "dev_accuracy": dev_acc, "test_accuracy": test_acc, "test_accuracy_by_kind": by_kind,
             "test_pairs": len(eval_pairs["test"]), "test_score_correct_mean": round(sum(right) / len(right), 4),
             "test_score_wrong_mean": round(sum(wrong) / len(wrong), 4), "train_s": round(time.time() - t0, 1)}
 
 
-def _answer_lm_loss(model, tokenizer, hidden: torch.Tensor, input_ids: torch.Tensor, batch: list[dict]):
-    """Next-token cross-entropy on the answer tokens of the correct texts (each row's last non-pad tokens), with the
-    input embedding as the output projection."""
-    pad = model.config.get_text_config().pad_token_id
-    last = (torch.arange(input_ids.shape[-1]) * (input_ids != pad)).argmax(-1).tolist()
+def _answer_lm_loss(model, tokenizer, hidden: torch.Tensor, input_ids: torch.Tensor, last: torch.Tensor,
+                    batch: list[dict]):
+    """Next-token cross-entropy on the answer tokens of the correct texts (each row's tokens up to ``last``, its
+    last non-pad position), with the input embedding as the output projection."""
+    last = last.tolist()
     labels = torch.full_like(input_ids, -100)
     for i, r in enumerate(batch):
         n = len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"])

@@ -19,6 +19,7 @@ completions (``log_extra`` column ``judge_answer``).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -80,16 +81,14 @@ def judge_pool_model(reward_funcs: list) -> Optional[dict]:
     specs = [s for s in reward_funcs if not isinstance(s, str) and s["name"] == JUDGE]
     if not specs:
         return None
+    params = inspect.signature(make_llm_judge).parameters
     keys = ("model", "engine", "dtype", "trust_remote_code", "engine_options")
-    settings = [{k: s["kwargs"].get(k, _FACTORY_DEFAULTS.get(k)) for k in keys} for s in specs]
+    settings = [{k: s["kwargs"].get(k, params[k].default) for k in keys} for s in specs]
     if any(s != settings[0] for s in settings[1:]):
         raise ValueError(f"the llm_judge reward functions name different judge models or engines ({settings}): a run "
                          "has one judge pool (cluster.judge); give every llm_judge entry the same model, engine, "
                          "dtype and engine_options")
     return settings[0]
-
-
-_FACTORY_DEFAULTS = {"engine": "hf", "dtype": "float32", "trust_remote_code": False, "engine_options": None}
 
 
 @builtin(JUDGE)
@@ -125,7 +124,7 @@ def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_
         if len(score_range) != 2 or not score_range[0] <= score_range[1]:
             raise ValueError(f"llm_judge score_range {score_range!r}: give [lowest, highest]")
         bounds = (float(score_range[0]), float(score_range[1]))
-    _check_judge_model(model, chat, trust_remote_code)
+    _check_judge_model(model, chat)
     columns = tuple(f for f in fields if f not in ("completion", "prompt"))
     state: dict = {}
 
@@ -159,10 +158,7 @@ def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_
     return llm_judge
 
 
-def _check_judge_model(model: str, chat: bool, trust_remote_code: bool) -> None:
-    if isinstance(model, str) and model.startswith("kit:"):
-        raise ValueError(f"llm_judge model {model!r}: a kit path must be resolved to the kit's folder first "
-                         "(cluster.kit.resolve_reward_funcs); is there a kit section?")
+def _check_judge_model(model: str, chat: bool) -> None:
     if not os.path.isdir(model):
         return  # a hub id: the judge actor loads it
     if not os.path.isfile(os.path.join(model, "config.json")):

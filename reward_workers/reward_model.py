@@ -78,9 +78,6 @@ def make_reward_model(tokenizer, model: str, batch_size: int = 16, max_length: i
     """The checkpoint is read when the first batch comes (on the reward actor, not in the driver's pre-flight); a
     local folder that is not a sequence classifier (no config.json, or a config.json naming a causal LM, say) is an
     error at once (``check_sequence_classifier``): the pre-flight builds this too, so before any actor starts."""
-    if isinstance(model, str) and model.startswith("kit:"):
-        raise ValueError(f"reward model {model!r}: a kit path must be resolved to the kit's folder before the reward "
-                         "function is built (cluster.kit.resolve_reward_funcs); is there a kit section?")
     check_sequence_classifier(model)
     state: dict = {}
 
