@@ -16,7 +16,7 @@ import torch
 TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behaviour_logprobs",
                  "policy_version", "group_id", "truncated", "mixed_version", "rewards", "advantages",
                  "old_logprobs", "ref_logprobs", "is_weights", "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups",
-                 "scores", "values", "returns")
+                 "scores", "values", "returns", "teacher_context")
 # tensors whose second dimension is the completion length (padded on the right when batches are joined)
 _COMPLETION_DIM = ("completion_ids", "completion_mask", "behaviour_logprobs", "old_logprobs", "ref_logprobs",
                    "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups", "values", "returns")
@@ -54,6 +54,8 @@ class Batch:
     scores: Optional[torch.Tensor] = None  # (N,) the weighted reward of each completion
     values: Optional[torch.Tensor] = None  # (N, Tc) V_old from the critic, once per generation batch
     returns: Optional[torch.Tensor] = None  # (N, Tc) GAE returns R_t = A_t + V_old_t (the critic's targets)
+    # -- self-distillation (SDPO, SDFT) --
+    teacher_context: Optional[torch.Tensor] = None  # (N,) bool, the self-teacher saw the row with a context
     # -- text side, aligned with rows --
     prompts: list = field(default_factory=list)  # prompt as given (str or chat messages)
     completions: list = field(default_factory=list)  # decoded completion text
@@ -142,6 +144,27 @@ def _rebuild_batch(arrays: dict[str, np.ndarray], rest: dict[str, Any]) -> Batch
         warnings.simplefilter("ignore", UserWarning)
         tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
     return Batch(**tensors, **rest)
+
+
+def prompt_token_ids(tokenizer, prompt) -> list[int]:
+    """A prompt's token ids: a string as it is (no special tokens added), chat messages through the chat template
+    with the generation prompt."""
+    if isinstance(prompt, list):
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids (N, T) long, mask (N, T) long), padded on the left (prompts)."""
+    width = max(1, max((len(r) for r in rows), default=0))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
 
 
 def _pad(x: torch.Tensor, width: int, left: bool, value) -> torch.Tensor:

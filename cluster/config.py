@@ -106,6 +106,8 @@ class ModelConfig(Strict):
 
 
 class WarmStartConfig(Strict):
+    """The kit's warm start: a relay-rl SFT run (``algorithm.name: sft``) from the base model on the train split."""
+
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
     warmup_steps: int = Field(20, ge=0)
@@ -137,6 +139,11 @@ class KitConfig(Strict):
     intermediate_size: int = 512
     max_position_embeddings: int = 64
     seed: int = 0
+    variant: Literal["plain", "r1"] = "plain"
+    """``plain``: the ``a+b=`` task. ``r1`` adds what self-distillation and the R1 recipes need: a hint column
+    ``privileged_context`` (the answer; the warm start learned to read "46|12+34=" as well as "12+34="), and an R1-style
+    target ``r1_completion`` ("<think>6</think>46": the ones digits' sum, then the answer), with ``|``, ``<think>`` and
+    ``</think>`` in the vocabulary."""
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 
 
@@ -286,7 +293,13 @@ class TeacherModelConfig(Strict):
 # ----------------------------------------------------------------------------------------------------------------
 class TrainConfig(Strict):
     max_steps: int = Field(100, ge=1)
-    """Optimizer steps to run."""
+    """Optimizer steps to run (see ``num_train_epochs``)."""
+    num_train_epochs: Optional[float] = Field(None, gt=0)
+    """Passes over the training prompts: when set, max_steps = ceil(epochs x training rows / prompts per optimizer
+    step), resolved once the data is known (rejection sampling: its kept set). None: max_steps."""
+    target_eval_accuracy: Optional[float] = Field(None, ge=0, le=1)
+    """Stop at the first evaluation whose ``eval/accuracy`` reaches this (the kit's deliberately weak warm start).
+    None: run all steps."""
     learning_rate: float = Field(1e-6, gt=0)
     lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
     warmup_steps: int = Field(0, ge=0)

@@ -10,6 +10,7 @@ Weights reach the rollout pool lazily: right before a generation (or an evaluati
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import deque
@@ -41,7 +42,8 @@ def output_folder(cfg: RunConfig, output_dir: str | None = None) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(chosen))).resolve()
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "pipeline.json", "reward_curve.png", "error.log")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "pipeline.json", "reward_curve.png", "error.log",
+             "rejection_sampling.jsonl")
 
 
 def prepare_output(out: Path, overwrite: bool = False) -> None:
@@ -114,6 +116,10 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
                              teacher_path=checked.teacher_path, resume=ckpt)
         metrics = MetricsLog(out, run_name, previous=checkpoints.saved_metrics(ckpt) if ckpt else None)
         pipe = Pipeline(cfg, sched, pools, train_data)
+        made = methods.prepare(cfg, pipe, out, log)  # e.g. rejection sampling: the dataset it keeps
+        if made is not None:
+            pipe.use_data(made)
+        cfg = with_epochs(cfg, sched, len(pipe.sampler.ds), pools, log)
         ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
         ctl.control = ray.remote(RunControl).options(name=f"{run_name}/control", namespace=cfg.cluster.namespace,
                                                      num_cpus=0).remote()
@@ -151,6 +157,20 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
             ray.shutdown()
 
 
+def with_epochs(cfg: RunConfig, sched: Schedule, rows: int, pools: Pools, log) -> RunConfig:
+    """``train.num_train_epochs`` as optimizer steps over ``rows`` training prompts (the learner ranks' schedules
+    follow); ``cfg`` unchanged without it."""
+    epochs = cfg.train.num_train_epochs
+    if epochs is None:
+        return cfg
+    prompts_per_step = sched.prompts_per_generation / sched.K
+    steps = max(1, math.ceil(epochs * rows / prompts_per_step))
+    get_all([r.set_max_steps.remote(steps) for r in pools.trainers])
+    log(f"[relay-rl] {epochs:g} epoch(s) over {rows} training prompts: {steps} optimizer steps "
+        f"({prompts_per_step:g} prompts per step)")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})
+
+
 def _env_address() -> str | None:
     import os
     return os.environ.get("RAY_ADDRESS")
@@ -183,7 +203,7 @@ class Controller:
         bar = tqdm(total=t.max_steps, initial=self.step, desc=f"{self.cfg.name}", unit="step", dynamic_ncols=True,
                    file=sys.stderr, mininterval=1.0)
         with bar:
-            while self.step < t.max_steps:
+            while self.step < t.max_steps and not self.reached_target():
                 if STOP_REQUESTED.is_set():  # a Ctrl-C whose KeyboardInterrupt was lost on the way
                     raise KeyboardInterrupt("stop requested")
                 step, t0 = self.step + 1, time.time()
@@ -203,11 +223,19 @@ class Controller:
                 bar.update(1)
                 if step % t.logging_steps == 0 or step == t.max_steps:
                     bar.set_postfix(self._postfix(record), refresh=False)
-        if t.eval_steps and self.eval_data is not None and self.last_eval.get("step") != t.max_steps:
-            self.evaluate(t.max_steps)
+        if self.reached_target():
+            self.log(f"[relay-rl] step {self.step}: eval accuracy {self.last_eval['eval/accuracy']:.3f} reached "
+                     f"train.target_eval_accuracy ({t.target_eval_accuracy}): stopped")
+        if t.eval_steps and self.eval_data is not None and self.last_eval.get("step") != self.step:
+            self.evaluate(self.step)
         self.save(self.out / "final")
         self.ledger.write(self.out / "pipeline.json", self.sched.S * self.sched.mu)
         return {**self.metrics.history[-1], **self.last_eval}
+
+    def reached_target(self) -> bool:
+        """``train.target_eval_accuracy``: the last evaluation reached it (the run stops there)."""
+        target = self.cfg.train.target_eval_accuracy
+        return target is not None and self.step > 0 and self.last_eval.get("eval/accuracy", -1.0) >= target
 
     # 1. rollout -------------------------------------------------------------------------------------------------
     def launch_generations(self) -> None:

@@ -5,8 +5,11 @@ sometimes succeeds. Built once per settings and reused (``~/.cache/relay-rl/kits
 Layout of a kit folder::
 
     tokenizer + base/      the untrained model (tokenizer saved with it)
-    warm_start/            the SFT warm start (HF format)
+    warm_start/            the SFT warm start (HF format), trained by a relay-rl SFT run (``algorithm.name: sft``)
+                           whose run folder is kept as warm_start_run/ (metrics, curve)
     train.jsonl test.jsonl dev.jsonl   {"prompt": "12+34=", "answer": "46", "solution": "46"}
+                           (variant r1: also "privileged_context": "46", "r1_completion": "<think>6</think>46")
+    warm_start.jsonl       what the warm start trains on (variant r1: every train row, and again behind its hint)
     kit.json               what was built and the warm start's accuracies
     teacher/ teacher_pairs/ reward_model/   optional parts (``KIT_PARTS``), built only when asked for: strong SFT
                            teachers for distillation and a trained reward model (a sequence classifier), each an HF
@@ -27,7 +30,9 @@ from typing import Union
 from .config import KitConfig
 
 VOCAB = ["<pad>", "<eos>", *"0123456789", "+", "="]
-KIT_FORMAT = 2  # bump when what a kit holds changes, so cached kits are rebuilt
+R1_TOKENS = ["|", "<think>", "</think>"]  # the r1 variant's: a hint's separator, a reasoning block
+HINT = "{privileged_context}|{prompt}"  # how the r1 variant shows a hint: "46|12+34="
+KIT_FORMAT = 3  # bump when what a kit holds changes, so cached kits are rebuilt
 
 
 def kit_dir(cfg: KitConfig) -> Path:
@@ -36,7 +41,8 @@ def kit_dir(cfg: KitConfig) -> Path:
     key = json.dumps({"format": KIT_FORMAT, **cfg.model_dump(exclude={"dir"})}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = Path(os.environ.get("RELAY_RL_CACHE", "~/.cache/relay-rl")).expanduser()
-    return (root / "kits" / f"arithmetic-{digest}").resolve()
+    variant = "" if cfg.variant == "plain" else f"{cfg.variant}-"
+    return (root / "kits" / f"arithmetic-{variant}{digest}").resolve()
 
 
 def resolve_kit_path(value: str, cfg: KitConfig | None) -> str:
@@ -51,8 +57,11 @@ def resolve_kit_path(value: str, cfg: KitConfig | None) -> str:
     return str(root / files.get(name, name))
 
 
-def build_tokenizer():
-    """The kit's character tokenizer: one token per character of ``VOCAB``."""
+def build_tokenizer(variant: str = "plain"):
+    """The kit's character tokenizer: one token per character of ``VOCAB`` (variant r1: and ``R1_TOKENS``, the think
+    tags as whole tokens that decode as text, so ``think_format`` sees them)."""
+    if variant == "r1":
+        return _word_level_tokenizer(VOCAB + R1_TOKENS, split=r"</?think>|.")
     return _word_level_tokenizer(VOCAB, split=".")
 
 
@@ -125,8 +134,20 @@ def make_task(cfg: KitConfig) -> dict[str, list[dict]]:
     random.Random(cfg.seed).shuffle(pairs)
     # ``solution`` repeats the answer for rewards that read that column (math equivalence, cosine length)
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "solution": str(a + b)} for a, b in pairs]
+    if cfg.variant == "r1":  # the hint is the answer; the reasoning, the ones digits' sum (the carry shows in it)
+        for (a, b), r in zip(pairs, rows):
+            r.update(privileged_context=r["answer"], r1_completion=f"<think>{a % 10 + b % 10}</think>{r['answer']}")
     test, train = rows[:cfg.test_size], rows[cfg.test_size:]
     return {"train": train, "test": test, "dev": train[:cfg.dev_size]}
+
+
+def warm_start_rows(cfg: KitConfig, train: list[dict]) -> list[dict]:
+    """What the warm start trains on: the train rows (prompt -> answer); variant r1 also every row behind its hint
+    ("46|12+34=" -> "46"), so the model learns to use a hint (SDPO's and SDFT's re-prompted teacher is this model)."""
+    if cfg.variant != "r1":
+        return train
+    hinted = [{"prompt": HINT.format(**r), "answer": r["answer"]} for r in train]
+    return [x for pair in zip(train, hinted) for x in pair]
 
 
 @dataclass(frozen=True)
@@ -426,26 +447,66 @@ def _build_kit(cfg: KitConfig, root: Path, log) -> None:
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(cfg.variant)
     model = build_model(cfg, tokenizer)
     for d in ("base",):
         model.save_pretrained(tmp / d)
         tokenizer.save_pretrained(tmp / d)
     splits = make_task(cfg)
+    splits["warm_start"] = warm_start_rows(cfg, splits["train"])
     for name, rows in splits.items():
         with open(tmp / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[kit] tokenizer ({len(tokenizer)} tokens), Qwen3 model ({n_params:,} parameters), task "
-        f"({len(splits['train'])} train / {len(splits['test'])} test pairs); warm start ...")
+        f"({len(splits['train'])} train / {len(splits['test'])} test pairs); warm start (relay-rl SFT) ...")
 
-    from learner.sft import warm_start
-    summary = warm_start(tmp / "base", splits, tmp / "warm_start", cfg.warm_start, seed=cfg.seed, log=log)
+    summary = sft_warm_start(cfg, tmp, log)
     summary.update(parameters=n_params, build_s=round(time.time() - t0, 1))
     (tmp / "kit.json").write_text(json.dumps(summary, indent=2))
     _move_into_place(tmp, root)
     log(f"[kit] ready in {time.time() - t0:.0f}s at {root}: warm start held-out greedy accuracy "
-        f"{summary['test_accuracy']:.3f} (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
+        f"{summary['test_accuracy']:.3f}"
+        + (f" ({summary['test_accuracy_hinted']:.3f} with the hint)" if "test_accuracy_hinted" in summary else "")
+        + f" (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
+
+
+def sft_warm_start(cfg: KitConfig, root: Path, log) -> dict:
+    """The warm start as a relay-rl SFT run (the R1 recipe's cold start, stopped early on purpose): from ``base`` on
+    warm_start.jsonl, evaluated every ``eval_every`` steps on the dev split (greedy, ``arithmetic_exact``), stopped at
+    the first evaluation that reaches ``target_dev_accuracy`` (``train.target_eval_accuracy``): a fixed step count is
+    fragile here (accuracy can jump 25 points between evaluations). One learner rank, ZeRO-0. Writes warm_start/
+    (and its run folder warm_start_run/); returns the summary, held-out test accuracy included."""
+    from learner.sft import greedy_accuracy
+
+    from .config import validate_dict
+    from .controller import train
+    w = cfg.warm_start
+    run = {
+        "name": "kit-warm-start",
+        "model": {"name_or_path": str(root / "base")},
+        "data": {"train": str(root / "warm_start.jsonl"), "eval": str(root / "dev.jsonl"),
+                 "completion_column": "answer"},
+        "reward": {"reward_funcs": ["arithmetic_exact"]},  # eval/accuracy on the dev split
+        "algorithm": {"name": "sft", "per_device_train_batch_size": w.batch_size},
+        "rollout": {"engine": "hf", "max_prompt_length": 16, "max_completion_length": 5},
+        "train": {"learning_rate": w.learning_rate, "lr_scheduler_type": "constant", "warmup_steps": w.warmup_steps,
+                  "adam_beta2": 0.98, "max_steps": w.max_steps, "eval_steps": w.eval_every,
+                  "target_eval_accuracy": w.target_dev_accuracy, "zero_stage": 0, "seed": cfg.seed},
+        "cluster": {"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 1, "num_cpus": 0.5},
+                    "reward": {"replicas": 1, "num_cpus": 0.25}},
+    }
+    t0 = time.time()
+    result = train(validate_dict(run, source="the kit's warm start"), output_dir=str(root / "warm_start_run"),
+                   log=log)
+    shutil.move(root / "warm_start_run" / "final", root / "warm_start")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tok = AutoModelForCausalLM.from_pretrained(root / "warm_start"), AutoTokenizer.from_pretrained(root / "warm_start")
+    test = read_splits(root)["test"]
+    return {"steps": result["step"], "dev_accuracy": result["eval/accuracy"],
+            "test_accuracy": greedy_accuracy(model, tok, test), "sft_s": round(time.time() - t0, 1),
+            **({"test_accuracy_hinted": greedy_accuracy(model, tok, [{**r, "prompt": HINT.format(**r)} for r in test])}
+               if cfg.variant == "r1" else {})}
 
 
 def _ensure_part(cfg: KitConfig, root: Path, name: str, log) -> Path:

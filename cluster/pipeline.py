@@ -14,7 +14,7 @@ import ray
 import torch
 
 from learner.advantages import total_reward
-from learner.methods import DATASET, POLICY, TEACHER, family, mixes_sources, sources
+from learner.methods import DATASET, POLICY, TEACHER, family, generation_prompts, mixes_sources, sources
 from rollout_workers.engine import SamplingParams
 
 from .batch import Batch
@@ -151,6 +151,10 @@ class Pipeline:
                              repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
                              stop=tuple(r.stop) if r.stop else None)
 
+    def use_data(self, dataset) -> None:
+        """Train on ``dataset`` instead of ``data.train`` (made at run time: rejection sampling's kept set)."""
+        self.sampler = PromptSampler(dataset, self.cfg.data.shuffle_dataset, self.cfg.train.seed)
+
     # -- colocated engines ---------------------------------------------------------------------------------------
     @property
     def sleeps(self) -> bool:
@@ -190,10 +194,11 @@ class Pipeline:
         self.rollout_version = version
         self.last_sync = {"publish_s": time.time() - t0, "version": version}
 
-    def sync_reference(self, alpha: float) -> None:
-        """TR-DPO reference refresh: theta_ref <- alpha * theta + (1 - alpha) * theta_ref on every teacher actor."""
+    def sync_teacher(self, pool: str, alpha: float) -> None:
+        """A scoring pool that follows the policy: theta_T <- alpha * theta + (1 - alpha) * theta_T on every actor of
+        ``pool`` (TR-DPO's reference refresh, SDPO's EMA teacher; alpha = 1 copies the policy)."""
         refs = get_all([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
-        ray.get([t.mix_weights.remote(refs, alpha) for t in self.pools.teachers["reference"]])
+        ray.get([t.mix_weights.remote(refs, alpha) for t in self.pools.teachers[pool]])
 
     def sync_stats(self) -> dict:
         """Finish the last sync's bookkeeping (waits for the queued loads)."""
@@ -243,7 +248,9 @@ class Pipeline:
                                                      self.cfg.rollout.max_completion_length, group_ids=gids, n=s.G)
                 else:
                     ref = worker.generate.remote(recs, _seeded(params, w_index + (1000 if src == TEACHER else 0)),
-                                                 group_ids=gids)
+                                                 group_ids=gids,
+                                                 generation_prompts=generation_prompts(self.cfg, recs)
+                                                 if src == POLICY else None)
                 chunks.append((ref, len(chunk)))
         scored = self._score(chunks, gen_id)
         out = assemble.options(num_returns=s.P + 1).remote(

@@ -111,13 +111,15 @@ class PoolMaker:
                 j["model"], j["engine"], j["dtype"], {"trust_remote_code": j["trust_remote_code"],
                                                       **(j["engine_options"] or {})}, index=i, pool="judge")
         spec = next(s for s in cfg.needs.teachers if s.pool == pool)
-        ref, t = pool == "reference", cfg.teacher
-        path, dtype = (self.model_path, cfg.model.dtype) if ref else (self.teacher_path, t.dtype)
-        if ref and self.resume is not None and (self.resume / "relay" / "reference").is_dir():
-            path = str(self.resume / "relay" / "reference")  # a reference that moves (sync_ref_model)
+        own = spec.model == "policy"  # the policy's initial weights (reference, self-teacher), else ``teacher:``
+        m = cfg.model if own else cfg.teacher
+        path = self.model_path if own else self.teacher_path
+        if self.resume is not None and (self.resume / "relay" / pool).is_dir():
+            path = str(self.resume / "relay" / pool)  # a pool whose weights move (``moving_pools``): its saved copy
         return _actor(TeacherWorker, cfg.pool_spec(pool), name, ns).remote(
-            path, dtype, index=i, pool=pool, trust_remote_code=cfg.model.trust_remote_code if ref else t.trust_remote_code,
-            student_tokenizer=self.model_path if spec.retokenize else None)
+            path, m.dtype, index=i, pool=pool, trust_remote_code=m.trust_remote_code,
+            student_tokenizer=self.model_path if spec.retokenize else None,
+            run_config=cfg.model_dump(mode="json") if spec.reprompt else None)
 
 
 def uses_judge(cfg: RunConfig) -> bool:

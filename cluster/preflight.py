@@ -81,6 +81,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             out.eval_data = ds
     if DATASET in sources(cfg.algorithm, 256, 0):
         check_completions(cfg, out.train_data)
+    check_family_columns(cfg, out.train_data)
     if cfg.reward is not None:
         check_rewards(cfg, tok, {fld: ds.column_names for fld, ds in (("data.train", out.train_data),
                                                                        ("data.eval", out.eval_data)) if ds is not None})
@@ -243,14 +244,30 @@ def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg, conversational: bool)
 def check_completions(cfg: RunConfig, ds) -> None:
     col = cfg.data.completion_column
     if col not in ds.column_names:
+        fix = "set data.completion_column" + (", or lmbda: 1.0 (only the policy's own samples)"
+                                              if hasattr(cfg.algorithm, "lmbda") else "")
         raise ConfigError(f"data.completion_column: the training data has no column {col!r} (columns: "
                           f"{', '.join(ds.column_names)}); algorithm {cfg.algorithm.name} trains on dataset "
-                          "completions (lmbda < 1): set data.completion_column, or lmbda: 1.0 (only the policy's "
-                          "own samples)")
+                          f"completions: {fix}")
+    chat = isinstance(ds[0][cfg.data.prompt_column], list)
     for i, c in enumerate(ds.select(range(min(len(ds), SAMPLE_ROWS)))[col]):
-        if not isinstance(c, str):
+        if not (isinstance(c, str) or (chat and isinstance(c, list) and c and all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in c))):
             raise ConfigError(f"data.train: row {i}: the completion ({col!r}) is "
-                              f"{'null' if c is None else type(c).__name__}; it must be a string")
+                              f"{'null' if c is None else type(c).__name__}; it must be a string"
+                              + (", or a list of chat messages (the assistant's turn)" if chat else ""))
+
+
+def check_family_columns(cfg: RunConfig, ds) -> None:
+    """The dataset columns the method itself reads (SDFT's teacher prompt, SDPO's environment feedback)."""
+    from learner.methods import data_columns
+    missing = [c for c in data_columns(cfg) if c not in ds.column_names]
+    if missing:
+        knob = "include_environment_feedback" if cfg.algorithm.name == "sdpo" else "teacher_prompt_template"
+        raise ConfigError(f"data.train: algorithm {cfg.algorithm.name} reads the column(s) {', '.join(missing)} "
+                          f"(algorithm.{knob}), which the training data lacks (columns: {', '.join(ds.column_names)}): "
+                          "add the column (the privileged context the teacher sees), or change algorithm."
+                          f"{knob}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

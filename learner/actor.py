@@ -98,11 +98,10 @@ class LearnerRank:
                 "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())}
 
     def _lr_schedule(self, optimizer):
-        t = self.cfg.train
-        warmup = t.warmup_steps or math.ceil(t.warmup_ratio * t.max_steps)
-        total = max(1, t.max_steps)
-
-        def factor(step: int) -> float:
+        def factor(step: int) -> float:  # reads train.max_steps each time: ``set_max_steps`` may change it
+            t = self.cfg.train
+            warmup = t.warmup_steps or math.ceil(t.warmup_ratio * t.max_steps)
+            total = max(1, t.max_steps)
             if step < warmup:
                 return (step + 1) / (warmup + 1)
             progress = (step - warmup) / max(1, total - warmup)
@@ -113,6 +112,15 @@ class LearnerRank:
             return 1.0
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def set_max_steps(self, max_steps: int) -> int:
+        """The run's length, once known (``train.num_train_epochs`` over a dataset made at run time): the learning-rate
+        schedule follows it."""
+        self.cfg = self.cfg.model_copy(update={"train": self.cfg.train.model_copy(update={"max_steps": max_steps})})
+        schedule = self.engine.lr_scheduler
+        for group, lr in zip(schedule.optimizer.param_groups, schedule.get_lr()):  # the current step's rate, anew
+            group["lr"] = lr
+        return max_steps
 
     # ------------------------------------------------------------------------------------------------------------
     # admission
@@ -176,7 +184,7 @@ class LearnerRank:
         stats: dict = {}
         own_norm = None
         for j, mb in enumerate(micro_batches):
-            outputs = self.forward(self.engine, *self._inputs(mb))  # logits (B, T, V); a critic's values (B, T)
+            outputs = self.objective.forward(self, mb)  # logits (B, T, V); a critic's values (B, T)
             loss, mb_stats = self.objective.loss(self, mb, outputs)
             self.engine.backward(loss, scale_wrt_gas=False)  # L_mb already carries the 1/GA of §6.1
             if j == GA - 1 and self.zero_stage == 0:  # DeepSpeed records no norm without a ZeRO optimizer

@@ -22,6 +22,30 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     return logits[:, :-1, :].float()
 
 
+def packed_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """``completion_logits`` without padding: the rows' real tokens are laid end to end in one sequence whose
+    positions restart at 0 for each row, with no attention mask, so transformers masks attention block-causally per
+    row (no row sees another); logits are computed only where a completion token is predicted. Same (B, Tc, V)
+    result (zeros past each row's end) as the padded forward, without computing a single pad position."""
+    B, Tc = completion_ids.shape
+    p_len = prompt_mask.sum(-1)  # (B,)
+    c_len = (completion_mask > 0).sum(-1)  # (B,)
+    if bool((p_len < 1).any()):
+        raise ValueError("padding-free batches need a prompt of at least one token in every row")
+    rows = [torch.cat([prompt_ids[i, prompt_mask[i] > 0], completion_ids[i, :int(c_len[i])]]) for i in range(B)]
+    input_ids = torch.cat(rows).unsqueeze(0)  # (1, L)
+    position_ids = torch.cat([torch.arange(len(r), device=input_ids.device) for r in rows]).unsqueeze(0)  # (1, L)
+    start = torch.cumsum(p_len + c_len, 0) - (p_len + c_len)  # (B,) where each row begins
+    t = torch.arange(Tc, device=input_ids.device)
+    valid_BT = t.unsqueeze(0) < c_len.unsqueeze(1)  # (B, Tc)
+    pos_BT = start.unsqueeze(1) + p_len.unsqueeze(1) - 1 + t.unsqueeze(0)  # the position predicting token t
+    keep = pos_BT[valid_BT]  # (K,) increasing
+    logits_KV = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=keep, use_cache=False).logits[0]
+    out = logits_KV.new_zeros(B, Tc, logits_KV.shape[-1])
+    out[valid_BT] = logits_KV
+    return out.float()
+
+
 def completion_values(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
     """(B, Tc) float values of a critic (an HF sequence classifier: its backbone, then its scalar ``score`` head at
     every position): position t is the state before completion token t, as in ``completion_logits``."""

@@ -1,8 +1,10 @@
-"""Supervised warm start (the cold-start SFT of the R1 recipe), single process.
+"""Single-process SFT of the kit's fixtures (its distillation teachers, the reward model's loop), not a relay-rl run.
 
 Trains on prompt -> answer + EOS with the loss on the answer tokens only, evaluates greedy accuracy on a dev split
 every ``eval_every`` steps and stops at the first evaluation that reaches ``target_dev_accuracy``: a fixed step
-count is fragile on this task (accuracy can jump 25 points between evaluations).
+count is fragile on this task (accuracy can jump 25 points between evaluations). The kit's warm start is a relay-rl
+SFT run (``learner/methods/sft.py``, ``cluster.kit.sft_warm_start``); the fixtures stay here because they take
+hundreds to thousands of small steps, where a run's per-step overhead would double their build time.
 """
 from __future__ import annotations
 
@@ -50,21 +52,6 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 5,
             correct += ids[:len(want)] == want
     model.train(was_training)
     return correct / max(1, len(rows))
-
-
-def warm_start(base_dir: Path, splits: dict, out_dir: Path, cfg, seed: int = 0, log=print) -> dict:
-    """SFT the model saved at ``base_dir`` (with its tokenizer) and save the result, tokenizer included, to
-    ``out_dir``. ``cfg`` is a ``WarmStartConfig`` or anything with the same fields (the kit's teachers pass theirs)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t0 = time.time()
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    summary = train_sft(model, tokenizer, splits, cfg, seed=seed, log=log)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return {**summary, "sft_s": round(time.time() - t0, 1)}
 
 
 def train_sft(model, tokenizer, splits: dict, cfg, seed: int = 0, log=print, name: str = "warm start") -> dict:

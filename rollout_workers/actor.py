@@ -11,7 +11,7 @@ import time
 import ray
 import torch
 
-from cluster.batch import Batch
+from cluster.batch import Batch, prompt_token_ids
 from learner.weights import arrays_to_tensors, bucket_nbytes
 from .engine import SamplingParams, make_engine
 
@@ -39,43 +39,47 @@ class RolloutWorker:
         return f"RolloutWorker(pool={self.pool}, index={self.index}, policy_version={self.version}, calls={self.calls})"
 
     # ------------------------------------------------------------------------------------------------------------
-    def generate(self, records: list[dict], params: SamplingParams, group_ids: list[int] | None = None) -> Batch:
-        """``params.n`` completions per record; the rows of record i get group id ``group_ids[i]`` (default i)."""
+    def generate(self, records: list[dict], params: SamplingParams, group_ids: list[int] | None = None,
+                 generation_prompts: list | None = None) -> Batch:
+        """``params.n`` completions per record; the rows of record i get group id ``group_ids[i]`` (default i).
+        ``generation_prompts``: sample from these prompts instead (SDFT's ``generate_from_teacher``); the batch keeps
+        the records' own prompts, which the learner trains on."""
         t0 = time.time()
         self.calls += 1
         prompts = [r[self.prompt_column] for r in records]
         prompt_ids, n_truncated = self._tokenize_all(prompts)
+        sample_from = self._tokenize_all(generation_prompts)[0] if generation_prompts is not None else prompt_ids
         if self.partial_chunk:
             self.generating = True
             try:
-                outs = self.engine.generate_partial(prompt_ids, params, self.partial_chunk, self._between_chunks)
+                outs = self.engine.generate_partial(sample_from, params, self.partial_chunk, self._between_chunks)
             finally:
                 self.generating = False
         else:
             with self.lock:
                 self._apply_pending()
-                outs = self.engine.generate(prompt_ids, params)
+                outs = self.engine.generate(sample_from, params)
         return self._batch(records, prompts, prompt_ids, outs, group_ids or list(range(len(records))),
                            info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version,
                                  "n": params.n, "prompts_truncated": n_truncated})
 
     def from_dataset(self, records: list[dict], column: str, max_tokens: int, group_ids: list[int], n: int = 1) -> Batch:
-        """The dataset's completions as a batch (GKD's and GOLD's dataset source): the ``column`` text, tokenised,
-        then EOS, ``n`` rows per record (the batch keeps its shape); longer than ``max_tokens`` is cut and flagged
-        truncated. No behaviour log-probs (NaN); tagged with the version this actor holds, so the data ages like a
-        sample."""
+        """The dataset's completions as a batch (SFT's data; GKD's and GOLD's dataset source), ``n`` rows per record
+        (the batch keeps its shape). A string completion is tokenised, then EOS; an assistant turn (a list of chat
+        messages, with chat-message prompts) is the chat template's text of prompt + completion after that of the
+        prompt (its end-of-turn tokens included). Longer than ``max_tokens`` is cut and flagged truncated. No
+        behaviour log-probs (NaN); tagged with the version this actor holds, so the data ages like a sample."""
         from .engine import Completion
         t0 = time.time()
-        missing = [i for i, r in enumerate(records) if not isinstance(r.get(column), str)]
-        if missing:
-            raise ValueError(f"data.completion_column {column!r}: row {missing[0]} has no string completion "
-                             f"(columns: {sorted(records[missing[0]])})")
+        bad = [i for i, r in enumerate(records) if not isinstance(r.get(column), (str, list))]
+        if bad:
+            raise ValueError(f"data.completion_column {column!r}: row {bad[0]} has no completion (a string, or a "
+                             f"list of chat messages) (columns: {sorted(records[bad[0]])})")
         prompts = [r[self.prompt_column] for r in records]
         prompt_ids, _ = self._tokenize_all(prompts)
-        eos = self.engine.eos_ids[0] if hasattr(self.engine, "eos_ids") else self.tokenizer.eos_token_id
         outs = []
         for r in records:
-            ids = self.tokenizer(r[column], add_special_tokens=False)["input_ids"] + [eos]
+            ids = self._completion_ids(r[self.prompt_column], r[column])
             cut = ids[:max_tokens]
             outs.append([Completion(cut, [float("nan")] * len(cut), "stop" if len(ids) <= max_tokens else "length")] * n)
         return self._batch(records, prompts, prompt_ids, outs, group_ids,
@@ -115,19 +119,31 @@ class RolloutWorker:
             info=info,
         )
 
+    def _completion_ids(self, prompt, completion) -> list[int]:
+        """A dataset completion's token ids: text + EOS, or a chat turn as the template renders it after the prompt
+        (TRL's prompt-completion convention)."""
+        if isinstance(completion, str):
+            eos = self.engine.eos_ids[0] if hasattr(self.engine, "eos_ids") else self.tokenizer.eos_token_id
+            return self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+        if not isinstance(prompt, list):
+            raise ValueError("a completion given as chat messages needs chat-message prompts (data.prompt_column)")
+        full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=True)
+        full = list(full["input_ids"] if isinstance(full, dict) else full)
+        head = prompt_token_ids(self.tokenizer, prompt)
+        if full[:len(head)] != head:
+            raise ValueError("the chat template renders the prompt differently with the completion appended, so the "
+                             "completion's tokens cannot be told apart: give the completion as a string")
+        return full[len(head):]
+
     def _tokenize_all(self, prompts: list) -> tuple[list[list[int]], int]:
         """Token ids of each prompt (chat messages through the chat template), cut to their last
         ``max_prompt_length`` tokens (TRL's left truncation); and how many were cut."""
         out, cut = [], 0
         for prompt in prompts:
-            if isinstance(prompt, list):  # chat messages
-                ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-                ids = ids["input_ids"] if isinstance(ids, dict) else ids
-            else:
-                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = prompt_token_ids(self.tokenizer, prompt)
             if self.max_prompt_length and len(ids) > self.max_prompt_length:
                 ids, cut = ids[-self.max_prompt_length:], cut + 1
-            out.append(list(ids))
+            out.append(ids)
         return out, cut
 
     # ------------------------------------------------------------------------------------------------------------

@@ -7,10 +7,14 @@ with what its pool serves (``learner.methods.TeacherSpec``):
     topk      the k most likely tokens' log-probs and ids           (N, Tc, k) + (N, Tc, k) int32
     full      log-probs over the whole vocabulary (small vocabs)    (N, Tc, V)
 
+A self-teacher pool (SDPO, SDFT) re-prompts each row first: the family's ``teacher_prompts`` gives the prompt the
+teacher scores the row's completion under (a successful sibling, the privileged context), tokenised here, and the
+batch comes back flagged with ``teacher_context`` (rows that got one).
+
 The reference pool fills ``ref_logprobs``; a teacher pool ``teacher_logprobs`` and ``teacher_dist[_ids]``. Rows are
 scored in chunks bounded by ``max_chunk_elements`` logits, so memory stays bounded for any vocabulary and length. The
 batch goes back into the object store: its tensors reach the learner ranks without passing through the driver.
-Weights change only when asked: ``mix_weights`` (TR-DPO reference refresh).
+Weights change only when asked: ``mix_weights`` (TR-DPO's reference refresh, SDPO's EMA or live teacher).
 """
 from __future__ import annotations
 
@@ -19,14 +23,15 @@ import time
 import ray
 import torch
 
-from cluster.batch import Batch
+from cluster.batch import Batch, left_pad, prompt_token_ids
 from learner.logprobs import completion_logits
 from learner.weights import arrays_to_tensors
 
 
 class TeacherWorker:
     def __init__(self, model_path: str, dtype: str = "float32", index: int = 0, pool: str = "teacher",
-                 trust_remote_code: bool = False, max_chunk_elements: int = 2**26, student_tokenizer: str | None = None):
+                 trust_remote_code: bool = False, max_chunk_elements: int = 2**26, student_tokenizer: str | None = None,
+                 run_config: dict | None = None):
         from cluster.runtime import configure_worker
         from transformers import AutoModelForCausalLM
         configure_worker()
@@ -37,6 +42,8 @@ class TeacherWorker:
             model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.student_tokenizer = student_tokenizer  # cross-tokenizer scoring (GOLD's ULD) re-tokenises text
+        self.run_config = run_config  # a re-prompting pool (SDPO, SDFT) asks the run's family for each row's prompt
+        self.tokenizer = None
 
     def __repr__(self) -> str:
         return f"TeacherWorker(pool={self.pool}, index={self.index}, model={self.model_path})"
@@ -48,11 +55,31 @@ class TeacherWorker:
         if spec.get("retokenize"):
             from .retokenize import score_retokenized
             out = score_retokenized(self, batch, spec)
+        elif spec.get("reprompt"):
+            view, out = self._reprompted(batch)
+            out.update(self._score_same_tokens(view, spec))
         else:
             out = self._score_same_tokens(batch, spec)
         nbytes = sum(t.numel() * t.element_size() for t in out.values())
         info = {**batch.info, f"teacher_s/{self.pool}": time.time() - t0, f"teacher_bytes/{self.pool}": nbytes}
         return batch.replace(**out, info=info)
+
+    def _reprompted(self, batch: Batch) -> tuple[Batch, dict[str, torch.Tensor]]:
+        """The batch with each row's prompt replaced by the family's teacher prompt (tokenised with the policy's
+        tokenizer, cut to its last ``max_reprompt_len`` / ``rollout.max_prompt_length`` tokens), and the rows that
+        got a teacher context (the others keep their own prompt: their loss is masked)."""
+        from cluster.config import RunConfig
+        from learner.methods import family
+        from transformers import AutoTokenizer
+        cfg = RunConfig.model_validate(self.run_config)
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        prompts, active = family(cfg.algorithm).teacher_prompts(batch, cfg)
+        budget = getattr(cfg.algorithm, "max_reprompt_len", None) or cfg.rollout.max_prompt_length
+        ids = [prompt_token_ids(self.tokenizer, p)[-budget if budget else 0:] for p in prompts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        prompt_ids, prompt_mask = left_pad(ids, pad)
+        return batch.replace(prompt_ids=prompt_ids, prompt_mask=prompt_mask), {"teacher_context": active}
 
     def _score_same_tokens(self, batch: Batch, spec: dict) -> dict[str, torch.Tensor]:
         kind, k, T = spec["output"], int(spec.get("top_k") or 0), float(spec.get("temperature") or 1.0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import distill, grpo, minillm, ppo, ssd
+from . import distill, grpo, minillm, ppo, sdft, sdpo, sft, ssd
 from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec  # noqa: F401
 
 FAMILIES: dict[str, ModuleType] = {}
 CONFIG_MODELS = []
-for _module in (grpo, minillm, distill, ppo, ssd):
+for _module in (grpo, minillm, distill, ppo, ssd, sft, sdpo, sdft):
     for _cfg in _module.CONFIGS:
         FAMILIES[_cfg.model_fields["name"].default] = _module
         CONFIG_MODELS.append(_cfg)
@@ -59,3 +59,21 @@ def moving_pools(cfg) -> list[str]:
 def after_step(cfg, step: int, pipe) -> None:
     """Driver-side work between optimizer steps (GRPO's reference refresh)."""
     getattr(family(cfg.algorithm), "after_step", lambda c, s, p: None)(cfg, step, pipe)
+
+
+def data_columns(cfg) -> tuple[str, ...]:
+    """Dataset columns the family itself reads (SDFT's teacher prompt, SDPO's feedback): checked before the run."""
+    return getattr(family(cfg.algorithm), "data_columns", lambda c: ())(cfg)
+
+
+def generation_prompts(cfg, records: list[dict]) -> list | None:
+    """Prompts the policy samples from instead of the records' own (SDFT's generate_from_teacher); None: their own."""
+    fn = getattr(family(cfg.algorithm), "generation_prompts", None)
+    return fn(records, cfg) if fn else None
+
+
+def prepare(cfg, pipe, out, log):
+    """Work before the first optimizer step, with the pools up; returns the training data to use instead of
+    ``data.train`` (rejection sampling's kept set), or None."""
+    fn = getattr(family(cfg.algorithm), "prepare", None)
+    return fn(cfg, pipe, out, log) if fn else None

@@ -8,7 +8,10 @@
     objective  the learner-side loss of one micro-batch, ``(loss, stats)``
 
     optional   ``check`` (cross-section rules), ``warnings``, ``after_step`` (driver-side work between optimizer
-               steps: GRPO's TR-DPO reference refresh); ``learner.methods`` supplies the defaults
+               steps: GRPO's TR-DPO reference refresh, SDPO's EMA teacher), ``moving_pools``, ``teacher_prompts``
+               (a teacher pool re-prompts each row: SDPO, SDFT), ``generation_prompts`` (the policy samples from
+               other prompts than it learns on: SDFT's ``generate_from_teacher``), ``prepare`` (work before the first
+               step: rejection sampling writes its dataset); ``learner.methods`` supplies the defaults
 
 The controller loop, the pipeline and the learner rank call these pieces and nothing family-specific.
 """
@@ -62,12 +65,15 @@ class Batching(Strict):
 class TeacherSpec:
     """One teacher pool and what it serves for every sample (teacher_workers/)."""
 
-    pool: str  # pool name: "reference" (the frozen initial policy) or "teacher" (the ``teacher:`` model)
+    pool: str  # pool name: "reference" (KL), "teacher" (the ``teacher:`` model), "self_teacher" (SDPO, SDFT)
     output: Literal["sampled", "topk", "full"] = "sampled"  # sampled-token log-probs, top-k, full vocabulary
     top_k: int = 0
     temperature: float = 1.0  # logits / T before the softmax
     retokenize: bool = False  # cross-tokenizer: the teacher re-tokenises prompt and completion text (GOLD ULD)
     merge: str = "observed"  # cross-tokenizer: how a group's split-token probabilities are merged
+    model: Literal["policy", "teacher"] = "teacher"  # whose weights the pool starts from: the policy's initial
+    # weights (the reference, a self-teacher) or the ``teacher:`` section's model
+    reprompt: bool = False  # the family's ``teacher_prompts`` gives each row the prompt the teacher scores it under
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ class Objective:
     def begin_step(self, micro_batches: list) -> None:
         """The GA micro-batches of the coming optimizer step, before the first forward."""
 
+    def forward(self, rank, mb) -> torch.Tensor:
+        """The model's outputs for a micro-batch: (B, Tc, V) logits of the completion positions (a critic's values)."""
+        return rank.forward(rank.engine, *rank._inputs(mb))
+
     def loss(self, rank, mb, logits_BTV: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
@@ -112,3 +122,11 @@ class Objective:
     @property
     def temperature(self) -> float:
         return self.cfg.rollout.temperature or 1.0
+
+
+def step_tokens(micro_batches: list) -> float:
+    """N_step: the completion tokens of one optimizer step's micro-batches on every rank (the normaliser of a global
+    token mean; collective)."""
+    from learner.collectives import all_reduce_sum
+    n = torch.tensor([sum(float(mb.completion_mask.sum()) for mb in micro_batches)], dtype=torch.float64)
+    return float(all_reduce_sum(n))

@@ -21,11 +21,10 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from learner.collectives import all_reduce_sum
 from learner.divergences import generalized_jsd, topk_support
 from learner.logprobs import scaled_log_softmax
 
-from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec
+from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec, step_tokens
 
 
 class DistillBase(Batching):
@@ -140,8 +139,7 @@ class DistillObjective(Objective):
     """L_mb = sum_{t in mb} JSD_beta(p_S, p_T)_t M_t / (N_step / P): the step objective is the global token mean."""
 
     def begin_step(self, micro_batches) -> None:
-        n = torch.tensor([sum(float(mb.completion_mask.sum()) for mb in micro_batches)], dtype=torch.float64)
-        self.step_tokens = float(all_reduce_sum(n))  # N_step: tokens actually trained on, all ranks
+        self.step_tokens = step_tokens(micro_batches)  # N_step: tokens actually trained on, all ranks
 
     def loss(self, rank, mb, logits_BTV):
         d = logits_BTV.device

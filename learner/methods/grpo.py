@@ -141,8 +141,14 @@ class GRPOConfig(Batching):
 def needs(cfg) -> Needs:
     """Rewards always; reference log-probs (logits / T, as the policy's) when beta > 0."""
     a = cfg.algorithm
-    ref = (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0),) if a.beta > 0 else ()
-    return Needs(rewards=True, teachers=ref)
+    return Needs(rewards=True, teachers=reference_spec(cfg))
+
+
+def reference_spec(cfg) -> tuple[TeacherSpec, ...]:
+    """The reference pool (the frozen initial policy's log-probs at the rollout temperature) when beta > 0."""
+    if getattr(cfg.algorithm, "beta", 0) <= 0:
+        return ()
+    return (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0, model="policy"),)
 
 
 def assemble(batch, alg, reward_weights: list[float], seed: int):
@@ -274,7 +280,7 @@ def after_step(cfg, step: int, pipe) -> None:
     """TR-DPO: every ref_model_sync_steps, theta_ref <- alpha * theta + (1 - alpha) * theta_ref (§1.4)."""
     a = cfg.algorithm
     if a.sync_ref_model and step % a.ref_model_sync_steps == 0:
-        pipe.sync_reference(a.ref_model_mixup_alpha)
+        pipe.sync_teacher("reference", a.ref_model_mixup_alpha)
 
 
 def warnings(cfg) -> list[str]:

@@ -18,7 +18,7 @@ from learner.divergences import kl
 from learner.logprobs import scaled_log_softmax
 
 from .base import Needs, TeacherSpec
-from .grpo import GRPOConfig, GRPOObjective
+from .grpo import GRPOConfig, GRPOObjective, reference_spec
 from .grpo import after_step as after_step  # noqa: F401  (the reference refresh, as GRPO)
 from .grpo import moving_pools as moving_pools  # noqa: F401  (the refreshed reference, as GRPO)
 from .grpo import assemble as assemble  # noqa: F401  (group advantages, as GRPO)
@@ -53,8 +53,7 @@ CONFIGS = (MiniLLMConfig,)
 def needs(cfg) -> Needs:
     a = cfg.algorithm
     teacher = TeacherSpec("teacher", "full" if a.single_step_decomposition else "sampled", 0, a.kd_temperature)
-    ref = (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0),) if a.beta > 0 else ()
-    return Needs(rewards=False, teachers=(teacher, *ref), teacher_model=True)
+    return Needs(rewards=False, teachers=(teacher, *reference_spec(cfg)), teacher_model=True)
 
 
 def reward_to_go(R_BT: torch.Tensor, mask_BT: torch.Tensor, gamma: float, normalize: bool) -> torch.Tensor:

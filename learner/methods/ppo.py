@@ -96,7 +96,7 @@ CONFIGS = (PPOConfig,)
 
 def needs(cfg) -> Needs:
     """Rewards, the critic pool, and the reference's log-probs (at the rollout temperature) unless kl_coef is 0."""
-    ref = (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0),) \
+    ref = (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0, model="policy"),) \
         if cfg.algorithm.kl_coef > 0 else ()
     return Needs(rewards=True, teachers=ref, critic=True)
 
