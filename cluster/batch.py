@@ -150,9 +150,14 @@ def prompt_token_ids(tokenizer, prompt) -> list[int]:
     """A prompt's token ids: a string as it is (no special tokens added), chat messages through the chat template
     with the generation prompt."""
     if isinstance(prompt, list):
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return chat_token_ids(tokenizer, prompt, generation_prompt=True)
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def chat_token_ids(tokenizer, messages: list, generation_prompt: bool = False) -> list[int]:
+    """Chat messages through the tokenizer's chat template, as token ids."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
+                                              return_dict=False))
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -90,23 +90,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"relay-rl: {answer}", file=sys.stderr if answer.startswith("refused") else sys.stdout)
             return EXIT_BAD_INPUT if answer.startswith("refused") else EXIT_OK
         from .config import load_config
+        from .stages import StagedConfig, train_stages
         cfg = load_config(args.run_file, args.overrides)
+        runs = [s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]
         if args.cmd == "validate":
-            return _validate(cfg)
+            return _validate(cfg, runs)
         if args.cmd == "kit":
             from .kit import ensure_kit, kit_parts_needed, reward_kit_paths
             if cfg.kit is None:
                 print("relay-rl: this run file has no kit section", file=sys.stderr)
                 return EXIT_BAD_INPUT
-            teacher = cfg.teacher.name_or_path if cfg.teacher is not None and cfg.needs.teacher_model else None
-            print(ensure_kit(cfg.kit, parts=kit_parts_needed(cfg.model.name_or_path, teacher,
-                                                             *reward_kit_paths(cfg.reward))))
+            parts = [p for c in runs for p in kit_parts_needed(
+                c.model.name_or_path, c.teacher.name_or_path if c.teacher is not None and c.needs.teacher_model
+                else None, *reward_kit_paths(c.reward))]
+            print(ensure_kit(cfg.kit, parts=tuple(dict.fromkeys(parts))))
             return EXIT_OK
         from .controller import output_folder, train
         out_dir = output_folder(cfg, args.output)
         explicit = args.output or cfg.output_dir
-        train(cfg, output_dir=str(out_dir) if explicit or not args.resume else None, overwrite=args.overwrite,
-              resume=args.resume)  # the summary table is its last output
+        run = train_stages if isinstance(cfg, StagedConfig) else train
+        run(cfg, output_dir=str(out_dir) if explicit or not args.resume else None, overwrite=args.overwrite,
+            resume=args.resume)  # the summary table is its last output
         return EXIT_OK
     except BaseException as e:  # noqa: BLE001  (every failure: one message, one exit code)
         if isinstance(e, SystemExit):
@@ -118,24 +122,30 @@ def main(argv: list[str] | None = None) -> int:
         STOP_REQUESTED.clear()  # the next run in this process (tests, notebooks) starts unflagged
 
 
-def _validate(cfg) -> int:
+def _validate(cfg, runs: list) -> int:
+    """Pre-flight every run (a staged file: every stage), print the resolved file and one line per run."""
+    import os
+
     from .config import dump_config, resolve_schedule
     from .preflight import preflight
-    import os
     from .runtime import check_reachable
-    checked = preflight(cfg)
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    from .stages import StagedConfig, dump
+    checked = [preflight(c) for c in runs]
+    address = runs[0].cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
-    s = resolve_schedule(cfg)
-    print(dump_config(cfg), end="")
-    for note in checked.notes:
+    print(dump(cfg) if isinstance(cfg, StagedConfig) else dump_config(cfg), end="")
+    for note in dict.fromkeys(n for c in checked for n in c.notes):
         print(f"# note: {note}")
-    pools = ", ".join(sorted({spec.pool for spec in cfg.needs.teachers}
-                             | ({"frozen_rollout"} if cfg.needs.frozen_rollout else set())))
-    print(f"# valid. algorithm {cfg.algorithm.name}; generation batch {s.generation_batch_size} completions "
-          f"({s.prompts_per_generation} prompts x {s.G}); {s.K:g} optimizer steps per generation batch; learner "
-          f"ranks {s.P}; max_staleness {s.k}" + (f"; scoring pools: {pools}" if pools else ""))
+    names = [s.name for s in cfg.stages] if isinstance(cfg, StagedConfig) else [None]
+    for name, c in zip(names, runs):
+        s = resolve_schedule(c)
+        pools = ", ".join(sorted({spec.pool for spec in c.needs.teachers}
+                                 | ({"frozen_rollout"} if c.needs.frozen_rollout else set())))
+        print("# valid. " + (f"stage {name}: " if name else "") + f"algorithm {c.algorithm.name}; generation batch "
+              f"{s.generation_batch_size} completions ({s.prompts_per_generation} prompts x {s.G}); {s.K:g} "
+              f"optimizer steps per generation batch; learner ranks {s.P}; max_staleness {s.k}"
+              + (f"; scoring pools: {pools}" if pools else ""))
     return 0
 
 

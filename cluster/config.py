@@ -509,6 +509,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig
         else:
             apply_override(raw, item, path)
     raw.setdefault("run_dir", str(path.parent.resolve()))
+    if "stages" in raw:  # several families in sequence (cluster/stages.py)
+        from .stages import validate_stages
+        return validate_stages(raw, source=str(path), lines=lines, overrides=overrides)
     return validate_dict(raw, source=str(path), lines=lines, overrides=overrides)
 
 
@@ -532,6 +535,9 @@ def resolve_path(value: str, base: Path, field: tuple) -> str:
 
 
 def resolve_paths(raw: dict, base: Path) -> None:
+    for stage in raw.get("stages") or ():  # a staged run file: each stage's own sections too
+        if isinstance(stage, dict):
+            resolve_paths(stage, base)
     for field in PATH_FIELDS:
         node = raw
         for part in field[:-1]:
@@ -582,12 +588,24 @@ def _read_yaml(path: Path, what: str = "run file") -> tuple[dict, dict[tuple, st
 
 
 def _merge(base: dict, layer: dict) -> None:
-    """Mappings merge key by key; anything else (values, lists) replaces."""
+    """Mappings merge key by key; lists of named mappings (``stages:``) merge item by item by ``name``; anything else
+    (values, other lists) replaces."""
     for k, v in layer.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             _merge(base[k], v)
+        elif _named_items(v) and _named_items(base.get(k)):
+            by_name = {item["name"]: item for item in base[k]}
+            for item in v:
+                if item["name"] in by_name:
+                    _merge(by_name[item["name"]], item)
+                else:
+                    base[k].append(item)
         else:
             base[k] = v
+
+
+def _named_items(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(i, dict) and "name" in i for i in v)
 
 
 def validate_dict(raw: dict, source: str = "<dict>", lines: dict | None = None, overrides=()) -> RunConfig:
@@ -607,15 +625,22 @@ def apply_override(raw: dict, item: str, path: Path | str = "<command line>") ->
     if not all(parts):
         raise ConfigError(f"override {item!r}: expected key.path=value (e.g. train.max_steps=20)")
     for p in parts[:-1]:
+        if isinstance(node, list):  # ``stages.<name or index>.``
+            found = [x for i, x in enumerate(node) if str(i) == p or (isinstance(x, dict) and x.get("name") == p)]
+            if not found:
+                raise ConfigError(f"override {item!r}: no item {p!r} in that list of {path} (names: "
+                                  f"{', '.join(str(x.get('name')) for x in node if isinstance(x, dict))})")
+            node = found[0]
+            continue
         nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
+        if not isinstance(nxt, (dict, list)):
             raise ConfigError(f"override {item!r}: {p} is not a section in {path}")
         node = nxt
     try:
         parsed = yaml.safe_load(value) if value != "" else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it") from None
-    field = tuple(parts)
+    field = tuple(parts[2:] if parts[0] == "stages" else parts)
     node[parts[-1]] = resolve_path(parsed, Path.cwd(), field) if field in PATH_FIELDS else parsed
 
 
@@ -675,7 +700,9 @@ def _owners(field: str) -> list[str]:
     return [m.model_fields["name"].default for m in CONFIG_MODELS if field in m.model_fields]
 
 
-def _format_errors(e: ValidationError, source: str, lines: dict, overrides) -> str:
+def _format_errors(e: ValidationError, source: str, lines: dict, overrides, stage: tuple | None = None) -> str:
+    """One line per error: file:line, the field path, what is wrong. ``stage`` = (index, name, the stage's own
+    mapping) for a stage of a staged run file: a field the stage sets is shown as ``stages.<name>.<field>``."""
     msgs = []
     for err in e.errors():
         raw_loc, family_name = err["loc"], None
@@ -685,6 +712,14 @@ def _format_errors(e: ValidationError, source: str, lines: dict, overrides) -> s
                                                                                        "function-after"))))
         field = ".".join(str(p) for p in loc) or "(top level)"
         where = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), source)
+        if stage is not None:
+            index, name, own = stage
+            in_stage = next((i for i in range(len(loc), 0, -1) if ("stages", index, *loc[:i]) in lines
+                             and _has_path(own, loc[:i])), None)
+            if in_stage:
+                where, field = lines[("stages", index, *loc[:in_stage])], f"stages.{name}.{field}"
+            else:
+                field = f"{field} (stage {name})"
         if any(o.split("=", 1)[0].strip() == field for o in overrides):
             where += " (command-line override)"
         if err["type"] == "extra_forbidden":
@@ -702,6 +737,14 @@ def _format_errors(e: ValidationError, source: str, lines: dict, overrides) -> s
         msg = msg.replace("Value error, ", "")
         msgs.append(f"{where}: {field}: {msg}")
     return "invalid run file\n  " + "\n  ".join(msgs)
+
+
+def _has_path(d, path: tuple) -> bool:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return False
+        d = d[p]
+    return True
 
 
 def dump_config(cfg: RunConfig) -> str:

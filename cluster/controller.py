@@ -91,8 +91,9 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
     if cfg.kit is not None:
         ensure_kit(cfg.kit, log=log, parts=kit_parts_needed(cfg.model.name_or_path, teacher_name,
                                                             *reward_kit_paths(cfg.reward)))
-        ks = kit_summary(cfg.kit)
-        extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
+        if cfg.model.name_or_path == "kit:warm_start":
+            ks = kit_summary(cfg.kit)
+            extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
     checked = preflight(cfg, kit_built=True)  # before any actor: models, data, reward functions
     out.mkdir(parents=True, exist_ok=True)
     if ckpt is None:
@@ -116,9 +117,11 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
                              teacher_path=checked.teacher_path, resume=ckpt)
         metrics = MetricsLog(out, run_name, previous=checkpoints.saved_metrics(ckpt) if ckpt else None)
         pipe = Pipeline(cfg, sched, pools, train_data)
-        made = methods.prepare(cfg, pipe, out, log)  # e.g. rejection sampling: the dataset it keeps
+        made, prepared = methods.prepare(cfg, pipe, out, log)  # e.g. rejection sampling: the dataset it keeps
         if made is not None:
             pipe.use_data(made)
+        if prepared:
+            metrics.write({"step": 0, **prepared})
         cfg = with_epochs(cfg, sched, len(pipe.sampler.ds), pools, log)
         ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
         ctl.control = ray.remote(RunControl).options(name=f"{run_name}/control", namespace=cfg.cluster.namespace,

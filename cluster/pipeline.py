@@ -234,7 +234,7 @@ class Pipeline:
             by_source.setdefault(plan[i * s.G // s.B], []).append((record, gen_id * len(records) + i))
         if mixes_sources(a):  # the fraction of each source
             gen.source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
-        params = SamplingParams(n=s.G, seed=seed, **self.sampling)
+        params = self.training_sampling(s.G, seed)
         chunks = []  # (rollout ref, number of groups in it)
         for src, items in by_source.items():
             workers = self.pools.frozen_rollout if src == TEACHER else self.pools.rollout
@@ -333,6 +333,19 @@ class Pipeline:
         """A reward function hung: kill the scorer (Ray restarts it) so the stuck thread goes with it."""
         ray.kill(self.pools.reward[index], no_restart=False)
 
+    def sample(self, records: list[dict], params: SamplingParams, step: int = 0) -> list:
+        """``params.n`` completions of each record, spread over the rollout replicas and scored by the reward pool
+        (no teacher): one ref per scored part; the rows of record i have group id i (evaluation, rejection
+        sampling)."""
+        R = len(self.pools.rollout)
+        chunks = [(w.generate.remote(records[i::R], params, group_ids=list(range(i, len(records), R))),
+                   len(records[i::R])) for i, w in enumerate(self.pools.rollout) if records[i::R]]
+        return self._score(chunks, step, teachers=False)
+
+    def training_sampling(self, n: int, seed: int) -> SamplingParams:
+        """The training rollout's sampling knobs, ``n`` completions per prompt."""
+        return SamplingParams(n=n, seed=seed, **self.sampling)
+
     # -- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self, eval_data, step: int) -> dict:
         r = self.cfg.rollout
@@ -342,11 +355,7 @@ class Pipeline:
         params = SamplingParams(n=n, temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
                                 repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
                                 stop=tuple(r.stop) if r.stop else None, seed=self.cfg.train.seed)
-        records = eval_data.to_list()
-        R = len(self.pools.rollout)
-        chunks = [(w.generate.remote(records[i::R], params, group_ids=list(range(i, len(records), R))),
-                   len(records[i::R])) for i, w in enumerate(self.pools.rollout) if records[i::R]]
-        scored = ray.get(self._score(chunks, step, teachers=False))  # small: eval batches are scored, not trained on
+        scored = ray.get(self.sample(eval_data.to_list(), params, step))  # small: scored, not trained on
         lengths = torch.cat([b.completion_mask.sum(-1) for b in scored])
         if not self.pools.reward:  # nothing to score with: lengths only
             return {"eval/mean_length": float(lengths.mean()), "eval/samples": int(lengths.numel())}

@@ -72,7 +72,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             raise ConfigError(f"{fld}: the prompts are chat messages but the tokenizer of {model_path} has no chat "
                               "template: use an instruct/chat model's tokenizer, add a chat_template to its "
                               "tokenizer_config.json, or give plain-text prompts")
-        ds, note = check_lengths(cfg, fld, ds, tok, mcfg, conversational)
+        ds, note = check_lengths(cfg, fld, ds, tok, mcfg)
         if note:
             out.notes.append(note)
         if fld == "data.train":
@@ -190,14 +190,12 @@ def check_prompts(cfg: RunConfig, fld: str, ds, tok) -> bool:
     return kinds == {"chat"}
 
 
-def prompt_length(tok, prompt, conversational: bool) -> int:
-    if conversational:
-        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        return len(ids["input_ids"] if isinstance(ids, dict) else ids)
-    return len(tok(prompt, add_special_tokens=False)["input_ids"])
+def prompt_length(tok, prompt) -> int:
+    from .batch import prompt_token_ids
+    return len(prompt_token_ids(tok, prompt))
 
 
-def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg, conversational: bool):
+def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg):
     """Prompts longer than ``max_prompt_length``: truncated (counted), dropped (the dataset without them) or an
     error, per ``rollout.overlong_prompts``. A prompt that, so cut, still cannot fit the model's positions with
     ``max_completion_length`` is an error."""
@@ -208,7 +206,7 @@ def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg, conversational: bool)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "longer than the maximum sequence length": what this check reports itself
     try:
-        lengths = [prompt_length(tok, p, conversational) for p in ds.select(range(n))[col]]
+        lengths = [prompt_length(tok, p) for p in ds.select(range(n))[col]]
     finally:
         hf_logging.set_verbosity(verbosity)
     budget = r.max_prompt_length

@@ -26,17 +26,27 @@ THINK_END = "</think>"
 
 
 @builtin("arithmetic_exact")
-def make_arithmetic_exact(tokenizer, answer_column: str = "answer"):
+def make_arithmetic_exact(tokenizer, answer_column: str = "answer", after_think: bool = False):
     """1.0 only when the completion's token ids are exactly the answer's tokens followed by EOS; missing EOS or any
-    trailing token gives 0.0. Needs an ``answer`` column."""
+    trailing token gives 0.0. Needs an ``answer`` column. ``after_think``: the ids after the last ``</think>`` token
+    are checked (R1-style completions, the kit's r1 variant); without one the reward is 0.0."""
     eos = tokenizer.eos_token_id
+    end = tokenizer.convert_tokens_to_ids(THINK_END) if after_think else None
+    if after_think and end in (None, tokenizer.unk_token_id):
+        raise ValueError(f"arithmetic_exact after_think: the tokenizer has no {THINK_END!r} token")
 
     def arithmetic_exact(completion_ids, **kwargs):
         answers = kwargs[answer_column]
         out = []
         for ids, ans in zip(completion_ids, answers):
+            ids = list(ids)
+            if after_think:
+                if end not in ids:
+                    out.append(0.0)
+                    continue
+                ids = ids[len(ids) - ids[::-1].index(end):]
             want = tokenizer(str(ans), add_special_tokens=False)["input_ids"] + [eos]
-            out.append(1.0 if list(ids) == want else 0.0)
+            out.append(1.0 if ids == want else 0.0)
         return out
 
     arithmetic_exact.columns = (answer_column,)  # the dataset columns it reads (checked before the run)
@@ -158,6 +168,20 @@ def make_think_format(tokenizer):
         return [1.0 if THINK_FORMAT.match(_text(c)) else 0.0 for c in completions]
 
     return think_format
+
+
+@builtin("language_consistency")
+def make_language_consistency(tokenizer, script: str = "latin", alphabet: str | None = None):
+    """R = the share of the chain of thought's words in the target language (DeepSeek-R1's language-consistency
+    reward): the text inside ``<think>...</think>``, else the whole completion; a word counts when every letter is in
+    ``script`` (or every character in ``alphabet``); None when no word counts (``reward_workers.filters``)."""
+    from .filters import language_share
+    language_share("", script, alphabet)  # an unknown script fails when the reward is built
+
+    def language_consistency(completions, **kwargs):
+        return [language_share(_text(c), script, alphabet) for c in completions]
+
+    return language_consistency
 
 
 @builtin("soft_overlong_punishment")

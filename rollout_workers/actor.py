@@ -11,7 +11,7 @@ import time
 import ray
 import torch
 
-from cluster.batch import Batch, prompt_token_ids
+from cluster.batch import Batch, chat_token_ids, prompt_token_ids
 from learner.weights import arrays_to_tensors, bucket_nbytes
 from .engine import SamplingParams, make_engine
 
@@ -127,8 +127,7 @@ class RolloutWorker:
             return self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
         if not isinstance(prompt, list):
             raise ValueError("a completion given as chat messages needs chat-message prompts (data.prompt_column)")
-        full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=True)
-        full = list(full["input_ids"] if isinstance(full, dict) else full)
+        full = chat_token_ids(self.tokenizer, prompt + completion)
         head = prompt_token_ids(self.tokenizer, prompt)
         if full[:len(head)] != head:
             raise ValueError("the chat template renders the prompt differently with the completion appended, so the "

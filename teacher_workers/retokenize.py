@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cluster.batch import Batch
+from cluster.batch import Batch, prompt_token_ids
 from learner.logprobs import completion_logits, scaled_log_softmax
 from learner.methods.uld import alignment_groups, merge_groups, token_byte_spans
 
@@ -22,12 +22,6 @@ def _tokenizers(worker):
                               AutoTokenizer.from_pretrained(worker.model_path))
     return worker._tokenizers
 
-
-def _prompt_ids(tok, prompt) -> list[int]:
-    if isinstance(prompt, list):
-        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-    return tok(prompt, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
@@ -49,7 +43,7 @@ def score_retokenized(worker, batch: Batch, spec: dict) -> dict[str, torch.Tenso
         groups = alignment_groups(token_byte_spans(s_pieces), token_byte_spans(t_pieces))
         if not groups or not t_ids:
             continue
-        p_ids = _prompt_ids(t_tok, batch.prompts[i])
+        p_ids = prompt_token_ids(t_tok, batch.prompts[i])
         dev = worker.device
         logits_1TV = completion_logits(worker.model, torch.tensor([p_ids], device=dev),
                                        torch.ones((1, len(p_ids)), dtype=torch.long, device=dev),

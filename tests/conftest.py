@@ -34,6 +34,16 @@ def kit():
 
 
 @pytest.fixture(scope="session")
+def kit_r1():
+    """The kit's r1 variant (hint column, think format; its warm start reads "46|12+34="): built once, then cached."""
+    from cluster.config import KitConfig
+    from cluster.kit import ensure_kit
+    cfg = KitConfig(variant="r1")
+    root = ensure_kit(cfg)
+    return {"cfg": cfg, "root": root, "warm_start": str(root / "warm_start"), "base": str(root / "base")}
+
+
+@pytest.fixture(scope="session")
 def kit_teachers(kit):
     """The kit's distillation teachers (``kit:teacher``, ``kit:teacher_pairs``): built once, then cached."""
     from cluster.kit import ensure_kit

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import distill, grpo, minillm, ppo, sdft, sdpo, sft, ssd
+from . import distill, grpo, minillm, ppo, rejection_sampling, sdft, sdpo, sft, ssd
 from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec  # noqa: F401
 
 FAMILIES: dict[str, ModuleType] = {}
 CONFIG_MODELS = []
-for _module in (grpo, minillm, distill, ppo, ssd, sft, sdpo, sdft):
+for _module in (grpo, minillm, distill, ppo, ssd, sft, rejection_sampling, sdpo, sdft):
     for _cfg in _module.CONFIGS:
         FAMILIES[_cfg.model_fields["name"].default] = _module
         CONFIG_MODELS.append(_cfg)
@@ -72,8 +72,8 @@ def generation_prompts(cfg, records: list[dict]) -> list | None:
     return fn(records, cfg) if fn else None
 
 
-def prepare(cfg, pipe, out, log):
-    """Work before the first optimizer step, with the pools up; returns the training data to use instead of
-    ``data.train`` (rejection sampling's kept set), or None."""
+def prepare(cfg, pipe, out, log) -> tuple[object, dict]:
+    """Work before the first optimizer step, with the pools up: (the training data to use instead of ``data.train``,
+    or None; statistics for the metrics). Rejection sampling makes its kept set here."""
     fn = getattr(family(cfg.algorithm), "prepare", None)
-    return fn(cfg, pipe, out, log) if fn else None
+    return fn(cfg, pipe, out, log) if fn else (None, {})

@@ -140,7 +140,6 @@ class GRPOConfig(Batching):
 # ----------------------------------------------------------------------------------------------------------------
 def needs(cfg) -> Needs:
     """Rewards always; reference log-probs (logits / T, as the policy's) when beta > 0."""
-    a = cfg.algorithm
     return Needs(rewards=True, teachers=reference_spec(cfg))
 
 

@@ -118,3 +118,8 @@ def interrupt_driver(pid: int, at_step: int):
             os.kill(pid, signal.SIGINT)
         return [0.0] * len(completions)
     return reward
+
+
+def drop_when_answer_wrong(completion, answer, **row):
+    """A rejection-sampling filter (True = drop): the completion is not the row's answer."""
+    return completion.strip() != answer
