@@ -714,11 +714,11 @@ def _format_errors(e: ValidationError, source: str, lines: dict, overrides, stag
         where = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), source)
         if stage is not None:
             index, name, own = stage
-            in_stage = next((i for i in range(len(loc), 0, -1) if ("stages", index, *loc[:i]) in lines
-                             and _has_path(own, loc[:i])), None)
-            if in_stage:
-                where, field = lines[("stages", index, *loc[:in_stage])], f"stages.{name}.{field}"
-            else:
+            if loc and _has_path(own, loc):  # the stage sets it: its line
+                where = next((lines[("stages", index, *loc[:i])] for i in range(len(loc), 0, -1)
+                              if ("stages", index, *loc[:i]) in lines), where)
+                field = f"stages.{name}.{field}"
+            else:  # the top level's value (or a rule across sections), checked in this stage
                 field = f"{field} (stage {name})"
         if any(o.split("=", 1)[0].strip() == field for o in overrides):
             where += " (command-line override)"

@@ -2,7 +2,8 @@
 
     name: r1_pipeline
     model: {name_or_path: ...}       # the model (and its tokenizer), once: the first stage starts from it
-    data: ...                        # sections every stage starts from (data, rollout, reward, train, cluster, ...)
+    data: ...                        # sections every stage starts from (data, rollout, reward, train, cluster, ...;
+                                     # not algorithm: each stage names its own family and knobs)
     stages:
       - name: cold_start             # a stage: run-file sections merged over those, section by section
         algorithm: {name: sft}
@@ -65,6 +66,10 @@ def validate_stages(raw: dict, source: str = "<dict>", lines: dict | None = None
         raise ConfigError(f"{where}: stages: a list of stages, each a mapping with a name and the sections it sets "
                           "(algorithm, data, train, ...)")
     base = {k: v for k, v in raw.items() if k != "stages"}
+    if "algorithm" in base:
+        raise ConfigError(f"{lines.get(('algorithm',), source)}: algorithm: a staged run file sets algorithm: in each "
+                          "stage (the families' knobs differ); move it into the stages (an overlay: a stages: list "
+                          "whose items name the stage they change)")
     model = (base.get("model") or {}).get("name_or_path")
     names = []
     for i, st in enumerate(stages):

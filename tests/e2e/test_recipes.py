@@ -17,7 +17,8 @@ from tests.conftest import RECIPES
 PAPER_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if p.stem != "quickstart")
 # recipes that a learning test runs on the kit already (longer than two steps, through the same overlays): not again.
 # (ppo_reward_model stays: here its critic starts from the kit's reward model, which test_ppo.py's run does not do.)
-LEARNING_TESTS = {"ppo": "test_ppo.py", "code_grpo": "test_code_learns.py"}
+LEARNING_TESTS = {"ppo": "test_ppo.py", "code_grpo": "test_code_learns.py", "sdpo": "test_self_distillation.py",
+                  "sdft": "test_self_distillation.py", "deepseek_r1_pipeline": "test_r1_pipeline.py"}
 KIT_CODE = RECIPES.parent / "overlays" / "kit_code.yaml"  # the kit's code task, for recipes that run code
 KIT_RM = RECIPES.parent / "overlays" / "kit_reward_model.yaml"  # the kit's reward model, for recipes that use one
 
@@ -62,7 +63,7 @@ def test_there_is_a_recipe_per_paper():
     expected = {"deepseekmath", "deepseek_r1", "gspo", "gspo_token", "gmpo", "dapo", "long_cot", "intellect2",
                 "skywork_or1", "rule_80_20", "dr_grpo", "lite_ppo", "tis", "mis", "scalerl", "grpo_2", "sapo",
                 "deepseek_v32", "gdpo", "luspo", "vespo", "gkd", "on_policy_distillation", "gold", "minillm",
-                "code_grpo", "ppo", "ppo_reward_model", "ssd"}
+                "code_grpo", "ppo", "ppo_reward_model", "ssd", "sdpo", "sdft", "deepseek_r1_pipeline"}
     assert expected <= names, sorted(expected - names)
 
 

@@ -306,6 +306,67 @@ def test_dataset_completions_missing_for_gkd(user, capsys):
         expect=["data.completion_column", "no column 'completion'"])
 
 
+def test_sft_without_the_completion_column(user, capsys):
+    bad(capsys, "validate", run_file(user), "algorithm.name=sft", "algorithm.num_generations=1",
+        expect=["data.completion_column", "no column 'completion'", "algorithm sft trains on dataset completions"])
+
+
+# self-distillation and stages ------------------------------------------------------------------------------------
+def test_sdft_on_data_without_privileged_context(user, capsys):
+    bad(capsys, "validate", run_file(user), "algorithm.name=sdft", "algorithm.distillation_mode=full_logits",
+        expect=["data.train", "privileged_context", "teacher_prompt_template", "columns: prompt, answer"])
+
+
+def test_sdpo_feedback_on_data_without_privileged_context(user, capsys):
+    bad(capsys, "validate", run_file(user), "algorithm.name=sdpo", "algorithm.include_environment_feedback=true",
+        expect=["privileged_context", "include_environment_feedback"])
+
+
+@pytest.mark.parametrize("knob", ["reprompt_template", "teacher_prompt_template"])
+def test_teacher_template_without_the_prompt(user, capsys, knob):
+    family = "sdpo" if knob == "reprompt_template" else "sdft"
+    bad(capsys, "validate", run_file(user), f"algorithm.name={family}", f"algorithm.{knob}='{{solution}} again'",
+        expect=["algorithm", f"{knob} must contain {{prompt}}"])
+
+
+STAGED = RUN.replace("algorithm: {num_generations: 4, per_device_train_batch_size: 8}\n", "")
+
+
+def test_stages_whose_model_changes(user, capsys):
+    text = STAGED + textwrap.dedent("""\
+        stages:
+          - name: warm
+            algorithm: {name: sft}
+            data: {completion_column: answer}
+          - name: rl
+            model: {name_or_path: ./small_vocab}
+            algorithm: {num_generations: 4, per_device_train_batch_size: 8}
+        """)
+    console = bad(capsys, "validate", run_file(user, text), expect=[
+        "stages.rl.model.name_or_path", "differs from the run's model", "the model and its tokenizer are set once"])
+    assert ".yaml:13:" in console  # the line of the stage's model
+
+
+def test_a_staged_file_with_a_top_level_algorithm(user, capsys):
+    bad(capsys, "validate", run_file(user, RUN + "stages:\n  - name: a\n    algorithm: {name: sft}\n"),
+        expect=[".yaml:5: algorithm: a staged run file sets algorithm: in each stage"])
+
+
+def test_a_stage_with_a_bad_field(user, capsys):
+    text = STAGED + "stages:\n  - name: rl\n    algorithm: {num_generatons: 4}\n"
+    bad(capsys, "validate", run_file(user, text), expect=["stages.rl.algorithm.num_generatons", "unknown field"])
+
+
+def test_a_later_stage_checked_before_any_actor(user, capsys):
+    """Every stage's pre-flight runs first: a bad reward function in the last stage fails before the first starts."""
+    text = STAGED + ("stages:\n  - name: a\n    algorithm: {name: sft}\n"
+                     "    data: {completion_column: answer}\n"
+                     "  - name: b\n    algorithm: {num_generations: 4, per_device_train_batch_size: 8}\n"
+                     "    reward: {reward_funcs: [my_rewards:nope]}\n")
+    bad(capsys, "train", run_file(user, text), "--output", user / "staged_out", expect=["has no 'nope'"])
+    assert not (user / "staged_out" / "a").exists()
+
+
 # reward functions -----------------------------------------------------------------------------------------------
 def test_misspelled_reward_function(user, capsys):
     bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "my_rewards:exactt"}),

@@ -90,3 +90,48 @@ def test_bytes_and_seconds_are_reported(scored):
     assert out["topk"].info["teacher_bytes/teacher"] == 3 * Tc * (5 * 4 + 5 * 4 + 4)  # values, int32 ids, tokens
     assert out["full"].info["teacher_bytes/teacher"] == 3 * Tc * (14 * 4 + 4)
     assert out["sampled"].info["teacher_s/teacher"] >= 0
+
+
+def test_self_teacher_scores_each_row_under_its_teacher_prompt(ray_cluster, kit_r1):
+    """SDFT's self-teacher (a real actor): every row is scored under "<hint>|<prompt>" (cut to its last
+    max_prompt_length tokens), equal to a direct forward of that prompt; the batch keeps the student's prompt and is
+    flagged with its teacher context."""
+    import ray
+    from cluster.config import load_config
+    from tests.conftest import RECIPES
+    from teacher_workers.actor import TeacherWorker
+    from transformers import AutoTokenizer
+    o = RECIPES.parent / "overlays"
+    cfg = load_config(RECIPES / "sdft.yaml", [str(o / "kit.yaml"), str(o / "kit_sdft.yaml"),
+                                              "algorithm.distillation_mode=sampled_token", "algorithm.distillation_alpha=1",
+                                              "rollout.max_prompt_length=8"])
+    path = kit_r1["warm_start"]
+    tok = AutoTokenizer.from_pretrained(path)
+    b = _batch(tok, ["12+34=", "70+55="], ["46", "125"])
+    b.columns = {"privileged_context": ["46", "125"]}
+    actor = ray.remote(TeacherWorker).remote(path, run_config=cfg.model_dump(mode="json"), pool="self_teacher")
+    spec = {"output": "sampled", "temperature": 1.0, "reprompt": True}
+    out = ray.get(actor.score.remote(b, spec))
+    assert torch.equal(out.prompt_ids, b.prompt_ids) and out.teacher_context.tolist() == [True, True]
+    # "46|12+34=" and "125|70+55=" have 9 and 10 tokens: the teacher saw their last 8
+    want = _batch(tok, ["6|12+34=", "5|70+55="], ["46", "125"])
+    direct = _direct(path, want, 1.0).gather(-1, want.completion_ids.unsqueeze(-1)).squeeze(-1) * want.completion_mask
+    assert torch.allclose(out.teacher_logprobs * out.completion_mask, direct, atol=1e-5)
+    out = ray.get(actor.score.remote(b.replace(columns={"privileged_context": ["4", "1"]}), spec))  # short hints
+    unhinted = _direct(path, b, 1.0).gather(-1, b.completion_ids.unsqueeze(-1)).squeeze(-1) * b.completion_mask
+    assert float((out.teacher_logprobs * out.completion_mask).sum()) < float(unhinted.sum())  # a hint cut short misleads
+
+
+def test_ema_teacher_update(ray_cluster, kit, kit_r1):
+    """mix_weights(tau): theta_T <- (1 - tau) theta_T + tau theta for every parameter (SDPO's EMA teacher)."""
+    import ray
+    from learner.methods.self_distillation import ema
+    from learner.weights import to_arrays
+    from teacher_workers.actor import TeacherWorker
+    from transformers import AutoModelForCausalLM
+    teacher = TeacherWorker(kit_r1["base"])
+    start = {k: v.detach().clone() for k, v in teacher.model.named_parameters()}
+    policy = dict(AutoModelForCausalLM.from_pretrained(kit_r1["warm_start"]).named_parameters())
+    teacher.mix_weights([ray.put(to_arrays({k: v.detach() for k, v in policy.items()}))], 0.05)
+    for k, p in teacher.model.named_parameters():
+        assert torch.allclose(p.detach(), ema(start[k], policy[k].detach(), 0.05), atol=1e-7), k
