@@ -252,20 +252,21 @@ class Pipeline:
                                                  generation_prompts=generation_prompts(self.cfg, recs)
                                                  if src == POLICY else None)
                 chunks.append((ref, len(chunk)))
-        scored = self._score(chunks, gen_id)
+        # a batch of dataset completions only (SFT) is not scored: the rewards serve evaluation there
+        scored = self._score(chunks, gen_id, rewards=self.cfg.needs.rewards or set(by_source) != {DATASET})
         out = assemble.options(num_returns=s.P + 1).remote(
             scored, a, s.P, self.cfg.reward.reward_weights if self.cfg.reward else None,
             self.cfg.train.seed + gen_id, gen_id)
         gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
         return gen
 
-    def _score(self, chunks: list, step: int, teachers: bool = True) -> list:
+    def _score(self, chunks: list, step: int, teachers: bool = True, rewards: bool = True) -> list:
         """Reward scores (when the run has rewards), then every teacher pool the family needs, chained as refs; one
         ref per scored part. ``chunks``: (rollout ref, groups in it). The reward pool scales apart from the rollout
         pool: with more reward replicas than chunks, a chunk is split between several replicas (whole groups, in
         order: ``RewardWorker.score``'s ``part``), each scoring its part; with fewer, chunk i goes to replica i mod W.
         Teacher pools take the parts round-robin."""
-        W, n = len(self.pools.reward), len(chunks)
+        W, n = len(self.pools.reward) if rewards else 0, len(chunks)
         parts = []
         for i, (ref, groups) in enumerate(chunks):
             if not W:

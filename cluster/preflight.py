@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learner.methods import DATASET, sources
+from learner.methods import DATASET, makes_data, sources
 
 from .config import ConfigError, RunConfig
 from .kit import kit_dir, kit_parts_needed, resolve_kit_path, resolve_reward_funcs, reward_kit_paths
@@ -79,7 +79,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             out.train_data = ds
         else:
             out.eval_data = ds
-    if DATASET in sources(cfg.algorithm, 256, 0):
+    if DATASET in sources(cfg.algorithm, 256, 0) and not makes_data(cfg.algorithm):
         check_completions(cfg, out.train_data)
     check_family_columns(cfg, out.train_data)
     if cfg.reward is not None:

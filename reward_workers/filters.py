@@ -13,7 +13,6 @@ is given. The chain of thought is the text inside the first ``<think>...</think>
 """
 from __future__ import annotations
 
-import importlib
 import re
 import unicodedata
 from typing import Callable, Optional
@@ -92,15 +91,8 @@ def make_code_blocks():
 
 def resolve_filter(spec) -> tuple[str, Callable[..., bool]]:
     """A filter entry (a name, an import path, or ``{name, kwargs}``) -> (name, predicate)."""
+    from .registry import imported
     name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], dict(spec.get("kwargs") or {}))
     if name in FILTERS:
         return name, FILTERS[name](**kwargs)
-    if ":" not in name:
-        raise ValueError(f"unknown filter {name!r}: use a built-in ({', '.join(sorted(FILTERS))}) or an import path "
-                         "'package.module:function'")
-    module, attr = name.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"filter {name!r} cannot be imported: {e}") from None
-    return attr, fn(**kwargs) if kwargs else fn
+    return imported(name, kwargs, FILTERS, "filter")

@@ -30,14 +30,18 @@ def resolve(spec: Any, tokenizer) -> tuple[str, RewardFn]:
     from . import verifiers  # noqa: F401  (registers the built-ins)
     if name in BUILTINS:
         return name, BUILTINS[name](tokenizer=tokenizer, **kwargs)
+    return imported(name, kwargs, BUILTINS, "reward function")
+
+
+def imported(name: str, kwargs: dict, builtins: dict, what: str) -> tuple[str, Callable]:
+    """An import path ``package.module:function`` -> (function name, the function, or what the factory returns for
+    ``kwargs``); a name that is neither a built-in nor a path is an error listing the built-ins."""
     if ":" not in name:
-        raise ValueError(f"unknown reward function {name!r}: use a built-in ({', '.join(sorted(BUILTINS))}) or an "
-                         "import path 'package.module:function'")
+        raise ValueError(f"unknown {what} {name!r}: use a built-in ({', '.join(sorted(builtins))}) or an import path "
+                         "'package.module:function'")
     module, attr = name.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward function {name!r} cannot be imported: {e}") from None
-    if kwargs:
-        fn = fn(**kwargs)
-    return attr, fn
+        raise ValueError(f"{what} {name!r} cannot be imported: {e}") from None
+    return attr, fn(**kwargs) if kwargs else fn

@@ -72,6 +72,11 @@ def generation_prompts(cfg, records: list[dict]) -> list | None:
     return fn(records, cfg) if fn else None
 
 
+def makes_data(alg) -> bool:
+    """The family makes the data it trains on before the first step (rejection sampling), from data.train's prompts."""
+    return hasattr(family(alg), "prepare")
+
+
 def prepare(cfg, pipe, out, log) -> tuple[object, dict]:
     """Work before the first optimizer step, with the pools up: (the training data to use instead of ``data.train``,
     or None; statistics for the metrics). Rejection sampling makes its kept set here."""

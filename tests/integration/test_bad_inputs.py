@@ -306,6 +306,13 @@ def test_dataset_completions_missing_for_gkd(user, capsys):
         expect=["data.completion_column", "no column 'completion'"])
 
 
+def test_rejection_sampling_needs_prompts_only(user, capsys):
+    """It writes the completions it trains on: data.train's prompts are enough."""
+    code, console = cli(capsys, "validate", run_file(user), "algorithm.name=rejection_sampling",
+                        "algorithm.num_generations=1")
+    assert code == 0 and "algorithm rejection_sampling" in console, console
+
+
 def test_sft_without_the_completion_column(user, capsys):
     bad(capsys, "validate", run_file(user), "algorithm.name=sft", "algorithm.num_generations=1",
         expect=["data.completion_column", "no column 'completion'", "algorithm sft trains on dataset completions"])

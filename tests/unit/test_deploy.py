@@ -202,9 +202,11 @@ def test_the_rayjob_runs_a_recipe_with_the_pools_overlay():
 
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.stem)
 def test_every_gpu_recipe_fits_the_node_groups(recipe):
+    from cluster.stages import StagedConfig
     cfg = load_config(recipe, [str(POOLS)])
-    assert placement_problems(cfg, kuberay_groups(RAYCLUSTER["spec"])) == []
-    assert placement_problems(cfg, launcher_groups(LAUNCHER)) == []
+    for run in ([s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]):  # a staged file: each stage
+        assert placement_problems(run, kuberay_groups(RAYCLUSTER["spec"])) == []
+        assert placement_problems(run, launcher_groups(LAUNCHER)) == []
 
 
 def test_the_head_hosts_no_pool_and_both_files_use_the_same_labels():

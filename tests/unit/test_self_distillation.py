@@ -23,6 +23,7 @@ from learner.methods.sdpo import SDPOObjective
 from learner.methods.self_distillation import (distillation_loss, ema, is_clip_weight, per_token_divergence,
                                                sequence_mean)
 from tests.conftest import quickstart_dict
+from tests.unit.test_divergences import ref_jsd as jsd  # §8's JSD_alpha by loops (alpha is its beta)
 
 F64 = torch.float64
 B, T, V = 3, 4, 6
@@ -41,20 +42,6 @@ def softmax(row) -> list[float]:
     m = max(row)
     e = [math.exp(x - m) for x in row]
     return [x / sum(e) for x in e]
-
-
-def kl(p, q) -> float:
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q) if pi > 0)
-
-
-def jsd(pS, pT, a: float) -> float:
-    """§8: KL(p_T||p_S) at alpha 0, KL(p_S||p_T) at alpha 1, else alpha KL(p_T||m) + (1 - alpha) KL(p_S||m)."""
-    if a == 0:
-        return kl(pT, pS)
-    if a == 1:
-        return kl(pS, pT)
-    m = [(1 - a) * s + a * t for s, t in zip(pS, pT)]
-    return a * kl(pT, m) + (1 - a) * kl(pS, m)
 
 
 def ref_divergence(student, teacher, mode, a, k=None, tail=False):
