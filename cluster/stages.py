@@ -33,7 +33,8 @@ from typing import Optional
 import yaml
 from pydantic import ValidationError
 
-from .config import ConfigError, RunConfig, _format_errors, _merge, apply_override
+from .config import ConfigError, RunConfig
+from .loading import _format_errors, _merge, apply_override
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 STAGES_FILE = "stages.json"
