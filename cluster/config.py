@@ -40,6 +40,10 @@ class PoolSpec(Strict):
     """Extra Ray custom resources per actor, e.g. ``{"rollout_node": 1}`` to pin a pool to labelled nodes."""
     max_restarts: int = Field(3, ge=-1)
     """How often Ray restarts a crashed actor of this pool (-1: without limit). Its lost work is redone."""
+    num_threads: Optional[int] = Field(None, ge=1)
+    """torch (OpenMP) threads of each actor. None: Ray's choice, num_cpus rounded down, at least 1. Where roles take
+    turns (max_staleness 0 on a small machine: the learner idles while the rollout samples and the other way round),
+    a role may use more threads than the CPUs it reserves; where they overlap, more threads than cores compete."""
 
 
 class LearnerPoolSpec(PoolSpec):

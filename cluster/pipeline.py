@@ -175,8 +175,9 @@ class Pipeline:
     # -- weights ------------------------------------------------------------------------------------------------
     def sync_rollout(self, version: int, force: bool = False) -> None:
         """Send the learner's weights (version ``version``) to every rollout actor, through the configured transport.
-        Object store: publish once, then queue an in-place load on each actor (it runs in the actor's order: after
-        generations already queued, before the next ones). Collective: broadcast, with the actors receiving."""
+        Object store: the learner publishes bucket by bucket while an in-place load is queued on each actor (it runs
+        in the actor's order: after generations already queued, before the next ones) and takes each bucket as it is
+        published, so loading overlaps gathering. Collective: broadcast, with the actors receiving."""
         if self.rollout_version == version and not force:
             return
         self.wake_rollout()
@@ -187,18 +188,25 @@ class Pipeline:
             self.pending_loads = [w.receive_weights.remote(version, self.plan) for w in self.pools.rollout]
             get_all([r.broadcast_weights.remote(mb) for r in self.pools.learner])
         else:
-            refs = get_all([r.publish_weights.remote(mb) for r in self.pools.learner])[0]
-            self.pending_loads = [w.load_weights.remote(version, refs) for w in self.pools.rollout]
+            buckets = self.publish()
+            self.pending_loads = [w.load_weights.remote(version, buckets) for w in self.pools.rollout]
             if self.cfg.rollout.partial_rollouts:  # threaded actors: make sure the load lands before the next generate
                 ray.get(self.pending_loads)
         self.rollout_version = version
-        self.last_sync = {"publish_s": time.time() - t0, "version": version}
+        self.last_sync = {"issue_s": time.time() - t0, "version": version}
 
     def sync_teacher(self, pool: str, alpha: float) -> None:
         """A scoring pool that follows the policy: theta_T <- alpha * theta + (1 - alpha) * theta_T on every actor of
         ``pool`` (TR-DPO's reference refresh, SDPO's EMA teacher; alpha = 1 copies the policy)."""
-        refs = get_all([r.publish_weights.remote(self.cfg.rollout.weight_sync_bucket_mb) for r in self.pools.learner])[0]
-        ray.get([t.mix_weights.remote(refs, alpha) for t in self.pools.teachers[pool]])
+        ray.get([t.mix_weights.remote(self.publish(), alpha) for t in self.pools.teachers[pool]])
+
+    def publish(self) -> list:
+        """One call per bucket on every learner rank (a collective under ZeRO-3, in the same order on each): rank 0's
+        results, one ObjectRef per bucket, usable before they are ready. A learner failure surfaces where they are
+        fetched."""
+        mb = self.cfg.rollout.weight_sync_bucket_mb
+        self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
+        return [[r.publish_bucket.remote(mb, i) for r in self.pools.learner][0] for i in range(len(self.plan))]
 
     def sync_stats(self) -> dict:
         """Finish the last sync's bookkeeping (waits for the queued loads)."""
@@ -212,11 +220,11 @@ class Pipeline:
             self._await_restarts()  # brings restarted actors to the current version
             return {}
         self.pending_loads = []
-        load_s, publish_s = max(i["load_s"] for i in infos), self.last_sync["publish_s"]
-        # object store: publish, then the queued loads; collective: the broadcast and the loads run together
-        total = max(publish_s, load_s) if self.cfg.rollout.weight_transport == "collective" else publish_s + load_s
-        return {"timing/sync_s": total, "sync/bytes": infos[0]["bytes"], "sync/load_s": load_s,
-                "sync/publish_s": publish_s}
+        load_s, issue_s = max(i["load_s"] for i in infos), self.last_sync["issue_s"]
+        # collective: the driver waited for the broadcast, the loads ran with it; object store: the loads ran from
+        # their start (at once, unless a generation was queued first) while the buckets were published
+        total = max(issue_s, load_s) if self.cfg.rollout.weight_transport == "collective" else issue_s + load_s
+        return {"timing/sync_s": total, "sync/bytes": infos[0]["bytes"], "sync/load_s": load_s}
 
     # -- generation ---------------------------------------------------------------------------------------------
     def launch(self, gen_id: int, records: list | None = None) -> Generation:

@@ -70,6 +70,9 @@ def get_all(refs: list) -> list:
 def _actor(cls, spec: PoolSpec, name: str, namespace: str, pg=None, bundle: int | None = None, **options):
     if pg is not None:
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)
+    if spec.num_threads:  # torch reads it when the actor's process imports it
+        n = str(spec.num_threads)
+        options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}}
     return ray.remote(cls).options(
         name=name, namespace=namespace, num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources,
         max_restarts=spec.max_restarts, max_task_retries=0, **options)

@@ -5,7 +5,8 @@ The driver calls every rank with the same method at the same time (they run coll
     admit(shard)     a generation batch's shard arrives: old log-probs and rollout IS weights are computed now, with
                      the weights of the admission version v_a; its S slices join the micro-batch queue mu times
     train_step()     GA micro-batches, one optimizer step: the policy version goes up by one
-    publish_weights  gather full weights (ZeRO-3: GatheredParameters), rank 0 puts them in the object store in buckets
+    publish_bucket   gather one bucket of the full weights (ZeRO-3: GatheredParameters); rank 0 puts it in the object
+                     store (the driver asks for every bucket in turn: engines load each as it comes)
     save_hf(path)    the same gather, written as an HF checkpoint by rank 0
 
 A critic (PPO) is the same class with ``role="critic"``: a value model (an HF sequence classifier's backbone and
@@ -223,14 +224,16 @@ class LearnerRank:
     def weight_plan(self, bucket_mb: float) -> Plan:
         return bucket_plan(self.engine.module, int(bucket_mb * 2**20))
 
-    def publish_weights(self, bucket_mb: float) -> list | None:
-        """Collective. Rank 0 puts each bucket in the object store once; returns [ObjectRef per bucket] (others None)."""
+    def publish_bucket(self, bucket_mb: float, index: int):
+        """Collective (ZeRO-3 gathers bucket ``index`` of the plan on every rank). Rank 0 puts the bucket in the object
+        store while it is gathered (the one copy the wire needs) and returns its ObjectRef; the other ranks None. The
+        driver asks for one bucket per call, so an engine loads bucket i while the ranks gather bucket i + 1."""
         import ray
-        refs = []
-        for bucket in gathered_buckets(self.engine.module, self.zero_stage, self.weight_plan(bucket_mb)):
-            if self.rank == 0:
-                refs.append(ray.put(to_arrays(bucket)))
-        return refs if self.rank == 0 else None
+        plan = self.weight_plan(bucket_mb)
+        for bucket in gathered_buckets(self.engine.module, self.zero_stage, plan[index:index + 1]):
+            if self.rank != 0:
+                return None
+            return ray.put(to_arrays(bucket))
 
     def init_sync_group(self, host: str, port: int, world_size: int, backend: str) -> bool:
         """Rank 0 joins the weight-sync group with the rollout actors (collective transport)."""

@@ -60,5 +60,13 @@ def arrays_to_tensors(bucket: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+def fetch_bucket(ref) -> dict:
+    """A published bucket's arrays, once published: ``publish_bucket``'s result is the ObjectRef of what rank 0 put (a
+    plain ObjectRef of arrays works too)."""
+    import ray
+    obj = ray.get(ref)
+    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
+
+
 def bucket_nbytes(bucket: dict) -> int:
     return sum(a.nbytes for k, a in bucket.items() if k != DTYPES_KEY)

@@ -12,7 +12,7 @@ import ray
 import torch
 
 from cluster.batch import Batch, chat_token_ids, prompt_token_ids
-from learner.weights import arrays_to_tensors, bucket_nbytes
+from learner.weights import arrays_to_tensors, bucket_nbytes, fetch_bucket
 from .engine import SamplingParams, make_engine
 
 
@@ -147,14 +147,15 @@ class RolloutWorker:
 
     # ------------------------------------------------------------------------------------------------------------
     def load_weights(self, version: int, bucket_refs: list) -> dict:
-        """Load the buckets of one published version in place (one bucket in memory at a time)."""
+        """Load the buckets of one published version in place, each as soon as the learner has published it (one
+        bucket in memory at a time)."""
         t0 = time.time()
         nbytes = 0
 
-        def stream():  # one bucket fetched at a time; the engine sees one iterator of (name, tensor)
+        def stream():  # one bucket fetched at a time, as the learner publishes it; the engine sees one iterator
             nonlocal nbytes
             for ref in bucket_refs:
-                bucket = ray.get(ref)
+                bucket = fetch_bucket(ref)
                 nbytes += bucket_nbytes(bucket)
                 yield from arrays_to_tensors(bucket).items()
 

@@ -96,11 +96,19 @@ class HFEngine(RolloutEngine):
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Each parameter takes the sent tensor as its data: on a CPU engine with the learner's dtype that is the
+        object store's buffer itself, read in place (zero-copy: the sync's only copy is the learner's ``ray.put``;
+        generation never writes a weight, and the next sync replaces the buffer rather than writing into it); on a
+        GPU, or in another dtype, a converted copy."""
         params = dict(self.model.named_parameters())
         for name, tensor in named_tensors:
             if name not in params:
                 raise KeyError(f"weight sync sent {name!r}, which the rollout model does not have")
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+            p = params[name]
+            if tensor.shape != p.shape:
+                raise ValueError(f"weight sync sent {name!r} with shape {tuple(tensor.shape)}, the rollout model's is "
+                                 f"{tuple(p.shape)}")
+            p.data = tensor.to(p.device, p.dtype)
 
 
 def _eos_ids(generation_config, tokenizer) -> list[int]:

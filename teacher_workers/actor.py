@@ -25,7 +25,7 @@ import torch
 
 from cluster.batch import Batch, left_pad, prompt_token_ids
 from learner.logprobs import completion_logits
-from learner.weights import arrays_to_tensors
+from learner.weights import arrays_to_tensors, fetch_bucket
 
 
 class TeacherWorker:
@@ -118,7 +118,7 @@ class TeacherWorker:
         """theta_ref <- alpha * theta + (1 - alpha) * theta_ref (TR-DPO; alpha = 1 replaces the reference)."""
         params = dict(self.model.named_parameters())
         for ref in bucket_refs:
-            for name, t in arrays_to_tensors(ray.get(ref)).items():
+            for name, t in arrays_to_tensors(fetch_bucket(ref)).items():
                 p = params[name]
                 p.mul_(1 - alpha).add_(t.to(p.device, p.dtype), alpha=alpha)
         return True
