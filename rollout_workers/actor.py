@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 
-import ray
 import torch
 
 from cluster.batch import Batch, chat_token_ids, prompt_token_ids

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 
-import ray
 import torch
 
 from cluster.batch import Batch, left_pad, prompt_token_ids
