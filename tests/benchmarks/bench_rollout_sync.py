@@ -148,10 +148,36 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb:
     finally:
         shutdown_pools(pools)
         Path(raw["data"]["train"]).unlink(missing_ok=True)
+    reload_s = engine_reload_s(model, engine, repeats) if transport == "object_store" else None
     return {"engine": engine, "transport": transport, "bytes": nbytes, "sync_s": sync_s, "load_s": load_s,
+            "engine_reload_s": reload_s,
             "raw_put_get_s": raw_s, "ratio": sync_s / raw_s, "best_ratio": min(sync_times) / min(raw_times),
             "sync_times": sync_times, "raw_times": raw_times,
             "sync_GBps": nbytes / sync_s / 1e9, "raw_GBps": nbytes / raw_s / 1e9}
+
+
+def engine_reload_s(model: str, engine: str, repeats: int) -> float:
+    """The engine's own load of the same weights, in-process, from tensors already in memory (for vLLM its
+    ``reload_weights``), on one thread as the rollout actor (num_cpus 1): the floor of any sync into it. Median of
+    ``repeats``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    from rollout_workers.engine import make_engine
+    opts = {"max_model_len": 128, "enforce_eager": True} if engine == "vllm" else {}
+    eng = make_engine(engine, model, "float32", opts)
+    state = {k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(model).named_parameters()}
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        eng.load_weights(iter(state.items()))
+        times.append(time.perf_counter() - t)
+    del eng
+    torch.set_num_threads(threads)
+    return statistics.median(times[1:])
 
 
 def main():
@@ -191,7 +217,9 @@ def main():
               f"{s['sync_s']:.3f}s "
               f"({s['sync_GBps']:.2f} GB/s) | raw ray.put+ray.get {s['raw_put_get_s']:.3f}s ({s['raw_GBps']:.2f} GB/s) | "
               f"ratio {s['ratio']:.2f}x of medians, {s['best_ratio']:.2f}x of bests "
-              f"(engine load, the publishing overlapped: {s['load_s']:.3f}s)")
+              f"(engine load, the publishing overlapped: {s['load_s']:.3f}s"
+              + (f"; the engine's own load in-process: {s['engine_reload_s']:.3f}s" if s["engine_reload_s"] else "")
+              + ")")
     print(json.dumps(results))
     ray.shutdown()
 
