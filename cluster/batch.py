@@ -16,7 +16,7 @@ import torch
 TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behaviour_logprobs",
                  "policy_version", "group_id", "truncated", "mixed_version", "rewards", "advantages",
                  "old_logprobs", "ref_logprobs", "is_weights", "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups",
-                 "scores", "values", "returns", "teacher_context")
+                 "scores", "values", "returns", "teacher_context", "frozen_sample", "preference")
 # tensors whose second dimension is the completion length (padded on the right when batches are joined)
 _COMPLETION_DIM = ("completion_ids", "completion_mask", "behaviour_logprobs", "old_logprobs", "ref_logprobs",
                    "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups", "values", "returns")
@@ -36,6 +36,8 @@ class Batch:
     group_id: torch.Tensor  # (N,) long, rows of one prompt share it
     truncated: torch.Tensor  # (N,) bool, the completion hit max_completion_length without EOS
     mixed_version: Optional[torch.Tensor] = None  # (N,) bool, sampled across a weight sync (partial rollout)
+    frozen_sample: Optional[torch.Tensor] = None  # (N,) bool, sampled by a frozen pool (a teacher's or the reference's
+    # weights: GKD's seq_kd, XPO), so its policy_version is no policy's and it has no staleness
     # -- from the reward pool --
     rewards: Optional[torch.Tensor] = None  # (N, K) float, one column per reward function, NaN = None
     # -- from assembly / teacher / learner admission --
@@ -54,6 +56,8 @@ class Batch:
     scores: Optional[torch.Tensor] = None  # (N,) the weighted reward of each completion
     values: Optional[torch.Tensor] = None  # (N, Tc) V_old from the critic, once per generation batch
     returns: Optional[torch.Tensor] = None  # (N, Tc) GAE returns R_t = A_t + V_old_t (the critic's targets)
+    # -- preference pairs (online DPO, XPO): rows ordered chosen, rejected, chosen, ... --
+    preference: Optional[torch.Tensor] = None  # (N,) float, +1 chosen, -1 rejected, 0 a pair left out (unscorable)
     # -- self-distillation (SDPO, SDFT) --
     teacher_context: Optional[torch.Tensor] = None  # (N,) bool, the self-teacher saw the row with a context
     # -- text side, aligned with rows --

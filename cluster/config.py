@@ -406,7 +406,7 @@ class RunConfig(Strict):
                                  + (" (beta > 0)" if spec.pool == "reference" else "")
                                  + f": set cluster.{field}.replicas >= 1")
         if needs.frozen_rollout and self.cluster.frozen_rollout.replicas < 1:
-            raise ValueError("teacher-generated samples (seq_kd) need cluster.frozen_rollout.replicas >= 1")
+            raise ValueError(f"algorithm {name} samples with a frozen pool: set cluster.frozen_rollout.replicas >= 1")
         check_family(self)
         if self.cluster.rollout.replicas < 1:
             raise ValueError("cluster.rollout.replicas must be >= 1")

@@ -14,7 +14,8 @@ import ray
 import torch
 
 from learner.advantages import total_reward
-from learner.methods import DATASET, POLICY, TEACHER, family, generation_prompts, mixes_sources, sources
+from learner.methods import (DATASET, POLICY, TEACHER, family, generation_prompts, group_sources, mixes_sources,
+                             sources)
 from rollout_workers.engine import SamplingParams
 
 from .batch import Batch
@@ -25,9 +26,10 @@ log = logging.getLogger("relay_rl")
 
 
 @ray.remote(num_cpus=0)
-def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, gen_id: int):
+def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, gen_id: int, epoch: int = 0):
     """Whole generation batch -> (P shards..., stats): the family's assemble step (advantages, targets, row order),
-    then P consecutive rank shards of S slices each."""
+    then P consecutive rank shards of S slices each. ``epoch``: the pass over the prompts it was drawn in (a
+    per-epoch schedule's index: online DPO's beta)."""
     parts = ray.get(scored)
     batch = Batch.concat(parts)
     has_rewards = batch.rewards is not None
@@ -37,7 +39,7 @@ def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, 
     stats = generation_stats(batch, total_reward(batch.rewards, weights), [p.info for p in parts],
                              scored=has_rewards, part_sizes=[len(p) for p in parts])
     batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
-    batch = batch.replace(info={**batch.info, "gen_id": gen_id})
+    batch = batch.replace(info={**batch.info, "gen_id": gen_id, "epoch": epoch})
     return (*batch.split(P), {**stats, **family_stats})
 
 
@@ -229,22 +231,28 @@ class Pipeline:
     # -- generation ---------------------------------------------------------------------------------------------
     def launch(self, gen_id: int, records: list | None = None) -> Generation:
         """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once. Each micro-batch's
-        completions come from one source (the family's ``sources``): the policy's rollout pool, the frozen teacher
-        rollout pool, or the dataset's completions (tokenised by a rollout actor)."""
+        completions come from one source (the family's ``sources``): the policy's rollout pool, the frozen rollout
+        pool, or the dataset's completions (tokenised by a rollout actor); or each group's rows from several sources
+        (the family's ``group_sources``: XPO's policy and reference samples of one prompt)."""
         s, a = self.sched, self.cfg.algorithm
         self.wake_rollout()
         records = records if records is not None else self.sampler.take(s.prompts_per_generation)
         gen = Generation(gen_id=gen_id, records=records, version=self.rollout_version)
         seed = (self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id
-        plan = sources(a, s.generation_batch_size // s.B, seed)  # one source per micro-batch
-        by_source: dict[str, list] = {}
-        for i, record in enumerate(records):  # prompt i's G rows start at row i*G: micro-batch (i*G) // B
-            by_source.setdefault(plan[i * s.G // s.B], []).append((record, gen_id * len(records) + i))
-        if mixes_sources(a):  # the fraction of each source
-            gen.source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
-        params = self.training_sampling(s.G, seed)
+        items = [(record, gen_id * len(records) + i) for i, record in enumerate(records)]
+        split = group_sources(a)
+        by_source: dict[str, list] = {src: items for src in dict.fromkeys(split)}
+        n_of = {src: split.count(src) for src in by_source}  # completions per prompt from each source
+        if not split:
+            plan = sources(a, s.generation_batch_size // s.B, seed)  # one source per micro-batch
+            for i, item in enumerate(items):  # prompt i's G rows start at row i*G: micro-batch (i*G) // B
+                by_source.setdefault(plan[i * s.G // s.B], []).append(item)
+            n_of = {src: s.G for src in by_source}
+            if mixes_sources(a):  # the fraction of each source
+                gen.source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
         chunks = []  # (rollout ref, number of groups in it)
         for src, items in by_source.items():
+            params = self.training_sampling(n_of[src], seed)
             workers = self.pools.frozen_rollout if src == TEACHER else self.pools.rollout
             for w_index, worker in enumerate(workers):
                 chunk = items[w_index::len(workers)]  # interleaved split keeps groups whole
@@ -253,7 +261,8 @@ class Pipeline:
                 recs, gids = [r for r, _ in chunk], [g for _, g in chunk]
                 if src == DATASET:
                     ref = worker.from_dataset.remote(recs, self.cfg.data.completion_column,
-                                                     self.cfg.rollout.max_completion_length, group_ids=gids, n=s.G)
+                                                     self.cfg.rollout.max_completion_length, group_ids=gids,
+                                                     n=n_of[src])
                 else:
                     ref = worker.generate.remote(recs, _seeded(params, w_index + (1000 if src == TEACHER else 0)),
                                                  group_ids=gids,
@@ -264,7 +273,7 @@ class Pipeline:
         scored = self._score(chunks, gen_id, rewards=self.cfg.needs.rewards or set(by_source) != {DATASET})
         out = assemble.options(num_returns=s.P + 1).remote(
             scored, a, s.P, self.cfg.reward.reward_weights if self.cfg.reward else None,
-            self.cfg.train.seed + gen_id, gen_id)
+            self.cfg.train.seed + gen_id, gen_id, max(0, self.sampler.epoch - 1))
         gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
         return gen
 

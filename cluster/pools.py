@@ -219,9 +219,12 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     teachers = {spec.pool: [make.actor(spec.pool, i) for i in range(cfg.pool_spec(spec.pool).replicas)]
                 for spec in needs.teachers}  # the reference: the frozen initial policy; the teacher: ``teacher:``
     frozen = []
-    if needs.frozen_rollout:  # teacher-generated samples: the teacher's weights, never synced
+    if needs.frozen_rollout:  # the teacher's or the initial policy's weights, never synced
+        own = needs.frozen_rollout_model == "policy"
+        m = cfg.model if own else t
         frozen = [_actor(RolloutWorker, c.frozen_rollout, f"{run_name}/frozen_rollout-{i}", ns).remote(
-            teacher_path, r.engine, t.dtype, {"trust_remote_code": t.trust_remote_code, **vllm_options(cfg)},
+            model_path if own else teacher_path, r.engine, m.dtype,
+            {"trust_remote_code": m.trust_remote_code, **vllm_options(cfg)},
             index=i, max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
             pool="frozen_rollout") for i in range(c.frozen_rollout.replicas)]
     scorers = [a for actors in teachers.values() for a in actors]

@@ -205,18 +205,23 @@ class LearnerRank:
         return stats
 
     def _micro_step_stats(self, mb: Batch, loss: torch.Tensor) -> dict:
-        """What every family reports: the loss, staleness of the consumed rows, tokens, which batch they came from."""
-        staleness = (self.version - mb.policy_version).float()
-        mask = mb.completion_mask
-        return {
+        """What every family reports: the loss, staleness of the consumed rows, tokens, which batch they came from.
+        Rows a frozen pool sampled (seq_kd's teacher, XPO's reference) have no policy version: no staleness."""
+        own = ~mb.frozen_sample if mb.frozen_sample is not None else torch.ones(len(mb), dtype=torch.bool)
+        staleness = (self.version - mb.policy_version[own]).float()
+        stats = {
             "loss": ("mean", float(loss.detach()), 1.0 / self.sched.GA),  # summed over GA micro-batches, rank mean
-            "staleness/mean": ("mean", float(staleness.sum()), float(staleness.numel())),
-            "staleness/min": ("min", float(staleness.min()), 1.0),
-            "staleness/max": ("max", float(staleness.max()), 1.0),
-            "staleness/hist": ("hist", staleness.long().tolist(), 1.0),
-            "completions/tokens": ("sum", float(mask.sum()), 1.0),
+            "completions/tokens": ("sum", float(mb.completion_mask.sum()), 1.0),
             "consumed/gen_id": ("hist", [int(mb.info.get("gen_id", -1))], 1.0),
         }
+        if len(staleness):
+            stats.update({
+                "staleness/mean": ("mean", float(staleness.sum()), float(staleness.numel())),
+                "staleness/min": ("min", float(staleness.min()), 1.0),
+                "staleness/max": ("max", float(staleness.max()), 1.0),
+                "staleness/hist": ("hist", staleness.long().tolist(), 1.0),
+            })
+        return stats
 
     # ------------------------------------------------------------------------------------------------------------
     # weights out

@@ -110,6 +110,7 @@ class RolloutWorker:
             behaviour_logprobs=c_lp,
             policy_version=torch.tensor(first, dtype=torch.long),  # the oldest weights that sampled the row
             mixed_version=torch.tensor(first) != torch.tensor(last),
+            frozen_sample=torch.full((N,), self.pool == "frozen_rollout", dtype=torch.bool),
             group_id=torch.tensor([group_ids[i] for i, _ in rows], dtype=torch.long),
             truncated=torch.tensor([c.finish_reason == "length" for _, c in rows]),
             prompts=[prompts[i] for i, _ in rows],

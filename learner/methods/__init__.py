@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import distill, grpo, minillm, ppo, rejection_sampling, sdft, sdpo, sft, ssd
+from . import distill, dpo, grpo, minillm, ppo, rejection_sampling, sdft, sdpo, sft, ssd
 from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec  # noqa: F401
 
 FAMILIES: dict[str, ModuleType] = {}
 CONFIG_MODELS = []
-for _module in (grpo, minillm, distill, ppo, ssd, sft, rejection_sampling, sdpo, sdft):
+for _module in (grpo, minillm, distill, ppo, ssd, sft, rejection_sampling, sdpo, sdft, dpo):
     for _cfg in _module.CONFIGS:
         FAMILIES[_cfg.model_fields["name"].default] = _module
         CONFIG_MODELS.append(_cfg)
@@ -32,6 +32,13 @@ def sources(alg, n_micro_batches: int, seed: int) -> list[str]:
     """Which generator fills each micro-batch (the policy, unless the family mixes sources)."""
     fn = getattr(family(alg), "sources", None)
     return fn(alg, n_micro_batches, seed) if fn else [POLICY] * n_micro_batches
+
+
+def group_sources(alg) -> list[str]:
+    """Where each row of a group comes from, when a group mixes sources (XPO: [POLICY, TEACHER], the policy's sample
+    and the frozen reference's); empty: a group comes from one source (``sources``)."""
+    fn = getattr(family(alg), "group_sources", None)
+    return fn(alg) if fn else []
 
 
 def cross_section_aliases(data: dict) -> dict:

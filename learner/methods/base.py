@@ -80,7 +80,9 @@ class TeacherSpec:
 class Needs:
     rewards: bool = True  # a ``reward:`` section is required and every sample is scored
     teachers: tuple[TeacherSpec, ...] = ()
-    frozen_rollout: bool = False  # a rollout pool with the teacher's frozen weights (teacher-generated samples)
+    frozen_rollout: bool = False  # a rollout pool with frozen weights, never synced (seq_kd, XPO)
+    frozen_rollout_model: Literal["teacher", "policy"] = "teacher"  # its weights: the teacher's, or the policy's
+    # initial weights (XPO's reference samples)
     teacher_model: bool = False  # the ``teacher:`` section is required
     same_vocabulary: bool = True  # the teacher's vocabulary must equal the student's
     critic: bool = False  # a critic pool: a value model trained beside the policy (its own DeepSpeed engine)

@@ -29,7 +29,8 @@ KIT = ["kit={}", "model.name_or_path=kit:warm_start", "model.dtype=float32", "da
        "cluster.rollout.replicas=1", "cluster.rollout.num_cpus=0.5", "cluster.reward.replicas=1",
        "cluster.reward.num_cpus=0.5", "cluster.teacher.num_cpus=0.5", "cluster.rollout.num_gpus=0",
        "cluster.learner.num_gpus=0", "cluster.teacher.num_gpus=0", "cluster.reward.num_gpus=0",
-       "cluster.critic.num_gpus=0", "cluster.critic.num_cpus=0", "rollout.engine=hf",
+       "cluster.critic.num_gpus=0", "cluster.critic.num_cpus=0", "cluster.frozen_rollout.num_gpus=0",
+       "cluster.frozen_rollout.num_cpus=0.5", "rollout.engine=hf",
        "reward.reward_weights=null"]
 
 
@@ -63,7 +64,8 @@ def test_there_is_a_recipe_per_paper():
     expected = {"deepseekmath", "deepseek_r1", "gspo", "gspo_token", "gmpo", "dapo", "long_cot", "intellect2",
                 "skywork_or1", "rule_80_20", "dr_grpo", "lite_ppo", "tis", "mis", "scalerl", "grpo_2", "sapo",
                 "deepseek_v32", "gdpo", "luspo", "vespo", "gkd", "on_policy_distillation", "gold", "minillm",
-                "code_grpo", "ppo", "ppo_reward_model", "ssd", "sdpo", "sdft", "deepseek_r1_pipeline"}
+                "code_grpo", "ppo", "ppo_reward_model", "ssd", "sdpo", "sdft", "deepseek_r1_pipeline",
+                "online_dpo", "xpo"}
     assert expected <= names, sorted(expected - names)
 
 
@@ -92,6 +94,8 @@ def test_recipe_runs_two_steps_on_the_kit(recipe, ray_cluster, kit, tmp_path):
         assert cfg.data.train == "kit:code_train" and all("rewards/code_tests/mean" in r for r in steps)
     if cfg.reward and "reward_model" in [getattr(f, "name", f) for f in cfg.reward.reward_funcs]:  # the kit's model
         assert any("rewards/reward_model/mean" in r for r in steps)
+    if cfg.algorithm.name in ("online_dpo", "xpo"):  # pairs judged by the kit's reward model
+        assert all("rewards/margins" in r and "pairs/tied" in r for r in steps)
     assert (tmp_path / "final" / "model.safetensors").is_file()
     if cfg.algorithm.name == "ssd":  # no reward, no teacher: the model's own samples change it
         from safetensors.torch import load_file

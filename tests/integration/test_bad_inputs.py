@@ -200,6 +200,18 @@ def test_batch_that_does_not_hold_whole_groups(user, capsys):
     bad(capsys, "validate", run_file(user), "algorithm.num_generations=3", expect=["divisible by num_generations (3)"])
 
 
+@pytest.mark.parametrize("family", ["online_dpo", "xpo"])
+def test_preference_family_without_pairs(user, capsys, family):
+    bad(capsys, "validate", run_file(user), f"algorithm.name={family}",
+        expect=[f"algorithm {family} judges pairs: num_generations must be 2 (got 4)", "set algorithm.num_generations"])
+
+
+@pytest.mark.parametrize("knob", ["beta", "alpha"])
+def test_preference_schedule_that_is_empty(user, capsys, knob):
+    bad(capsys, "validate", run_file(user), "algorithm.name=xpo", "algorithm.num_generations=2", f"algorithm.{knob}=[]",
+        expect=[f"{knob}: the schedule is empty"])
+
+
 def test_nan_reward_weight(user, capsys):
     bad(capsys, "validate", run_file(user), "reward.reward_weights=[.nan]", expect=["reward_weights must be finite"])
 
