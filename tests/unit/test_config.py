@@ -138,14 +138,16 @@ OVERLAY = RECIPES.parent / "overlays" / "kit.yaml"
 def test_kit_overlay_keeps_the_papers_method_knobs(recipe):
     paper = load_config(recipe)
     two_rewards = ["reward.reward_funcs=[arithmetic_exact,think_format]"] if recipe.stem == "gdpo" else []
-    cfg = load_config(recipe, [str(OVERLAY), *two_rewards])
+    pairs = paper.algorithm.name in ("online_dpo", "xpo")  # their own overlay after kit.yaml: G = 2, 64 per batch
+    cfg = load_config(recipe, [str(OVERLAY), *([str(OVERLAY.parent / "kit_preference.yaml")] if pairs else []),
+                               *two_rewards])
     assert cfg.model.name_or_path == "kit:warm_start" and cfg.data.train == "kit:train"
     assert cfg.reward.reward_funcs[0] == "arithmetic_exact"
     sizes = {"num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
-             "generation_batch_size", "steps_per_generation"}
+             "generation_batch_size", "steps_per_generation", *(["drop_ties"] if pairs else [])}
     assert cfg.algorithm.model_dump(exclude=sizes) == paper.algorithm.model_dump(exclude=sizes)
     s = resolve_schedule(cfg)
-    assert (s.P, s.generation_batch_size, s.K) == (2, 256, 4 * paper.algorithm.num_iterations)
+    assert (s.P, s.generation_batch_size, s.K) == ((2, 64, 1) if pairs else (2, 256, 4 * paper.algorithm.num_iterations))
 
 
 def test_overlay_then_overrides_in_order_and_errors_name_the_overlay(tmp_path):
