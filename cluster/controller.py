@@ -256,6 +256,8 @@ class Controller:
             self.pipe.sync_rollout(self.version)
             self.inflight.append(self.pipe.launch(self.next_gen))
             self.next_gen += 1
+        for gen in self.inflight:  # dynamic sampling: next rounds of the batches in flight, where due
+            self.pipe.fill(gen, block=False)
 
     # 2. admit ---------------------------------------------------------------------------------------------------
     def admit_for_step(self) -> list[dict]:
@@ -279,7 +281,7 @@ class Controller:
                              f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far")
                     continue
                 self.ledger.stale_used(gen, lag)
-            admission += self.pipe.admit(gen)
+            admission += [*self.pipe.admit(gen), gen.once]  # gen.once: dynamic sampling's counts
             self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
@@ -290,7 +292,10 @@ class Controller:
         """GA micro-batches on every rank, one optimizer step: the policy version goes up by one."""
         t0 = time.time()
         self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
-        learned = reduce_stats([*get_all([r.train_step.remote() for r in self.pools.trainers]), *admission])
+        steps = [r.train_step.remote() for r in self.pools.trainers]
+        for gen in self.inflight:  # dynamic sampling: rounds whose verdicts are in get their next round now
+            self.pipe.fill(gen, block=False)
+        learned = reduce_stats([*get_all(steps), *admission])
         learned["timing/driver_learn_s"] = time.time() - t0
         self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
         self.version += 1
@@ -471,6 +476,7 @@ class Ledger:
         self.expected: dict[int, int] = {}
         self.regenerated = 0  # batches in flight at a checkpoint, sampled again on resume
         self.work: dict[str, int] = {}  # "<pool>/<replica>" -> rows it generated or scored
+        self.filtered: dict[int, int] = {}  # gen_id -> samples dynamic sampling left out of it
 
     @property
     def admitted_batches(self) -> int:
@@ -479,7 +485,7 @@ class Ledger:
     def state(self) -> dict:
         return {"samples": self.samples, "admitted_ids": self.admitted_ids, "dropped_ids": self.dropped_ids,
                 "stale_used_ids": self.stale_used_ids, "microsteps": self.microsteps, "expected": self.expected,
-                "regenerated": self.regenerated, "work": self.work}
+                "regenerated": self.regenerated, "work": self.work, "filtered": self.filtered}
 
     def restore(self, state: dict) -> None:
         ints = lambda d: {int(k): v for k, v in d.items()}  # noqa: E731  (JSON keys are strings)
@@ -487,13 +493,17 @@ class Ledger:
         self.stale_used_ids, self.microsteps = ints(state["stale_used_ids"]), ints(state["microsteps"])
         self.expected, self.admitted_ids = ints(state["expected"]), list(state["admitted_ids"])
         self.regenerated, self.work = state.get("regenerated", 0), dict(state.get("work", {}))
+        self.filtered = ints(state.get("filtered", {}))
 
     @property
     def dropped_samples(self) -> int:
-        return sum(self.samples[g] for g in self.dropped_ids)
+        """Samples of batches dropped as too stale, and those dynamic sampling left out of the other batches."""
+        return sum(self.samples[g] if g in self.dropped_ids else self.filtered.get(g, 0) for g in self.samples)
 
     def generated(self, gen) -> None:
-        self.samples[gen.gen_id] = gen.stats["rows"]
+        self.samples[gen.gen_id] = gen.stats["rows"]  # every round's samples
+        if gen.filtered_rows:
+            self.filtered[gen.gen_id] = gen.filtered_rows
         for key, rows in gen.stats.get("work", {}).items():  # "rollout/0" -> rows it produced
             self.work[key] = self.work.get(key, 0) + rows
 
@@ -513,13 +523,16 @@ class Ledger:
 
     def counters(self) -> dict:
         return {"pipeline/generated_samples": sum(self.samples.values()),
-                "pipeline/admitted_samples": sum(self.samples[g] for g in self.admitted_ids),
+                "pipeline/admitted_samples": sum(self.samples[g] - self.filtered.get(g, 0) for g in self.admitted_ids),
                 "pipeline/dropped_samples": self.dropped_samples,
-                "pipeline/stale_used_samples": sum(self.samples[g] for g in self.stale_used_ids)}
+                "pipeline/filtered_samples": sum(self.filtered.values()),
+                "pipeline/stale_used_samples": sum(self.samples[g] - self.filtered.get(g, 0)
+                                                   for g in self.stale_used_ids)}
 
     def write(self, path: Path, microsteps_per_batch: int) -> None:
         import json
         path.write_text(json.dumps({
             "microsteps_per_batch": microsteps_per_batch, "generated": self.samples, "admitted": self.admitted_ids,
             "dropped": self.dropped_ids, "stale_used": self.stale_used_ids, "consumed_microsteps": self.microsteps,
-            "regenerated_at_resume": self.regenerated, "work_per_replica": self.work, **self.counters()}, indent=1))
+            "regenerated_at_resume": self.regenerated, "work_per_replica": self.work,
+            "filtered_by_dynamic_sampling": self.filtered, **self.counters()}, indent=1))

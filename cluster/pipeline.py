@@ -14,11 +14,13 @@ import ray
 import torch
 
 from learner.advantages import total_reward
-from learner.methods import (DATASET, POLICY, TEACHER, family, generation_prompts, group_sources, mixes_sources,
-                             sources)
+from learner.methods import (DATASET, POLICY, TEACHER, family, generation_prompts, group_filter, group_sources,
+                             mixes_sources, sources)
 from rollout_workers.engine import SamplingParams
 
+from . import dynamic_sampling
 from .batch import Batch
+from .dynamic_sampling import select_groups
 from .config import RunConfig, Schedule
 from .pools import Pools, get_all
 
@@ -26,18 +28,22 @@ log = logging.getLogger("relay_rl")
 
 
 @ray.remote(num_cpus=0)
-def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, gen_id: int, epoch: int = 0):
+def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, gen_id: int, epoch: int = 0,
+             groups: list[int] | None = None):
     """Whole generation batch -> (P shards..., stats): the family's assemble step (advantages, targets, row order),
     then P consecutive rank shards of S slices each. ``epoch``: the pass over the prompts it was drawn in (a
-    per-epoch schedule's index: online DPO's beta)."""
+    per-epoch schedule's index: online DPO's beta). ``groups``: dynamic sampling's choice, the groups the batch holds
+    (``scored`` then holds every round); the statistics describe everything sampled."""
     parts = ray.get(scored)
     batch = Batch.concat(parts)
     has_rewards = batch.rewards is not None
-    if not has_rewards:  # no reward section: a constant reward of 1.0 (advantages 0)
-        batch, reward_weights = batch.replace(rewards=torch.ones(len(batch), 1)), None
-    weights = reward_weights or [1.0] * batch.rewards.shape[1]
+    weights = reward_weights or ([1.0] * batch.rewards.shape[1] if has_rewards else [])
+    # the lengths, rewards and timings of the generation batch (``rows``: every sample, for the ledger) before the
+    # family turns it into training rows
     stats = generation_stats(batch, total_reward(batch.rewards, weights), [p.info for p in parts],
                              scored=has_rewards, part_sizes=[len(p) for p in parts])
+    if groups is not None:
+        batch = select_groups(batch, groups)
     batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
     batch = batch.replace(info={**batch.info, "gen_id": gen_id, "epoch": epoch})
     return (*batch.split(P), {**stats, **family_stats})
@@ -105,6 +111,10 @@ class Generation:
     source_stats: dict = field(default_factory=dict)  # micro-batches per completion source (GKD's mixing)
     stats: dict | None = None
     attempts: int = 1
+    rounds: list = field(default_factory=list)  # dynamic sampling: each round's scored refs
+    verdicts: list = field(default_factory=list)  # ... and its (group id, varied, rows) ref, then its value
+    filtered_rows: int = 0  # rows sampled but left out by dynamic sampling
+    once: dict = field(default_factory=dict)  # (kind, value, count) statistics for the step that admits it
 
 
 class PromptSampler:
@@ -230,26 +240,40 @@ class Pipeline:
 
     # -- generation ---------------------------------------------------------------------------------------------
     def launch(self, gen_id: int, records: list | None = None) -> Generation:
-        """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once. Each micro-batch's
-        completions come from one source (the family's ``sources``): the policy's rollout pool, the frozen rollout
-        pool, or the dataset's completions (tokenised by a rollout actor); or each group's rows from several sources
-        (the family's ``group_sources``: XPO's policy and reference samples of one prompt)."""
-        s, a = self.sched, self.cfg.algorithm
+        """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once. With dynamic
+        sampling only its first round starts here; ``fill`` runs the rest."""
+        s = self.sched
         self.wake_rollout()
         records = records if records is not None else self.sampler.take(s.prompts_per_generation)
         gen = Generation(gen_id=gen_id, records=records, version=self.rollout_version)
-        seed = (self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id
-        items = [(record, gen_id * len(records) + i) for i, record in enumerate(records)]
+        scored, gen.source_stats = self._sample(gen_id, records)
+        if group_filter(self.cfg) is None:
+            self._assemble(gen, scored)
+        else:
+            self._add_round(gen, scored)
+        return gen
+
+    def _sample(self, gen_id: int, records: list, round_: int = 0) -> tuple[list, dict]:
+        """Sample and score ``records`` (dynamic sampling's round ``round_``): the scored refs, and the share of each
+        completion source. Each micro-batch's completions come from one source (the family's ``sources``): the
+        policy's rollout pool, the frozen rollout pool, or the dataset's completions (tokenised by a rollout actor);
+        or each group's rows from several sources (the family's ``group_sources``: XPO's policy and reference
+        samples of one prompt)."""
+        s, a = self.sched, self.cfg.algorithm
+        seed = (self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id + (round_ << 32)
+        offset = gen_id * len(records) + round_ * dynamic_sampling.ROUND_GROUP_OFFSET
+        items = [(record, offset + i) for i, record in enumerate(records)]
         split = group_sources(a)
         by_source: dict[str, list] = {src: items for src in dict.fromkeys(split)}
         n_of = {src: split.count(src) for src in by_source}  # completions per prompt from each source
+        source_stats = {}
         if not split:
             plan = sources(a, s.generation_batch_size // s.B, seed)  # one source per micro-batch
             for i, item in enumerate(items):  # prompt i's G rows start at row i*G: micro-batch (i*G) // B
                 by_source.setdefault(plan[i * s.G // s.B], []).append(item)
             n_of = {src: s.G for src in by_source}
             if mixes_sources(a):  # the fraction of each source
-                gen.source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
+                source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
         chunks = []  # (rollout ref, number of groups in it)
         for src, items in by_source.items():
             params = self.training_sampling(n_of[src], seed)
@@ -270,12 +294,48 @@ class Pipeline:
                                                  if src == POLICY else None)
                 chunks.append((ref, len(chunk)))
         # a batch of dataset completions only (SFT) is not scored: the rewards serve evaluation there
-        scored = self._score(chunks, gen_id, rewards=self.cfg.needs.rewards or set(by_source) != {DATASET})
+        return self._score(chunks, gen_id, rewards=self.cfg.needs.rewards or set(by_source) != {DATASET}), source_stats
+
+    def _assemble(self, gen: Generation, scored: list, groups: list[int] | None = None) -> None:
+        s = self.sched
         out = assemble.options(num_returns=s.P + 1).remote(
-            scored, a, s.P, self.cfg.reward.reward_weights if self.cfg.reward else None,
-            self.cfg.train.seed + gen_id, gen_id, max(0, self.sampler.epoch - 1))
+            scored, self.cfg.algorithm, s.P, self.cfg.reward.reward_weights if self.cfg.reward else None,
+            self.cfg.train.seed + gen.gen_id, gen.gen_id, max(0, self.sampler.epoch - 1), groups)
         gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
-        return gen
+
+    # -- dynamic sampling (cluster/dynamic_sampling.py) ---------------------------------------------------------
+    def _add_round(self, gen: Generation, scored: list) -> None:
+        weights = self.cfg.reward.reward_weights or [1.0] * len(self.cfg.reward.reward_funcs)
+        _, column = group_filter(self.cfg)
+        gen.rounds.append(scored)
+        gen.verdicts.append(dynamic_sampling.verdicts.remote(scored, weights, column))
+
+    def fill(self, gen: Generation, block: bool = True) -> None:
+        """Dynamic sampling: read the rounds' verdicts as they come, sample another round while too few groups vary,
+        then assemble the batch from the varied groups. ``block`` False: only what is ready now (the controller
+        calls it between steps, so rounds overlap training). A no-op without dynamic sampling or once assembled."""
+        fg, column = group_filter(self.cfg) or (None, None)
+        need = self.sched.prompts_per_generation
+        while fg is not None and gen.stats_ref is None:
+            last = gen.verdicts[-1]
+            if isinstance(last, ray.ObjectRef):
+                if not block and not ray.wait([last], timeout=0)[0]:
+                    return
+                try:
+                    gen.verdicts[-1] = ray.get(last)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    if block:
+                        raise  # ``wait`` restarts the actor and redoes the batch
+                    return
+            if dynamic_sampling.enough(gen.verdicts, need, fg.max_num_gen_batches):
+                choice = dynamic_sampling.choose_groups(gen.verdicts, need, fg.when_exhausted)
+                self._assemble(gen, [ref for r in gen.rounds for ref in r], choice.groups)
+                gen.filtered_rows = choice.stats["dynamic_sampling/dropped_samples"]
+                gen.once = {k: ("mean" if k.endswith("_ratio") else "sum", v, 1.0) for k, v in choice.stats.items()}
+                return
+            self.wake_rollout()
+            scored, _ = self._sample(gen.gen_id, self.sampler.take(need), round_=len(gen.rounds))
+            self._add_round(gen, scored)
 
     def _score(self, chunks: list, step: int, teachers: bool = True, rewards: bool = True) -> list:
         """Reward scores (when the run has rewards), then every teacher pool the family needs, chained as refs; one
@@ -301,6 +361,7 @@ class Pipeline:
         """Block until the generation's statistics are in; redo it if a rollout or reward actor crashed."""
         while True:
             try:
+                self.fill(gen)
                 gen.stats = {**ray.get(gen.stats_ref), **gen.source_stats}
                 return gen
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:

@@ -41,6 +41,13 @@ def group_sources(alg) -> list[str]:
     return fn(alg) if fn else []
 
 
+def group_filter(cfg):
+    """Dynamic sampling (GRPO's ``filter_groups``) when the family filters groups and it is on: (its settings, the
+    reward column it reads, None for the weighted total); None otherwise: every sampled group enters the batch."""
+    fn = getattr(family(cfg.algorithm), "group_filter", None)
+    return fn(cfg) if fn else None
+
+
 def cross_section_aliases(data: dict) -> dict:
     """A family's knob names that set another section's field (PPO's response_length), applied to the raw run file."""
     name = (data.get("algorithm") or {}).get("name")
@@ -50,6 +57,10 @@ def cross_section_aliases(data: dict) -> dict:
 
 def check(cfg) -> None:
     """Rules across run-file sections (raises ValueError)."""
+    fg = getattr(cfg.algorithm, "filter_groups", None)
+    if fg is not None and fg.enable and not hasattr(family(cfg.algorithm), "group_filter"):
+        raise ValueError(f"filter_groups (dynamic sampling) is for the GRPO family; algorithm {cfg.algorithm.name} "
+                         "learns from groups without reward variance too: set filter_groups.enable: false")
     getattr(family(cfg.algorithm), "check", lambda c: None)(cfg)
 
 

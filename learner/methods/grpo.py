@@ -19,10 +19,28 @@ from learner.logprobs import token_logprobs
 from learner.losses import (AdaptiveEntropy, LossScale, PolicyBatch, entropy_threshold, policy_loss,
                             rollout_is_weights)
 
+from cluster.schema import Strict
+
 from .base import Batching, Needs, Objective, TeacherSpec
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo", "gmpo"]
 ISMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+
+
+class FilterGroups(Strict):
+    """DAPO's dynamic sampling (ALGORITHMS.md §10), verl's ``algorithm.filter_groups`` names: a group whose rewards
+    are all equal carries no gradient; it is dropped and generation goes on until the generation batch is full of
+    groups that carry one."""
+
+    enable: bool = False
+    metric: str = "reward"
+    """What must vary within a group: ``reward`` (the weighted total) or the name of one reward function."""
+    max_num_gen_batches: int = Field(10, ge=0)
+    """Rounds of sampling per generation batch, at most (0: no bound). relay-rl's default 10 (verl's is 0), so a run
+    whose groups all tie cannot sample forever."""
+    when_exhausted: Literal["fill", "error"] = "fill"
+    """After max_num_gen_batches rounds with too few varied groups: ``fill`` the batch with the rounds' tied groups
+    (their advantages are 0; counted as ``dynamic_sampling/filled_groups``), or stop with an ``error`` (verl)."""
 
 
 class GRPOConfig(Batching):
@@ -85,6 +103,8 @@ class GRPOConfig(Batching):
     ref_model_mixup_alpha: float = Field(0.6, ge=0, le=1)
     cast_lm_head_to_fp32: bool = False
     """Compute the LM head in fp32 (ScaleRL)."""
+    filter_groups: FilterGroups = Field(default_factory=FilterGroups)
+    """DAPO's dynamic sampling: drop groups without reward variance and sample on until the batch is full."""
 
     @model_validator(mode="before")
     @classmethod
@@ -270,9 +290,34 @@ CONFIGS = (GRPOConfig,)
 
 def check(cfg) -> None:
     """Rules across sections (raised as config errors naming the fields)."""
+    metric_column(cfg)
     if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum" and len(cfg.reward.reward_funcs) < 2:
         raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one "
                          "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize")
+
+
+def group_filter(cfg) -> Optional[tuple[FilterGroups, Optional[int]]]:
+    """Dynamic sampling when it is on: its settings and the reward column it reads."""
+    fg = cfg.algorithm.filter_groups
+    return (fg, metric_column(cfg)) if fg.enable else None
+
+
+def metric_column(cfg) -> Optional[int]:
+    """The reward column dynamic sampling reads: None for the weighted total (``metric: reward``), else the index of
+    the reward function named by ``filter_groups.metric``."""
+    metric = cfg.algorithm.filter_groups.metric
+    if metric == "reward":
+        return None
+    names = [_reward_name(f) for f in cfg.reward.reward_funcs]
+    if metric not in names:
+        raise ValueError(f"filter_groups.metric {metric!r} is not a reward function of this run: give 'reward' (the "
+                         f"weighted total) or one of {names}")
+    return names.index(metric)
+
+
+def _reward_name(spec) -> str:
+    name = spec if isinstance(spec, str) else getattr(spec, "name", None) or spec["name"]
+    return name.rsplit(":", 1)[-1]  # an import path's function name, as the reward actor names its column
 
 
 def after_step(cfg, step: int, pipe) -> None:
