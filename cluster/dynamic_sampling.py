@@ -1,7 +1,9 @@
 """DAPO's dynamic sampling (ALGORITHMS.md §10; GRPO's ``algorithm.filter_groups``, verl's names).
 
 A group whose rewards are all equal has zero advantage: it teaches nothing. With dynamic sampling a generation batch
-is made in rounds: each round samples and scores ``prompts_per_generation`` new prompts (on every rollout replica);
+is made in rounds: the first samples and scores ``prompts_per_generation`` prompts, each later one as many new
+prompts as the missing groups need at the share of varied groups seen so far, plus a quarter (spread over the
+rollout replicas like any batch);
 a small task reports, per group, whether its rewards vary (the driver sees group ids and counts, never rows); the
 driver launches another round while fewer than ``prompts_per_generation`` groups vary, then hands the varied groups
 (the first ones, in round order; the surplus cut in whole groups) to the family's assemble step. The learner sees
@@ -79,6 +81,17 @@ def enough(rounds: list[list[tuple[int, bool, int]]], need: int, max_rounds: int
     """Stop sampling: ``need`` varied groups exist, or ``max_rounds`` rounds ran (0: no bound)."""
     varied = sum(ok for r in rounds for _, ok, _ in r)
     return varied >= need or (max_rounds > 0 and len(rounds) >= max_rounds)
+
+
+def next_round_size(rounds: list[list[tuple[int, bool, int]]], need: int, full: int) -> int:
+    """Prompts for the next round: the groups still missing divided by the share of varied groups so far, a quarter
+    more as a margin, at most a full round (``full``; also when no group has varied yet). verl samples full rounds;
+    sized rounds waste less when only a few groups are missing."""
+    flat = [v for r in rounds for v in r]
+    varied = sum(ok for _, ok, _ in flat)
+    if not varied:
+        return full
+    return max(1, min(full, math.ceil((need - varied) * len(flat) / varied * 1.25)))
 
 
 def select_groups(batch: Batch, groups: list[int]) -> Batch:

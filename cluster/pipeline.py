@@ -37,7 +37,9 @@ def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, 
     parts = ray.get(scored)
     batch = Batch.concat(parts)
     has_rewards = batch.rewards is not None
-    weights = reward_weights or ([1.0] * batch.rewards.shape[1] if has_rewards else [])
+    if not has_rewards:  # no reward section: a constant reward of 1.0 (advantages 0)
+        batch, reward_weights = batch.replace(rewards=torch.ones(len(batch), 1)), None
+    weights = reward_weights or [1.0] * batch.rewards.shape[1]
     # the lengths, rewards and timings of the generation batch (``rows``: every sample, for the ledger) before the
     # family turns it into training rows
     stats = generation_stats(batch, total_reward(batch.rewards, weights), [p.info for p in parts],
@@ -334,7 +336,8 @@ class Pipeline:
                 gen.once = {k: ("mean" if k.endswith("_ratio") else "sum", v, 1.0) for k, v in choice.stats.items()}
                 return
             self.wake_rollout()
-            scored, _ = self._sample(gen.gen_id, self.sampler.take(need), round_=len(gen.rounds))
+            size = dynamic_sampling.next_round_size(gen.verdicts, need, full=need)
+            scored, _ = self._sample(gen.gen_id, self.sampler.take(size), round_=len(gen.rounds))
             self._add_round(gen, scored)
 
     def _score(self, chunks: list, step: int, teachers: bool = True, rewards: bool = True) -> list:

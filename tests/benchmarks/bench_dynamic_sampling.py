@@ -56,10 +56,10 @@ def one_run(task: str, dynamic: bool, steps: int, eval_steps: int, seed: int) ->
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| task | dynamic sampling | seed | held-out accuracy at steps (step: acc) | wall s | generated samples "
-             "| rounds per batch |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | dynamic sampling | seed | held-out accuracy (step: accuracy @ wall seconds) | wall s | generated "
+             "samples | rounds per batch |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        curve = ", ".join(f"{s}: {a:.3f}" for s, _, a in r["curve"])
+        curve = ", ".join(f"{s}: {a:.3f} @ {w:.0f}" for s, w, a in r["curve"])
         lines.append(f"| {r['task']} | {'on' if r['dynamic_sampling'] else 'off'} | {r['seed']} | {curve} | "
                      f"{r['wall_s']:.0f} | {r['generated_samples']} | {r['rounds_mean']:.2f} |")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import torch
 from cluster.batch import Batch
 from cluster.config import ConfigError, validate_dict
 from cluster.controller import Ledger
-from cluster.dynamic_sampling import choose_groups, enough, group_verdicts, select_groups
+from cluster.dynamic_sampling import choose_groups, enough, group_verdicts, next_round_size, select_groups
 from cluster.errors import RunError
 from tests.conftest import quickstart_dict
 
@@ -55,6 +55,14 @@ def test_exhausted_rounds_fill_with_tied_groups_or_stop():
     assert c.stats["dynamic_sampling/filled_groups"] == 2 and c.stats["dynamic_sampling/dropped_groups"] == 1
     with pytest.raises(RunError, match="1 of the 3 groups .* after 2 rounds .*max_num_gen_batches"):
         choose_groups(rounds, need=3, when_exhausted="error")
+
+
+def test_later_rounds_are_sized_by_the_share_of_varied_groups():
+    first = [[(g, g % 4 == 0, 8) for g in range(32)]]  # 8 of 32 varied: 24 missing at a share of 1/4
+    assert next_round_size(first, need=32, full=32) == 32  # 24 * 4 * 1.25 = 120: at most a full round
+    most = [[(g, g % 8 != 0, 8) for g in range(32)]]  # 28 of 32 varied: 4 missing at 7/8
+    assert next_round_size(most, need=32, full=32) == 6  # ceil(4 * 32 / 28 * 1.25)
+    assert next_round_size([[(0, False, 8), (1, False, 8)]], need=2, full=2) == 2  # nothing varied yet: a full round
 
 
 def test_select_groups_keeps_whole_groups_in_the_chosen_order():
