@@ -51,6 +51,20 @@ def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, 
     return (*batch.split(P), {**stats, **family_stats})
 
 
+@ray.remote(num_cpus=0)
+def join(parts: list) -> Batch:
+    """Several sources' rows of the same prompts as one batch (XPO's policy and reference samples), so that a pair is
+    scored in one reward call (a pairwise judge compares its two completions)."""
+    batches = ray.get(parts)
+    infos = [b.info for b in batches]
+    work: dict = {}
+    for b in batches:
+        work[f"rollout/{b.info.get('worker')}"] = work.get(f"rollout/{b.info.get('worker')}", 0) + len(b)
+    return Batch.concat(batches).replace(info={
+        **infos[0], "generate_s": max(i.get("generate_s", 0.0) for i in infos), "work_rows": work,
+        "prompts_truncated": sum(i.get("prompts_truncated", 0) for i in infos)})
+
+
 def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True,
                      part_sizes: list[int] | None = None) -> dict:
     lengths = batch.completion_mask.sum(-1)
@@ -73,9 +87,13 @@ def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: b
             max(values) if key.startswith("teacher_s/") else sum(values)
     stats["work"] = {}  # rows per replica: "rollout/0", "reward/1", ... (the ledger sums them)
     for info, part_rows in zip(infos, part_sizes or [0] * len(infos)):
-        for key in (f"rollout/{info.get('worker')}", f"reward/{info.get('reward_worker')}"):
+        joined = info.get("work_rows")  # a joined batch (or a reward replica's part of it): its share per source
+        total = sum(joined.values()) if joined else 0
+        rows = {**({k: round(n * part_rows / total) for k, n in joined.items()} if joined else
+                   {f"rollout/{info.get('worker')}": part_rows}), f"reward/{info.get('reward_worker')}": part_rows}
+        for key, n in rows.items():
             if not key.endswith("/None"):
-                stats["work"][key] = stats["work"].get(key, 0) + part_rows
+                stats["work"][key] = stats["work"].get(key, 0) + n
     if not scored:
         return {**stats, "reward_errors": {}, "reward_stuck": []}
     ok = ~torch.isnan(r)
@@ -295,6 +313,8 @@ class Pipeline:
                                                  generation_prompts=generation_prompts(self.cfg, recs)
                                                  if src == POLICY else None)
                 chunks.append((ref, len(chunk)))
+        if split:  # each group's rows from several pools: joined, so that the reward pool sees whole groups
+            chunks = [(join.remote([ref for ref, _ in chunks]), len(items))]
         # a batch of dataset completions only (SFT) is not scored: the rewards serve evaluation there
         return self._score(chunks, gen_id, rewards=self.cfg.needs.rewards or set(by_source) != {DATASET}), source_stats
 

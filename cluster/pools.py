@@ -20,7 +20,7 @@ from teacher_workers.actor import TeacherWorker
 from .config import ConfigError, PoolSpec, RunConfig
 from .kit import resolve_kit_path, resolve_reward_funcs
 from .preflight import reward_search_path
-from reward_workers.judge import JUDGE, judge_pool_model
+from reward_workers.judge import JUDGES, judge_pool_model
 
 
 @dataclass
@@ -104,7 +104,7 @@ class PoolMaker:
                 partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None)
         if pool == "reward":
             judges = {"judge_actors": [f"{self.run_name}/judge-{j}" for j in range(c.judge.replicas)], "namespace": ns}
-            funcs = [{**f, "kwargs": {**f["kwargs"], **judges}} if not isinstance(f, str) and f["name"] == JUDGE else f
+            funcs = [{**f, "kwargs": {**f["kwargs"], **judges}} if not isinstance(f, str) and f["name"] in JUDGES else f
                      for f in resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)]
             return _actor(RewardWorker, c.reward, name, ns).remote(
                 funcs, self.model_path, cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg))
@@ -126,8 +126,8 @@ class PoolMaker:
 
 
 def uses_judge(cfg: RunConfig) -> bool:
-    """A reward function is ``llm_judge``: the run starts the judge pool."""
-    return cfg.reward is not None and any(not isinstance(f, str) and f.name == JUDGE for f in cfg.reward.reward_funcs)
+    """A reward function is ``llm_judge`` or ``pairwise_judge``: the run starts the judge pool."""
+    return cfg.reward is not None and any(not isinstance(f, str) and f.name in JUDGES for f in cfg.reward.reward_funcs)
 
 
 def _bundle(*specs: PoolSpec) -> dict:

@@ -362,7 +362,7 @@ def check_signature(fld: str, name: str, fn, columns: list[str], data_field: str
     except (TypeError, ValueError):
         return  # a builtin or C function: nothing to check
     params = sig.parameters.values()
-    offered = set(REWARD_KEYWORDS) | set(columns)
+    offered = set(REWARD_KEYWORDS) | {"group_ids"} | set(columns)  # group_ids: to a function that names it
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL)]
     if positional:
         raise ConfigError(f"{fld}: {name} takes positional-only arguments ({', '.join(positional)}); reward "

@@ -34,6 +34,7 @@ class RewardWorker:
         self.index = index
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.funcs = [resolve(spec, self.tokenizer) for spec in reward_funcs]
+        self.takes_groups = [_accepts(fn, "group_ids") for _, fn in self.funcs]  # pairwise judges: which rows pair
         self.timeout_s = timeout_s
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self.funcs) + 1)  # + the async loop
 
@@ -65,9 +66,10 @@ class RewardWorker:
         # every function at once: the sync ones on the thread pool, the async ones awaited together on an event loop
         # of their own (the actor's thread may run one); all within one reward.timeout_s from now
         async_funcs = [(i, n, f) for i, (n, f) in enumerate(self.funcs) if inspect.iscoroutinefunction(f)]
-        futures = {i: self.pool.submit(fn, **kwargs) for i, (_, fn) in enumerate(self.funcs)
-                   if not inspect.iscoroutinefunction(fn)}
-        awaited = self.pool.submit(asyncio.run, self._run_async(async_funcs, kwargs)) if async_funcs else None
+        groups = {"group_ids": batch.group_id.tolist()}
+        futures = {i: self.pool.submit(fn, **kwargs, **(groups if self.takes_groups[i] else {}))
+                   for i, (_, fn) in enumerate(self.funcs) if not inspect.iscoroutinefunction(fn)}
+        awaited = self.pool.submit(asyncio.run, self._run_async(async_funcs, kwargs, groups)) if async_funcs else None
         deadline = time.time() + self.timeout_s
         results: dict[int, object] = {}
         for i, fut in futures.items():
@@ -99,10 +101,11 @@ class RewardWorker:
                 "reward_metrics": metrics, "reward_extra": extra_logs}
         return batch.replace(rewards=rewards, info=info)
 
-    async def _run_async(self, funcs, kwargs):
+    async def _run_async(self, funcs, kwargs, groups):
         async def one(i, name, fn):
             try:
-                return i, await asyncio.wait_for(fn(**kwargs), timeout=self.timeout_s)
+                call = fn(**kwargs, **(groups if self.takes_groups[i] else {}))
+                return i, await asyncio.wait_for(call, timeout=self.timeout_s)
             except asyncio.TimeoutError:
                 return i, TimeoutError(f"no result after {self.timeout_s:.0f}s (reward.timeout_s)")
             except Exception as e:  # noqa: BLE001
@@ -111,6 +114,15 @@ class RewardWorker:
 
     def ping(self) -> bool:
         return True
+
+
+def _accepts(fn, name: str) -> bool:
+    """``fn`` takes the keyword ``name`` (by name, or through **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == p.VAR_KEYWORD or p.name == name for p in params)
 
 
 def group_part(group_id: torch.Tensor, j: int, k: int) -> torch.Tensor:

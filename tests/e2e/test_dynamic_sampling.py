@@ -15,7 +15,12 @@ CONSTANT = {"reward_funcs": ["tests.integration.reward_fns:constant_one"]}  # ev
 def _check(cfg, steps, ledger):
     sched = resolve_schedule(cfg)
     assert_ledger_balances(ledger, sched)
-    assert ledger["pipeline/filtered_samples"] == sum(r.get("dynamic_sampling/dropped_samples", 0) for r in steps)
+    filtered = {int(g): n for g, n in ledger["filtered_by_dynamic_sampling"].items()}
+    assert ledger["pipeline/filtered_samples"] == sum(filtered.values())
+    # a step reports what dynamic sampling left out of the batches it admitted (a batch dropped as too stale counts
+    # whole in the ledger)
+    assert sum(filtered.get(g, 0) for g in ledger["admitted"]) == \
+        sum(r.get("dynamic_sampling/dropped_samples", 0) for r in steps)
     for r in steps:  # the learner sees the shape it sees without dynamic sampling
         assert r["samples"] == sched.B * sched.P * sched.GA == sum(r["staleness/hist"].values())
     return sched

@@ -59,3 +59,28 @@ def test_xpo_raises_held_out_accuracy(ray_cluster, kit, tmp_path):
     # the reference's samples were right about as often at the end as at the start (frozen), the policy's more
     assert sum(r["pairs/reference_chosen"] for r in records[-20:]) / 20 < 0.5
     _ledger_balances(records)
+
+
+@pytest.mark.parametrize("recipe", ["online_dpo.yaml", "xpo.yaml"])
+def test_a_pairwise_judge_on_the_judge_pool_picks_the_pairs(ray_cluster, kit, tmp_path, recipe):
+    """The kit's warm start as a pairwise judge (it adds the pair shown as "a+b=": the first digit of its answer says
+    which is better; tests/integration/test_judge.py checks the verdicts): the judge pool starts, both rows of every
+    pair reach the same reward call (XPO's two come from two pools and are joined first), the pairs are judged."""
+    from tests.integration.test_judge import pair_spec
+    spec = json.dumps([pair_spec("kit:warm_start")]).replace(" ", "")
+    cfg = load_config(RECIPES / recipe, [str(OVERLAYS / "kit.yaml"), str(OVERLAYS / "kit_preference.yaml"),
+                                         "cluster.learner.replicas=1", "cluster.learner.num_cpus=1",
+                                         "cluster.judge.num_cpus=0.25", "cluster.reward.replicas=2",
+                                         "train.save_steps=null", "train.max_steps=2", "train.eval_steps=null",
+                                         f"reward.reward_funcs={spec}"])
+    train(cfg, output_dir=str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["replicas/judge"] == 1 and 0 <= r["rewards/pairwise_judge/unparseable"] < 1
+        assert r["pairs/without_preference"] < 1  # some pairs got a verdict and were trained on
+        # every pair's two scores are 1 / 0 (or 0.5 / 0.5, or None / None): the mean of the scored rows is 0.5
+        assert r["rewards/pairwise_judge/mean"] == pytest.approx(0.5)
+    work = json.loads((tmp_path / "pipeline.json").read_text())["work_per_replica"]
+    assert work["reward/0"] > 0 and work["reward/1"] > 0

@@ -98,3 +98,86 @@ def test_two_judge_models_are_refused(kit):
     raw = quickstart_dict(reward={"reward_funcs": [judge_spec("kit:warm_start"), judge_spec("kit:base")]})
     with pytest.raises(ConfigError, match="one judge pool"):
         preflight(validate_dict(raw), kit_built=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pairwise_judge (online DPO, XPO): which of a prompt's two completions is better
+PAIR_TEMPLATE = "{completion_0}+{completion_1}="
+DIGIT_LABELS = {"1": 1, "5": 0, "6": 0, "7": 1, "8": 0, "9": 1}  # the answer's first digit -> the index shown better
+
+
+def pair_spec(model, **kw):
+    return {"name": "pairwise_judge", "kwargs": {"model": model, "template": PAIR_TEMPLATE, "chat": False,
+                                                 "max_tokens": 4, "pattern": r"^(\d)", "labels": DIGIT_LABELS, **kw}}
+
+
+def test_the_pairwise_judge_scores_each_pair_by_the_judge_pools_answer(ray_cluster, kit):
+    """The kit's warm start adds the two completions as shown; the first digit of its answer says which one is
+    better (``DIGIT_LABELS``). Each pair's scores are 1 / 0 by a direct greedy generation of the same shown text,
+    un-swapped where ``shuffle_order`` showed the pair the other way round; equal completions are 0.5 each and not
+    asked; an unparseable answer is None for both rows."""
+    import ray
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from reward_workers.registry import resolve
+    from rollout_workers.actor import RolloutWorker
+    names = [f"test-pair/judge-{i}" for i in range(2)]
+    actors = [ray.remote(RolloutWorker).options(name=n, namespace="test-pair", num_cpus=0.1).remote(
+        kit["warm_start"], "hf", "float32", {}, index=i, pool="judge") for i, n in enumerate(names)]
+    try:
+        ray.get([a.ping.remote() for a in actors])
+        _, fn = resolve(pair_spec(kit["warm_start"], judge_actors=names, namespace="test-pair"), None)
+        pairs = [("46", "70"), ("23", "31"), ("55", "55"), ("12", "88"), ("40", "19"), ("64", "27"), ("33", "50"),
+                 ("71", "18")]
+        completions = [c for p in pairs for c in p][::-1]  # groups need not be in order
+        group_ids = [g for g in range(len(pairs)) for _ in range(2)][::-1]
+        logged, metrics = {}, {}
+        got = fn(prompts=["1+1="] * len(completions), completions=completions, group_ids=group_ids,
+                 log_extra=logged.__setitem__, log_metric=metrics.__setitem__)
+        tok = AutoTokenizer.from_pretrained(kit["warm_start"])
+        model = AutoModelForCausalLM.from_pretrained(kit["warm_start"]).eval()
+        want, unparseable = [None] * len(completions), 0
+        for i in range(0, len(completions), 2):
+            a, b = completions[i], completions[i + 1]
+            if a == b:
+                want[i] = want[i + 1] = 0.5
+                continue
+            swapped = logged["judge_swapped"][i]
+            shown = (b, a) if swapped else (a, b)
+            ids = tok(PAIR_TEMPLATE.format(completion_0=shown[0], completion_1=shown[1]), return_tensors="pt",
+                      add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=4,
+                                     pad_token_id=tok.pad_token_id)
+            answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            assert logged["judge_answer"][i] == logged["judge_answer"][i + 1] == answer
+            verdict = DIGIT_LABELS.get(answer[:1])
+            if verdict is None:
+                unparseable += 1
+                continue
+            better = i + (verdict if not swapped else 1 - verdict)
+            want[better], want[2 * i + 1 - better] = 1.0, 0.0
+        assert got == want
+        assert metrics["pairwise_judge/unparseable"] == unparseable / (len(pairs) - 1)
+        assert any(logged["judge_swapped"]) and not all(logged["judge_swapped"])  # both orders were shown
+        assert sum(w in (0.0, 1.0) for w in want) >= 6  # most pairs got a verdict
+        with pytest.raises(ValueError, match="groups of \\[3\\].*num_generations: 2"):
+            fn(prompts=["1+1="] * 3, completions=["1", "2", "3"], group_ids=[0, 0, 0])
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"template": "{prompt}: {completion_0}"}, r"reward_funcs\[1\].*no \{completion_1\} field"),
+    ({"labels": {"a": 2}}, r"reward_funcs\[1\].*labels .* to 0 .* or 1"),
+    ({"model": "kit:base"}, r"one judge pool"),
+])
+def test_bad_pairwise_judge_settings_are_preflight_errors(kit, kwargs, message):
+    from cluster.config import ConfigError, validate_dict
+    from cluster.preflight import preflight
+    from tests.conftest import quickstart_dict
+    spec = pair_spec("kit:warm_start")
+    raw = quickstart_dict(reward={"reward_funcs": [judge_spec("kit:warm_start"),
+                                                   {**spec, "kwargs": {**spec["kwargs"], **kwargs}}]})
+    with pytest.raises(ConfigError, match=message):
+        preflight(validate_dict(raw), kit_built=True)
