@@ -125,10 +125,7 @@ def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_
     if "completion" not in fields:
         raise ValueError(f"llm_judge template {template[:120]!r} has no {{completion}} field: the judge would never see "
                          "the completion it grades; put {completion} (and usually {prompt}) in the template")
-    try:
-        regex = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"llm_judge pattern {pattern!r} is not a valid regular expression ({e})") from None
+    regex = _compile(pattern, JUDGE)
     if labels is not None:
         if not isinstance(labels, dict) or not all(isinstance(v, (int, float)) for v in labels.values()):
             raise ValueError(f"llm_judge labels {labels!r}: give a mapping from verdict text to score, e.g. "
@@ -159,6 +156,13 @@ def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_
 
     llm_judge.columns = columns
     return llm_judge
+
+
+def _compile(pattern: str, judge: str) -> "re.Pattern":
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{judge} pattern {pattern!r} is not a valid regular expression ({e})") from None
 
 
 def ask_judges(state: dict, judge_actors: list[str], namespace: Optional[str], texts: list[str], chat: bool,
@@ -192,10 +196,7 @@ def make_pairwise_judge(tokenizer, model: str, template: str = DEFAULT_PAIR_TEMP
     if missing:
         raise ValueError(f"pairwise_judge template {template[:120]!r} has no {{{missing[0]}}} field: the judge must "
                          "see both completions; put {completion_0} and {completion_1} (and usually {prompt}) in it")
-    try:
-        regex = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"pairwise_judge pattern {pattern!r} is not a valid regular expression ({e})") from None
+    regex = _compile(pattern, PAIRWISE_JUDGE)
     labels = {"0": 0, "1": 1} if labels is None else labels
     if not isinstance(labels, dict) or any(v not in (0, 1) for v in labels.values()):
         raise ValueError(f"pairwise_judge labels {labels!r}: map each verdict text to 0 (the first completion shown is "
