@@ -150,6 +150,14 @@ def _rebuild_batch(arrays: dict[str, np.ndarray], rest: dict[str, Any]) -> Batch
     return Batch(**tensors, **rest)
 
 
+def group_rows(group_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Row indices of each group, groups in order of first appearance."""
+    rows: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        rows.setdefault(g, []).append(i)
+    return rows
+
+
 def prompt_token_ids(tokenizer, prompt) -> list[int]:
     """A prompt's token ids: a string as it is (no special tokens added), chat messages through the chat template
     with the generation prompt."""

@@ -256,8 +256,7 @@ class Controller:
             self.pipe.sync_rollout(self.version)
             self.inflight.append(self.pipe.launch(self.next_gen))
             self.next_gen += 1
-        for gen in self.inflight:  # dynamic sampling: next rounds of the batches in flight, where due
-            self.pipe.fill(gen, block=False)
+        self.pipe.advance(self.inflight)
 
     # 2. admit ---------------------------------------------------------------------------------------------------
     def admit_for_step(self) -> list[dict]:
@@ -293,8 +292,7 @@ class Controller:
         t0 = time.time()
         self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
         steps = [r.train_step.remote() for r in self.pools.trainers]
-        for gen in self.inflight:  # dynamic sampling: rounds whose verdicts are in get their next round now
-            self.pipe.fill(gen, block=False)
+        self.pipe.advance(self.inflight)  # while the learner trains
         learned = reduce_stats([*get_all(steps), *admission])
         learned["timing/driver_learn_s"] = time.time() - t0
         self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)

@@ -21,7 +21,7 @@ import torch
 
 from learner.advantages import total_reward
 
-from .batch import Batch
+from .batch import Batch, group_rows
 from .errors import RunError
 
 ROUND_GROUP_OFFSET = 10**9  # group ids of round r: round 0's + r * offset (unique within a generation batch)
@@ -31,17 +31,16 @@ def group_verdicts(batch: Batch, weights, column: int | None) -> list[tuple[int,
     """(group id, whether the group's values vary, its rows) for every group, in order of first appearance. The
     value is the weighted total reward (``column`` None) or one reward function's column; unscorable (NaN) rows are
     left out, so a group needs two scorable rows with different values."""
-    values = total_reward(batch.rewards, weights) if column is None else batch.rewards[:, column].double()
-    groups: dict[int, list[float]] = {}
-    for g, v in zip(batch.group_id.tolist(), values.tolist()):
-        groups.setdefault(g, []).append(v)
-    return [(g, len({v for v in vs if not math.isnan(v)}) > 1, len(vs)) for g, vs in groups.items()]
+    values = (total_reward(batch.rewards, weights) if column is None else batch.rewards[:, column].double()).tolist()
+    return [(g, len({values[i] for i in rows if not math.isnan(values[i])}) > 1, len(rows))
+            for g, rows in group_rows(batch.group_id.tolist()).items()]
 
 
 @ray.remote(num_cpus=0)
 def verdicts(scored: list, weights, column: int | None) -> list[tuple[int, bool, int]]:
-    """``group_verdicts`` of one round's scored parts (refs in a list: fetched here, not on the driver)."""
-    return group_verdicts(Batch.concat(ray.get(scored)), weights, column)
+    """``group_verdicts`` of one round's scored parts (refs in a list: fetched here, not on the driver; each part
+    holds whole groups)."""
+    return [v for part in ray.get(scored) for v in group_verdicts(part, weights, column)]
 
 
 @dataclass
@@ -96,7 +95,5 @@ def next_round_size(rounds: list[list[tuple[int, bool, int]]], need: int, full: 
 
 def select_groups(batch: Batch, groups: list[int]) -> Batch:
     """The rows of ``groups``, group by group in that order."""
-    rows: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_id.tolist()):
-        rows.setdefault(g, []).append(i)
+    rows = group_rows(batch.group_id.tolist())
     return batch.select(torch.tensor([i for g in groups for i in rows[g]], dtype=torch.long))

@@ -59,7 +59,8 @@ def join(parts: list) -> Batch:
     infos = [b.info for b in batches]
     work: dict = {}
     for b in batches:
-        work[f"rollout/{b.info.get('worker')}"] = work.get(f"rollout/{b.info.get('worker')}", 0) + len(b)
+        key = f"rollout/{b.info.get('worker')}"
+        work[key] = work.get(key, 0) + len(b)
     return Batch.concat(batches).replace(info={
         **infos[0], "generate_s": max(i.get("generate_s", 0.0) for i in infos), "work_rows": work,
         "prompts_truncated": sum(i.get("prompts_truncated", 0) for i in infos)})
@@ -331,6 +332,12 @@ class Pipeline:
         _, column = group_filter(self.cfg)
         gen.rounds.append(scored)
         gen.verdicts.append(dynamic_sampling.verdicts.remote(scored, weights, column))
+
+    def advance(self, gens) -> None:
+        """Dynamic sampling: the next round of every batch in flight whose last round's verdicts are in (the
+        controller calls it between steps, so rounds overlap training)."""
+        for gen in gens:
+            self.fill(gen, block=False)
 
     def fill(self, gen: Generation, block: bool = True) -> None:
         """Dynamic sampling: read the rounds' verdicts as they come, sample another round while too few groups vary,

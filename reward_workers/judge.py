@@ -35,6 +35,8 @@ import string
 import zlib
 from typing import Any, Optional
 
+from cluster.batch import group_rows
+
 from .registry import builtin
 
 JUDGE = "llm_judge"
@@ -210,9 +212,7 @@ def make_pairwise_judge(tokenizer, model: str, template: str = DEFAULT_PAIR_TEMP
         if not judge_actors:
             raise RuntimeError("pairwise_judge has no judge pool: the controller starts cluster.judge and passes its "
                                "actors (judge_actors); this function was built outside a run")
-        rows: dict = {}
-        for i, g in enumerate(group_ids):
-            rows.setdefault(g, []).append(i)
+        rows = group_rows(group_ids)
         if any(len(r) != 2 for r in rows.values()):
             sizes = sorted({len(r) for r in rows.values()})
             raise ValueError(f"pairwise_judge compares the two completions of a prompt; this batch has groups of "
@@ -230,17 +230,18 @@ def make_pairwise_judge(tokenizer, model: str, template: str = DEFAULT_PAIR_TEMP
                                    **{k: kwargs[k][i] for k in columns})
             asks.append((i, j, swap, text))
         answers = ask_judges(state, judge_actors, namespace, [t for *_, t in asks], chat, max_tokens, temperature)
+        unparseable = 0
         for i, j, swap, text in asks:
             shown = parse_verdict(answers[text], regex, labels)
             for r in (i, j):
                 answer_of[r], swapped[r] = answers[text], swap
             if shown is None:
+                unparseable += 1
                 continue
             better = i if (shown == 0) != swap else j  # the index shown, back in row order
             scores[better], scores[j if better == i else i] = 1.0, 0.0
         if log_metric is not None:
-            log_metric(f"{PAIRWISE_JUDGE}/unparseable", sum(parse_verdict(answers[t], regex, labels) is None
-                                                            for *_, t in asks) / max(1, len(asks)))
+            log_metric(f"{PAIRWISE_JUDGE}/unparseable", unparseable / max(1, len(asks)))
         if log_extra is not None:
             log_extra("judge_answer", answer_of)
             log_extra("judge_swapped", swapped)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from cluster.batch import group_rows
 from learner.advantages import total_reward
 from learner.logprobs import token_logprobs
 
@@ -129,9 +130,7 @@ def assemble(batch, alg, reward_weights, seed: int):
     """Pairs by group id, chosen first (online DPO: the group's first row wins ties; XPO: the policy's sample), the
     pairs shuffled; ``preference`` +1 chosen, -1 rejected, 0 for a pair without a preference."""
     s = scores(batch, alg, reward_weights).tolist()
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_id.tolist()):
-        groups.setdefault(g, []).append(i)
+    groups = group_rows(batch.group_id.tolist())
     frozen = batch.frozen_sample.tolist() if batch.frozen_sample is not None else [False] * len(batch)
     order, pref, margins, skipped, ties = [], [], [], 0, 0
     for rows in groups.values():

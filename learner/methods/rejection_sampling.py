@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from cluster.errors import RunError
 from cluster.schema import Strict
+from cluster.batch import group_rows
 from learner.advantages import total_reward
 
 from .base import Needs
@@ -82,9 +83,7 @@ def select(rows: list[dict], batch, alg, reward_weights, prompt_column: str, com
     r = total_reward(batch.rewards, reward_weights)
     stats = {"sampled": len(batch), "below_threshold": 0, "duplicates": 0, "over_limit": 0, "kept": 0,
              "prompts_kept": 0, **{f"filtered/{name}": 0 for name, _ in filters}}
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_id.tolist()):
-        groups.setdefault(g, []).append(i)
+    groups = group_rows(batch.group_id.tolist())
     kept = []
     for g, members in groups.items():
         row, seen, n = rows[g], set(), 0

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from cluster.batch import group_rows
 from learner.advantages import total_reward
 
 from . import grpo
@@ -95,9 +96,7 @@ def teacher_prompts(batch, cfg) -> tuple[list, torch.Tensor]:
     weights = cfg.reward.reward_weights or [1.0] * batch.rewards.shape[1]
     r = total_reward(batch.rewards, weights)  # NaN where unscorable: never a success
     success = (r >= a.success_reward_threshold).tolist()
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_id.tolist()):
-        groups.setdefault(g, []).append(i)
+    groups = group_rows(batch.group_id.tolist())
     feedback = batch.columns.get(FEEDBACK_COLUMN, [None] * len(batch))
     prompts, active = [], []
     for i, g in enumerate(batch.group_id.tolist()):
