@@ -1,11 +1,13 @@
 """Full weights out of a (possibly ZeRO-3-partitioned) model, bucket by bucket.
 
 On the object-store path buckets travel as numpy arrays, because the object store hands numpy out zero-copy;
-bfloat16 (which numpy lacks) travels as its int16 bit pattern and is viewed back on arrival.
+bfloat16 (which numpy lacks) travels as its int16 bit pattern and is viewed back on arrival. Tensors that lie back to
+back in memory (ZeRO-3's flat partitions, a gathered bucket) travel as one array: Ray serialises one array of N bytes
+about 1.5x faster than the same bytes as a hundred arrays.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+import math
 from typing import Iterator
 
 import numpy as np
@@ -13,20 +15,50 @@ import torch
 
 from cluster.weight_sync import Plan
 
-DTYPES_KEY = "__dtypes__"
+SEGMENTS_KEY = "__segments__"
 
 
 def gathered_buckets(module: torch.nn.Module, zero_stage: int, plan: Plan) -> Iterator[dict[str, torch.Tensor]]:
     """Yield {name: full tensor} per bucket of ``plan``. Under ZeRO-3 this is a collective (every rank must iterate to
     the end) and the tensors are valid only until the next iteration: copy what you keep."""
-    import deepspeed
-
     params = dict(module.named_parameters())
     for bucket in plan:
         ps = [params[name] for name, _, _ in bucket]
-        gather = deepspeed.zero.GatheredParameters(ps, modifier_rank=None) if zero_stage == 3 else nullcontext()
-        with gather:
-            yield {name: p.detach() for (name, _, _), p in zip(bucket, ps)}
+        full = gather_partitions(ps) if zero_stage == 3 else [p.detach() for p in ps]
+        yield {name: t for (name, _, _), t in zip(bucket, full)}
+
+
+def gather_partitions(ps: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """The full tensors of ZeRO-3 parameters: every rank's partitions of all of them in one all-gather per dtype.
+    DeepSpeed's ``GatheredParameters`` issues one collective per parameter; on gloo each is a TCP round trip (~0.7 ms
+    on 2 cores: 33 ms for the quickstart model's 46 parameters, against about 1 ms for one flat gather)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if any(getattr(p.ds_tensor, "final_location", None) == "nvme" for p in ps):  # partitions swapped out to disk
+        with deepspeed.zero.GatheredParameters(ps, modifier_rank=None):
+            return [p.detach().clone() for p in ps]
+    group = ps[0].ds_process_group
+    world = dist.get_world_size(group)
+    if world == 1:  # the partition is the whole tensor
+        return [p.ds_tensor.detach()[:p.ds_numel].view(p.ds_shape) for p in ps]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    full: dict[int, torch.Tensor] = {}
+    for dtype in {p.ds_tensor.dtype for p in ps}:
+        same = [p for p in ps if p.ds_tensor.dtype == dtype]
+        local = torch.cat([p.ds_tensor.detach().reshape(-1).to(device) for p in same])  # this rank's slices, in order
+        by_rank = torch.empty(world, local.numel(), dtype=dtype, device=device)
+        dist.all_gather_into_tensor(by_rank.view(-1), local, group=group)
+        # parameter p is rank r's slice [offset, offset + n) for every r, then padding: written back to back into one
+        # buffer (each write's padding is overwritten by the next parameter), so the bucket travels as one array
+        flat = torch.empty(sum(p.ds_numel for p in same) + world, dtype=dtype, device=device)
+        offset = start = 0
+        for p in same:
+            n = p.ds_tensor.numel()
+            flat[start:start + world * n].view(world, n).copy_(by_rank[:, offset:offset + n])
+            full[id(p)] = flat[start:start + p.ds_numel].view(p.ds_shape)
+            offset, start = offset + n, start + p.ds_numel
+    return [full[id(p)] for p in ps]
 
 
 def tensor_to_array(t: torch.Tensor, copy: bool = False) -> tuple[np.ndarray, str]:
@@ -41,22 +73,48 @@ def tensor_to_array(t: torch.Tensor, copy: bool = False) -> tuple[np.ndarray, st
 
 
 def to_arrays(bucket: dict[str, torch.Tensor]) -> dict:
-    out, dtypes = {}, {}
+    """A bucket as the object store carries it: ``{SEGMENTS_KEY: [(array, [(name, start, shape, dtype), ...]), ...]}``,
+    one segment per run of tensors that lie back to back in one storage (views of it: no copy on CPU)."""
+    segments, run = [], []
     for name, t in bucket.items():
-        out[name], dtypes[name] = tensor_to_array(t)
-    out[DTYPES_KEY] = dtypes
-    return out
+        t = t.detach()
+        if run and not _follows(run[-1][1], t):
+            segments.append(_segment(run))
+            run = []
+        run.append((name, t))
+    if run:
+        segments.append(_segment(run))
+    return {SEGMENTS_KEY: segments}
+
+
+def _follows(prev: torch.Tensor, t: torch.Tensor) -> bool:
+    return (t.is_contiguous() and prev.is_contiguous() and t.dtype == prev.dtype and t.device == prev.device
+            and t.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr()
+            and t.data_ptr() == prev.data_ptr() + prev.numel() * prev.element_size())
+
+
+def _segment(run: list[tuple[str, torch.Tensor]]) -> tuple[np.ndarray, list]:
+    first = run[0][1]
+    numel = sum(t.numel() for _, t in run)
+    span = first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (numel,)) if len(run) > 1 \
+        else first.reshape(-1)
+    array, dtype = tensor_to_array(span)
+    index, start = [], 0
+    for name, t in run:
+        index.append((name, start, tuple(t.shape), dtype))
+        start += t.numel()
+    return array, index
 
 
 def arrays_to_tensors(bucket: dict) -> dict[str, torch.Tensor]:
+    """The inverse of ``to_arrays``: zero-copy tensor views of the object store's arrays."""
     from cluster.runtime import from_numpy
-    dtypes = bucket.get(DTYPES_KEY, {})
     out = {}
-    for name, a in bucket.items():
-        if name == DTYPES_KEY:
-            continue
-        t = from_numpy(a)
-        out[name] = t.view(torch.bfloat16) if dtypes.get(name) == "bfloat16" else t
+    for array, index in bucket[SEGMENTS_KEY]:
+        flat = from_numpy(array)
+        for name, start, shape, dtype in index:
+            t = flat[start:start + math.prod(shape)].view(shape)
+            out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
     return out
 
 
@@ -69,4 +127,4 @@ def fetch_bucket(ref) -> dict:
 
 
 def bucket_nbytes(bucket: dict) -> int:
-    return sum(a.nbytes for k, a in bucket.items() if k != DTYPES_KEY)
+    return sum(array.nbytes for array, _ in bucket[SEGMENTS_KEY])
