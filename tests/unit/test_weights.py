@@ -48,8 +48,9 @@ def test_bfloat16_run_is_one_segment_and_bit_exact():
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_zero3_gather_matches_the_module(world, tmp_path):
-    """``gather_partitions`` (one all-gather per dtype, written back to back) equals DeepSpeed's own
-    ``GatheredParameters`` on a real ZeRO-3 engine over gloo."""
+    """``gather_partitions`` (small parameters in one all-gather, large ones in place, back to back in one buffer)
+    equals DeepSpeed's own ``GatheredParameters`` on a real ZeRO-3 engine over gloo, twice in a row (the buffer is
+    reused)."""
     import torch.multiprocessing as mp
 
     import socket
@@ -61,8 +62,8 @@ def test_zero3_gather_matches_the_module(world, tmp_path):
     assert list(ours) == list(theirs)
     for k in ours:
         assert torch.equal(ours[k], theirs[k]), k
-    wire = torch.load(tmp_path / "segments.pt")
-    assert wire == 1  # the whole bucket is one array on the wire
+    segments, expected = torch.load(tmp_path / "segments.pt")
+    assert segments == expected  # one array on the wire, split only after a parameter whose gather has padding
 
 
 def _gather_rank(rank: int, world: int, port: int, out: str) -> None:
@@ -76,18 +77,25 @@ def _gather_rank(rank: int, world: int, port: int, out: str) -> None:
     from learner.weights import gather_partitions
     deepspeed.init_distributed("gloo")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.LayerNorm(13), torch.nn.Linear(13, 5, bias=False))
-    cfg = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 5, bias=False),
+                                torch.nn.Linear(5, 2048))  # odd sizes pad; the last weight gathers in place
+    cfg = {"train_micro_batch_size_per_gpu": 1,
+           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
            "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "torch_adam": True}}}
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
-    engine.backward(engine(torch.randn(1, 7)).square().sum())  # one step: partitions differ from the init
+    engine.backward(engine(torch.randn(1, 8)).square().sum())  # one step: partitions differ from the init
     engine.step()
     names, ps = zip(*engine.module.named_parameters())
-    ours = {n: t.clone() for n, t in zip(names, gather_partitions(list(ps)))}
-    segments = len(to_arrays(dict(zip(names, gather_partitions(list(ps)))))[SEGMENTS_KEY])
+    ours = {n: t.clone() for n, t in zip(names, gather_partitions(list(ps), direct_numel=1024))}
+    again = dict(zip(names, gather_partitions(list(ps), direct_numel=1024)))  # into the same buffer
+    assert all(torch.equal(again[n], ours[n]) for n in names)
+    segments = len(to_arrays(again)[SEGMENTS_KEY])
     with deepspeed.zero.GatheredParameters(list(ps)):
         theirs = {n: p.detach().clone() for n, p in zip(names, ps)}
     if rank == 0:
         torch.save(ours, os.path.join(out, "ours.pt"))
         torch.save(theirs, os.path.join(out, "theirs.pt"))
-        torch.save(segments, os.path.join(out, "segments.pt"))
+        expected = 1 + sum(p.ds_numel % world != 0 for p in ps[:-1])
+        torch.save((segments, expected), os.path.join(out, "segments.pt"))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
