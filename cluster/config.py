@@ -337,8 +337,9 @@ class TrainConfig(Strict):
     """Warn (console and ``warning/zero_variance_groups`` in the metrics) when at least this share of the groups had
     identical rewards for 5 steps in a row: those groups carry no gradient. 1 disables."""
     deepspeed: dict[str, Any] = Field(default_factory=dict)
-    """Extra DeepSpeed config merged over the generated one, e.g.
-    ``{zero_optimization: {stage3_param_persistence_threshold: 0}}``."""
+    """Extra DeepSpeed config merged over the generated one, e.g. ``{zero_optimization: {stage3_prefetch_bucket_size:
+    5.0e7}}``. On gloo (CPU) relay-rl sets ``stage3_param_persistence_threshold: 0`` (every parameter partitioned: ZeRO-3
+    otherwise re-gathers each small parameter after every step, a TCP round trip each); set it here to override."""
 
 
 class RunConfig(Strict):
