@@ -259,7 +259,7 @@ class Controller:
         self.pipe.advance(self.inflight)
 
     # 2. admit ---------------------------------------------------------------------------------------------------
-    def admit_for_step(self) -> list[dict]:
+    def admit_for_step(self) -> list:
         admission = []
         policy = self.cfg.algorithm.staleness_policy
         while self.admitted_microsteps < self.sched.GA:
@@ -280,20 +280,23 @@ class Controller:
                              f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far")
                     continue
                 self.ledger.stale_used(gen, lag)
-            admission += [*self.pipe.admit(gen), gen.once]  # gen.once: dynamic sampling's counts
+            admission += [*self.pipe.admit(gen), gen.once]  # refs of the ranks' statistics; gen.once: dynamic
+            # sampling's counts
             self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
         return admission
 
     # 3. learn ---------------------------------------------------------------------------------------------------
-    def learn(self, admission: list[dict]) -> dict:
+    def learn(self, admission: list) -> dict:
         """GA micro-batches on every rank, one optimizer step: the policy version goes up by one."""
         t0 = time.time()
         self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
         steps = [r.train_step.remote() for r in self.pools.trainers]
         self.pipe.advance(self.inflight)  # while the learner trains
-        learned = reduce_stats([*get_all(steps), *admission])
+        admitted = [a for a in admission if isinstance(a, ray.ObjectRef)]
+        results = get_all([*admitted, *steps])  # a failed admission surfaces here
+        learned = reduce_stats([*results, *(a for a in admission if not isinstance(a, ray.ObjectRef))])
         learned["timing/driver_learn_s"] = time.time() - t0
         self.ledger.consumed(learned.pop("consumed/gen_id"), self.sched.P)
         self.version += 1

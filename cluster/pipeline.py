@@ -406,18 +406,19 @@ class Pipeline:
                 gen = redo
 
     # -- admission ----------------------------------------------------------------------------------------------
-    def admit(self, gen: Generation) -> list[dict]:
+    def admit(self, gen: Generation) -> list:
         """Learner rank i takes shard i. With a critic (PPO): critic rank i first computes V_old of shard i, learner
         rank i computes advantages and returns with it, and critic rank i takes the returns of the same rows. Only
-        refs pass through here."""
+        refs pass through here, and the refs of the ranks' admission statistics come back: the driver fetches them
+        with the next step's results, so a rank goes from admitting to training without waiting for the driver."""
         learner, critic = self.pools.learner, self.pools.critic
         if not critic:
-            return get_all([r.admit.remote(shard) for r, shard in zip(learner, gen.shards)])
+            return [r.admit.remote(shard) for r, shard in zip(learner, gen.shards)]
         values = [c.values.remote(shard) for c, shard in zip(critic, gen.shards)]
         admitted = [r.admit.options(num_returns=2).remote(shard, v) for r, shard, v in zip(learner, gen.shards, values)]
         critic_stats = [c.admit.remote(shard, v, returns) for c, shard, v, (_, returns)
                         in zip(critic, gen.shards, values, admitted)]
-        return get_all([stats for stats, _ in admitted] + critic_stats)
+        return [stats for stats, _ in admitted] + critic_stats
 
     def _await_restarts(self, timeout: float = 300) -> None:
         """Wait until every rollout/reward actor answers, then bring restarted rollout actors to the current weights."""
