@@ -280,8 +280,8 @@ class Controller:
                              f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far")
                     continue
                 self.ledger.stale_used(gen, lag)
-            admission += [*self.pipe.admit(gen), gen.once]  # refs of the ranks' statistics; gen.once: dynamic
-            # sampling's counts
+            # the ranks' statistics (refs, fetched with the step's results) and dynamic sampling's counts
+            admission += [*self.pipe.admit(gen), gen.once]
             self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
