@@ -47,7 +47,15 @@ def random_model(out: Path, hidden: int, layers: int, inter: int, max_pos: int =
     return str(out)
 
 
-def bench_rollout(engine: str, model: str, repeats: int, n_prompts: int, n: int, max_tokens: int) -> dict:
+def engine_opts(engine: str, gpu: bool) -> dict:
+    """The engine's options; with ``--gpu`` the raw engine and the actor's share the one GPU."""
+    if engine != "vllm":
+        return {"device": "cuda"} if gpu else {}
+    return {"max_model_len": 128, "enforce_eager": True, **({"gpu_memory_utilization": 0.35} if gpu else {})}
+
+
+def bench_rollout(engine: str, model: str, repeats: int, n_prompts: int, n: int, max_tokens: int,
+                  gpu: bool = False) -> dict:
     import ray
 
     from rollout_workers.actor import RolloutWorker
@@ -55,7 +63,7 @@ def bench_rollout(engine: str, model: str, repeats: int, n_prompts: int, n: int,
 
     records = [{"prompt": f"{10 + i % 90}+{10 + (i * 7) % 90}="} for i in range(n_prompts)]
     params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0)
-    opts = {"max_model_len": 128, "enforce_eager": True} if engine == "vllm" else {}
+    opts = engine_opts(engine, gpu)
 
     raw = make_engine(engine, model, "float32", dict(opts))
     ids = [raw.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in records]
@@ -69,7 +77,8 @@ def bench_rollout(engine: str, model: str, repeats: int, n_prompts: int, n: int,
         raw_call = lambda: raw.llm.generate(prompts, vsp, use_tqdm=False)  # noqa: E731
 
     # the actor gets the driver's core count, so both sides run the same number of threads
-    actor = ray.remote(RolloutWorker).options(num_cpus=os.cpu_count()).remote(model, engine, "float32", dict(opts))
+    actor = ray.remote(RolloutWorker).options(num_cpus=os.cpu_count(), num_gpus=0.5 if gpu else 0).remote(
+        model, engine, "float32", dict(opts))
     ray.get(actor.ping.remote())
     service_call = lambda: ray.get(actor.generate.remote(records, params))  # noqa: E731
     raw_call(), service_call()  # warm-up
@@ -87,7 +96,8 @@ def bench_rollout(engine: str, model: str, repeats: int, n_prompts: int, n: int,
             "overhead": service_s / raw_s - 1}
 
 
-def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb: float = 256) -> dict:
+def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb: float = 256,
+               gpu: bool = False) -> dict:
     import numpy as np
     import ray
 
@@ -99,9 +109,10 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb:
 
     rollout = {"weight_transport": transport, "weight_sync_bucket_mb": bucket_mb, "engine": engine}
     if engine == "vllm":
-        rollout["vllm"] = {"max_model_len": 128, "enforce_eager": True}
-    raw = quickstart_dict(rollout=rollout,
-                          cluster={"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 1, "num_cpus": 1}})
+        rollout["vllm"] = engine_opts(engine, gpu)
+    share = {"num_gpus": 0.5} if gpu else {}  # learner and rollout on the one GPU
+    raw = quickstart_dict(rollout=rollout, cluster={"learner": {"replicas": 1, "num_cpus": 1, **share},
+                                                    "rollout": {"replicas": 1, "num_cpus": 1, **share}})
     raw.pop("kit")
     raw["model"] = {"name_or_path": model}
     raw["data"] = {"train": str(ROOT / "tests/benchmarks/_prompts.jsonl")}
@@ -148,7 +159,7 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb:
     finally:
         shutdown_pools(pools)
         Path(raw["data"]["train"]).unlink(missing_ok=True)
-    reload_s = engine_reload_s(model, engine, repeats) if transport == "object_store" else None
+    reload_s = engine_reload_s(model, engine, repeats, gpu) if transport == "object_store" else None
     return {"engine": engine, "transport": transport, "bytes": nbytes, "sync_s": sync_s, "load_s": load_s,
             "engine_reload_s": reload_s,
             "raw_put_get_s": raw_s, "ratio": sync_s / raw_s, "best_ratio": min(sync_times) / min(raw_times),
@@ -156,7 +167,7 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb:
             "sync_GBps": nbytes / sync_s / 1e9, "raw_GBps": nbytes / raw_s / 1e9}
 
 
-def engine_reload_s(model: str, engine: str, repeats: int) -> float:
+def engine_reload_s(model: str, engine: str, repeats: int, gpu: bool = False) -> float:
     """The engine's own load of the same weights, in-process, from tensors already in memory (for vLLM its
     ``reload_weights``), on one thread as the rollout actor (num_cpus 1): the floor of any sync into it. Median of
     ``repeats``."""
@@ -167,7 +178,7 @@ def engine_reload_s(model: str, engine: str, repeats: int) -> float:
     torch.set_num_threads(1)
 
     from rollout_workers.engine import make_engine
-    opts = {"max_model_len": 128, "enforce_eager": True} if engine == "vllm" else {}
+    opts = engine_opts(engine, gpu)
     eng = make_engine(engine, model, "float32", opts)
     state = {k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(model).named_parameters()}
     times = []
@@ -191,6 +202,7 @@ def main():
     ap.add_argument("--skip", nargs="*", default=[], choices=["rollout", "sync"])
     ap.add_argument("--bucket-mb", type=float, default=256, help="rollout.weight_sync_bucket_mb of the sync (its default)")
     ap.add_argument("--transports", nargs="*", default=["object_store", "collective"])
+    ap.add_argument("--gpu", action="store_true", help="engines, learner and rollout actor on the GPU (half each)")
     a = ap.parse_args()
     import ray
     import torch
@@ -199,11 +211,13 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         if "rollout" not in a.skip:
             gen_model = random_model(Path(d) / "gen", hidden=256, layers=4, inter=1024)
-            results["rollout"] = r = bench_rollout(a.engine, gen_model, a.repeats, a.prompts, a.n, a.max_tokens)
+            results["rollout"] = r = bench_rollout(a.engine, gen_model, a.repeats, a.prompts, a.n, a.max_tokens,
+                                                   a.gpu)
         if "sync" not in a.skip:
             layers = max(1, round(a.sync_mb * 2**20 / 4 / (4 * 1024 * 1024 + 3 * 1024 * 2816)))
             sync_model = random_model(Path(d) / "sync", hidden=1024, layers=layers, inter=2816)
-            results["sync"] = [bench_sync(sync_model, a.repeats, t, a.engine, a.bucket_mb) for t in a.transports]
+            results["sync"] = [bench_sync(sync_model, a.repeats, t, a.engine, a.bucket_mb, a.gpu)
+                               for t in a.transports]
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU only, {os.cpu_count()} cores"
     print(f"\nmachine: {platform.machine()}, {dev}")
     if "rollout" in results:
