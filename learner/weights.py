@@ -79,13 +79,16 @@ def gather_partitions(ps: list[torch.nn.Parameter], direct_numel: int = DIRECT_G
 
 
 _buffers: dict[torch.dtype, torch.Tensor] = {}
+REUSE_MAX_BYTES = 1 << 30
+"""The largest gather buffer kept for reuse: a sync bucket (``rollout.weight_sync_bucket_mb``, 256 MiB by default)
+fits; the whole-weights gather of a larger model (a checkpoint) gets a buffer of its own, freed after it."""
 
 
 def _gather_buffer(numel: int, dtype: torch.dtype, device) -> torch.Tensor:
     """The gather's destination. On CPU one buffer per dtype is kept and reused (the result is valid until the next
     gather): a fresh buffer of a few hundred MiB costs as much in page faults as the gather itself. On GPU the caching
     allocator already reuses memory."""
-    if device != "cpu":
+    if device != "cpu" or numel * dtype.itemsize > REUSE_MAX_BYTES:  # a whole-model gather (a checkpoint) is not kept
         return torch.empty(numel, dtype=dtype, device=device)
     if dtype not in _buffers or _buffers[dtype].numel() < numel:
         _buffers[dtype] = torch.empty(numel, dtype=dtype)
