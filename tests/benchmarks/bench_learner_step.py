@@ -67,6 +67,7 @@ def step_rank(rank: int, world: int, port: int, model_path: str, zero: dict, ste
         Path(out).write_text(json.dumps(statistics.median(times[3:])))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown, which a thread left by DeepSpeed or gloo can abort
 
 
 def gather_rank(rank: int, world: int, port: int, model_path: str, layers: int, out: str) -> None:
@@ -100,6 +101,7 @@ def gather_rank(rank: int, world: int, port: int, model_path: str, layers: int, 
         Path(out).write_text(json.dumps(result))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown, which a thread left by DeepSpeed or gloo can abort
 
 
 def spawn(fn, world: int, *args) -> object:
