@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from learner.methods import CONFIG_MODELS, family
 from learner.methods import check as check_family
@@ -97,6 +97,20 @@ class ClusterSpec(Strict):
 # ----------------------------------------------------------------------------------------------------------------
 # model, data, quickstart kit
 # ----------------------------------------------------------------------------------------------------------------
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4",
+                        "flex_attention")
+
+
+def check_attn_implementation(value: Optional[str]) -> Optional[str]:
+    if value is None or value in ATTN_IMPLEMENTATIONS or "/" in value:
+        return value
+    raise ValueError(f"unknown attention implementation {value!r}: use one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                     "a hub kernel ('org/repo'), or leave it unset for transformers' default")
+
+
+AttnImplementation = Annotated[Optional[str], AfterValidator(check_attn_implementation)]
+
+
 class ModelConfig(Strict):
     name_or_path: str
     """Hugging Face model id or local path; ``kit:warm_start`` / ``kit:base`` name the quickstart kit's models.
@@ -104,6 +118,12 @@ class ModelConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype of the learner's master copy and the engines."""
     trust_remote_code: bool = False
+    attn_implementation: AttnImplementation = None
+    """transformers' attention kernel wherever transformers runs this model (the learner, the transformers rollout
+    engine, a pool that scores with the policy's weights): ``eager``, ``sdpa``, ``flash_attention_2``, ... or a
+    hub kernel (``org/repo``). None: transformers' default (``sdpa``). On CPU in bfloat16 choose ``eager``: sdpa's
+    bfloat16 backward there is slow and a learner step takes about twice as long (README, Performance). vLLM
+    chooses its own kernels."""
 
 
 class WarmStartConfig(Strict):
@@ -285,6 +305,8 @@ class TeacherModelConfig(Strict):
     ``kit:teacher_pairs`` (another tokenizer) are the quickstart kit's teachers, built on first use."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    attn_implementation: AttnImplementation = None
+    """As ``model.attn_implementation``, for the teacher."""
 
 
 

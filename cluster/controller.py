@@ -197,6 +197,7 @@ class Controller:
         self.health = Health(cfg, log)
         self.learner_restarts = 0
         self.control = None  # the run's mailbox for ``relay-rl scale`` (cluster/control.py)
+        self.control_take = None  # its pending ``take``
 
     # ------------------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -392,7 +393,13 @@ class Controller:
         weights before they generate. A request that cannot be met is answered with why; the run goes on."""
         if self.control is None:
             return
-        for req in ray.get(self.control.take.remote()):
+        # one ``take`` stays in flight, so a step boundary costs no round trip to the mailbox
+        if self.control_take is None:
+            self.control_take = self.control.take.remote()
+        if not ray.wait([self.control_take], timeout=0)[0]:
+            return
+        requests, self.control_take = ray.get(self.control_take), None
+        for req in requests:
             pool, n = req["pool"], req["n"]
             try:
                 if pool in methods.moving_pools(self.cfg):

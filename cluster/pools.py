@@ -99,7 +99,7 @@ class PoolMaker:
             placement = (self.pg, i) if c.colocate else ()
             return _actor(RolloutWorker, c.rollout, name, ns, *placement, **options).remote(
                 self.policy_path, r.engine, cfg.model.dtype,
-                {"trust_remote_code": cfg.model.trust_remote_code, **vllm_options(cfg)}, index=i,
+                {"trust_remote_code": cfg.model.trust_remote_code, **engine_options(cfg)}, index=i,
                 max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
                 partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None)
         if pool == "reward":
@@ -121,6 +121,7 @@ class PoolMaker:
             path = str(self.resume / "relay" / pool)  # a pool whose weights move (``moving_pools``): its saved copy
         return _actor(TeacherWorker, cfg.pool_spec(pool), name, ns).remote(
             path, m.dtype, index=i, pool=pool, trust_remote_code=m.trust_remote_code,
+            attn_implementation=m.attn_implementation,
             student_tokenizer=self.model_path if spec.retokenize else None,
             run_config=cfg.model_dump(mode="json") if spec.reprompt else None)
 
@@ -224,7 +225,7 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
         m = cfg.model if own else t
         frozen = [_actor(RolloutWorker, c.frozen_rollout, f"{run_name}/frozen_rollout-{i}", ns).remote(
             model_path if own else teacher_path, r.engine, m.dtype,
-            {"trust_remote_code": m.trust_remote_code, **vllm_options(cfg)},
+            {"trust_remote_code": m.trust_remote_code, **engine_options(cfg, m)},
             index=i, max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
             pool="frozen_rollout") for i in range(c.frozen_rollout.replicas)]
     scorers = [a for actors in teachers.values() for a in actors]
@@ -252,7 +253,8 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
         + (f"reward x{len(reward)}, " if reward else "")
         + "".join(f"{name} x{len(actors)}, " for name, actors in teachers.items())
         + (f"frozen_rollout x{len(frozen)}, " if frozen else "") + (f"judge x{len(judge)}, " if judge else "")
-        + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['parameters']:,} parameters, "
+        + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['dtype']}, {li['attention']} "
+          f"attention, {li['parameters']:,} parameters, "
           f"setup {li['setup_s']:.0f}s)" + (", colocated" if c.colocate else "")
         + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else "")
         + (f", critic x{len(critic)} ({infos[-1]['parameters']:,} parameters)" if critic else ""))
@@ -352,10 +354,12 @@ def dead_learner_ranks(pools: Pools, timeout_s: float = 10) -> list[int]:
     return dead
 
 
-def vllm_options(cfg: RunConfig) -> dict:
+def engine_options(cfg: RunConfig, model=None) -> dict:
+    """The rollout engine's own settings for ``model`` (default ``cfg.model``): the transformers engine's attention
+    kernel, vLLM's ``rollout.vllm``."""
     r = cfg.rollout
     if r.engine != "vllm":
-        return {}
+        return {"attn_implementation": (model or cfg.model).attn_implementation}
     opts = r.vllm.model_dump()
     if opts["max_model_len"] is None:
         opts["max_model_len"] = (r.max_prompt_length or 512) + r.max_completion_length

@@ -80,10 +80,12 @@ class LearnerRank:
         m = self.cfg.model
         if self.role == "critic":  # a scalar head on the backbone (kept from a reward model, else new)
             model = AutoModelForSequenceClassification.from_pretrained(
-                self.model_path, num_labels=1, dtype=getattr(torch, m.dtype), trust_remote_code=m.trust_remote_code)
+                self.model_path, num_labels=1, dtype=getattr(torch, m.dtype), trust_remote_code=m.trust_remote_code,
+                attn_implementation=m.attn_implementation)
         else:
             model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, m.dtype),
-                                                         trust_remote_code=m.trust_remote_code)
+                                                         trust_remote_code=m.trust_remote_code,
+                                                         attn_implementation=m.attn_implementation)
         if self.cfg.train.disable_dropout:
             for mod in model.modules():
                 if isinstance(mod, torch.nn.Dropout):
@@ -96,7 +98,8 @@ class LearnerRank:
                                                model_parameters=[p for p in model.parameters() if p.requires_grad])
         self.engine.train()
         return {"rank": self.rank, "setup_s": time.time() - t0, "backend": backend, "zero_stage": self.zero_stage,
-                "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())}
+                "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
+                "dtype": m.dtype, "attention": model.config._attn_implementation}
 
     def _lr_schedule(self, optimizer):
         def factor(step: int) -> float:  # reads train.max_steps each time: ``set_max_steps`` may change it

@@ -12,13 +12,14 @@ class HFEngine(RolloutEngine):
     supports_partial_rollouts = True
 
     def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None,
-                 trust_remote_code: bool = False, max_batch_size: int = 1024):
+                 trust_remote_code: bool = False, max_batch_size: int = 1024, attn_implementation: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()
+            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation).to(self.device).eval()
         self.max_batch_size = max_batch_size
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]

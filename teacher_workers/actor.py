@@ -30,7 +30,7 @@ from learner.weights import arrays_to_tensors, fetch_bucket
 class TeacherWorker:
     def __init__(self, model_path: str, dtype: str = "float32", index: int = 0, pool: str = "teacher",
                  trust_remote_code: bool = False, max_chunk_elements: int = 2**26, student_tokenizer: str | None = None,
-                 run_config: dict | None = None):
+                 run_config: dict | None = None, attn_implementation: str | None = None):
         from cluster.runtime import configure_worker
         from transformers import AutoModelForCausalLM
         configure_worker()
@@ -38,7 +38,8 @@ class TeacherWorker:
         self.model_path = model_path
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()
+            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation).to(self.device).eval()
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.student_tokenizer = student_tokenizer  # cross-tokenizer scoring (GOLD's ULD) re-tokenises text
         self.run_config = run_config  # a re-prompting pool (SDPO, SDFT) asks the run's family for each row's prompt

@@ -3,15 +3,18 @@
     python tests/benchmarks/bench_vs_trl.py [--steps 100] [--repeats 3]
 
 Every side starts from the quickstart kit's warm start and trains on the a+b= task with G=8, 64 completions per
-step, loss dapo, lr 3e-5, max_completion_length 5, temperature 1.0. Three runs, alternating, --repeats times:
+step, loss dapo, lr 3e-5, max_completion_length 5, temperature 1.0. Four runs, alternating, --repeats times:
 
-    TRL          GRPOTrainer, one process
+    TRL          GRPOTrainer, one process, float32 (TRL's default; the quickstart's precision)
+    TRL bf16     GRPOTrainer with bf16=True (float32 weights, bfloat16 autocast): relay-rl best's precision
     quickstart   relay-rl with the quickstart's learner: 2 DeepSpeed ZeRO-3 ranks, synchronous (max_staleness 0)
-    best         relay-rl's best settings for a 2-core machine (BEST below): one ZeRO-0 rank, generation beside
-                 training (max_staleness 1, the behaviour anchor), 2 optimizer steps per generation batch
+    best         relay-rl's best settings for a 2-core machine (deploy/overlays/cpu_fast.yaml): one ZeRO-0 rank in
+                 bfloat16 with eager attention, generation beside training (max_staleness 1, the behaviour
+                 anchor), 2 optimizer steps per generation batch
 
 Prints, per configuration, the median samples/s (training loop only: set-up excluded on every side), its ratio to
-TRL's, the held-out greedy accuracy after the same steps, and relay-rl's time per phase.
+TRL's float32 run and to TRL's bf16 run, the held-out greedy accuracy after the same steps, and relay-rl's time per
+phase.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE"
     os.environ.setdefault(k, v)
 
 
-def run_trl(kit_root: Path, steps: int, seed: int) -> dict:
+def run_trl(kit_root: Path, steps: int, seed: int, bf16: bool = False) -> dict:
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -60,7 +63,7 @@ def run_trl(kit_root: Path, steps: int, seed: int) -> dict:
     timer = LoopTimer()
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=False, per_device_train_batch_size=64, gradient_accumulation_steps=1,
+            output_dir=out, use_cpu=True, bf16=bf16, per_device_train_batch_size=64, gradient_accumulation_steps=1,
             num_generations=8, max_completion_length=5, temperature=1.0, learning_rate=3e-5,
             lr_scheduler_type="constant", beta=0.0, loss_type="dapo", scale_rewards="group", max_steps=steps,
             logging_steps=10, save_strategy="no", report_to="none", seed=seed, gradient_checkpointing=False,
@@ -73,9 +76,7 @@ def run_trl(kit_root: Path, steps: int, seed: int) -> dict:
             "eval_accuracy": greedy_accuracy(model, tok, test)}
 
 
-BEST = ["cluster.learner.replicas=1", "algorithm.per_device_train_batch_size=64", "train.zero_stage=0",
-        "algorithm.max_staleness=1", "algorithm.old_logprob_source=behaviour",
-        "algorithm.vllm_importance_sampling_correction=false", "algorithm.generation_batch_size=128"]
+BEST = [str(ROOT / "deploy/overlays/cpu_fast.yaml")]
 """relay-rl's best settings on 2 cores (measured against the alternatives in the README's performance section)."""
 
 
@@ -112,6 +113,7 @@ def main():
     from cluster.kit import ensure_kit
     kit_root = ensure_kit(KitConfig())
     runs = {"TRL GRPOTrainer": lambda: run_trl(kit_root, a.steps, a.seed),
+            "TRL bf16": lambda: run_trl(kit_root, a.steps, a.seed, bf16=True),
             "relay-rl quickstart": lambda: run_relay(a.steps, a.seed, [], a.engine),
             "relay-rl best": lambda: run_relay(a.steps, a.seed, BEST, a.engine)}
     results = {name: [] for name in runs}
@@ -123,13 +125,14 @@ def main():
           + ("no GPU" if not torch.cuda.is_available() else f"GPU {torch.cuda.get_device_name()}")
           + f"; {a.steps} steps, medians of {a.repeats}")
     trl = statistics.median(r["samples_per_s"] for r in results["TRL GRPOTrainer"])
-    print(f"{'':22}{'samples/s':>11}{'x TRL':>8}{'held-out acc':>14}   relay-rl per step (s)")
+    trl_bf16 = statistics.median(r["samples_per_s"] for r in results["TRL bf16"])
+    print(f"{'':22}{'samples/s':>11}{'x TRL':>8}{'x TRL bf16':>12}{'held-out acc':>14}   relay-rl per step (s)")
     for name, rs in results.items():
         sps = statistics.median(r["samples_per_s"] for r in rs)
         acc = statistics.median(r["eval_accuracy"] for r in rs)
         phases = "" if name.startswith("TRL") else "   " + ", ".join(
             f"{k} {statistics.median(r[k + '_s'] for r in rs):.3f}" for k in ("generate", "train", "sync", "step"))
-        print(f"{name:22}{sps:>11.1f}{sps / trl:>8.2f}{acc:>14.3f}{phases}")
+        print(f"{name:22}{sps:>11.1f}{sps / trl:>8.2f}{sps / trl_bf16:>12.2f}{acc:>14.3f}{phases}")
     print(json.dumps({"steps": a.steps, "repeats": a.repeats, "runs": results}))
 
 

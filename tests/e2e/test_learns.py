@@ -45,3 +45,24 @@ def test_quickstart_learns(ray_cluster, kit, tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path / "final")
     test_rows = [json.loads(line) for line in open(kit["root"] / "test.jsonl")]
     assert abs(greedy_accuracy(model, tok, test_rows) - evals[STEPS]) < 1e-9
+
+
+def test_cpu_fast_overlay_learns(ray_cluster, kit, tmp_path):
+    """deploy/overlays/cpu_fast.yaml (the README's fastest 2-core settings): one ZeRO-0 rank training in bfloat16 with
+    eager attention while the rollout generates one version ahead. It must learn as the quickstart does."""
+    from cluster.config import load_config
+    from tests.conftest import RECIPES
+    steps = 100
+    cfg = load_config(RECIPES / "quickstart.yaml", [str(RECIPES.parent / "overlays" / "cpu_fast.yaml"),
+                                                    f"train.max_steps={steps}", f"train.eval_steps={steps}"])
+    lines = []
+    train(cfg, output_dir=str(tmp_path), log=lines.append)
+    assert any("learner x1 (DeepSpeed ZeRO-0, gloo, bfloat16, eager attention" in line for line in lines), lines
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps_rows = [r for r in rows if "loss" in r]
+    evals = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    assert [r["step"] for r in steps_rows] == list(range(1, steps + 1))
+    # generation ran one version ahead, and a batch feeds 2 steps: at most k + K - 1 = 2 versions stale
+    assert max(r["staleness/max"] for r in steps_rows) == 2
+    assert evals[steps] >= evals[0] + 0.10, evals

@@ -13,13 +13,16 @@ from rollout_workers.engine import SamplingParams
 from tests.conftest import quickstart_dict
 
 
-@pytest.fixture(scope="module", params=[("object_store", False), ("collective", True)],
-                ids=["object_store-separate", "collective-colocated"])
+@pytest.fixture(scope="module", params=[("object_store", False, "float32"), ("collective", True, "float32"),
+                                        ("object_store", False, "bfloat16")],
+                ids=["object_store-separate", "collective-colocated", "object_store-bfloat16-eager"])
 def setup(request, ray_cluster, kit):
-    """Both weight transports; the collective one (gloo here, NCCL on GPUs) with rollout and learner colocated."""
+    """Both weight transports; the collective one (gloo here, NCCL on GPUs) with rollout and learner colocated; and
+    the object store in bfloat16 with eager attention (cpu_fast.yaml's precision; under ZeRO-3 the gather is bf16)."""
     from cluster.data import load_data
-    transport, colocate = request.param
+    transport, colocate, dtype = request.param
     raw = quickstart_dict(
+        model={"dtype": dtype, "attn_implementation": "eager" if dtype == "bfloat16" else None},
         algorithm={"per_device_train_batch_size": 16, "num_generations": 4},
         rollout={"weight_transport": transport, "weight_sync_bucket_mb": 1.0},
         train={"learning_rate": 1e-2, "lr_scheduler_type": "constant", "zero_stage": 3},
@@ -27,7 +30,7 @@ def setup(request, ray_cluster, kit):
                  "rollout": {"replicas": 2, "num_cpus": 0.5}})
     cfg = validate_dict(raw)
     sched = resolve_schedule(cfg)
-    pools = create_pools(cfg, f"roundtrip-{transport}", kit["warm_start"], log=lambda m: None)
+    pools = create_pools(cfg, f"roundtrip-{transport}-{dtype}", kit["warm_start"], log=lambda m: None)
     train_data, eval_data = load_data(cfg.data, cfg.kit)
     pipe = Pipeline(cfg, sched, pools, train_data)
     yield cfg, sched, pools, pipe, eval_data
@@ -57,7 +60,8 @@ def test_round_trip_changes_rollout_after_sync(setup):
     assert stats[0]["staleness/max"][1] == 0
     pipe.sync_rollout(1)
     sync = pipe.sync_stats()
-    assert sync["sync/bytes"] == 986_240 * 4  # every parameter once (tied embeddings once), float32
+    width = {"float32": 4, "bfloat16": 2}[cfg.model.dtype]
+    assert sync["sync/bytes"] == 986_240 * width  # every parameter once (tied embeddings once), in the model's dtype
 
     after = ray.get(pools.rollout[0].generate.remote(probe, greedy))
     assert after.policy_version.eq(1).all()
@@ -70,7 +74,8 @@ def test_round_trip_changes_rollout_after_sync(setup):
     from rollout_workers.hf_engine import HFEngine
     with tempfile.TemporaryDirectory() as d:
         ray.get([r.save_hf.remote(d) for r in pools.learner])
-        saved = HFEngine(d)
+        saved = HFEngine(d, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+        assert saved.model.config._attn_implementation == (cfg.model.attn_implementation or "sdpa")
         out = saved.generate([saved.tokenizer(p["prompt"], add_special_tokens=False)["input_ids"] for p in probe], greedy)
         assert [c[0].token_ids for c in out] == [after.completion_ids[i][after.completion_mask[i] > 0].tolist()
                                                  for i in range(len(probe))]

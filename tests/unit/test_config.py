@@ -61,6 +61,31 @@ def test_wrong_value_shows_allowed_values(tmp_path):
     assert "algorithm.loss_type" in msg and "'dapo'" in msg and "'ppo'" in msg and f"{p}:8" in msg
 
 
+def test_attn_implementation_is_checked_where_it_is_written(tmp_path):
+    p = write(tmp_path, GOOD.replace('model: {name_or_path: "kit:warm_start"}',
+                                     'model: {name_or_path: "kit:warm_start", attn_implementation: fast}'))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "model.attn_implementation" in msg and "'fast'" in msg and "eager" in msg and f"{p}:3" in msg
+    cfg = load_config(write(tmp_path, GOOD), ["model.attn_implementation=eager",
+                                              "teacher.name_or_path=kit:teacher",
+                                              "teacher.attn_implementation=kernels-community/flash-attn"])
+    assert (cfg.model.attn_implementation, cfg.teacher.attn_implementation) == ("eager",
+                                                                                "kernels-community/flash-attn")
+    assert load_config(write(tmp_path, GOOD)).model.attn_implementation is None  # transformers' default
+
+
+def test_cpu_fast_overlay(tmp_path):
+    """The 2-core fast settings (README, Performance): one ZeRO-0 rank in bfloat16 with eager attention, 64
+    completions per step, 2 steps per generation batch, generation one version ahead of the learner."""
+    cfg = load_config(RECIPES / "quickstart.yaml", [str(RECIPES.parent / "overlays" / "cpu_fast.yaml")])
+    s = resolve_schedule(cfg)
+    assert (s.P, s.B * s.P * s.GA, s.K, s.k) == (1, 64, 2, 1)
+    assert (cfg.train.zero_stage, cfg.model.dtype, cfg.model.attn_implementation) == (0, "bfloat16", "eager")
+    assert cfg.algorithm.old_logprob_source == "behaviour"
+
+
 def test_bounds_and_missing(tmp_path):
     with pytest.raises(ConfigError, match=r"algorithm.num_generations: Input should be greater than or equal to 2"):
         load_config(write(tmp_path, GOOD.replace("num_generations: 8", "num_generations: 1")))
