@@ -5,7 +5,9 @@
 (a) One optimizer step (forward, backward, AdamW) of the quickstart kit's model on 64 sequences of 13 tokens, split
     over the ranks, one thread each: 2 ranks under ZeRO-3 with DeepSpeed's default persistence threshold (small
     parameters re-gathered one collective each after every step), under ZeRO-3 as relay-rl configures it on gloo
-    (threshold 0), under ZeRO-2 and ZeRO-0, and 1 rank under ZeRO-0. Median of the steps after the first 3.
+    (threshold 0), under ZeRO-2 and ZeRO-0, and 1 rank under ZeRO-0: in float32, and in bfloat16 (DeepSpeed's bf16
+    mode: float32 master weights) with transformers' default attention (sdpa) and with eager attention, as
+    deploy/overlays/cpu_fast.yaml runs it. Median of the steps after the first 3.
 (b) A full gather of every weight on 2 ZeRO-3 ranks: DeepSpeed's ``GatheredParameters`` against relay-rl's
     ``gather_partitions``, for the kit's model and for 48 layers of 1,024 x 1,024 (200 MiB). Median of 5.
 """
@@ -41,19 +43,20 @@ def _init(rank: int, world: int, port: int):
     return deepspeed, torch
 
 
-def _engine(deepspeed, model, micro_batch: int, zero: dict):
+def _engine(deepspeed, model, micro_batch: int, zero: dict, bf16: bool = False):
     cfg = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-           "zero_optimization": zero, "steps_per_print": 10**9,
+           "zero_optimization": zero, "steps_per_print": 10**9, "bf16": {"enabled": bf16},
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}}}
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     return engine
 
 
-def step_rank(rank: int, world: int, port: int, model_path: str, zero: dict, steps: int, out: str) -> None:
+def step_rank(rank: int, world: int, port: int, model_path: str, zero: dict, dtype: str, attn: str | None, steps: int,
+              out: str) -> None:
     deepspeed, torch = _init(rank, world, port)
     from transformers import AutoModelForCausalLM
-    engine = _engine(deepspeed, AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32), 64 // world,
-                     zero)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), attn_implementation=attn)
+    engine = _engine(deepspeed, model, 64 // world, zero, bf16=dtype == "bfloat16")
     ids = torch.randint(0, 14, (64 // world, 13), generator=torch.Generator().manual_seed(rank))
     times = []
     for _ in range(steps):
@@ -121,15 +124,18 @@ def main():
     from cluster.kit import ensure_kit
     model = str(ensure_kit(KitConfig()) / "warm_start")
 
-    steps = [("2 ranks, ZeRO-3, DeepSpeed's default persistence threshold", 2, {"stage": 3}),
+    fp32 = ("float32", None)
+    steps = [("2 ranks, ZeRO-3, DeepSpeed's default persistence threshold", 2, {"stage": 3}, fp32),
              ("2 ranks, ZeRO-3, threshold 0 (relay-rl on gloo)", 2,
-              {"stage": 3, "stage3_param_persistence_threshold": 0}),
-             ("2 ranks, ZeRO-2", 2, {"stage": 2}),
-             ("2 ranks, ZeRO-0", 2, {"stage": 0}),
-             ("1 rank, ZeRO-0", 1, {"stage": 0})]
+              {"stage": 3, "stage3_param_persistence_threshold": 0}, fp32),
+             ("2 ranks, ZeRO-2", 2, {"stage": 2}, fp32),
+             ("2 ranks, ZeRO-0", 2, {"stage": 0}, fp32),
+             ("1 rank, ZeRO-0", 1, {"stage": 0}, fp32),
+             ("1 rank, ZeRO-0, bfloat16, sdpa attention", 1, {"stage": 0}, ("bfloat16", "sdpa")),
+             ("1 rank, ZeRO-0, bfloat16, eager attention (cpu_fast.yaml)", 1, {"stage": 0}, ("bfloat16", "eager"))]
     print(f"(a) one optimizer step of the kit's model, 64 x 13 tokens, one thread per rank ({os.cpu_count()} cores)")
-    for name, world, zero in steps:
-        ms = 1000 * spawn(step_rank, world, model, zero, a.steps)
+    for name, world, zero, (dtype, attn) in steps:
+        ms = 1000 * spawn(step_rank, world, model, zero, dtype, attn, a.steps)
         print(f"    {name:60} {ms:6.1f} ms")
     print("(b) a full gather on 2 ZeRO-3 ranks (median of 5)")
     for name, path, layers in [("the kit's model (1M parameters, 46 tensors)", model, 0),
