@@ -58,6 +58,12 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                           "local cluster") from None
 
 
+# With more actors than CPUs (the pools on a laptop), Ray kills any task worker idle for 1 s, and the next task (the
+# batch assembly) waits for a new worker to start and import torch: steps of about 1 s every few steps
+# (ray-project/ray#27863). The local cluster keeps idle workers for a minute.
+LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
+
+
 def init_ray(address: str | None, namespace: str, log=print):
     """Join ``address`` (or $RAY_ADDRESS, which ``ray job submit`` sets); otherwise start a local cluster."""
     import ray
@@ -79,7 +85,7 @@ def init_ray(address: str | None, namespace: str, log=print):
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster on loopback
         ray.init(address="local", namespace=namespace, runtime_env=runtime_env, include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=True)
+                 dashboard_host="127.0.0.1", log_to_driver=True, _system_config=LOCAL_SYSTEM_CONFIG)
         ctx = ray.get_runtime_context()
         dash = getattr(ray, "_private").worker.get_dashboard_url() if hasattr(ray, "_private") else None
         log(f"[relay-rl] started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs"
