@@ -56,9 +56,10 @@ def ray_cluster():
     """One real local Ray cluster for the session (logical CPUs above the 2 physical ones, so pools fit)."""
     import ray
     if not ray.is_initialized():
-        from cluster.runtime import default_env
+        from cluster.runtime import LOCAL_SYSTEM_CONFIG, default_env
         ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="relay-rl-tests",
-                 runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+                 runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+                 _system_config=LOCAL_SYSTEM_CONFIG)
     yield ray
     ray.shutdown()
 
