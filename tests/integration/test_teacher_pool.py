@@ -51,11 +51,14 @@ def scored(ray_cluster, kit):
     tok = AutoTokenizer.from_pretrained(path)
     b = _batch(tok, ["12+34=", "99+9=", "5+5="], ["46", "108", "1"])
     actor = ray.remote(TeacherWorker).options(num_cpus=0.5).remote(path, pool="teacher", max_chunk_elements=60)
-    ref_actor = ray.remote(TeacherWorker).options(num_cpus=0.5).remote(path, pool="reference")
+    ref_actor = ray.remote(TeacherWorker).options(num_cpus=0.5).remote(path, pool="reference",
+                                                                     attn_implementation="eager")
     T = 0.7
     out = {kind: ray.get(actor.score.remote(b, {"output": kind, "top_k": 5, "temperature": T}))
            for kind in ("topk", "full", "sampled")}
     out["reference"] = ray.get(ref_actor.score.remote(b, {"output": "sampled", "temperature": T}))
+    out["attention"] = ray.get([a.__ray_call__.remote(lambda w: w.model.config._attn_implementation)
+                                for a in (actor, ref_actor)])
     yield b, out, _direct(path, b, T)
     for a in (actor, ref_actor):
         ray.kill(a)
@@ -82,6 +85,7 @@ def test_full_and_sampled_and_reference_equal_a_direct_forward(scored):
     assert out["sampled"].teacher_dist is None
     torch.testing.assert_close(out["reference"].ref_logprobs[m], tokens[m], atol=1e-5, rtol=1e-5)
     assert out["reference"].teacher_logprobs is None
+    assert out["attention"] == ["sdpa", "eager"]  # the reference ran eager attention: the same log-probs
 
 
 def test_bytes_and_seconds_are_reported(scored):
