@@ -243,9 +243,11 @@ class RolloutConfig(Strict):
     """Tokens generated between checks for new weights (partial rollouts)."""
     weight_sync_bucket_mb: float = Field(256.0, gt=0)
     """Weight syncs travel in buckets of about this many MiB (one object-store object / one broadcast each)."""
-    weight_transport: Literal["object_store", "collective"] = "object_store"
-    """How weights reach the engines: the Ray object store (everywhere; never blocks generation), or a broadcast from
-    learner rank 0 over a process group with the rollout actors (NCCL on GPUs, gloo on CPU)."""
+    weight_transport: Literal["object_store", "collective", "ipc"] = "object_store"
+    """How weights reach the engines: the Ray object store (everywhere; never blocks generation), a broadcast from
+    learner rank 0 over a process group with the rollout actors (NCCL on GPUs, gloo on CPU), or ``ipc`` with
+    ``cluster.colocate``: learner rank i hands its colocated rollout replica i a handle to the gathered weights (CUDA
+    IPC on a GPU, shared memory on CPU), and the engine copies them straight from the rank's memory."""
     seed: Optional[int] = None
     """Sampling seed of the engines. None: ``train.seed``."""
     stop: Optional[list[str]] = None
@@ -445,7 +447,10 @@ class RunConfig(Strict):
                              "mid-generation)")
         if self.rollout.partial_rollouts and self.rollout.weight_transport != "object_store":
             raise ValueError("rollout.partial_rollouts needs weight_transport: object_store (a broadcast would wait "
-                             "for the generation to end)")
+                             "for the generation to end; ipc's shared buffers are rewritten by the next sync)")
+        if self.rollout.weight_transport == "ipc" and not self.cluster.colocate:
+            raise ValueError("rollout.weight_transport: ipc hands each rollout replica the memory of the learner rank "
+                             "beside it: set cluster.colocate: true (or use object_store)")
         if self.cluster.colocate and self.cluster.rollout.replicas > self.cluster.learner.replicas:
             raise ValueError("cluster.colocate puts rollout replica i beside learner rank i: set rollout.replicas "
                              f"({self.cluster.rollout.replicas}) <= learner.replicas ({self.cluster.learner.replicas})")

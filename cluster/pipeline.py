@@ -210,16 +210,26 @@ class Pipeline:
         """Send the learner's weights (version ``version``) to every rollout actor, through the configured transport.
         Object store: the learner publishes bucket by bucket while an in-place load is queued on each actor (it runs
         in the actor's order: after generations already queued, before the next ones) and takes each bucket as it is
-        published, so loading overlaps gathering. Collective: broadcast, with the actors receiving."""
+        published, so loading overlaps gathering. Collective: broadcast, with the actors receiving. Ipc: as the object
+        store, but each rank hands the replica beside it a handle to its own copy of the bucket instead of the bytes."""
         if self.rollout_version == version and not force:
             return
         self.wake_rollout()
         t0 = time.time()
         mb = self.cfg.rollout.weight_sync_bucket_mb
-        if self.cfg.rollout.weight_transport == "collective":
+        transport = self.cfg.rollout.weight_transport
+        if transport == "collective":
             self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
             self.pending_loads = [w.receive_weights.remote(version, self.plan) for w in self.pools.rollout]
             get_all([r.broadcast_weights.remote(mb) for r in self.pools.learner])
+        elif transport == "ipc":
+            self.sync_stats()  # the ranks rewrite the buffers the last loads read from: those loads must be done
+            self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
+            R = len(self.pools.rollout)
+            handles = [[r.share_bucket.remote(mb, i, rank < R) for rank, r in enumerate(self.pools.learner)]
+                       for i in range(len(self.plan))]
+            self.pending_loads = [w.load_shared.remote(version, [h[j] for h in handles])
+                                  for j, w in enumerate(self.pools.rollout)]
         else:
             buckets = self.publish()
             self.pending_loads = [w.load_weights.remote(version, buckets) for w in self.pools.rollout]

@@ -7,6 +7,7 @@ The driver calls every rank with the same method at the same time (they run coll
     train_step()     GA micro-batches, one optimizer step: the policy version goes up by one
     publish_bucket   gather one bucket of the full weights (ZeRO-3: GatheredParameters); rank 0 puts it in the object
                      store (the driver asks for every bucket in turn: engines load each as it comes)
+    share_bucket     the same gather; each rank hands its colocated rollout replica a handle to it (ipc transport)
     save_hf(path)    the same gather, written as an HF checkpoint by rank 0
 
 A critic (PPO) is the same class with ``role="critic"``: a value model (an HF sequence classifier's backbone and
@@ -29,7 +30,7 @@ from cluster.metrics import merge_stats
 from cluster.weight_sync import Plan, bucket_plan
 from .logprobs import completion_logits, completion_logprobs, completion_values, fp32_lm_head
 from .methods import family
-from .weights import gathered_buckets, tensor_to_array, to_arrays
+from .weights import gathered_buckets, share_bucket, tensor_to_array, to_arrays
 
 
 class LearnerRank:
@@ -42,6 +43,7 @@ class LearnerRank:
         self.sched = resolve_schedule(self.cfg)
         self.model_path = model_path
         self.version = 0
+        self.shared: dict = {}  # the ipc transport's buffers, one per bucket and dtype
         self.queue: deque = deque()  # (shard, slice index) per pending micro-step
         self.role = role  # "policy", or "critic" (PPO's value model)
         objective = family(self.alg).CRITIC_OBJECTIVE if role == "critic" else family(self.alg).OBJECTIVE
@@ -242,6 +244,14 @@ class LearnerRank:
             if self.rank != 0:
                 return None
             return ray.put(to_arrays(bucket))
+
+    def share_bucket(self, bucket_mb: float, index: int, share: bool) -> bytes | None:
+        """The ipc transport's ``publish_bucket``: collective (every rank gathers bucket ``index``); a rank with a
+        colocated rollout replica (``share``) copies it into the buffer it keeps for the bucket and returns a handle
+        to it (CUDA IPC on GPU, shared memory on CPU) for that replica."""
+        plan = self.weight_plan(bucket_mb)
+        for bucket in gathered_buckets(self.engine.module, self.zero_stage, plan[index:index + 1]):
+            return share_bucket(bucket, self.shared, index) if share else None
 
     def init_sync_group(self, host: str, port: int, world_size: int, backend: str) -> bool:
         """Rank 0 joins the weight-sync group with the rollout actors (collective transport)."""

@@ -162,3 +162,46 @@ def fetch_bucket(ref) -> dict:
 
 def bucket_nbytes(bucket: dict) -> int:
     return sum(array.nbytes for array, _ in bucket[SEGMENTS_KEY])
+
+
+# -- the ipc transport: a handle to the rank's memory instead of the bytes ---------------------------------------------
+def share_bucket(bucket: dict[str, torch.Tensor], buffers: dict, key: int) -> bytes:
+    """Copy a gathered bucket into a buffer kept for it and return a handle to that buffer, the way
+    ``torch.multiprocessing`` passes tensors between processes: a CUDA IPC handle on a GPU, a shared-memory file on
+    CPU. One buffer per bucket (and dtype), reused by every sync: a receiver must have copied bucket ``key`` out
+    before the next sync of the same bucket (the pipeline waits for the previous loads first). The handle is a few
+    hundred bytes; the weights stay where they are."""
+    from multiprocessing.reduction import ForkingPickler
+    segments = []
+    for dtype in sorted({t.dtype for t in bucket.values()}, key=str):
+        items = [(n, t) for n, t in bucket.items() if t.dtype == dtype]
+        numel = sum(t.numel() for _, t in items)
+        flat = buffers.get((key, dtype))
+        if flat is None or flat.numel() != numel or flat.device != items[0][1].device:
+            if items[0][1].device.type == "cpu":
+                torch.multiprocessing.set_sharing_strategy("file_system")  # a file name, not a descriptor: any process
+            flat = buffers[(key, dtype)] = torch.empty(numel, dtype=dtype, device=items[0][1].device).share_memory_()
+        index, start = [], 0
+        for name, t in items:
+            flat[start:start + t.numel()].copy_(t.reshape(-1))
+            index.append((name, start, tuple(t.shape)))
+            start += t.numel()
+        segments.append((flat, index))
+    if segments and segments[0][0].is_cuda:
+        torch.cuda.current_stream().synchronize()  # the copies land before the receiver reads
+    return bytes(ForkingPickler.dumps(segments))
+
+
+def open_shared(handle: bytes) -> dict[str, torch.Tensor]:
+    """The inverse of ``share_bucket``, in the receiving process: views of the sender's buffers (map, no copy).
+    Copy what you keep: the sender rewrites them at its next sync."""
+    import pickle
+    out = {}
+    for flat, index in pickle.loads(handle):
+        for name, start, shape in index:
+            out[name] = flat[start:start + math.prod(shape)].view(shape)
+    return out
+
+
+def shared_nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())

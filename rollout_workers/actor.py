@@ -1,7 +1,8 @@
 """The rollout actor: a thin Ray wrapper around a ``RolloutEngine``.
 
 It turns dataset records into token ids, asks the engine for n completions per prompt, and returns a ``Batch``
-tagged with the policy version of the weights it holds. Weight syncs arrive as object-store buckets.
+tagged with the policy version of the weights it holds. Weight syncs arrive as object-store buckets, by broadcast
+(collective), or as handles to a colocated learner rank's memory (ipc).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import torch
 
 from cluster.batch import Batch, chat_token_ids, prompt_token_ids
-from learner.weights import arrays_to_tensors, bucket_nbytes, fetch_bucket
+from learner.weights import arrays_to_tensors, bucket_nbytes, fetch_bucket, open_shared, shared_nbytes
 from .engine import SamplingParams, make_engine
 
 
@@ -167,6 +168,24 @@ class RolloutWorker:
         with self.lock:
             self.pending = None
             self.engine.load_weights(stream())
+            self.version = version
+        return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
+
+    def load_shared(self, version: int, handle_refs: list) -> dict:
+        """The ipc transport's load: each bucket is a handle to the memory of the learner rank beside this actor
+        (CUDA IPC on a GPU, shared memory on CPU), opened as it is published and copied into the engine."""
+        import ray
+        t0, nbytes = time.time(), 0
+
+        def stream():
+            nonlocal nbytes
+            for ref in handle_refs:
+                tensors = open_shared(ray.get(ref))
+                nbytes += shared_nbytes(tensors)
+                yield from tensors.items()
+
+        with self.lock:
+            self.engine.load_weights(stream(), borrowed=True)
             self.version = version
         return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
 

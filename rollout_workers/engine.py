@@ -56,8 +56,10 @@ class RolloutEngine(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support partial rollouts")
 
     @abstractmethod
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy the given (name, tensor) pairs into the model in place. Names are the HF model's parameter names."""
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], borrowed: bool = False) -> None:
+        """Load the given (name, tensor) pairs into the model in place. Names are the HF model's parameter names.
+        ``borrowed``: the tensors are another process's memory that changes after the call (the ipc transport), so
+        the engine copies them; otherwise they stay as they are and it may keep them as its weights."""
 
     def sleep(self) -> None:
         """Free generation memory (KV cache) while the learner trains on shared devices. Optional."""

@@ -96,11 +96,12 @@ class HFEngine(RolloutEngine):
         return [completions[j * n:(j + 1) * n] for j in range(len(prompt_ids))]
 
     @torch.no_grad()
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], borrowed: bool = False) -> None:
         """Each parameter takes the sent tensor as its data: on a CPU engine with the learner's dtype that is the
         object store's buffer itself, read in place (zero-copy: the sync's only copy is the learner's ``ray.put``;
         generation never writes a weight, and the next sync replaces the buffer rather than writing into it); on a
-        GPU, or in another dtype, a converted copy."""
+        GPU, or in another dtype, a converted copy. A ``borrowed`` tensor (a learner rank's buffer, which its next
+        sync rewrites) is copied into the parameter's own memory."""
         params = dict(self.model.named_parameters())
         for name, tensor in named_tensors:
             if name not in params:
@@ -109,7 +110,10 @@ class HFEngine(RolloutEngine):
             if tensor.shape != p.shape:
                 raise ValueError(f"weight sync sent {name!r} with shape {tuple(tensor.shape)}, the rollout model's is "
                                  f"{tuple(p.shape)}")
-            p.data = tensor.to(p.device, p.dtype)
+            if borrowed:
+                p.data.copy_(tensor)
+            else:
+                p.data = tensor.to(p.device, p.dtype)
 
 
 def _eos_ids(generation_config, tokenizer) -> list[int]:

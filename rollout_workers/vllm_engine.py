@@ -66,7 +66,8 @@ class VLLMEngine(RolloutEngine):
         return result
 
     @torch.no_grad()
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], borrowed: bool = False) -> None:
+        """vLLM's ``reload_weights`` copies every tensor into its own parameters (borrowed or not)."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()

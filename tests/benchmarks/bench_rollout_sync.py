@@ -8,7 +8,8 @@
 (b) Weight sync: one sync of a model of about ``--sync-mb`` MiB from a DeepSpeed ZeRO-3 learner rank to a rollout
     actor running the same engine (gather, object store, in-place load) against a raw ``ray.put`` in one actor (of
     bytes it already holds) + ``ray.get`` in another, of the same number of bytes. The two alternate, ``--repeats``
-    times each; medians, bests and their ratios, for both transports.
+    times each; medians, bests and their ratios, for each transport (``--transports``: object_store, collective and
+    ipc, the last with learner and rollout colocated: a handle to the rank's memory, CUDA IPC on a GPU).
 """
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb:
     if engine == "vllm":
         rollout["vllm"] = engine_opts(engine, gpu)
     share = {"num_gpus": 0.5} if gpu else {}  # learner and rollout on the one GPU
-    raw = quickstart_dict(rollout=rollout, cluster={"learner": {"replicas": 1, "num_cpus": 1, **share},
+    raw = quickstart_dict(rollout=rollout, cluster={"colocate": transport == "ipc",  # ipc: rank and replica share a bundle
+                                                    "learner": {"replicas": 1, "num_cpus": 1, **share},
                                                     "rollout": {"replicas": 1, "num_cpus": 1, **share}})
     raw.pop("kit")
     raw["model"] = {"name_or_path": model}

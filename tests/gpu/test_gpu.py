@@ -1,5 +1,5 @@
 """The GPU path, for real: vLLM on CUDA (log-probs against transformers, in-place updates), the ZeRO-3 learner over
-NCCL, and a colocated run (learner and vLLM sharing the GPU, sleep/wake, NCCL weight broadcast).
+NCCL, and colocated runs (learner and vLLM sharing the GPU, sleep/wake, weights by NCCL broadcast and by CUDA IPC).
 
     python -m pytest tests/gpu -q        # on a machine with a CUDA GPU; skipped everywhere else
 
@@ -7,6 +7,7 @@ Environment knobs for minimal GPU images: RELAY_RL_VLLM_ATTENTION_BACKEND (e.g. 
 """
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,12 +62,14 @@ def test_vllm_gpu_weight_updates(engines):
     hf.load_weights(iter(state.items()))
 
 
-def test_zero3_nccl_step_and_colocated_run(ray_cluster, kit, tmp_path):
-    """ZeRO-3 over NCCL with vLLM on the same GPU: sleep/wake around training, weights by NCCL broadcast."""
+@pytest.mark.parametrize("transport", ["collective", "ipc"])
+def test_zero3_nccl_step_and_colocated_run(ray_cluster, kit, tmp_path, transport):
+    """ZeRO-3 over NCCL with vLLM on the same GPU: sleep/wake around training, weights by NCCL broadcast or by CUDA
+    IPC (vLLM copies straight from the learner rank's GPU memory)."""
     from cluster.config import validate_dict
     from cluster.controller import train
     raw = quickstart_dict(
-        rollout={"engine": "vllm", "weight_transport": "collective",
+        rollout={"engine": "vllm", "weight_transport": transport,
                  "vllm": {"enforce_eager": True, "gpu_memory_utilization": 0.3, "enable_sleep_mode": True,
                           "attention_backend": BACKEND}},
         algorithm={"per_device_train_batch_size": 64},
@@ -79,4 +82,9 @@ def test_zero3_nccl_step_and_colocated_run(ray_cluster, kit, tmp_path):
     assert len(steps) == 20 and all(r["staleness/max"] == 0 for r in steps)
     assert steps[-1]["sync/bytes"] == 986_240 * 4
     assert result["eval/accuracy"] >= 0.0
+    assert steps[-1]["timing/sync_s"] > 0
+    out = os.environ.get("OUT")  # device_check.sh keeps the timings
+    if out:
+        (Path(out) / f"gpu_timings_{transport}.json").write_text(
+            json.dumps({k: steps[-1][k] for k in steps[-1] if k.startswith(("timing/", "sync/"))}))
     (tmp_path / "gpu_timings.json").write_text(json.dumps({k: steps[-1][k] for k in steps[-1] if k.startswith("timing/")}))

@@ -14,11 +14,12 @@ from tests.conftest import quickstart_dict
 
 
 @pytest.fixture(scope="module", params=[("object_store", False, "float32"), ("collective", True, "float32"),
-                                        ("object_store", False, "bfloat16")],
-                ids=["object_store-separate", "collective-colocated", "object_store-bfloat16-eager"])
+                                        ("object_store", False, "bfloat16"), ("ipc", True, "float32")],
+                ids=["object_store-separate", "collective-colocated", "object_store-bfloat16-eager", "ipc-colocated"])
 def setup(request, ray_cluster, kit):
-    """Both weight transports; the collective one (gloo here, NCCL on GPUs) with rollout and learner colocated; and
-    the object store in bfloat16 with eager attention (cpu_fast.yaml's precision; under ZeRO-3 the gather is bf16)."""
+    """The three weight transports; the collective one (gloo here, NCCL on GPUs) and ipc (shared memory here, CUDA
+    IPC on GPUs; each rank serves the replica beside it) with rollout and learner colocated; and the object store in
+    bfloat16 with eager attention (cpu_fast.yaml's precision; under ZeRO-3 the gather is bf16)."""
     from cluster.data import load_data
     transport, colocate, dtype = request.param
     raw = quickstart_dict(
@@ -84,3 +85,38 @@ def test_round_trip_changes_rollout_after_sync(setup):
     # both rollout replicas got the same weights
     other = ray.get(pools.rollout[1].generate.remote(probe, greedy))
     torch.testing.assert_close(other.behaviour_logprobs, after.behaviour_logprobs)
+
+
+
+def test_second_sync_and_the_engine_keeps_its_copy(setup):
+    """A second sync moves the rollout again (buffers reused between syncs hold the new weights). Before it, the
+    learner side of a sync runs alone (publish / share without loads): the engine must not change, because ipc's
+    ranks rewrite their shared buffers at every sync (the engine copies them) and the object store's buffers are
+    new objects each time (the engine may keep the old ones). The broadcast has no learner-only side."""
+    import ray
+    cfg, sched, pools, pipe, eval_data = setup
+    transport, mb = cfg.rollout.weight_transport, cfg.rollout.weight_sync_bucket_mb
+    probe = eval_data.select(range(32)).to_list()
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=5)
+    before = ray.get(pools.learner[0].get_version.remote())
+    pipe.sync_rollout(before, force=True)  # the engine now holds what the transport delivers
+    pipe.sync_stats()
+    held = ray.get(pools.rollout[0].generate.remote(probe, greedy))
+    gen = pipe.wait(pipe.launch(1))
+    ray.get([r.admit.remote(s) for r, s in zip(pools.learner, gen.shards)])
+    ray.get([r.train_step.remote() for r in pools.learner])  # lr 1e-2: the weights move
+    if transport != "collective":
+        plan = ray.get(pools.learner[0].weight_plan.remote(mb))
+        for i in range(len(plan)):
+            call = "share_bucket" if transport == "ipc" else "publish_bucket"
+            ray.get([getattr(r, call).remote(mb, i, *([True] if transport == "ipc" else [])) for r in pools.learner])
+        again = ray.get(pools.rollout[0].generate.remote(probe, greedy))
+        torch.testing.assert_close(again.behaviour_logprobs, held.behaviour_logprobs, rtol=0, atol=0)
+    version = ray.get(pools.learner[0].get_version.remote())
+    pipe.sync_rollout(version)
+    assert pipe.sync_stats()["sync/bytes"] == 986_240 * {"float32": 4, "bfloat16": 2}[cfg.model.dtype]
+    moved = ray.get(pools.rollout[0].generate.remote(probe, greedy))
+    assert moved.policy_version.eq(version).all() and version == before + 1
+    assert (moved.behaviour_logprobs.sum(-1) - held.behaviour_logprobs.sum(-1)).abs().max() > 1e-3
+    other = ray.get(pools.rollout[1].generate.remote(probe, greedy))  # rank 1's replica too (ipc: its own rank)
+    torch.testing.assert_close(other.behaviour_logprobs, moved.behaviour_logprobs)

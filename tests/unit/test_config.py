@@ -139,6 +139,13 @@ def test_cross_field_rules_say_what_to_do(tmp_path):
         load_config(write(tmp_path, GOOD), ["algorithm.beta=0.1", "cluster.teacher.replicas=0"])
     with pytest.raises(ConfigError, match="token_truncate or token_mask"):
         load_config(write(tmp_path, GOOD), ["algorithm.loss_type=vespo"])
+    with pytest.raises(ConfigError, match=r"weight_transport: ipc .* set cluster.colocate: true"):
+        load_config(write(tmp_path, GOOD), ["rollout.weight_transport=ipc"])
+    with pytest.raises(ConfigError, match="partial_rollouts needs weight_transport: object_store"):
+        load_config(write(tmp_path, GOOD), ["rollout.weight_transport=ipc", "cluster.colocate=true",
+                                            "rollout.partial_rollouts=true"])
+    colocated = load_config(write(tmp_path, GOOD), ["rollout.weight_transport=ipc", "cluster.colocate=true"])
+    assert colocated.rollout.weight_transport == "ipc"
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "name: [unclosed\n"))
     with pytest.raises(ConfigError, match="no such run file"):
