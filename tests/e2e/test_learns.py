@@ -49,7 +49,8 @@ def test_quickstart_learns(ray_cluster, kit, tmp_path):
 
 def test_cpu_fast_overlay_learns(ray_cluster, kit, tmp_path):
     """deploy/overlays/cpu_fast.yaml (the README's fastest 2-core settings): one ZeRO-0 rank training in bfloat16 with
-    eager attention while the rollout generates one version ahead. It must learn as the quickstart does."""
+    eager attention (the learner's own choice in bf16 on CPU: the overlay leaves the knob unset) while the rollout
+    generates one version ahead. It must learn as the quickstart does."""
     from cluster.config import load_config
     from tests.conftest import RECIPES
     steps = 100

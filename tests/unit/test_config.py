@@ -77,12 +77,13 @@ def test_attn_implementation_is_checked_where_it_is_written(tmp_path):
 
 
 def test_cpu_fast_overlay(tmp_path):
-    """The 2-core fast settings (README, Performance): one ZeRO-0 rank in bfloat16 with eager attention, 64
+    """The 2-core fast settings (README, Performance): one ZeRO-0 rank in bfloat16 (eager attention: the learner's
+    default in bf16 on CPU, tests/e2e/test_learns.py), 64
     completions per step, 2 steps per generation batch, generation one version ahead of the learner."""
     cfg = load_config(RECIPES / "quickstart.yaml", [str(RECIPES.parent / "overlays" / "cpu_fast.yaml")])
     s = resolve_schedule(cfg)
     assert (s.P, s.B * s.P * s.GA, s.K, s.k) == (1, 64, 2, 1)
-    assert (cfg.train.zero_stage, cfg.model.dtype, cfg.model.attn_implementation) == (0, "bfloat16", "eager")
+    assert (cfg.train.zero_stage, cfg.model.dtype, cfg.model.attn_implementation) == (0, "bfloat16", None)
     assert cfg.algorithm.old_logprob_source == "behaviour"
 
 
