@@ -30,7 +30,7 @@ from cluster.metrics import merge_stats
 from cluster.weight_sync import Plan, bucket_plan
 from .logprobs import completion_logits, completion_logprobs, completion_values, fp32_lm_head
 from .methods import family
-from .weights import gathered_buckets, share_bucket, tensor_to_array, to_arrays
+from .weights import gathered_buckets, release_shared, share_bucket, tensor_to_array, to_arrays
 
 
 class LearnerRank:
@@ -326,8 +326,15 @@ class LearnerRank:
     def get_version(self) -> int:
         return self.version
 
+    def release_shared(self) -> bool:
+        """Drop the ipc transport's buffers. On CPU they are shared-memory files, which go away with their last
+        holder, unless the holder is killed: a rank that Ray kills while it holds them leaves them in /dev/shm."""
+        release_shared(self.shared)
+        return True
+
     def shutdown(self) -> bool:
         import torch.distributed as dist
+        self.release_shared()
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()

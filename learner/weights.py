@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from typing import Iterator
 
 import numpy as np
@@ -172,6 +173,8 @@ def share_bucket(bucket: dict[str, torch.Tensor], buffers: dict, key: int) -> by
     before the next sync of the same bucket (the pipeline waits for the previous loads first). The handle is a few
     hundred bytes; the weights stay where they are."""
     from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's tensor reductions with ForkingPickler)
     segments = []
     for dtype in sorted({t.dtype for t in bucket.values()}, key=str):
         items = [(n, t) for n, t in bucket.items() if t.dtype == dtype]
@@ -190,6 +193,20 @@ def share_bucket(bucket: dict[str, torch.Tensor], buffers: dict, key: int) -> by
     if segments and segments[0][0].is_cuda:
         torch.cuda.current_stream().synchronize()  # the copies land before the receiver reads
     return bytes(ForkingPickler.dumps(segments))
+
+
+def release_shared(buffers: dict) -> None:
+    """Drop ``share_bucket``'s buffers. On CPU each is a shared-memory file that torch unlinks when the last process
+    holding it lets go, counting every handle given out; a handle that was never opened keeps it. So unlink them
+    here: a receiver that has one mapped keeps its mapping."""
+    for flat in buffers.values():
+        if flat.device.type == "cpu":
+            name = flat.untyped_storage()._share_filename_cpu_()[1].decode()
+            try:
+                os.unlink(f"/dev/shm{name}")
+            except FileNotFoundError:
+                pass
+    buffers.clear()
 
 
 def open_shared(handle: bytes) -> dict[str, torch.Tensor]:

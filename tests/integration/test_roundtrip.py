@@ -120,3 +120,10 @@ def test_second_sync_and_the_engine_keeps_its_copy(setup):
     assert (moved.behaviour_logprobs.sum(-1) - held.behaviour_logprobs.sum(-1)).abs().max() > 1e-3
     other = ray.get(pools.rollout[1].generate.remote(probe, greedy))  # rank 1's replica too (ipc: its own rank)
     torch.testing.assert_close(other.behaviour_logprobs, moved.behaviour_logprobs)
+    if transport == "ipc":  # on CPU the buffers are shared-memory files: the ranks' shutdown must remove them
+        import os
+        pids = ray.get([r.__ray_call__.remote(lambda self: os.getpid()) for r in pools.learner])
+        files = lambda: [f for f in os.listdir("/dev/shm") if any(f.startswith(f"torch_{p}_") for p in pids)]  # noqa: E731
+        assert len(files()) == len(plan) * len(pids), files()  # a file per bucket (one dtype) and rank
+        ray.get([r.release_shared.remote() for r in pools.learner])
+        assert files() == []

@@ -78,13 +78,24 @@ def test_attn_implementation_is_checked_where_it_is_written(tmp_path):
 
 def test_cpu_fast_overlay(tmp_path):
     """The 2-core fast settings (README, Performance): one ZeRO-0 rank in bfloat16 (eager attention: the learner's
-    default in bf16 on CPU, tests/e2e/test_learns.py), 64
-    completions per step, 2 steps per generation batch, generation one version ahead of the learner."""
+    default in bf16 on CPU, tests/e2e/test_learns.py), 64 completions per step, 2 steps per generation batch,
+    generation one version ahead of the learner."""
     cfg = load_config(RECIPES / "quickstart.yaml", [str(RECIPES.parent / "overlays" / "cpu_fast.yaml")])
     s = resolve_schedule(cfg)
     assert (s.P, s.B * s.P * s.GA, s.K, s.k) == (1, 64, 2, 1)
     assert (cfg.train.zero_stage, cfg.model.dtype, cfg.model.attn_implementation) == (0, "bfloat16", None)
     assert cfg.algorithm.old_logprob_source == "behaviour"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_gpu_colocated_overlay_fits_every_recipe(recipe):
+    """deploy/overlays/gpu_colocated.yaml: vLLM on the learner ranks' GPUs, weights by ipc, on any recipe (a staged
+    pipeline takes it in every stage)."""
+    cfg = load_config(recipe, [str(RECIPES.parent / "overlays" / "gpu_colocated.yaml")])
+    for c in [s.cfg for s in cfg.stages] if hasattr(cfg, "stages") else [cfg]:
+        assert (c.cluster.colocate, c.rollout.engine, c.rollout.weight_transport) == (True, "vllm", "ipc")
+        assert c.cluster.learner.num_gpus + c.cluster.rollout.num_gpus == 1.0
+        assert c.cluster.rollout.replicas <= c.cluster.learner.replicas
 
 
 def test_bounds_and_missing(tmp_path):
