@@ -196,17 +196,17 @@ def share_bucket(bucket: dict[str, torch.Tensor], buffers: dict, key: int) -> by
 
 
 def release_shared(buffers: dict) -> None:
-    """Drop ``share_bucket``'s buffers. On CPU each is a shared-memory file that torch unlinks when the last process
-    holding it lets go, counting every handle given out; a handle that was never opened keeps it. So unlink them
-    here: a receiver that has one mapped keeps its mapping."""
-    for flat in buffers.values():
-        if flat.device.type == "cpu":
-            name = flat.untyped_storage()._share_filename_cpu_()[1].decode()
-            try:
-                os.unlink(f"/dev/shm{name}")
-            except FileNotFoundError:
-                pass
-    buffers.clear()
+    """Drop ``share_bucket``'s buffers. On CPU each is a shared-memory file that torch unlinks once every handle given
+    out has been opened and closed again; a handle that was never opened (its receiver died first) keeps the file.
+    Such files are unlinked here, after this process has let go of them."""
+    files = [f"/dev/shm{flat.untyped_storage()._share_filename_cpu_()[1].decode()}" for flat in buffers.values()
+             if flat.device.type == "cpu"]
+    buffers.clear()  # torch unlinks what nobody else counts on
+    for path in files:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def open_shared(handle: bytes) -> dict[str, torch.Tensor]:
