@@ -35,5 +35,6 @@ step quickstart 100 python3 -m cluster.cli train deploy/recipes/quickstart.yaml 
 
 grep -h "^(a)\|^(b)" "$OUT"/rollout.log "$OUT"/sync_0p5b.log >> "$summary" 2>/dev/null
 grep -h "eval accuracy\|samples/s\|time per step" "$OUT"/quickstart.log >> "$summary" 2>/dev/null
+for f in "$OUT"/gpu_timings_*.json; do [ -f "$f" ] && { echo "$(basename "$f"): $(cat "$f")"; } >> "$summary"; done
 tail -n 3 "$OUT/tests_gpu.log" >> "$summary"
 cat "$summary"
