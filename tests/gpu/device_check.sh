@@ -6,7 +6,7 @@
 # Each step has its own timeout and the script goes on when one fails; logs and summary.txt land under $OUT.
 # Written without a GPU to try it on: expect to mend it the first time it runs.
 set -u
-OUT=${OUT:-/tmp/device_check}
+export OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_AUTH_MODE=disabled PYTHONPATH="$PWD:${PYTHONPATH:-}"
 export RELAY_RL_VLLM_ATTENTION_BACKEND=${RELAY_RL_VLLM_ATTENTION_BACKEND:-TRITON_ATTN} VLLM_USE_FLASHINFER_SAMPLER=0
