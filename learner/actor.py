@@ -327,8 +327,8 @@ class LearnerRank:
         return self.version
 
     def release_shared(self) -> bool:
-        """Drop the ipc transport's buffers. On CPU they are shared-memory files, which go away with their last
-        holder, unless the holder is killed: a rank that Ray kills while it holds them leaves them in /dev/shm."""
+        """Drop the ipc transport's buffers (on CPU, shared-memory files: removed here; a rank that dies or is killed
+        while it holds them leaves them in /dev/shm)."""
         release_shared(self.shared)
         return True
 
