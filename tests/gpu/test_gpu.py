@@ -81,7 +81,9 @@ def test_zero3_nccl_step_and_colocated_run(ray_cluster, kit, tmp_path, transport
     steps = [r for r in rows if "loss" in r]
     assert len(steps) == 20 and all(r["staleness/max"] == 0 for r in steps)
     assert steps[-1]["sync/bytes"] == 986_240 * 4
-    assert result["eval/accuracy"] >= 0.0
+    # evaluation runs on the engine: weights that arrived garbled (a wrong device, a stale IPC buffer) score near 0;
+    # the warm start scores about 0.5, and 20 steps at the quickstart's learning rate do not undo it
+    assert result["eval/accuracy"] >= 0.4, result["eval/accuracy"]
     assert steps[-1]["timing/sync_s"] > 0
     out = os.environ.get("OUT")  # device_check.sh keeps the timings
     if out:
