@@ -7,7 +7,8 @@
     parameters re-gathered one collective each after every step), under ZeRO-3 as relay-rl configures it on gloo
     (threshold 0), under ZeRO-2 and ZeRO-0, and 1 rank under ZeRO-0: in float32, and in bfloat16 (DeepSpeed's bf16
     mode: float32 master weights) with transformers' default attention (sdpa) and with eager attention, as
-    deploy/overlays/cpu_fast.yaml runs it. Median of the steps after the first 3.
+    deploy/overlays/cpu_fast.yaml runs it; and, as the raw baseline, the same step in plain PyTorch in one process
+    (no DeepSpeed: ``torch.optim.AdamW`` on the model's own parameters). Median of the steps after the first 3.
 (b) A full gather of every weight on 2 ZeRO-3 ranks: DeepSpeed's ``GatheredParameters`` against relay-rl's
     ``gather_partitions``, for the kit's model and for 48 layers of 1,024 x 1,024 (200 MiB). Median of 5.
 """
@@ -73,6 +74,29 @@ def step_rank(rank: int, world: int, port: int, model_path: str, zero: dict, dty
     os._exit(0)  # skip interpreter teardown, which a thread left by DeepSpeed or gloo can abort
 
 
+def plain_rank(rank: int, world: int, port: int, model_path: str, dtype: str, attn: str | None, steps: int,
+               out: str) -> None:
+    """The raw baseline of (a): the same step in plain PyTorch in one process (``torch.optim.AdamW`` on the model's
+    own parameters: in bfloat16 no float32 master copy), with no DeepSpeed and no process group."""
+    import torch
+    torch.set_num_threads(1)
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), attn_implementation=attn)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    ids = torch.randint(0, 14, (64, 13), generator=torch.Generator().manual_seed(rank))
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        logits = model(input_ids=ids).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        (-logp[:, -5:].mean()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+    Path(out).write_text(json.dumps(statistics.median(times[3:])))
+
+
 def gather_rank(rank: int, world: int, port: int, model_path: str, layers: int, out: str) -> None:
     deepspeed, torch = _init(rank, world, port)
     from learner.weights import gather_partitions
@@ -136,6 +160,10 @@ def main():
     print(f"(a) one optimizer step of the kit's model, 64 x 13 tokens, one thread per rank ({os.cpu_count()} cores)")
     for name, world, zero, (dtype, attn) in steps:
         ms = 1000 * spawn(step_rank, world, model, zero, dtype, attn, a.steps)
+        print(f"    {name:60} {ms:6.1f} ms")
+    for name, (dtype, attn) in [("baseline: plain PyTorch, 1 process, float32", fp32),
+                                ("baseline: plain PyTorch, 1 process, bfloat16, eager", ("bfloat16", "eager"))]:
+        ms = 1000 * spawn(plain_rank, 1, model, dtype, attn, a.steps)
         print(f"    {name:60} {ms:6.1f} ms")
     print("(b) a full gather on 2 ZeRO-3 ranks (median of 5)")
     for name, path, layers in [("the kit's model (1M parameters, 46 tensors)", model, 0),
