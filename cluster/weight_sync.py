@@ -38,6 +38,10 @@ def bucket_plan(module: torch.nn.Module, bucket_bytes: int) -> Plan:
     return plan
 
 
+def tensors_nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def init_group(host: str, port: int, world_size: int, rank: int, backend: str) -> dist.ProcessGroup:
     """A process group of its own (learner rank 0 = rank 0, rollout actors 1..R), beside any default group."""
     store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=TIMEOUT)
@@ -70,5 +74,5 @@ def receive_stream(group, plan: Plan, device: torch.device, counter: list) -> It
     """The receiving side as one (name, tensor) stream, one bucket in memory at a time."""
     for bucket in plan:
         tensors = broadcast_bucket(group, bucket, None, device)
-        counter[0] += sum(t.numel() * t.element_size() for t in tensors.values())
+        counter[0] += tensors_nbytes(tensors)
         yield from tensors.items()

@@ -27,7 +27,7 @@ import torch
 from cluster.batch import Batch
 from cluster.config import RunConfig, resolve_schedule
 from cluster.metrics import merge_stats
-from cluster.weight_sync import Plan, bucket_plan
+from cluster.weight_sync import Plan, bucket_plan, tensors_nbytes
 from .logprobs import completion_logits, completion_logprobs, completion_values, fp32_lm_head
 from .methods import family
 from .weights import gathered_buckets, release_shared, share_bucket, tensor_to_array, to_arrays
@@ -268,7 +268,7 @@ class LearnerRank:
         for spec, bucket in zip(plan, gathered_buckets(self.engine.module, self.zero_stage, plan)):
             if self.rank == 0:
                 broadcast_bucket(self.sync_group, spec, bucket, self.device)
-                nbytes += sum(t.numel() * t.element_size() for t in bucket.values())
+                nbytes += tensors_nbytes(bucket)
         return {"publish_s": time.time() - t0, "bytes": nbytes}
 
     def full_state(self) -> dict:

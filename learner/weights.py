@@ -218,7 +218,3 @@ def open_shared(handle: bytes) -> dict[str, torch.Tensor]:
         for name, start, shape in index:
             out[name] = flat[start:start + math.prod(shape)].view(shape)
     return out
-
-
-def shared_nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -12,7 +12,8 @@ import time
 import torch
 
 from cluster.batch import Batch, chat_token_ids, prompt_token_ids
-from learner.weights import arrays_to_tensors, bucket_nbytes, fetch_bucket, open_shared, shared_nbytes
+from cluster.weight_sync import tensors_nbytes
+from learner.weights import arrays_to_tensors, bucket_nbytes, fetch_bucket, open_shared
 from .engine import SamplingParams, make_engine
 
 
@@ -181,7 +182,7 @@ class RolloutWorker:
             nonlocal nbytes
             for ref in handle_refs:
                 tensors = open_shared(ray.get(ref))
-                nbytes += shared_nbytes(tensors)
+                nbytes += tensors_nbytes(tensors)
                 yield from tensors.items()
 
         with self.lock:

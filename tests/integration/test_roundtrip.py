@@ -87,7 +87,6 @@ def test_round_trip_changes_rollout_after_sync(setup):
     torch.testing.assert_close(other.behaviour_logprobs, after.behaviour_logprobs)
 
 
-
 def test_second_sync_and_the_engine_keeps_its_copy(setup):
     """A second sync moves the rollout again (buffers reused between syncs hold the new weights). Before it, the
     learner side of a sync runs alone (publish / share without loads): the engine must not change, because ipc's
@@ -108,8 +107,8 @@ def test_second_sync_and_the_engine_keeps_its_copy(setup):
     if transport != "collective":
         plan = ray.get(pools.learner[0].weight_plan.remote(mb))
         for i in range(len(plan)):
-            call = "share_bucket" if transport == "ipc" else "publish_bucket"
-            ray.get([getattr(r, call).remote(mb, i, *([True] if transport == "ipc" else [])) for r in pools.learner])
+            ray.get([r.share_bucket.remote(mb, i, True) if transport == "ipc" else r.publish_bucket.remote(mb, i)
+                     for r in pools.learner])
         again = ray.get(pools.rollout[0].generate.remote(probe, greedy))
         torch.testing.assert_close(again.behaviour_logprobs, held.behaviour_logprobs, rtol=0, atol=0)
     version = ray.get(pools.learner[0].get_version.remote())
