@@ -23,7 +23,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, resolve_schedule
+from relay_rl.errors import ConfigError
+
+from .config import RunConfig, resolve_schedule
 
 MARK = Path("relay") / "complete"
 

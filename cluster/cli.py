@@ -5,6 +5,7 @@
                       [--resume DIR|auto]
     relay-rl kit      RUN.yaml                       (build the quickstart kit only)
     relay-rl scale    RUN_FOLDER POOL N              (resize a rollout/reward/teacher pool of a running run)
+    relay-rl --version
 
 Overrides apply in order: an overlay file merges section by section (deploy/overlays/kit.yaml runs any paper
 recipe on the quickstart kit), a key.path=value sets one field (the value is YAML). Options and overrides may come
@@ -22,7 +23,10 @@ import sys
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict]:
+    from relay_rl import __version__
+
     ap = argparse.ArgumentParser(prog="relay-rl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"relay-rl {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     subs = {}
     for name, help_ in (("validate", "check a run file (and overrides) without starting anything"),
@@ -67,9 +71,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import EXIT_BAD_INPUT, EXIT_OK, report
-
-    from .errors import STOP_REQUESTED, stop_on_signal
+    from .report import EXIT_BAD_INPUT, EXIT_OK, STOP_REQUESTED, report, stop_on_signal
 
     args = parse(argv)
     out_dir = None
@@ -89,23 +91,21 @@ def main(argv: list[str] | None = None) -> int:
             answer = scale(args.run, args.pool, args.replicas, address=args.address, namespace=args.namespace)
             print(f"relay-rl: {answer}", file=sys.stderr if answer.startswith("refused") else sys.stdout)
             return EXIT_BAD_INPUT if answer.startswith("refused") else EXIT_OK
-        from .config import load_config
-        from .stages import StagedConfig, train_stages
+        from .config import StagedConfig, load_config
+        from .runner import output_folder, train
+        from .stages import train_stages
         cfg = load_config(args.run_file, args.overrides)
         runs = [s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]
         if args.cmd == "validate":
             return _validate(cfg, runs)
         if args.cmd == "kit":
-            from .kit import ensure_kit, kit_parts_needed, reward_kit_paths
+            from .kit.build import ensure_kit
+            from .kit.paths import parts_for
             if cfg.kit is None:
                 print("relay-rl: this run file has no kit section", file=sys.stderr)
                 return EXIT_BAD_INPUT
-            parts = [p for c in runs for p in kit_parts_needed(
-                c.model.name_or_path, c.teacher.name_or_path if c.teacher is not None and c.needs.teacher_model
-                else None, *reward_kit_paths(c.reward))]
-            print(ensure_kit(cfg.kit, parts=tuple(dict.fromkeys(parts))))
+            print(ensure_kit(cfg.kit, train, parts=parts_for(runs)))
             return EXIT_OK
-        from .controller import output_folder, train
         out_dir = output_folder(cfg, args.output)
         explicit = args.output or cfg.output_dir
         run = train_stages if isinstance(cfg, StagedConfig) else train
@@ -126,10 +126,9 @@ def _validate(cfg, runs: list) -> int:
     """Pre-flight every run (a staged file: every stage), print the resolved file and one line per run."""
     import os
 
-    from .config import dump_config, resolve_schedule
+    from .config import StagedConfig, dump, dump_config, resolve_schedule
     from .preflight import preflight
     from .runtime import check_reachable
-    from .stages import StagedConfig, dump
     checked = [preflight(c) for c in runs]
     address = runs[0].cluster.address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -54,8 +54,9 @@ def scale(run: str, pool: str, n: int, address: str | None = None, namespace: st
 
     import ray
 
+    from relay_rl.errors import ConfigError
+
     from .runtime import check_reachable
-    from .schema import ConfigError
     folder = Path(os.path.expanduser(run))
     if (folder / "run.json").is_file():
         info = json.loads((folder / "run.json").read_text())

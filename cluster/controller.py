@@ -10,179 +10,33 @@ Weights reach the rollout pool lazily: right before a generation (or an evaluati
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 
 import ray
 from tqdm import tqdm
 
-from learner import methods
+from relay_rl.errors import ConfigError, RunError
+from relay_rl.stats import reduce_stats
 
-from .config import ConfigError, RunConfig, Schedule, dump_config, resolve_schedule
-from .kit import ensure_kit, kit_parts_needed, kit_summary, reward_kit_paths
-from .metrics import MetricsLog, plot_reward_curve, reduce_stats, summary_table
-from .pipeline import Pipeline
-from .control import RunControl, write_run_file
-from .pools import Pools, create_pools, get_all, resize, shutdown_pools
 from . import checkpoint as checkpoints
-from .errors import STOP_REQUESTED, Interrupted, RunError
+from .admission import admit
+from .config import RunConfig, Schedule
 from .health import Health
-from .preflight import preflight
-from .runtime import init_ray
-
-
-def output_folder(cfg: RunConfig, output_dir: str | None = None) -> Path:
-    """The run folder: ``--output``, else ``output_dir`` of the run file, else runs/<name>-<timestamp>."""
-    import os
-    chosen = output_dir or cfg.output_dir or f"runs/{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    return Path(os.path.expandvars(os.path.expanduser(chosen))).resolve()
-
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "pipeline.json", "reward_curve.png", "error.log",
-             "rejection_sampling.jsonl")
-
-
-def prepare_output(out: Path, overwrite: bool = False) -> None:
-    """A run never writes into another run's folder: refuse one that holds a run that trained (metrics, checkpoints),
-    unless ``overwrite`` (then that run's files go; other files stay). Nothing is written here."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output folder {out} is a file: give a folder (--output)")
-    if not out.is_dir():
-        return
-    trained = [p.name for p in (out / "metrics.jsonl", out / "final", *sorted(out.glob("checkpoint-*"))) if p.exists()]
-    if trained and not overwrite:
-        raise ConfigError(f"output folder {out} already holds a run ({', '.join(trained[:4])}): give another "
-                          "--output, or add --overwrite to replace that run")
-
-
-def clear_run_files(out: Path) -> None:
-    import shutil
-    for p in [*(out / f for f in RUN_FILES), out / "final", *out.glob("checkpoint-*")]:
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
-def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bool = False,
-          resume: str | None = None) -> dict:
-    """Run ``cfg`` end to end; returns the final metrics. Starts a local Ray cluster unless one is given.
-    ``resume``: a checkpoint folder, a run folder or "auto" (the newest checkpoint of the output folder) to continue
-    from. Ctrl-C (or SIGTERM) stops the pools and raises ``Interrupted`` naming the step; what was written is kept."""
-    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    out, ckpt, state = output_folder(cfg, output_dir), None, None
-    if resume:
-        if resume == "auto" and not (output_dir or cfg.output_dir):
-            raise ConfigError("--resume auto continues the newest checkpoint of the run folder: give it with --output")
-        if resume != "auto" and not (output_dir or cfg.output_dir):
-            out = checkpoints.find(resume, out).parent  # the run folder the checkpoint belongs to
-        ckpt = checkpoints.find(resume, out)
-        state = checkpoints.check_compatible(cfg, ckpt)
-    else:
-        prepare_output(out, overwrite)
-
-    extra = {}
-    needs = cfg.needs
-    teacher_name = cfg.teacher.name_or_path if cfg.teacher is not None and needs.teacher_model else None
-    if cfg.kit is not None:
-        ensure_kit(cfg.kit, log=log, parts=kit_parts_needed(cfg.model.name_or_path, teacher_name,
-                                                            *reward_kit_paths(cfg.reward)))
-        if cfg.model.name_or_path == "kit:warm_start":
-            ks = kit_summary(cfg.kit)
-            extra["warm start (held-out greedy accuracy)"] = f"{ks['test_accuracy']:.3f} after {ks['steps']} SFT steps"
-    checked = preflight(cfg, kit_built=True)  # before any actor: models, data, reward functions
-    out.mkdir(parents=True, exist_ok=True)
-    if ckpt is None:
-        clear_run_files(out)  # an earlier run's files (refused above unless overwrite), or an attempt that never trained
-    (out / "config.yaml").write_text(dump_config(cfg))
-    log(f"[relay-rl] run {cfg.name}: output in {out}"
-        + (f"; resuming {ckpt.name} (step {state['step']} of {cfg.train.max_steps})" if ckpt else ""))
-    for note in checked.notes:
-        log(f"[relay-rl] note: {note}")
-    train_data, eval_data = checked.train_data, checked.eval_data
-
-    started_ray = not ray.is_initialized() and not (cfg.cluster.address or _env_address())
-    init_ray(cfg.cluster.address, cfg.cluster.namespace, log)
-    sched = resolve_schedule(cfg)
-    for warning in methods.warnings(cfg):
-        log(f"[relay-rl] warning: {warning}")
-    run_name = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    pools, metrics, ctl = None, None, None
-    try:
-        pools = create_pools(cfg, run_name, checked.model_path, log, fixed_cluster=started_ray,
-                             teacher_path=checked.teacher_path, resume=ckpt)
-        metrics = MetricsLog(out, run_name, previous=checkpoints.saved_metrics(ckpt) if ckpt else None)
-        pipe = Pipeline(cfg, sched, pools, train_data)
-        made, prepared = methods.prepare(cfg, pipe, out, log)  # e.g. rejection sampling: the dataset it keeps
-        if made is not None:
-            pipe.use_data(made)
-        if prepared:
-            metrics.write({"step": 0, **prepared})
-        cfg = with_epochs(cfg, sched, len(pipe.sampler.ds), pools, log)
-        ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
-        ctl.control = ray.remote(RunControl).options(name=f"{run_name}/control", namespace=cfg.cluster.namespace,
-                                                     num_cpus=0).remote()
-        write_run_file(out, run_name, cfg.cluster.namespace, cfg.cluster.address or _env_address())
-        log(f"[relay-rl] run {run_name}: `relay-rl scale {out} rollout N` resizes a pool while it runs")
-        if state is not None:
-            ctl.restore(state)
-        t0 = time.time()
-        final = ctl.run()
-        wall = time.time() - t0
-        plot_reward_curve(metrics, out / "reward_curve.png", f"relay-rl {cfg.name}")
-        extra["final checkpoint (HF format)"] = str(out / "final")
-        log(summary_table(metrics, out, wall, extra, steps_per_batch=sched.K))
-        final["wall_s"] = wall
-        final["output_dir"] = str(out)
-        return final
-    except KeyboardInterrupt:
-        step = ctl.step if ctl is not None else 0
-        raise Interrupted(f"interrupted at step {step} of {cfg.train.max_steps}: the pools were stopped; what was "
-                          f"written is kept in {out} (metrics.jsonl up to step {step}"
-                          + (", the last checkpoint" if cfg.train.save_steps and step >= cfg.train.save_steps else "")
-                          + ")") from None
-    finally:
-        if ctl is not None:
-            ctl.ledger.write(out / "pipeline.json", sched.S * sched.mu)
-        if metrics is not None:
-            metrics.close()
-            if ctl is not None and ctl.step and not (out / "reward_curve.png").exists():
-                plot_reward_curve(metrics, out / "reward_curve.png", f"relay-rl {cfg.name}")
-        if ctl is not None and ctl.control is not None:
-            ray.kill(ctl.control, no_restart=True)
-        if pools is not None:
-            shutdown_pools(pools)
-        if started_ray:
-            ray.shutdown()
-
-
-def with_epochs(cfg: RunConfig, sched: Schedule, rows: int, pools: Pools, log) -> RunConfig:
-    """``train.num_train_epochs`` as optimizer steps over ``rows`` training prompts (the learner ranks' schedules
-    follow); ``cfg`` unchanged without it."""
-    epochs = cfg.train.num_train_epochs
-    if epochs is None:
-        return cfg
-    prompts_per_step = sched.prompts_per_generation / sched.K
-    steps = max(1, math.ceil(epochs * rows / prompts_per_step))
-    get_all([r.set_max_steps.remote(steps) for r in pools.trainers])
-    log(f"[relay-rl] {epochs:g} epoch(s) over {rows} training prompts: {steps} optimizer steps "
-        f"({prompts_per_step:g} prompts per step)")
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})
-
-
-def _env_address() -> str | None:
-    import os
-    return os.environ.get("RAY_ADDRESS")
+from .ledger import Ledger
+from .metrics import MetricsLog
+from .pipeline import Pipeline
+from .pools import Pools, dead_learner_ranks, get_all, resize, restart_learner
+from .report import STOP_REQUESTED
 
 
 class Controller:
     def __init__(self, cfg: RunConfig, sched: Schedule, pools: Pools, pipe: Pipeline, metrics: MetricsLog,
                  eval_data, out: Path, log):
         self.cfg, self.sched, self.pools, self.pipe = cfg, sched, pools, pipe
+        self.family = cfg.family
         self.metrics, self.eval_data, self.out, self.log = metrics, eval_data, out, log
         self.version = 0  # learner policy version = optimizer steps applied
         self.next_gen = 0  # id of the next generation batch to launch
@@ -254,7 +108,7 @@ class Controller:
                     break
             elif len(self.inflight) >= (a.max_inflight_generations or s.k + 1):
                 break
-            self.pipe.sync_rollout(self.version)
+            self.pipe.weights.sync(self.version)
             self.inflight.append(self.pipe.launch(self.next_gen))
             self.next_gen += 1
         self.pipe.advance(self.inflight)
@@ -282,7 +136,7 @@ class Controller:
                     continue
                 self.ledger.stale_used(gen, lag)
             # the ranks' statistics (refs, fetched with the step's results) and dynamic sampling's counts
-            admission += [*self.pipe.admit(gen), gen.once]
+            admission += [*admit(self.pools, gen.shards), gen.once]
             self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
@@ -292,7 +146,7 @@ class Controller:
     def learn(self, admission: list) -> dict:
         """GA micro-batches on every rank, one optimizer step: the policy version goes up by one."""
         t0 = time.time()
-        self.pipe.rest_rollout(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
+        self.pipe.weights.rest(len(self.inflight))  # colocated vLLM frees its KV cache while the learner trains
         steps = [r.train_step.remote() for r in self.pools.trainers]
         self.pipe.advance(self.inflight)  # while the learner trains
         admitted = [a for a in admission if isinstance(a, ray.ObjectRef)]
@@ -327,7 +181,7 @@ class Controller:
         g = self.current_gen
         rec = {"step": step, "policy_version": self.version,
                **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows", "work")}, **learned,
-               **self.pipe.sync_stats(), "timing/step_s": step_s,
+               **self.pipe.weights.finish(), "timing/step_s": step_s,
                "samples": self.sched.B * self.sched.P * self.sched.GA,
                "queue/inflight": len(self.inflight), **self.ledger.counters(),
                "restarts/learner": self.learner_restarts, "restarts/redone_batches": self.pipe.redone}
@@ -349,7 +203,7 @@ class Controller:
 
     def after_step(self, step: int) -> None:
         t = self.cfg.train
-        methods.after_step(self.cfg, step, self.pipe)  # e.g. GRPO's reference refresh
+        self.family.after_step(self.cfg, step, self.pipe)  # e.g. GRPO's reference refresh
         if t.eval_steps and self.eval_data is not None and step % t.eval_steps == 0:
             self.evaluate(step)
         if t.save_steps and step % t.save_steps == 0:
@@ -357,9 +211,9 @@ class Controller:
 
     def evaluate(self, step: int) -> dict:
         t0 = time.time()
-        self.pipe.sync_rollout(self.version)
+        self.pipe.weights.sync(self.version)
         res = self.pipe.evaluate(self.eval_data, step)
-        self.pipe.sync_stats()
+        self.pipe.weights.finish()
         res.update({"step": step, "policy_version": self.version, "timing/eval_s": time.time() - t0})
         self.metrics.write(res)
         self.last_eval = res
@@ -380,7 +234,7 @@ class Controller:
         get_all([r.save_hf.remote(str(tmp)) for r in self.pools.learner])
         get_all([r.save_state.remote(str(tmp / "relay")) for r in self.pools.learner]
                 + [c.save_state.remote(str(tmp / "relay" / "critic")) for c in self.pools.critic])
-        for pool in methods.moving_pools(self.cfg):  # e.g. a refreshed reference: its weights are the run's state
+        for pool in self.family.moving_pools(self.cfg):  # e.g. a refreshed reference: its weights are the run's state
             ray.get(self.pools.teachers[pool][0].save.remote(str(tmp / "relay" / pool)))
         path = checkpoints.commit(tmp, self.state(), self.metrics.history)
         gone = checkpoints.rotate(self.out, self.cfg.train.save_total_limit)
@@ -402,12 +256,12 @@ class Controller:
         for req in requests:
             pool, n = req["pool"], req["n"]
             try:
-                if pool in methods.moving_pools(self.cfg):
+                if pool in self.family.moving_pools(self.cfg):
                     raise ConfigError(f"the {pool} pool's weights move during this run: it cannot be resized")
                 text = resize(self.pools, pool, n)
                 if pool == "rollout":
-                    self.pipe.sync_rollout(self.version, force=True)
-                    self.pipe.sync_stats()
+                    self.pipe.weights.sync(self.version, force=True)
+                    self.pipe.weights.finish()
                 self.log(f"[relay-rl] step {self.step}: scaled {text}")
             except ConfigError as e:
                 text = f"refused: {e}"
@@ -417,7 +271,6 @@ class Controller:
     def heal_learner(self, error: BaseException) -> None:
         """A learner rank died: replace the learner group from the newest checkpoint and continue from there (the
         steps after it are redone: nothing is trained twice; their prompts are drawn again, in the same order)."""
-        from .pools import dead_learner_ranks, restart_learner
         dead = dead_learner_ranks(self.pools)
         if not dead:
             raise error  # not the learner: the pipeline's own retries have given up
@@ -437,8 +290,8 @@ class Controller:
         self.inflight.clear()  # launched for later steps; the checkpoint's own in-flight batches are relaunched
         restart_learner(self.pools, self.cfg, self.metrics.run_name, ckpt, self.log)
         self.restore(state)
-        self.pipe.sync_rollout(self.version, force=True)  # the rollout pool back to the checkpoint's weights
-        self.pipe.sync_stats()
+        self.pipe.weights.sync(self.version, force=True)  # the rollout pool back to the checkpoint's weights
+        self.pipe.weights.finish()
         self.metrics.truncate(state["step"])
 
     def state(self) -> dict:
@@ -455,7 +308,7 @@ class Controller:
         self.step, self.version, self.next_gen = state["step"], state["version"], state["next_gen"]
         self.admitted_microsteps = state["admitted_microsteps"]
         self.pipe.sampler.restore(state["sampler"])
-        self.pipe.rollout_version = self.version  # the rollout pool was created from the checkpoint's weights
+        self.pipe.weights.version = self.version  # the rollout pool was created from the checkpoint's weights
         self.ledger.restore(state["ledger"])
         self.failures, self.last_eval, self.current_gen = state["failures"], state["last_eval"], state["current_gen"]
         self.health.restore(state["health"])
@@ -471,76 +324,3 @@ class Controller:
         return out
 
 
-class Ledger:
-    """Accounting of every generation batch: generated, admitted (and how many micro-steps it was consumed), dropped
-    as too stale, or used although too stale. Nothing is lost without being counted."""
-
-    def __init__(self):
-        self.samples: dict[int, int] = {}  # gen_id -> samples generated
-        self.admitted_ids: list[int] = []
-        self.dropped_ids: dict[int, int] = {}  # gen_id -> lag
-        self.stale_used_ids: dict[int, int] = {}
-        self.microsteps: dict[int, int] = {}  # gen_id -> micro-steps consumed (per rank)
-        self.expected: dict[int, int] = {}
-        self.regenerated = 0  # batches in flight at a checkpoint, sampled again on resume
-        self.work: dict[str, int] = {}  # "<pool>/<replica>" -> rows it generated or scored
-        self.filtered: dict[int, int] = {}  # gen_id -> samples dynamic sampling left out of it
-
-    @property
-    def admitted_batches(self) -> int:
-        return len(self.admitted_ids)
-
-    def state(self) -> dict:
-        return {"samples": self.samples, "admitted_ids": self.admitted_ids, "dropped_ids": self.dropped_ids,
-                "stale_used_ids": self.stale_used_ids, "microsteps": self.microsteps, "expected": self.expected,
-                "regenerated": self.regenerated, "work": self.work, "filtered": self.filtered}
-
-    def restore(self, state: dict) -> None:
-        ints = lambda d: {int(k): v for k, v in d.items()}  # noqa: E731  (JSON keys are strings)
-        self.samples, self.dropped_ids = ints(state["samples"]), ints(state["dropped_ids"])
-        self.stale_used_ids, self.microsteps = ints(state["stale_used_ids"]), ints(state["microsteps"])
-        self.expected, self.admitted_ids = ints(state["expected"]), list(state["admitted_ids"])
-        self.regenerated, self.work = state.get("regenerated", 0), dict(state.get("work", {}))
-        self.filtered = ints(state.get("filtered", {}))
-
-    @property
-    def dropped_samples(self) -> int:
-        """Samples of batches dropped as too stale, and those dynamic sampling left out of the other batches."""
-        return sum(self.samples[g] if g in self.dropped_ids else self.filtered.get(g, 0) for g in self.samples)
-
-    def generated(self, gen) -> None:
-        self.samples[gen.gen_id] = gen.stats["rows"]  # every round's samples
-        if gen.filtered_rows:
-            self.filtered[gen.gen_id] = gen.filtered_rows
-        for key, rows in gen.stats.get("work", {}).items():  # "rollout/0" -> rows it produced
-            self.work[key] = self.work.get(key, 0) + rows
-
-    def dropped(self, gen, lag: int) -> None:
-        self.dropped_ids[gen.gen_id] = lag
-
-    def stale_used(self, gen, lag: int) -> None:
-        self.stale_used_ids[gen.gen_id] = lag
-
-    def admitted(self, gen, microsteps: int) -> None:
-        self.admitted_ids.append(gen.gen_id)
-        self.expected[gen.gen_id] = microsteps
-
-    def consumed(self, hist: dict, ranks: int) -> None:
-        for gen_id, n in hist.items():
-            self.microsteps[int(gen_id)] = self.microsteps.get(int(gen_id), 0) + n // ranks
-
-    def counters(self) -> dict:
-        return {"pipeline/generated_samples": sum(self.samples.values()),
-                "pipeline/admitted_samples": sum(self.samples[g] - self.filtered.get(g, 0) for g in self.admitted_ids),
-                "pipeline/dropped_samples": self.dropped_samples,
-                "pipeline/filtered_samples": sum(self.filtered.values()),
-                "pipeline/stale_used_samples": sum(self.samples[g] - self.filtered.get(g, 0)
-                                                   for g in self.stale_used_ids)}
-
-    def write(self, path: Path, microsteps_per_batch: int) -> None:
-        import json
-        path.write_text(json.dumps({
-            "microsteps_per_batch": microsteps_per_batch, "generated": self.samples, "admitted": self.admitted_ids,
-            "dropped": self.dropped_ids, "stale_used": self.stale_used_ids, "consumed_microsteps": self.microsteps,
-            "regenerated_at_resume": self.regenerated, "work_per_replica": self.work,
-            "filtered_by_dynamic_sampling": self.filtered, **self.counters()}, indent=1))

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError, DataConfig, KitConfig
-from .kit import resolve_kit_path
-from .kit_code import ensure_kit_data
+from relay_rl.errors import ConfigError
+
+from .config import DataConfig, KitConfig
+from .kit.code_task import ensure_kit_data
+from .kit.paths import resolve_kit_path
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from learner.advantages import total_reward
-
-from .batch import Batch, group_rows
-from .errors import RunError
+from relay_rl.batch import Batch, group_rows
+from relay_rl.errors import RunError
+from relay_rl.learner.advantages import total_reward
 
 ROUND_GROUP_OFFSET = 10**9  # group ids of round r: round 0's + r * offset (unique within a generation batch)
 

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from .errors import RunError
+from relay_rl.errors import RunError
 
 ZERO_VARIANCE_STREAK = 5  # steps in a row before the warning
 

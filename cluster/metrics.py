@@ -1,45 +1,11 @@
-"""Metrics: reduction of the ranks' statistics, metrics.jsonl, Ray dashboard gauges, the reward curve, the summary."""
+"""Metrics: metrics.jsonl, Ray dashboard gauges, the reward curve, the end-of-run summary. (The ranks' statistics
+are merged by ``relay_rl.stats``.)"""
 from __future__ import annotations
 
 import json
 import math
 import time
-from collections import Counter
 from pathlib import Path
-
-
-def merge_stats(into: dict, new: dict) -> dict:
-    """Combine (kind, value, count) statistics: mean -> sums and counts, sum, min, max, hist (concatenated)."""
-    for k, (kind, v, c) in new.items():
-        if k not in into:
-            into[k] = (kind, list(v) if kind == "hist" else v, c)
-            continue
-        _, v0, c0 = into[k]
-        if kind in ("mean", "sum"):
-            into[k] = (kind, v0 + v, c0 + c)
-        elif kind == "min":
-            into[k] = (kind, min(v0, v), 1.0)
-        elif kind == "max":
-            into[k] = (kind, max(v0, v), 1.0)
-        elif kind == "hist":
-            into[k] = (kind, v0 + list(v), 1.0)
-    return into
-
-
-def reduce_stats(per_rank: list[dict]) -> dict:
-    """(kind, value, count) statistics from every rank -> one number each (histograms -> {value: count})."""
-    merged: dict = {}
-    for stats in per_rank:
-        merge_stats(merged, stats)
-    out = {}
-    for k, (kind, v, c) in merged.items():
-        if kind == "mean":
-            out[k] = v / c if c else float("nan")
-        elif kind == "hist":
-            out[k] = {str(key): n for key, n in sorted(Counter(v).items())}
-        else:
-            out[k] = v
-    return out
 
 
 class MetricsLog:
@@ -129,7 +95,8 @@ def _clean(v):
     return v
 
 
-def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
+def plot_reward_curve(log: MetricsLog, path: Path, title: str, curve: tuple[str, str] | None = None) -> None:
+    """Train reward, held-out accuracy and, on its own axis, the family's ``curve`` metric (key, label)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -144,11 +111,11 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
     es, acc = log.series("eval/accuracy")
     if es:
         ax.plot(es, acc, "o-", lw=1.8, label="eval accuracy (held-out)")
-    ds, div = log.series("distill/divergence")
-    if ds:  # distillation: the divergence to the teacher, on its own axis
+    ds, div = log.series(curve[0]) if curve else ([], [])
+    if ds:  # e.g. distillation: the divergence to the teacher, on its own axis
         ax2 = ax.twinx()
-        ax2.plot(ds, div, color="tab:red", lw=0.8, alpha=0.6, label="divergence to the teacher")
-        ax2.set_ylabel("divergence")
+        ax2.plot(ds, div, color="tab:red", lw=0.8, alpha=0.6, label=curve[1])
+        ax2.set_ylabel(curve[1].split(" ")[0])
         ax2.legend(loc="upper right")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward / accuracy")
@@ -161,9 +128,11 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, steps_per_batch: float = 1.0) -> str:
+def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, steps_per_batch: float = 1.0,
+                  curve: tuple[str, str] | None = None) -> str:
     """The one-screen end-of-run summary. Rates and times are over all optimizer steps; a generation batch feeds
-    ``steps_per_batch`` (K) steps, and each of them logs that batch's generate time, so the per-step share is 1/K."""
+    ``steps_per_batch`` (K) steps, and each of them logs that batch's generate time, so the per-step share is 1/K.
+    ``curve``: the family's own progress metric (key, label), shown first -> last."""
     es, acc = log.series("eval/accuracy")
     train = [r for r in log.history if "loss" in r]
     rows = [("steps", f"{train[-1]['step'] if train else 0}"), ("wall time", f"{wall_s:.0f} s")]
@@ -179,10 +148,10 @@ def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, st
             generate += f" ({mean('timing/generate_s'):.3f}s per generation batch of {steps_per_batch:g} steps)"
         if any("reward/mean" in r for r in train):
             rows.append(("train reward (last 10%)", f"{sum(r.get('reward/mean') or 0 for r in last) / len(last):.3f}"))
-        if any("distill/divergence" in r for r in train):
-            rows.append(("divergence (first -> last 10%)",
-                         f"{train[0]['distill/divergence']:.4f} -> "
-                         f"{sum(r['distill/divergence'] for r in last) / len(last):.4f}"))
+        key = curve[0] if curve else None
+        if key and any(key in r for r in train):
+            rows.append((f"{curve[1].split(' ')[0]} (first -> last 10%)",
+                         f"{train[0][key]:.4f} -> {sum(r[key] for r in last) / len(last):.4f}"))
         rows += [("samples/s", f"{total('samples') / step_s:.1f}"),
                  ("tokens/s", f"{total('completions/tokens') / step_s:.0f}"),
                  ("time per step (mean)", f"{generate}, train {mean('timing/train_s'):.3f}s, "

@@ -1,8 +1,10 @@
-"""The object-store pipeline: prompts -> rollout -> reward (-> reference) -> assembly -> learner shards.
+"""The object-store pipeline: prompts -> rollout -> reward (-> teacher pools) -> assembly -> learner shards.
 
 A generation batch is launched as a chain of ObjectRefs; the driver never holds its tensors. Assembly (a Ray task)
-computes advantages on the whole generation batch, shuffles it at sample level, cuts it into P rank shards of S
-slices, and returns the shards plus a small dict of statistics, which is all the driver reads.
+runs the family's ``assemble`` on the whole generation batch (advantages, targets, row order), cuts it into P rank
+shards of S slices, and returns the shards plus a small dict of statistics, which is all the driver reads. Weights
+reach the rollout pool through ``RolloutSync`` (``pipe.weights``); shards reach the ranks through
+``cluster.admission``. The pipeline is also the ``Driver`` a family's driver-side hooks see.
 """
 from __future__ import annotations
 
@@ -13,16 +15,16 @@ from dataclasses import asdict, dataclass, field
 import ray
 import torch
 
-from learner.advantages import total_reward
-from learner.methods import (DATASET, POLICY, TEACHER, family, generation_prompts, group_filter, group_sources,
-                             mixes_sources, sources)
-from rollout_workers.engine import SamplingParams
+from relay_rl.batch import Batch
+from relay_rl.learner.advantages import total_reward
+from relay_rl.learner.methods import DATASET, POLICY, TEACHER, family
+from relay_rl.sampling import SamplingParams
 
 from . import dynamic_sampling
-from .batch import Batch
-from .dynamic_sampling import select_groups
 from .config import RunConfig, Schedule
-from .pools import Pools, get_all
+from .dynamic_sampling import select_groups
+from .pools import Pools
+from .rollout_sync import RolloutSync
 
 log = logging.getLogger("relay_rl")
 
@@ -49,6 +51,12 @@ def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, 
     batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
     batch = batch.replace(info={**batch.info, "gen_id": gen_id, "epoch": epoch})
     return (*batch.split(P), {**stats, **family_stats})
+
+
+@ray.remote(num_cpus=0)
+def reduce_scored(reduce, records: list, parts: list, *args):
+    """``reduce(records, batch, *args)`` of scored parts joined into one batch, beside the data (``Driver``)."""
+    return reduce(records, Batch.concat(ray.get(parts)), *args)
 
 
 @ray.remote(num_cpus=0)
@@ -172,12 +180,9 @@ class PromptSampler:
 class Pipeline:
     def __init__(self, cfg: RunConfig, sched: Schedule, pools: Pools, train_data):
         self.cfg, self.sched, self.pools = cfg, sched, pools
+        self.family = family(cfg.algorithm)
         self.sampler = PromptSampler(train_data, cfg.data.shuffle_dataset, cfg.train.seed)
-        self.rollout_version = 0  # version the rollout pool holds (after queued loads)
-        self.pending_loads: list = []
-        self.last_sync: dict = {}
-        self.plan = None  # bucket plan of the collective transport
-        self.asleep = False  # colocated vLLM engines resting while the learner trains
+        self.weights = RolloutSync(cfg, pools)
         self.redone = 0  # generation batches redone after a rollout, reward or teacher actor died
         r = cfg.rollout
         self.sampling = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
@@ -188,97 +193,28 @@ class Pipeline:
         """Train on ``dataset`` instead of ``data.train`` (made at run time: rejection sampling's kept set)."""
         self.sampler = PromptSampler(dataset, self.cfg.data.shuffle_dataset, self.cfg.train.seed)
 
-    # -- colocated engines ---------------------------------------------------------------------------------------
+    # -- the Driver a family's hooks see (learner.methods.base.Driver) -----------------------------------------
     @property
-    def sleeps(self) -> bool:
-        r = self.cfg.rollout
-        return self.cfg.cluster.colocate and r.engine == "vllm" and r.vllm.enable_sleep_mode
-
-    def rest_rollout(self, inflight: int) -> None:
-        """Colocated vLLM: free the KV cache while the learner trains (only when no generation is in flight)."""
-        if self.sleeps and not self.asleep and inflight == 0:
-            ray.get([w.sleep.remote() for w in self.pools.rollout])
-            self.asleep = True
-
-    def wake_rollout(self) -> None:
-        if self.asleep:
-            ray.get([w.wake.remote() for w in self.pools.rollout])
-            self.asleep = False
-
-    # -- weights ------------------------------------------------------------------------------------------------
-    def sync_rollout(self, version: int, force: bool = False) -> None:
-        """Send the learner's weights (version ``version``) to every rollout actor, through the configured transport.
-        Object store: the learner publishes bucket by bucket while an in-place load is queued on each actor (it runs
-        in the actor's order: after generations already queued, before the next ones) and takes each bucket as it is
-        published, so loading overlaps gathering. Collective: broadcast, with the actors receiving. Ipc: as the object
-        store, but each rank hands the replica beside it a handle to its own copy of the bucket instead of the bytes."""
-        if self.rollout_version == version and not force:
-            return
-        self.wake_rollout()
-        t0 = time.time()
-        mb = self.cfg.rollout.weight_sync_bucket_mb
-        transport = self.cfg.rollout.weight_transport
-        if transport == "collective":
-            self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
-            self.pending_loads = [w.receive_weights.remote(version, self.plan) for w in self.pools.rollout]
-            get_all([r.broadcast_weights.remote(mb) for r in self.pools.learner])
-        elif transport == "ipc":
-            self.sync_stats()  # the ranks rewrite the buffers the last loads read from: those loads must be done
-            self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
-            R = len(self.pools.rollout)
-            handles = [[r.share_bucket.remote(mb, i, rank < R) for rank, r in enumerate(self.pools.learner)]
-                       for i in range(len(self.plan))]
-            self.pending_loads = [w.load_shared.remote(version, [h[j] for h in handles])
-                                  for j, w in enumerate(self.pools.rollout)]
-        else:
-            buckets = self.publish()
-            self.pending_loads = [w.load_weights.remote(version, buckets) for w in self.pools.rollout]
-            if self.cfg.rollout.partial_rollouts:  # threaded actors: make sure the load lands before the next generate
-                ray.get(self.pending_loads)
-        self.rollout_version = version
-        self.last_sync = {"issue_s": time.time() - t0, "version": version}
+    def train_data(self):
+        return self.sampler.ds
 
     def sync_teacher(self, pool: str, alpha: float) -> None:
-        """A scoring pool that follows the policy: theta_T <- alpha * theta + (1 - alpha) * theta_T on every actor of
-        ``pool`` (TR-DPO's reference refresh, SDPO's EMA teacher; alpha = 1 copies the policy)."""
-        ray.get([t.mix_weights.remote(self.publish(), alpha) for t in self.pools.teachers[pool]])
+        self.weights.sync_teacher(pool, alpha)
 
-    def publish(self) -> list:
-        """One call per bucket on every learner rank (a collective under ZeRO-3, in the same order on each): rank 0's
-        results, one ObjectRef per bucket, usable before they are ready. A learner failure surfaces where they are
-        fetched."""
-        mb = self.cfg.rollout.weight_sync_bucket_mb
-        self.plan = self.plan or ray.get(self.pools.learner[0].weight_plan.remote(mb))
-        return [[r.publish_bucket.remote(mb, i) for r in self.pools.learner][0] for i in range(len(self.plan))]
-
-    def sync_stats(self) -> dict:
-        """Finish the last sync's bookkeeping (waits for the queued loads)."""
-        if not self.pending_loads:
-            return {}
-        try:
-            infos = ray.get(self.pending_loads)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-            log.warning("a rollout worker died during a weight sync (%s); restarting it", type(e).__name__)
-            self.pending_loads = []
-            self._await_restarts()  # brings restarted actors to the current version
-            return {}
-        self.pending_loads = []
-        load_s, issue_s = max(i["load_s"] for i in infos), self.last_sync["issue_s"]
-        # collective: the driver waited for the broadcast, the loads ran with it; object store: the loads ran from
-        # their start (at once, unless a generation was queued first) while the buckets were published
-        total = max(issue_s, load_s) if self.cfg.rollout.weight_transport == "collective" else issue_s + load_s
-        return {"timing/sync_s": total, "sync/bytes": infos[0]["bytes"], "sync/load_s": load_s}
+    def sample_and_reduce(self, records: list[dict], n: int, seed: int, reduce, *args):
+        parts = self.sample(records, self.training_sampling(n, seed), step=0)
+        return ray.get(reduce_scored.remote(reduce, records, parts, *args))
 
     # -- generation ---------------------------------------------------------------------------------------------
     def launch(self, gen_id: int, records: list | None = None) -> Generation:
         """Start sampling, scoring and assembly of generation batch ``gen_id``; returns at once. With dynamic
         sampling only its first round starts here; ``fill`` runs the rest."""
         s = self.sched
-        self.wake_rollout()
+        self.weights.wake()
         records = records if records is not None else self.sampler.take(s.prompts_per_generation)
-        gen = Generation(gen_id=gen_id, records=records, version=self.rollout_version)
+        gen = Generation(gen_id=gen_id, records=records, version=self.weights.version)
         scored, gen.source_stats = self._sample(gen_id, records)
-        if group_filter(self.cfg) is None:
+        if self.family.group_filter(self.cfg) is None:
             self._assemble(gen, scored)
         else:
             self._add_round(gen, scored)
@@ -290,20 +226,20 @@ class Pipeline:
         policy's rollout pool, the frozen rollout pool, or the dataset's completions (tokenised by a rollout actor);
         or each group's rows from several sources (the family's ``group_sources``: XPO's policy and reference
         samples of one prompt)."""
-        s, a = self.sched, self.cfg.algorithm
+        s, a, fam = self.sched, self.cfg.algorithm, self.family
         seed = (self.cfg.rollout.seed or self.cfg.train.seed) * 1_000_003 + gen_id + (round_ << 32)
         offset = gen_id * len(records) + round_ * dynamic_sampling.ROUND_GROUP_OFFSET
         items = [(record, offset + i) for i, record in enumerate(records)]
-        split = group_sources(a)
+        split = fam.group_sources(a)
         by_source: dict[str, list] = {src: items for src in dict.fromkeys(split)}
         n_of = {src: split.count(src) for src in by_source}  # completions per prompt from each source
         source_stats = {}
         if not split:
-            plan = sources(a, s.generation_batch_size // s.B, seed)  # one source per micro-batch
+            plan = fam.sources(a, s.generation_batch_size // s.B, seed)  # one source per micro-batch
             for i, item in enumerate(items):  # prompt i's G rows start at row i*G: micro-batch (i*G) // B
                 by_source.setdefault(plan[i * s.G // s.B], []).append(item)
             n_of = {src: s.G for src in by_source}
-            if mixes_sources(a):  # the fraction of each source
+            if fam.mixes_sources:  # the fraction of each source
                 source_stats = {f"source/{src}": plan.count(src) / len(plan) for src in (POLICY, DATASET, TEACHER)}
         chunks = []  # (rollout ref, number of groups in it)
         for src, items in by_source.items():
@@ -321,7 +257,7 @@ class Pipeline:
                 else:
                     ref = worker.generate.remote(recs, _seeded(params, w_index + (1000 if src == TEACHER else 0)),
                                                  group_ids=gids,
-                                                 generation_prompts=generation_prompts(self.cfg, recs)
+                                                 generation_prompts=fam.generation_prompts(self.cfg, recs)
                                                  if src == POLICY else None)
                 chunks.append((ref, len(chunk)))
         if split:  # each group's rows from several pools: joined, so that the reward pool sees whole groups
@@ -339,7 +275,7 @@ class Pipeline:
     # -- dynamic sampling (cluster/dynamic_sampling.py) ---------------------------------------------------------
     def _add_round(self, gen: Generation, scored: list) -> None:
         weights = self.cfg.reward.reward_weights or [1.0] * len(self.cfg.reward.reward_funcs)
-        _, column = group_filter(self.cfg)
+        _, column = self.family.group_filter(self.cfg)
         gen.rounds.append(scored)
         gen.verdicts.append(dynamic_sampling.verdicts.remote(scored, weights, column))
 
@@ -353,7 +289,7 @@ class Pipeline:
         """Dynamic sampling: read the rounds' verdicts as they come, sample another round while too few groups vary,
         then assemble the batch from the varied groups. ``block`` False: only what is ready now (the controller
         calls it between steps, so rounds overlap training). A no-op without dynamic sampling or once assembled."""
-        fg, column = group_filter(self.cfg) or (None, None)
+        fg, column = self.family.group_filter(self.cfg) or (None, None)
         need = self.sched.prompts_per_generation
         while fg is not None and gen.stats_ref is None:
             last = gen.verdicts[-1]
@@ -372,7 +308,7 @@ class Pipeline:
                 gen.filtered_rows = choice.stats["dynamic_sampling/dropped_samples"]
                 gen.once = {k: ("mean" if k.endswith("_ratio") else "sum", v, 1.0) for k, v in choice.stats.items()}
                 return
-            self.wake_rollout()
+            self.weights.wake()
             size = dynamic_sampling.next_round_size(gen.verdicts, need, full=need)
             scored, _ = self._sample(gen.gen_id, self.sampler.take(size), round_=len(gen.rounds))
             self._add_round(gen, scored)
@@ -409,45 +345,11 @@ class Pipeline:
                     raise
                 log.warning("generation %d lost a worker (%s); restarting it and redoing the batch",
                             gen.gen_id, type(e).__name__)
-                self._await_restarts()
+                self.weights.heal()
                 self.redone += 1
                 redo = self.launch(gen.gen_id, gen.records)
                 redo.attempts = gen.attempts + 1
                 gen = redo
-
-    # -- admission ----------------------------------------------------------------------------------------------
-    def admit(self, gen: Generation) -> list:
-        """Learner rank i takes shard i. With a critic (PPO): critic rank i first computes V_old of shard i, learner
-        rank i computes advantages and returns with it, and critic rank i takes the returns of the same rows. Only
-        refs pass through here, and the refs of the ranks' admission statistics come back: the driver fetches them
-        with the next step's results, so a rank goes from admitting to training without waiting for the driver."""
-        learner, critic = self.pools.learner, self.pools.critic
-        if not critic:
-            return [r.admit.remote(shard) for r, shard in zip(learner, gen.shards)]
-        values = [c.values.remote(shard) for c, shard in zip(critic, gen.shards)]
-        admitted = [r.admit.options(num_returns=2).remote(shard, v) for r, shard, v in zip(learner, gen.shards, values)]
-        critic_stats = [c.admit.remote(shard, v, returns) for c, shard, v, (_, returns)
-                        in zip(critic, gen.shards, values, admitted)]
-        return [stats for stats, _ in admitted] + critic_stats
-
-    def _await_restarts(self, timeout: float = 300) -> None:
-        """Wait until every rollout/reward actor answers, then bring restarted rollout actors to the current weights."""
-        deadline = time.time() + timeout
-        for a in self.pools.all_actors():
-            if a in self.pools.trainers:
-                continue
-            while True:
-                try:
-                    ray.get(a.ping.remote(), timeout=30)
-                    break
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(1)
-        versions = ray.get([w.get_version.remote() for w in self.pools.rollout])
-        if any(v != self.rollout_version for v in versions):
-            self.sync_rollout(self.rollout_version, force=True)
-            self.sync_stats()
 
     def restart_reward_worker(self, index: int) -> None:
         """A reward function hung: kill the scorer (Ray restarts it) so the stuck thread goes with it."""
@@ -469,7 +371,7 @@ class Pipeline:
     # -- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self, eval_data, step: int) -> dict:
         r = self.cfg.rollout
-        self.wake_rollout()
+        self.weights.wake()
         greedy = r.eval_temperature == 0
         n = r.num_generations_eval or (1 if greedy else self.sched.G)
         params = SamplingParams(n=n, temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,

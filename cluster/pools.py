@@ -12,15 +12,17 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from learner.actor import LearnerRank
-from reward_workers.actor import RewardWorker
-from rollout_workers.actor import RolloutWorker
-from teacher_workers.actor import TeacherWorker
+from relay_rl.errors import ConfigError
+from relay_rl.learner.actor import LearnerRank
+from relay_rl.learner.critic import CriticRank
+from relay_rl.reward_workers.actor import RewardWorker
+from relay_rl.reward_workers.judge import JUDGES, judge_pool_model
+from relay_rl.rollout_workers.actor import RolloutWorker
+from relay_rl.teacher_workers.actor import TeacherWorker
 
-from .config import ConfigError, PoolSpec, RunConfig
-from .kit import resolve_kit_path, resolve_reward_funcs
+from .config import PoolSpec, RunConfig
+from .kit.paths import resolve_kit_path, resolve_reward_funcs
 from .preflight import reward_search_path
-from reward_workers.judge import JUDGES, judge_pool_model
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Pools:
     teachers: dict = field(default_factory=dict)  # pool name ("reference", "teacher") -> actors
     frozen_rollout: list = field(default_factory=list)  # the teacher's frozen weights, never synced
     judge: list = field(default_factory=list)  # the llm_judge reward's engines: the judge's weights, never synced
-    critic: list = field(default_factory=list)  # PPO's value model: rank i beside learner rank i (own DeepSpeed group)
+    critic: list = field(default_factory=list)  # the critic role: rank i beside learner rank i (own DeepSpeed group)
     critic_placement_group: object = None
     placement_group: object = None
     make: object = None  # the PoolMaker that made them (more replicas on ``scale``)
@@ -233,7 +235,7 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     cfg_dict = cfg.model_dump(mode="json")
     learner = [_actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, policy_path)
                for i in range(P)]
-    critic, critic_pg = (start_critic(cfg, run_name, model_path, pg) if needs.critic else ([], None))
+    critic, critic_pg = (start_critic(cfg, run_name, pg) if needs.critic else ([], None))
     addr, port = ray.get(learner[0].rendezvous.remote())
     critic_addr = ray.get(critic[0].rendezvous.remote()) if critic else None  # the critic's own process group
     critic_setup = [a.setup.remote(*critic_addr) for a in critic]
@@ -243,11 +245,11 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
         versions = ray.get([a.load_state.remote(str(resume / "relay")) for a in learner]
                            + [a.load_state.remote(str(resume / "relay" / "critic")) for a in critic])
         ray.get([w.set_version.remote(versions[0]) for w in rollout])
-    if r.weight_transport == "collective":
-        addr, port = ray.get(learner[0].rendezvous.remote())
+    if r.weight_transport == "collective":  # a process group of learner rank 0 and the rollout actors
+        t, (addr, port) = r.weight_transport, ray.get(learner[0].rendezvous.remote())
         backend = "nccl" if c.learner.num_gpus and c.rollout.num_gpus else "gloo"
-        ray.get([learner[0].init_sync_group.remote(addr, port, R + 1, backend)]
-                + [w.init_sync_group.remote(addr, port, R + 1, i + 1, backend) for i, w in enumerate(rollout)])
+        ray.get([learner[0].connect_transport.remote(t, addr, port, R + 1, backend)]
+                + [w.connect_transport.remote(t, addr, port, R + 1, i + 1, backend) for i, w in enumerate(rollout)])
     li = infos[0]
     log(f"[relay-rl] pools up: rollout x{R} ({r.engine}), "
         + (f"reward x{len(reward)}, " if reward else "")
@@ -262,21 +264,19 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
                  judge=judge, critic=critic, critic_placement_group=critic_pg, placement_group=pg, make=make)
 
 
-def start_critic(cfg: RunConfig, run_name: str, model_path: str, learner_pg) -> tuple[list, object]:
-    """PPO's critic ranks (LearnerRank with role "critic"), from the family's value model; rank i in learner bundle i
+def start_critic(cfg: RunConfig, run_name: str, learner_pg) -> tuple[list, object]:
+    """The critic role's ranks (``CriticRank``), from the family's ``CriticSpec`` model; rank i in learner bundle i
     when colocated, else in a placement group of its own. A resume loads their DeepSpeed state afterwards."""
-    from learner.methods import family
-
     c, ns, P = cfg.cluster, cfg.cluster.namespace, cfg.cluster.learner.replicas
-    path = resolve_kit_path(family(cfg.algorithm).value_model_path(cfg, model_path), cfg.kit)
+    path = resolve_kit_path(cfg.needs.critic.model, cfg.kit)
     own = not c.critic.colocate_with_learner
     pg = learner_pg if not own else None
     if own and _bundle(c.critic):  # (a critic that reserves nothing needs no placement group)
         pg = placement_group([_bundle(c.critic)] * P, strategy="PACK", name=f"{run_name}/critic")
         ray.get(pg.ready(), timeout=600)
     cfg_dict = cfg.model_dump(mode="json")
-    ranks = [_actor(LearnerRank, c.critic, f"{run_name}/critic-{i}", ns, pg, i if pg else None).remote(
-        i, P, cfg_dict, path, role="critic") for i in range(P)]
+    ranks = [_actor(CriticRank, c.critic, f"{run_name}/critic-{i}", ns, pg, i if pg else None).remote(
+        i, P, cfg_dict, path) for i in range(P)]
     return ranks, (pg if own else None)
 
 
@@ -341,6 +341,23 @@ def restart_learner(pools: Pools, cfg: RunConfig, run_name: str, ckpt: Path, log
     pools.learner = learner
     log(f"[relay-rl] learner x{P} restarted from {ckpt.name} (policy version {versions[0]})")
     return versions[0]
+
+
+def await_restarts(pools: Pools, timeout: float = 300) -> None:
+    """Wait until every rollout, reward and scoring actor answers (Ray restarts a crashed one)."""
+    import time
+    deadline = time.time() + timeout
+    for a in pools.all_actors():
+        if a in pools.trainers:
+            continue
+        while True:
+            try:
+                ray.get(a.ping.remote(), timeout=30)
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
 
 
 def dead_learner_ranks(pools: Pools, timeout_s: float = 10) -> list[int]:

@@ -18,10 +18,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learner.methods import DATASET, makes_data, sources
+from relay_rl.batch import prompt_token_ids
+from relay_rl.errors import ConfigError
 
-from .config import ConfigError, RunConfig
-from .kit import kit_dir, kit_parts_needed, resolve_kit_path, resolve_reward_funcs, reward_kit_paths
+from .config import RunConfig
+from .data import load_data
+from .kit.paths import kit_dir, parts_for, resolve_kit_path, resolve_reward_funcs
 
 # the keywords every reward function receives besides the dataset columns (TRL's signature)
 REWARD_KEYWORDS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
@@ -49,8 +51,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
     out = Checked(model_path, teacher_path)
     if kit_built is None:
         kit_built = cfg.kit is None or (kit_dir(cfg.kit) / "kit.json").is_file()
-    missing_parts = [p for p in kit_parts_needed(cfg.model.name_or_path, teacher_name, *reward_kit_paths(cfg.reward))
-                     if cfg.kit is not None and not (kit_dir(cfg.kit) / p).is_dir()]
+    missing_parts = [p for p in parts_for([cfg]) if cfg.kit is not None and not (kit_dir(cfg.kit) / p).is_dir()]
     if not kit_built or missing_parts:
         out.notes.append("the quickstart kit is not built yet: its models and data are checked when `relay-rl "
                          "train` (or `relay-rl kit`) builds it")
@@ -62,7 +63,6 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
     if teacher_path:
         check_teacher(cfg, model_path, teacher_path, (tok, mcfg))
 
-    from .data import load_data
     out.train_data, out.eval_data = load_data(cfg.data, cfg.kit)
     for fld, ds in (("data.train", out.train_data), ("data.eval", out.eval_data)):
         if ds is None:
@@ -79,8 +79,9 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             out.train_data = ds
         else:
             out.eval_data = ds
-    if DATASET in sources(cfg.algorithm, 256, 0) and not makes_data(cfg.algorithm):
-        check_completions(cfg, out.train_data)
+    fix = cfg.family.completion_column_fix(cfg.algorithm)
+    if fix is not None:
+        check_completions(cfg, out.train_data, fix)
     check_family_columns(cfg, out.train_data)
     if cfg.reward is not None:
         check_rewards(cfg, tok, {fld: ds.column_names for fld, ds in (("data.train", out.train_data),
@@ -191,7 +192,6 @@ def check_prompts(cfg: RunConfig, fld: str, ds, tok) -> bool:
 
 
 def prompt_length(tok, prompt) -> int:
-    from .batch import prompt_token_ids
     return len(prompt_token_ids(tok, prompt))
 
 
@@ -239,11 +239,11 @@ def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg):
                 "last tokens (rollout.overlong_prompts; counted in prompts/truncated)")
 
 
-def check_completions(cfg: RunConfig, ds) -> None:
+def check_completions(cfg: RunConfig, ds, fix: str) -> None:
+    """The completion column the family trains on exists and holds strings (or assistant turns); ``fix``: what to do
+    when it is missing (the family's ``completion_column_fix``)."""
     col = cfg.data.completion_column
     if col not in ds.column_names:
-        fix = "set data.completion_column" + (", or lmbda: 1.0 (only the policy's own samples)"
-                                              if hasattr(cfg.algorithm, "lmbda") else "")
         raise ConfigError(f"data.completion_column: the training data has no column {col!r} (columns: "
                           f"{', '.join(ds.column_names)}); algorithm {cfg.algorithm.name} trains on dataset "
                           f"completions: {fix}")
@@ -258,14 +258,13 @@ def check_completions(cfg: RunConfig, ds) -> None:
 
 def check_family_columns(cfg: RunConfig, ds) -> None:
     """The dataset columns the method itself reads (SDFT's teacher prompt, SDPO's environment feedback)."""
-    from learner.methods import data_columns
-    missing = [c for c in data_columns(cfg) if c not in ds.column_names]
+    columns = cfg.family.data_columns(cfg)
+    missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        knob = "include_environment_feedback" if cfg.algorithm.name == "sdpo" else "teacher_prompt_template"
+        knob = columns[missing[0]]
         raise ConfigError(f"data.train: algorithm {cfg.algorithm.name} reads the column(s) {', '.join(missing)} "
-                          f"(algorithm.{knob}), which the training data lacks (columns: {', '.join(ds.column_names)}): "
-                          "add the column (the privileged context the teacher sees), or change algorithm."
-                          f"{knob}")
+                          f"({knob}), which the training data lacks (columns: {', '.join(ds.column_names)}): "
+                          f"add the column (the privileged context the teacher sees), or change {knob}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,8 +287,8 @@ def _check_rewards_importable(cfg: RunConfig) -> None:
     if cfg.reward is None:
         return
     import importlib
-    from reward_workers.registry import BUILTINS
-    from reward_workers import verifiers  # noqa: F401
+
+    from relay_rl.reward_workers.registry import BUILTINS
     _add_search_path(cfg)
     for i, spec in enumerate(cfg.reward.reward_funcs):
         name = spec if isinstance(spec, str) else spec.name
@@ -299,7 +298,7 @@ def _check_rewards_importable(cfg: RunConfig) -> None:
 
 
 def _import_reward(fld: str, name: str, importlib):
-    from reward_workers.registry import BUILTINS
+    from relay_rl.reward_workers.registry import BUILTINS
     if ":" not in name:
         close = difflib.get_close_matches(name, BUILTINS, n=1)
         raise ConfigError(f"{fld}: unknown reward function {name!r}"
@@ -324,9 +323,9 @@ def _import_reward(fld: str, name: str, importlib):
 def check_rewards(cfg: RunConfig, tokenizer, columns: dict[str, list[str]]) -> None:
     """Build every reward function as the reward actor will, and check it can be called with TRL's keywords."""
     import importlib
-    from reward_workers import verifiers  # noqa: F401  (registers the built-ins)
-    from reward_workers.judge import judge_pool_model
-    from reward_workers.registry import BUILTINS, resolve
+
+    from relay_rl.reward_workers.judge import judge_pool_model
+    from relay_rl.reward_workers.registry import BUILTINS, resolve
     _add_search_path(cfg)
     specs = resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)
     try:

@@ -1,38 +1,11 @@
-"""Process set-up shared by the driver and every actor: environment defaults, Ray start/join."""
+"""The driver's Ray session: join a cluster (checked to answer first) or start a local one for the run."""
 from __future__ import annotations
 
 import os
-import warnings
+from contextlib import contextmanager
 
-import numpy as np
-import torch
-
-
-def default_env() -> dict[str, str]:
-    """Environment every relay-rl process runs with (only where the user has not set the variable)."""
-    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on CPU (gloo)
-    return env
-
-
-def configure_worker() -> None:
-    for k, v in default_env().items():
-        os.environ.setdefault(k, v)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*non-writable.*")  # read-only arrays from the object store
-    try:  # every actor loads a model: one "Loading weights" bar per actor and load is noise on the driver's console
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-def from_numpy(a: np.ndarray) -> torch.Tensor:
-    """Zero-copy tensor view of an object-store array (read-only; never written)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(a)
+from relay_rl.errors import ConfigError
+from relay_rl.process import configure_worker
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -40,7 +13,6 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     import socket
     from urllib.parse import urlparse
 
-    from .schema import ConfigError
     if address in ("auto", "local"):
         return
     parsed = urlparse(address if "://" in address else f"ray://{address}")
@@ -90,3 +62,19 @@ def init_ray(address: str | None, namespace: str, log=print):
         dash = getattr(ray, "_private").worker.get_dashboard_url() if hasattr(ray, "_private") else None
         log(f"[relay-rl] started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs"
             + (f", dashboard http://{dash}" if dash else "") + f", node {ctx.get_node_id()[:8]})")
+
+
+@contextmanager
+def ray_session(cluster, log=print):
+    """Ray for one run (``cluster``: the run file's ``cluster:`` section): join ``cluster.address`` (or $RAY_ADDRESS),
+    else start a local cluster, which is shut down when the run ends. Yields whether the cluster was started here
+    (its size is then fixed: pools that do not fit are a config error, not a wait for an autoscaler)."""
+    import ray
+
+    started = not ray.is_initialized() and not (cluster.address or os.environ.get("RAY_ADDRESS"))
+    init_ray(cluster.address, cluster.namespace, log)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()

@@ -2,17 +2,16 @@
 
 The driver calls every rank with the same method at the same time (they run collectives together):
 
-    admit(shard)     a generation batch's shard arrives: old log-probs and rollout IS weights are computed now, with
-                     the weights of the admission version v_a; its S slices join the micro-batch queue mu times
+    admit(shard)     a generation batch's shard arrives: the family's objective precomputes what it needs (old
+                     log-probs, rollout IS weights) with the weights of the admission version v_a; its S slices join
+                     the micro-batch queue mu times
     train_step()     GA micro-batches, one optimizer step: the policy version goes up by one
-    publish_bucket   gather one bucket of the full weights (ZeRO-3: GatheredParameters); rank 0 puts it in the object
-                     store (the driver asks for every bucket in turn: engines load each as it comes)
-    share_bucket     the same gather; each rank hands its colocated rollout replica a handle to it (ipc transport)
+    send_bucket      gather one bucket of the full weights (ZeRO-3: a collective) and hand it to a weight transport
+                     (``relay_rl.transport``); the driver asks for every bucket in turn, engines load each as it comes
     save_hf(path)    the same gather, written as an HF checkpoint by rank 0
 
-A critic (PPO) is the same class with ``role="critic"``: a value model (an HF sequence classifier's backbone and
-scalar head, per position) in its own DeepSpeed group, with the family's ``CRITIC_OBJECTIVE``; ``values`` gives
-V_old of a shard's rows once per generation batch.
+The objective sees the rank's model through ``RankModel`` (logits, values, log-probs without grad), never the rank.
+The critic role (PPO) is ``learner.critic.CriticRank``.
 """
 from __future__ import annotations
 
@@ -24,18 +23,56 @@ from collections import deque
 
 import torch
 
-from cluster.batch import Batch
-from cluster.config import RunConfig, resolve_schedule
-from cluster.metrics import merge_stats
-from cluster.weight_sync import Plan, bucket_plan, tensors_nbytes
-from .logprobs import completion_logits, completion_logprobs, completion_values, fp32_lm_head
-from .methods import family
-from .weights import gathered_buckets, release_shared, share_bucket, tensor_to_array, to_arrays
+from relay_rl.batch import Batch
+from relay_rl.cluster.config import RunConfig, resolve_schedule
+from relay_rl.stats import merge_stats
+from relay_rl.transport import Plan, Transport, bucket_plan, make_transport
+from relay_rl.transport.object_store import tensor_to_array
+
+from .gather import gathered_buckets
+from .logprobs import completion_logits, completion_logprobs, completion_values, packed_completion_logits
+from .methods import Objective, family
+
+
+class RankModel:
+    """What an objective may ask of the rank's model (``learner.methods.base.Model``): forwards of a batch's
+    completion positions on the rank's device."""
+
+    def __init__(self, engine, device: torch.device):
+        self.engine, self.device = engine, device
+
+    def inputs(self, b: Batch):
+        d = self.device
+        return b.prompt_ids.to(d), b.prompt_mask.to(d), b.completion_ids.to(d), b.completion_mask.to(d)
+
+    def logits(self, mb: Batch) -> torch.Tensor:
+        return completion_logits(self.engine, *self.inputs(mb))
+
+    def packed_logits(self, mb: Batch) -> torch.Tensor:
+        return packed_completion_logits(self.engine, *self.inputs(mb))
+
+    def values(self, mb: Batch) -> torch.Tensor:
+        return completion_values(self.engine, *self.inputs(mb))
+
+    def logprobs_no_grad(self, b: Batch, temperature: float, chunk: int = 64) -> torch.Tensor:
+        """log pi_theta(o_t) at the current weights, no grad, dropout off (for anchors computed at admission)."""
+        return self.no_grad_chunks(
+            b, lambda mb: completion_logprobs(self.engine, *self.inputs(mb), temperature=temperature)[0], chunk)
+
+    @torch.no_grad()
+    def no_grad_chunks(self, b: Batch, fn, chunk: int) -> torch.Tensor:
+        """``fn`` over ``b`` in chunks of rows, eval mode (dropout off), results joined on CPU as float32."""
+        self.engine.eval()
+        out = [fn(b.select(range(i, min(len(b), i + chunk)))).float().cpu() for i in range(0, len(b), chunk)]
+        self.engine.train()
+        return torch.cat(out)
 
 
 class LearnerRank:
-    def __init__(self, rank: int, world_size: int, cfg: dict, model_path: str, role: str = "policy"):
-        from cluster.runtime import configure_worker
+    stats_prefix = ""  # the role's metrics namespace (the critic's: "critic/")
+
+    def __init__(self, rank: int, world_size: int, cfg: dict, model_path: str):
+        from relay_rl.process import configure_worker
         configure_worker()
         self.rank, self.world_size = rank, world_size
         self.cfg = RunConfig.model_validate(cfg)
@@ -43,12 +80,19 @@ class LearnerRank:
         self.sched = resolve_schedule(self.cfg)
         self.model_path = model_path
         self.version = 0
-        self.shared: dict = {}  # the ipc transport's buffers, one per bucket and dtype
+        self.transports: dict[str, Transport] = {}  # by name, created on first use
         self.queue: deque = deque()  # (shard, slice index) per pending micro-step
-        self.role = role  # "policy", or "critic" (PPO's value model)
-        objective = family(self.alg).CRITIC_OBJECTIVE if role == "critic" else family(self.alg).OBJECTIVE
-        self.objective = objective(self.cfg, self.sched)  # the family's loss (learner/methods/)
-        self.forward = completion_values if role == "critic" else completion_logits
+        self.objective = self.make_objective()  # the family's loss (learner/methods/)
+
+    def make_objective(self) -> Objective:
+        return family(self.alg).objective(self.cfg, self.sched)
+
+    def load_model(self, dtype: torch.dtype, attn: str | None):
+        """The HF model this role trains (the policy: a causal LM)."""
+        from transformers import AutoModelForCausalLM
+        m = self.cfg.model
+        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, trust_remote_code=m.trust_remote_code,
+                                                    attn_implementation=attn)
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0 publishes the address the process group meets at."""
@@ -62,7 +106,6 @@ class LearnerRank:
         t0 = time.time()
         import deepspeed
         import torch._dynamo  # noqa: F401  (import before zero.Init patches tensor constructors)
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         from transformers.integrations import HfDeepSpeedConfig
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
@@ -81,25 +124,18 @@ class LearnerRank:
             self._hf_ds = HfDeepSpeedConfig(ds_config)  # must stay alive: from_pretrained then partitions at load
         m = self.cfg.model
         attn = m.attn_implementation or default_attention(m.dtype, self.device.type)
-        if self.role == "critic":  # a scalar head on the backbone (kept from a reward model, else new)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.model_path, num_labels=1, dtype=getattr(torch, m.dtype), trust_remote_code=m.trust_remote_code,
-                attn_implementation=attn)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, m.dtype),
-                                                         trust_remote_code=m.trust_remote_code,
-                                                         attn_implementation=attn)
+        model = self.load_model(getattr(torch, m.dtype), attn)
         if self.cfg.train.disable_dropout:
             for mod in model.modules():
                 if isinstance(mod, torch.nn.Dropout):
                     mod.p = 0.0
         if self.cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        if getattr(self.alg, "cast_lm_head_to_fp32", False) and self.role == "policy":
-            fp32_lm_head(model)
+        self.objective.prepare_model(model)
         self.engine, *_ = deepspeed.initialize(model=model, config=ds_config, lr_scheduler=self._lr_schedule,
                                                model_parameters=[p for p in model.parameters() if p.requires_grad])
         self.engine.train()
+        self.model = RankModel(self.engine, self.device)
         return {"rank": self.rank, "setup_s": time.time() - t0, "backend": backend, "zero_stage": self.zero_stage,
                 "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
                 "dtype": m.dtype, "attention": model.config._attn_implementation}
@@ -133,47 +169,24 @@ class LearnerRank:
     # admission
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def admit(self, shard: Batch, values: torch.Tensor | None = None, returns: torch.Tensor | None = None):
+    def admit(self, shard: Batch, values: torch.Tensor | None = None):
         """Take this rank's shard of a generation batch (B*S rows, ordered as S slices of B); the family precomputes
-        what it needs with the weights of the admission version (e.g. GRPO's pi_old). With a critic (PPO), the policy
-        rank gets the critic's V_old and returns ``(stats, returns)`` for it; the critic rank gets both."""
+        what it needs with the weights of the admission version (e.g. GRPO's pi_old). With the critic role (PPO),
+        ``values`` is critic rank i's V_old of the same rows, and the rank returns ``(stats, returns)``: the critic's
+        targets, computed by the objective."""
+        shard, stats = self._admit(shard, values=values)
+        return stats if values is None else (stats, shard.returns)
+
+    def _admit(self, shard: Batch, **tensors) -> tuple[Batch, dict]:
         t0 = time.time()
-        shard = shard.replace(**{k: v.clone() for k, v in shard.tensors().items()})  # own, writable copies
-        if values is not None:
-            shard.values = values.clone()
-        if returns is not None:
-            shard.returns = returns.clone()
-        shard, stats = self.objective.admit(self, shard)
+        shard = shard.replace(**{k: v.clone() for k, v in shard.tensors().items()},  # own, writable copies
+                              **{k: v.clone() for k, v in tensors.items() if v is not None})
+        shard, stats = self.objective.admit(self.model, shard)
         slices = shard.split(self.sched.S)
         for j in range(self.sched.S * self.sched.mu):
             self.queue.append(slices[j % self.sched.S])
-        stats[f"timing/{'critic_' if self.role == 'critic' else ''}admit_s"] = ("mean", time.time() - t0, 1.0)
-        if self.role == "policy" and values is not None:
-            return stats, shard.returns
-        return stats
-
-    @torch.no_grad()
-    def values(self, shard: Batch, chunk: int = 64) -> torch.Tensor:
-        """Critic: V_old (N, Tc) of a shard's rows at the current weights, 0 on padding (the same number of forwards
-        on every critic rank: their shards have equal sizes, as ZeRO-3's gathers need)."""
-        values = self._no_grad_chunks(shard, lambda mb: completion_values(self.engine, *self._inputs(mb)), chunk)
-        return values * shard.completion_mask
-
-    def logprobs_no_grad(self, b: Batch, temperature: float, chunk: int = 64) -> torch.Tensor:
-        """log pi_theta(o_t) at the current weights, no grad, dropout off (for anchors computed at admission)."""
-        return self._no_grad_chunks(
-            b, lambda mb: completion_logprobs(self.engine, *self._inputs(mb), temperature=temperature)[0], chunk)
-
-    def _no_grad_chunks(self, b: Batch, fn, chunk: int) -> torch.Tensor:
-        """``fn`` over ``b`` in chunks of rows, eval mode (dropout off), results joined on CPU as float32."""
-        self.engine.eval()
-        out = [fn(b.select(range(i, min(len(b), i + chunk)))).float().cpu() for i in range(0, len(b), chunk)]
-        self.engine.train()
-        return torch.cat(out)
-
-    def _inputs(self, b: Batch):
-        d = self.device
-        return b.prompt_ids.to(d), b.prompt_mask.to(d), b.completion_ids.to(d), b.completion_mask.to(d)
+        stats[f"timing/{self.stats_prefix.replace('/', '_')}admit_s"] = ("mean", time.time() - t0, 1.0)
+        return shard, stats
 
     def pending_microsteps(self) -> int:
         return len(self.queue)
@@ -191,18 +204,18 @@ class LearnerRank:
         stats: dict = {}
         own_norm = None
         for j, mb in enumerate(micro_batches):
-            outputs = self.objective.forward(self, mb)  # logits (B, T, V); a critic's values (B, T)
-            loss, mb_stats = self.objective.loss(self, mb, outputs)
+            outputs = self.objective.forward(self.model, mb)  # logits (B, T, V); a critic's values (B, T)
+            loss, mb_stats = self.objective.loss(mb, outputs)
             self.engine.backward(loss, scale_wrt_gas=False)  # L_mb already carries the 1/GA of §6.1
             if j == GA - 1 and self.zero_stage == 0:  # DeepSpeed records no norm without a ZeRO optimizer
                 own_norm = torch.nn.utils.get_total_norm(
                     [p.grad for p in self.engine.module.parameters() if p.grad is not None])
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
-            merge_stats(stats, mb_stats if self.role == "critic" else {**mb_stats, **self._micro_step_stats(mb, loss)})
+            merge_stats(stats, {**mb_stats, **self.micro_step_stats(mb, loss)})
         merge_stats(stats, self.objective.end_step())
         self.version += 1
         grad_norm = self.engine.get_global_grad_norm() if own_norm is None else own_norm
-        prefix = "critic/" if self.role == "critic" else ""
+        prefix = self.stats_prefix
         stats.update({
             f"{prefix}grad_norm": ("mean", float(grad_norm) if grad_norm is not None else float("nan"), 1.0),
             f"{prefix}learning_rate": ("mean", self.engine.get_lr()[0], 1.0),
@@ -210,7 +223,7 @@ class LearnerRank:
         })
         return stats
 
-    def _micro_step_stats(self, mb: Batch, loss: torch.Tensor) -> dict:
+    def micro_step_stats(self, mb: Batch, loss: torch.Tensor) -> dict:
         """What every family reports: the loss, staleness of the consumed rows, tokens, which batch they came from.
         Rows a frozen pool sampled (seq_kd's teacher, XPO's reference) have no policy version: no staleness."""
         own = ~mb.frozen_sample if mb.frozen_sample is not None else torch.ones(len(mb), dtype=torch.bool)
@@ -235,41 +248,23 @@ class LearnerRank:
     def weight_plan(self, bucket_mb: float) -> Plan:
         return bucket_plan(self.engine.module, int(bucket_mb * 2**20))
 
-    def publish_bucket(self, bucket_mb: float, index: int):
-        """Collective (ZeRO-3 gathers bucket ``index`` of the plan on every rank). Rank 0 puts the bucket in the object
-        store while it is gathered (the one copy the wire needs) and returns its ObjectRef; the other ranks None. The
-        driver asks for one bucket per call, so an engine loads bucket i while the ranks gather bucket i + 1."""
-        import ray
+    def send_bucket(self, transport: str, bucket_mb: float, index: int):
+        """Collective (ZeRO-3 gathers bucket ``index`` of the plan on every rank), then this rank's part of sending it
+        by ``transport`` (``relay_rl.transport``: rank 0's ObjectRef, a handle for the colocated replica, a broadcast).
+        The driver asks for one bucket per call, so an engine loads bucket i while the ranks gather bucket i + 1."""
         plan = self.weight_plan(bucket_mb)
         for bucket in gathered_buckets(self.engine.module, self.zero_stage, plan[index:index + 1]):
-            if self.rank != 0:
-                return None
-            return ray.put(to_arrays(bucket))
+            return self.transport(transport).send(self.rank, index, bucket)
 
-    def share_bucket(self, bucket_mb: float, index: int, share: bool) -> bytes | None:
-        """The ipc transport's ``publish_bucket``: collective (every rank gathers bucket ``index``); a rank with a
-        colocated rollout replica (``share``) copies it into the buffer it keeps for the bucket and returns a handle
-        to it (CUDA IPC on GPU, shared memory on CPU) for that replica."""
-        plan = self.weight_plan(bucket_mb)
-        for bucket in gathered_buckets(self.engine.module, self.zero_stage, plan[index:index + 1]):
-            return share_bucket(bucket, self.shared, index) if share else None
-
-    def init_sync_group(self, host: str, port: int, world_size: int, backend: str) -> bool:
-        """Rank 0 joins the weight-sync group with the rollout actors (collective transport)."""
-        from cluster.weight_sync import init_group
-        self.sync_group = init_group(host, port, world_size, 0, backend)
+    def connect_transport(self, transport: str, host: str, port: int, world_size: int, backend: str) -> bool:
+        """Rank 0 joins the weight-sync group with the rollout actors (the collective transport)."""
+        self.transport(transport).connect(host, port, world_size, 0, backend)
         return True
 
-    def broadcast_weights(self, bucket_mb: float) -> dict:
-        """Collective over the learner ranks (gather) and, on rank 0, over the sync group (broadcast)."""
-        from cluster.weight_sync import broadcast_bucket
-        t0, nbytes = time.time(), 0
-        plan = self.weight_plan(bucket_mb)
-        for spec, bucket in zip(plan, gathered_buckets(self.engine.module, self.zero_stage, plan)):
-            if self.rank == 0:
-                broadcast_bucket(self.sync_group, spec, bucket, self.device)
-                nbytes += tensors_nbytes(bucket)
-        return {"publish_s": time.time() - t0, "bytes": nbytes}
+    def transport(self, name: str) -> Transport:
+        if name not in self.transports:
+            self.transports[name] = make_transport(name, receivers=self.cfg.cluster.rollout.replicas)
+        return self.transports[name]
 
     def full_state(self) -> dict:
         """Collective. Every rank returns the full weights {name: array} (tests compare ranks with this)."""
@@ -326,15 +321,16 @@ class LearnerRank:
     def get_version(self) -> int:
         return self.version
 
-    def release_shared(self) -> bool:
-        """Drop the ipc transport's buffers (on CPU, shared-memory files: removed here; a rank that dies or is killed
-        while it holds them leaves them in /dev/shm)."""
-        release_shared(self.shared)
+    def release_transports(self) -> bool:
+        """Drop what the transports hold (the ipc transport's buffers: on CPU, shared-memory files, removed here; a
+        rank that dies or is killed while it holds them leaves them in /dev/shm)."""
+        for t in self.transports.values():
+            t.close()
         return True
 
     def shutdown(self) -> bool:
         import torch.distributed as dist
-        self.release_shared()
+        self.release_transports()
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()

@@ -17,7 +17,8 @@ import traceback
 
 import torch
 
-from cluster.batch import Batch
+from relay_rl.batch import Batch
+
 from .registry import resolve
 
 
@@ -25,8 +26,10 @@ class RewardWorker:
     def __init__(self, reward_funcs: list, tokenizer_path: str, timeout_s: float = 60.0, index: int = 0,
                  search_path: list[str] = ()):
         import sys
-        from cluster.runtime import configure_worker
+
         from transformers import AutoTokenizer
+
+        from relay_rl.process import configure_worker
         configure_worker()
         for p in reversed(search_path):  # where ``module:function`` imports are found (the run file's folder, ...)
             if p not in sys.path:

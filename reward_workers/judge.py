@@ -35,7 +35,7 @@ import string
 import zlib
 from typing import Any, Optional
 
-from cluster.batch import group_rows
+from relay_rl.batch import group_rows
 
 from .registry import builtin
 
@@ -91,7 +91,7 @@ def as_text(x: Any) -> str:
 
 def judge_pool_model(reward_funcs: list) -> Optional[dict]:
     """The judge pool's engine settings (``model``, ``engine``, ``dtype``, ``trust_remote_code``, ``engine_options``)
-    from the ``llm_judge`` entries of ``reward_funcs`` (dicts, as ``cluster.kit.resolve_reward_funcs`` gives them),
+    from the ``llm_judge`` entries of ``reward_funcs`` (dicts, as ``cluster.kit.paths.resolve_reward_funcs`` gives them),
     or None when there is none. Every judge entry must name the same model and engine: the run has one judge pool."""
     specs = [s for s in reward_funcs if not isinstance(s, str) and s["name"] in JUDGES]
     if not specs:
@@ -171,7 +171,7 @@ def ask_judges(state: dict, judge_actors: list[str], namespace: Optional[str], t
                max_tokens: int, temperature: float) -> dict[str, str]:
     """The judge pool's answer to every distinct text (each asked once, the texts split over the replicas)."""
     import ray
-    from rollout_workers.engine import SamplingParams
+    from relay_rl.sampling import SamplingParams
     if "actors" not in state:
         state["actors"] = [ray.get_actor(name, namespace=namespace) for name in judge_actors]
     unique = list(dict.fromkeys(texts))

@@ -27,7 +27,6 @@ def builtin(name: str):
 def resolve(spec: Any, tokenizer) -> tuple[str, RewardFn]:
     """Turn a config entry (a name, an import path, or {name, kwargs}) into (display name, function)."""
     name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], dict(spec.get("kwargs") or {}))
-    from . import verifiers  # noqa: F401  (registers the built-ins)
     if name in BUILTINS:
         return name, BUILTINS[name](tokenizer=tokenizer, **kwargs)
     return imported(name, kwargs, BUILTINS, "reward function")

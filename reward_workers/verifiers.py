@@ -282,5 +282,3 @@ def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fractio
     code_tests.columns = (tests_column,) + ((template_column,) if template_column else ())
     return code_tests
 
-
-from . import judge, reward_model  # noqa: E402,F401  (registers reward_model, llm_judge: every built-in is known)

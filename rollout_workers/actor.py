@@ -1,8 +1,8 @@
 """The rollout actor: a thin Ray wrapper around a ``RolloutEngine``.
 
 It turns dataset records into token ids, asks the engine for n completions per prompt, and returns a ``Batch``
-tagged with the policy version of the weights it holds. Weight syncs arrive as object-store buckets, by broadcast
-(collective), or as handles to a colocated learner rank's memory (ipc).
+tagged with the policy version of the weights it holds. Weight syncs arrive through a ``relay_rl.transport``
+(object-store buckets, a broadcast, or handles to a colocated learner rank's memory) and load in place.
 """
 from __future__ import annotations
 
@@ -11,17 +11,29 @@ import time
 
 import torch
 
-from cluster.batch import Batch, chat_token_ids, prompt_token_ids
-from cluster.weight_sync import tensors_nbytes
-from learner.weights import arrays_to_tensors, bucket_nbytes, fetch_bucket, open_shared
-from .engine import SamplingParams, make_engine
+from relay_rl.batch import Batch, chat_token_ids, prompt_token_ids
+from relay_rl.sampling import SamplingParams
+from relay_rl.transport import Transport, make_transport
+
+from .engine import Completion, RolloutEngine
+
+
+def make_engine(kind: str, model_path: str, dtype: str, options: dict) -> RolloutEngine:
+    """The generation backend ``rollout.engine`` names."""
+    if kind == "hf":
+        from .hf_engine import HFEngine
+        return HFEngine(model_path, dtype=dtype, **options)
+    if kind == "vllm":
+        from .vllm_engine import VLLMEngine
+        return VLLMEngine(model_path, dtype=dtype, **options)
+    raise ValueError(f"unknown rollout engine {kind!r}: use 'hf' or 'vllm'")
 
 
 class RolloutWorker:
     def __init__(self, model_path: str, engine: str, dtype: str, engine_options: dict, index: int = 0,
                  max_prompt_length: int | None = None, prompt_column: str = "prompt",
                  partial_rollout_chunk: int | None = None, pool: str = "rollout"):
-        from cluster.runtime import configure_worker
+        from relay_rl.process import configure_worker
         configure_worker()
         self.index, self.pool = index, pool
         self.engine = make_engine(engine, model_path, dtype, engine_options)
@@ -35,6 +47,7 @@ class RolloutWorker:
         self.lock = threading.Lock()
         self.pending: tuple | None = None
         self.generating = False
+        self.transports: dict[str, Transport] = {}  # by name, created on first use
 
     def __repr__(self) -> str:
         return f"RolloutWorker(pool={self.pool}, index={self.index}, policy_version={self.version}, calls={self.calls})"
@@ -70,7 +83,6 @@ class RolloutWorker:
         messages, with chat-message prompts) is the chat template's text of prompt + completion after that of the
         prompt (its end-of-turn tokens included). Longer than ``max_tokens`` is cut and flagged truncated. No
         behaviour log-probs (NaN); tagged with the version this actor holds, so the data ages like a sample."""
-        from .engine import Completion
         t0 = time.time()
         bad = [i for i, r in enumerate(records) if not isinstance(r.get(column), (str, list))]
         if bad:
@@ -148,18 +160,17 @@ class RolloutWorker:
         return out, cut
 
     # ------------------------------------------------------------------------------------------------------------
-    def load_weights(self, version: int, bucket_refs: list) -> dict:
-        """Load the buckets of one published version in place, each as soon as the learner has published it (one
-        bucket in memory at a time)."""
-        t0 = time.time()
-        nbytes = 0
+    def receive_weights(self, version: int, transport: str, payload) -> dict:
+        """Load policy version ``version`` in place as ``transport`` delivers it (``payload``: what the driver routed
+        to this replica), one bucket in memory at a time; each bucket loads as soon as the learner has sent it."""
+        t0, nbytes = time.time(), 0
+        t = self._transport(transport)
 
-        def stream():  # one bucket fetched at a time, as the learner publishes it; the engine sees one iterator
+        def stream():  # the engine sees one (name, tensor) iterator
             nonlocal nbytes
-            for ref in bucket_refs:
-                bucket = fetch_bucket(ref)
-                nbytes += bucket_nbytes(bucket)
-                yield from arrays_to_tensors(bucket).items()
+            for name, tensor in t.receive(payload):
+                nbytes += tensor.numel() * tensor.element_size()
+                yield name, tensor
 
         if self.partial_chunk and self.generating:  # a generation is in flight: it loads these between chunks
             tensors = list(stream())
@@ -168,27 +179,20 @@ class RolloutWorker:
             return {"load_s": time.time() - t0, "bytes": nbytes, "version": version, "deferred": True}
         with self.lock:
             self.pending = None
-            self.engine.load_weights(stream())
+            self.engine.load_weights(stream(), borrowed=t.borrowed)
             self.version = version
         return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
 
-    def load_shared(self, version: int, handle_refs: list) -> dict:
-        """The ipc transport's load: each bucket is a handle to the memory of the learner rank beside this actor
-        (CUDA IPC on a GPU, shared memory on CPU), opened as it is published and copied into the engine."""
-        import ray
-        t0, nbytes = time.time(), 0
+    def connect_transport(self, transport: str, host: str, port: int, world_size: int, rank: int,
+                          backend: str) -> bool:
+        """Join the learner's weight-sync group (the collective transport)."""
+        self._transport(transport).connect(host, port, world_size, rank, backend)
+        return True
 
-        def stream():
-            nonlocal nbytes
-            for ref in handle_refs:
-                tensors = open_shared(ray.get(ref))
-                nbytes += tensors_nbytes(tensors)
-                yield from tensors.items()
-
-        with self.lock:
-            self.engine.load_weights(stream(), borrowed=True)
-            self.version = version
-        return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
+    def _transport(self, name: str) -> Transport:
+        if name not in self.transports:
+            self.transports[name] = make_transport(name)
+        return self.transports[name]
 
     def _apply_pending(self) -> None:
         if self.pending is not None:
@@ -201,21 +205,6 @@ class RolloutWorker:
         with self.lock:
             self._apply_pending()
             return self.version
-
-    def init_sync_group(self, host: str, port: int, world_size: int, rank: int, backend: str) -> bool:
-        """Join the learner's weight-sync group (collective transport)."""
-        from cluster.weight_sync import init_group
-        self.sync_group = init_group(host, port, world_size, rank, backend)
-        return True
-
-    def receive_weights(self, version: int, plan: list) -> dict:
-        """The collective transport's receiving side: buckets arrive by broadcast and stream into the engine."""
-        from cluster.weight_sync import receive_stream
-        t0, counter = time.time(), [0]
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        self.engine.load_weights(receive_stream(self.sync_group, plan, device, counter))
-        self.version = version
-        return {"load_s": time.time() - t0, "bytes": counter[0], "version": version}
 
     def sleep(self) -> None:
         self.engine.sleep()

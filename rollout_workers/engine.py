@@ -12,22 +12,7 @@ from typing import Iterable, Literal, Optional
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    min_p: Optional[float] = None
-    repetition_penalty: float = 1.0
-    max_tokens: int = 512
-    stop: Optional[tuple[str, ...]] = None
-    seed: Optional[int] = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from relay_rl.sampling import SamplingParams
 
 
 @dataclass
@@ -67,12 +52,3 @@ class RolloutEngine(ABC):
     def wake(self) -> None:
         """Undo ``sleep``. Optional."""
 
-
-def make_engine(kind: str, model_path: str, dtype: str, options: dict) -> RolloutEngine:
-    if kind == "hf":
-        from .hf_engine import HFEngine
-        return HFEngine(model_path, dtype=dtype, **options)
-    if kind == "vllm":
-        from .vllm_engine import VLLMEngine
-        return VLLMEngine(model_path, dtype=dtype, **options)
-    raise ValueError(f"unknown rollout engine {kind!r}: use 'hf' or 'vllm'")

@@ -13,7 +13,9 @@ from typing import Iterable
 
 import torch
 
-from .engine import Completion, RolloutEngine, SamplingParams
+from relay_rl.sampling import SamplingParams
+
+from .engine import Completion, RolloutEngine
 
 
 class VLLMEngine(RolloutEngine):

@@ -22,17 +22,18 @@ import time
 
 import torch
 
-from cluster.batch import Batch, left_pad, prompt_token_ids
-from learner.logprobs import completion_logits
-from learner.weights import arrays_to_tensors, fetch_bucket
+from relay_rl.batch import Batch, left_pad, prompt_token_ids
+from relay_rl.learner.logprobs import completion_logits
+from relay_rl.transport.object_store import ObjectStore
 
 
 class TeacherWorker:
     def __init__(self, model_path: str, dtype: str = "float32", index: int = 0, pool: str = "teacher",
                  trust_remote_code: bool = False, max_chunk_elements: int = 2**26, student_tokenizer: str | None = None,
                  run_config: dict | None = None, attn_implementation: str | None = None):
-        from cluster.runtime import configure_worker
         from transformers import AutoModelForCausalLM
+
+        from relay_rl.process import configure_worker
         configure_worker()
         self.index, self.pool, self.max_chunk_elements = index, pool, max_chunk_elements
         self.model_path = model_path
@@ -68,14 +69,14 @@ class TeacherWorker:
         """The batch with each row's prompt replaced by the family's teacher prompt (tokenised with the policy's
         tokenizer, cut to its last ``max_reprompt_len`` / ``rollout.max_prompt_length`` tokens), and the rows that
         got a teacher context (the others keep their own prompt: their loss is masked)."""
-        from cluster.config import RunConfig
-        from learner.methods import family
         from transformers import AutoTokenizer
+
+        from relay_rl.cluster.config import RunConfig
         cfg = RunConfig.model_validate(self.run_config)
         if self.tokenizer is None:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
-        prompts, active = family(cfg.algorithm).teacher_prompts(batch, cfg)
-        budget = getattr(cfg.algorithm, "max_reprompt_len", None) or cfg.rollout.max_prompt_length
+        prompts, active = cfg.family.teacher_prompts(batch, cfg)
+        budget = cfg.family.reprompt_length(cfg)
         ids = [prompt_token_ids(self.tokenizer, p)[-budget if budget else 0:] for p in prompts]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         prompt_ids, prompt_mask = left_pad(ids, pad)
@@ -117,10 +118,9 @@ class TeacherWorker:
     def mix_weights(self, bucket_refs: list, alpha: float) -> bool:
         """theta_ref <- alpha * theta + (1 - alpha) * theta_ref (TR-DPO; alpha = 1 replaces the reference)."""
         params = dict(self.model.named_parameters())
-        for ref in bucket_refs:
-            for name, t in arrays_to_tensors(fetch_bucket(ref)).items():
-                p = params[name]
-                p.mul_(1 - alpha).add_(t.to(p.device, p.dtype), alpha=alpha)
+        for name, t in ObjectStore().receive(bucket_refs):
+            p = params[name]
+            p.mul_(1 - alpha).add_(t.to(p.device, p.dtype), alpha=alpha)
         return True
 
     def save(self, path: str) -> str:

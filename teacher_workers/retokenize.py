@@ -2,7 +2,7 @@
 
 For every row: the prompt and the completion text are tokenised with the teacher's tokenizer (EOS appended when the
 student's completion stopped), the teacher scores its own completion tokens, the two tokenisations are aligned by
-byte offsets (``learner.methods.uld.alignment_groups``), and the teacher side of every group is merged into one
+byte offsets (``learner.uld.alignment_groups``), and the teacher side of every group is merged into one
 probability vector, sorted in descending order (top ``loss_top_k`` kept, if set). What travels to the learner is
 small: (N, Tc, k) sorted group probabilities and the student tokens' group numbers (N, Tc).
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from cluster.batch import Batch, prompt_token_ids
-from learner.logprobs import completion_logits, scaled_log_softmax
-from learner.methods.uld import alignment_groups, merge_groups, token_byte_spans
+from relay_rl.batch import Batch, prompt_token_ids
+from relay_rl.learner.logprobs import completion_logits, scaled_log_softmax
+from relay_rl.learner.uld import alignment_groups, merge_groups, token_byte_spans
 
 
 def _tokenizers(worker):

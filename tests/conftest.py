@@ -23,31 +23,35 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "deploy" / "recipes"
 
 
+def build_kit(cfg, parts: tuple[str, ...] = (), **kw):
+    """``ensure_kit`` with the run entry that trains the warm start (a relay-rl SFT run)."""
+    from relay_rl.cluster.kit.build import ensure_kit
+    from relay_rl.cluster.runner import train
+    return ensure_kit(cfg, train, parts=parts, **kw)
+
+
 @pytest.fixture(scope="session")
 def kit():
     """The quickstart kit (tokenizer, tiny Qwen3, a+b= task, warm start); built once, then reused from the cache."""
-    from cluster.config import KitConfig
-    from cluster.kit import ensure_kit
+    from relay_rl.cluster.config import KitConfig
     cfg = KitConfig()
-    root = ensure_kit(cfg)
+    root = build_kit(cfg)
     return {"cfg": cfg, "root": root, "warm_start": str(root / "warm_start"), "base": str(root / "base")}
 
 
 @pytest.fixture(scope="session")
 def kit_r1():
     """The kit's r1 variant (hint column, think format; its warm start reads "46|12+34="): built once, then cached."""
-    from cluster.config import KitConfig
-    from cluster.kit import ensure_kit
+    from relay_rl.cluster.config import KitConfig
     cfg = KitConfig(variant="r1")
-    root = ensure_kit(cfg)
+    root = build_kit(cfg)
     return {"cfg": cfg, "root": root, "warm_start": str(root / "warm_start"), "base": str(root / "base")}
 
 
 @pytest.fixture(scope="session")
 def kit_teachers(kit):
     """The kit's distillation teachers (``kit:teacher``, ``kit:teacher_pairs``): built once, then cached."""
-    from cluster.kit import ensure_kit
-    root = ensure_kit(kit["cfg"], parts=("teacher", "teacher_pairs"))
+    root = build_kit(kit["cfg"], parts=("teacher", "teacher_pairs"))
     return {"teacher": str(root / "teacher"), "teacher_pairs": str(root / "teacher_pairs")}
 
 
@@ -56,7 +60,8 @@ def ray_cluster():
     """One real local Ray cluster for the session (logical CPUs above the 2 physical ones, so pools fit)."""
     import ray
     if not ray.is_initialized():
-        from cluster.runtime import LOCAL_SYSTEM_CONFIG, default_env
+        from relay_rl.cluster.runtime import LOCAL_SYSTEM_CONFIG
+        from relay_rl.process import default_env
         ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="relay-rl-tests",
                  runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
                  _system_config=LOCAL_SYSTEM_CONFIG)

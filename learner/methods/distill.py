@@ -11,7 +11,13 @@
 
 Temperature: GKD's loss is at temperature 1 (``temperature`` is for sampling only); on-policy distillation and
 GOLD divide student and teacher logits by ``rollout.temperature``. GOLD's cross-tokenizer mode (``use_uld_loss``)
-replaces the JSD by ULD (``learner/methods/uld.py``).
+replaces the JSD by ULD (``learner/uld.py``): the teacher pool has already aligned the two tokenisations and merged
+and sorted its side of every group (``teacher_workers/retokenize.py``); the student's groups are merged from its own
+log-probs here, and
+
+    L_mb = [ w_uld * (1/B) sum_b (1/G_b) sum_g || sort(q^S_g) - sort(q^T_g) ||_1  +  w_ce * CE ] / GA
+
+with CE the student's token-mean NLL of its completion tokens (logits at temperature 1).
 """
 from __future__ import annotations
 
@@ -21,10 +27,11 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from learner.divergences import generalized_jsd, topk_support
-from learner.logprobs import scaled_log_softmax
+from relay_rl.learner.divergences import generalized_jsd, topk_support
+from relay_rl.learner.logprobs import scaled_log_softmax
+from relay_rl.learner.uld import merge_groups, sorted_l1
 
-from .base import DATASET, POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec, step_tokens
+from .base import DATASET, POLICY, TEACHER, Batching, Family, Needs, Objective, TeacherSpec, step_tokens
 
 
 class DistillBase(Batching):
@@ -100,36 +107,8 @@ class GOLDConfig(DistillBase):
         return self
 
 
-CONFIGS = (GKDConfig, OnPolicyDistillationConfig, GOLDConfig)
-
-
 def loss_temperature(cfg) -> float:
     return (cfg.rollout.temperature or 1.0) if cfg.algorithm.scaled_loss else 1.0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# needs, sources, assemble
-# ----------------------------------------------------------------------------------------------------------------
-def needs(cfg) -> Needs:
-    a = cfg.algorithm
-    uld = getattr(a, "use_uld_loss", False)
-    served = TeacherSpec("teacher", "topk" if a.loss_top_k else "full", a.loss_top_k, loss_temperature(cfg),
-                         retokenize=uld, merge=getattr(a, "uld_token_merge_strategy", "observed"))
-    return Needs(rewards=False, teachers=(served,), frozen_rollout=getattr(a, "seq_kd", False), teacher_model=True,
-                 same_vocabulary=not uld)
-
-
-def sources(alg, n_micro_batches: int, seed: int) -> list[str]:
-    """One draw u ~ U(0, 1) per micro-batch (seeded per generation batch)."""
-    rng = random.Random(seed)
-    other = TEACHER if getattr(alg, "seq_kd", False) else DATASET
-    return [POLICY if rng.random() <= alg.on_policy_fraction else other for _ in range(n_micro_batches)]
-
-
-def assemble(batch, alg, reward_weights, seed):
-    """Rows in prompt order, so micro-batch m (rank m // S, slice m % S) holds the rows of its own source."""
-    batch = batch.select(torch.argsort(batch.group_id, stable=True))
-    return batch.replace(info={**batch.info, "num_items_in_batch": float(batch.completion_mask.sum())}), {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,12 +120,11 @@ class DistillObjective(Objective):
     def begin_step(self, micro_batches) -> None:
         self.step_tokens = step_tokens(micro_batches)  # N_step: tokens actually trained on, all ranks
 
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         d = logits_BTV.device
         mask_BT = mb.completion_mask.to(d)
         if getattr(self.alg, "use_uld_loss", False):
-            from .uld_objective import uld_micro_batch_loss
-            return uld_micro_batch_loss(self, mb, logits_BTV, mask_BT)
+            return self.uld_loss(mb, logits_BTV, mask_BT)
         D_BT = self.divergence(mb, logits_BTV)
         loss = (D_BT * mask_BT).sum() * self.sched.P / max(self.step_tokens, 1.0)
         return loss, {"distill/divergence": ("mean", float((D_BT.detach() * mask_BT).sum()), float(mask_BT.sum()))}
@@ -160,4 +138,62 @@ class DistillObjective(Objective):
         return generalized_jsd(student, teacher, self.alg.beta)
 
 
-OBJECTIVE = DistillObjective
+    def uld_loss(self, mb, logits_BTV: torch.Tensor, mask_BT: torch.Tensor):
+        """GOLD's cross-tokenizer loss of one micro-batch: ULD over the aligned groups (+ w_ce * CE), / GA."""
+        a, d = self.alg, logits_BTV.device
+        logp_BTV = scaled_log_softmax(logits_BTV, loss_temperature(self.cfg))
+        groups_BT = mb.uld_groups.to(d).long()
+        teacher_BGK = mb.teacher_dist.to(d).to(logp_BTV.dtype)
+        top_k = a.loss_top_k or None
+        rows, n_groups = [], 0
+        for b in range(logp_BTV.shape[0]):
+            G = int(groups_BT[b].max())
+            if G == 0:  # nothing aligned: contributes 0, counts in B
+                rows.append(logp_BTV[b].sum() * 0.0)
+                continue
+            student_groups = [torch.nonzero(groups_BT[b] == g).flatten().tolist() for g in range(1, G + 1)]
+            q_GV = merge_groups(logp_BTV[b], mb.completion_ids[b].to(d), student_groups, a.uld_token_merge_strategy)
+            rows.append(sorted_l1(q_GV, teacher_BGK[b, :G], top_k).mean())
+            n_groups += G
+        uld = torch.stack(rows).mean()
+        loss = a.uld_distillation_weight * uld
+        stats = {"distill/divergence": ("mean", float(uld.detach()), 1.0), "distill/uld_groups": ("sum", n_groups, 1.0)}
+        if a.uld_crossentropy_weight > 0:
+            nll_BT = -scaled_log_softmax(logits_BTV, 1.0).gather(-1, mb.completion_ids.to(d).unsqueeze(-1)).squeeze(-1)
+            ce = (nll_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1.0)
+            loss = loss + a.uld_crossentropy_weight * ce
+            stats["distill/ce"] = ("mean", float(ce.detach()), 1.0)
+        return loss / self.sched.GA, stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the family
+# ----------------------------------------------------------------------------------------------------------------
+class Distillation(Family):
+    configs = (GKDConfig, OnPolicyDistillationConfig, GOLDConfig)
+    objective = DistillObjective
+    curve = ("distill/divergence", "divergence to the teacher")
+
+    def needs(self, cfg) -> Needs:
+        a = cfg.algorithm
+        uld = getattr(a, "use_uld_loss", False)
+        served = TeacherSpec("teacher", "topk" if a.loss_top_k else "full", a.loss_top_k, loss_temperature(cfg),
+                             retokenize=uld, merge=getattr(a, "uld_token_merge_strategy", "observed"))
+        return Needs(rewards=False, teachers=(served,), frozen_rollout=getattr(a, "seq_kd", False),
+                     teacher_model=True, same_vocabulary=not uld)
+
+    def sources(self, alg, n_micro_batches: int, seed: int) -> list[str]:
+        """One draw u ~ U(0, 1) per micro-batch (seeded per generation batch): u <= lmbda, the student samples; else
+        the teacher (``seq_kd``) or the dataset's completions."""
+        rng = random.Random(seed)
+        other = TEACHER if getattr(alg, "seq_kd", False) else DATASET
+        return [POLICY if rng.random() <= alg.on_policy_fraction else other for _ in range(n_micro_batches)]
+
+    def completion_column_fix(self, alg):
+        fix = super().completion_column_fix(alg)
+        return fix and fix + ", or lmbda: 1.0 (only the policy's own samples)"
+
+    def assemble(self, batch, alg, reward_weights, seed):
+        """Rows in prompt order, so micro-batch m (rank m // S, slice m % S) holds the rows of its own source."""
+        batch = batch.select(torch.argsort(batch.group_id, stable=True))
+        return batch.replace(info={**batch.info, "num_items_in_batch": float(batch.completion_mask.sum())}), {}

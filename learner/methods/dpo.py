@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from cluster.batch import group_rows
-from learner.advantages import total_reward
-from learner.logprobs import token_logprobs
+from relay_rl.learner.advantages import total_reward
+from relay_rl.learner.logprobs import token_logprobs
+from relay_rl.batch import group_rows
 
-from .base import POLICY, TEACHER, Batching, Needs, Objective, TeacherSpec
+from .base import POLICY, TEACHER, Batching, Family, Needs, Objective, TeacherSpec
 
 Schedule = list[float]
 
@@ -87,23 +87,9 @@ class XPOConfig(OnlineDPOConfig):
     _alpha_schedule = field_validator("alpha", mode="before")(classmethod(lambda cls, v: _as_schedule(v)))
 
 
-CONFIGS = (OnlineDPOConfig, XPOConfig)
-
-
 def scheduled(values: list[float], epoch: int) -> float:
     """The schedule's value for ``epoch`` (0-based): one value per epoch, the last repeating."""
     return values[min(epoch, len(values) - 1)]
-
-
-def needs(cfg) -> Needs:
-    ref = TeacherSpec("reference", "sampled", temperature=1.0, model="policy")
-    xpo = cfg.algorithm.name == "xpo"
-    return Needs(rewards=True, teachers=(ref,), frozen_rollout=xpo, frozen_rollout_model="policy")
-
-
-def group_sources(alg) -> list[str]:
-    """XPO: each prompt's pair is one policy sample and one sample of the frozen reference."""
-    return [POLICY, TEACHER] if alg.name == "xpo" else []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,7 +161,7 @@ def dpo_loss(h: torch.Tensor, beta: float, loss_type: str) -> torch.Tensor:
 class PreferenceObjective(Objective):
     """L_mb = mean over the micro-batch's pairs of [DPO loss(h) (+ alpha log pi(y_ref))] / GA."""
 
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         a, d = self.alg, logits_BTV.device
         mask_BT = mb.completion_mask.to(d)
         logp_BT, _ = token_logprobs(logits_BTV, mb.completion_ids.to(d))  # temperature 1
@@ -190,7 +176,7 @@ class PreferenceObjective(Objective):
         beta = scheduled(a.beta, epoch)
         per_pair = dpo_loss(h_P, beta, a.loss_type)
         stats = {"beta": ("mean", beta, 1.0)}
-        if a.name == "xpo":
+        if isinstance(a, XPOConfig):
             alpha = scheduled(a.alpha, epoch)
             frozen_B = mb.frozen_sample.to(d)
             bonus_P = (seq_B * frozen_B).view(-1, 2).sum(-1)  # log pi(y_ref): the reference's row of each pair
@@ -213,4 +199,17 @@ class PreferenceObjective(Objective):
         return loss, stats
 
 
-OBJECTIVE = PreferenceObjective
+class Preference(Family):
+    configs = (OnlineDPOConfig, XPOConfig)
+    objective = PreferenceObjective
+
+    def needs(self, cfg) -> Needs:
+        ref = TeacherSpec("reference", "sampled", temperature=1.0, model="policy")
+        xpo = isinstance(cfg.algorithm, XPOConfig)
+        return Needs(rewards=True, teachers=(ref,), frozen_rollout=xpo, frozen_rollout_model="policy")
+
+    def group_sources(self, alg) -> list[str]:
+        """XPO: each prompt's pair is one policy sample and one sample of the frozen reference."""
+        return [POLICY, TEACHER] if isinstance(alg, XPOConfig) else []
+
+    assemble = staticmethod(assemble)

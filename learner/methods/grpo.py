@@ -1,10 +1,11 @@
-"""The GRPO family (ALGORITHMS.md §1-§6): group-relative advantages and one clipped/gated policy loss whose variants
+"""The GRPO family (docs/methods/grpo.md): group-relative advantages and one clipped/gated policy loss whose variants
 (DAPO, Dr. GRPO, GSPO, CISPO, SAPO, VESPO, GMPO, TIS/MIS, DeepSeek-V3.2's KL and masks, ...) are chosen by
 ``loss_type`` and the knobs below.
 
     needs      the reward pool; the reference pool when beta > 0
-    assemble   advantages on the whole generation batch (§2.2), then a sample-level shuffle (§1.2)
+    assemble   advantages on the whole generation batch, then a sample-level shuffle (docs/staleness.md)
     objective  log-probs at T -> entropy mask -> rollout correction -> ``learner.losses.policy_loss``
+    driver     TR-DPO's reference refresh after a step (``sync_ref_model``); dynamic sampling (``filter_groups``)
 """
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from typing import Literal, Optional
 import torch
 from pydantic import Field, model_validator
 
-from learner.advantages import compute_advantages, group_nanstd
-from learner.collectives import all_gather_varlen, all_reduce_sum
-from learner.logprobs import token_logprobs
-from learner.losses import (AdaptiveEntropy, LossScale, PolicyBatch, entropy_threshold, policy_loss,
+from relay_rl.learner.advantages import compute_advantages, group_nanstd
+from relay_rl.learner.collectives import all_gather_varlen, all_reduce_sum
+from relay_rl.learner.logprobs import fp32_lm_head, token_logprobs
+from relay_rl.learner.losses import (AdaptiveEntropy, LossScale, PolicyBatch, entropy_threshold, policy_loss,
                             rollout_is_weights)
 
-from cluster.schema import Strict
+from relay_rl.schema import Strict
 
-from .base import Batching, Needs, Objective, TeacherSpec
+from .base import Batching, Family, Needs, Objective, TeacherSpec
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo", "gmpo"]
 ISMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
@@ -156,13 +157,8 @@ class GRPOConfig(Batching):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# needs and assemble
+# assemble
 # ----------------------------------------------------------------------------------------------------------------
-def needs(cfg) -> Needs:
-    """Rewards always; reference log-probs (logits / T, as the policy's) when beta > 0."""
-    return Needs(rewards=True, teachers=reference_spec(cfg))
-
-
 def reference_spec(cfg) -> tuple[TeacherSpec, ...]:
     """The reference pool (the frozen initial policy's log-probs at the rollout temperature) when beta > 0."""
     if getattr(cfg.algorithm, "beta", 0) <= 0:
@@ -219,12 +215,12 @@ class GRPOObjective(Objective):
         return self.alg.old_logprob_source == "recompute" and s.GA % (s.S * s.mu) == 0
 
     @torch.no_grad()
-    def admit(self, rank, shard):
+    def admit(self, model, shard):
         stats = {}
         if self.alg.old_logprob_source == "behaviour":
             shard.old_logprobs = shard.behaviour_logprobs
         elif not self.old_from_step:  # recompute with the weights of the admission version
-            shard.old_logprobs = rank.logprobs_no_grad(shard, self.temperature)
+            shard.old_logprobs = model.logprobs_no_grad(shard, self.temperature)
             if self.alg.vllm_importance_sampling_correction:
                 shard.is_weights, stats = self.rollout_correction(shard.old_logprobs, shard)
         return shard, stats
@@ -241,11 +237,15 @@ class GRPOObjective(Objective):
         self.coef = self.entropy.coef_for_step()
         self.ent_sum = torch.zeros(2, dtype=torch.float64)
 
-    def advantages(self, rank, mb, logits_BTV, logp_BT) -> torch.Tensor:
+    def prepare_model(self, model) -> None:
+        if self.alg.cast_lm_head_to_fp32:
+            fp32_lm_head(model)
+
+    def advantages(self, mb, logits_BTV, logp_BT) -> torch.Tensor:
         """Per-sequence A (B,) from assembly; MiniLLM adds a per-token part."""
         return mb.advantages.to(logp_BT.device).float()
 
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         alg, s, d = self.alg, self.sched, logits_BTV.device
         logp, entropy = token_logprobs(logits_BTV, mb.completion_ids.to(d), self.temperature, with_entropy=True)
         mask = mb.completion_mask.to(d)
@@ -257,7 +257,7 @@ class GRPOObjective(Objective):
         if self.old_from_step and alg.vllm_importance_sampling_correction:  # pi_old = sg[pi_theta] of this step
             is_weights, is_stats = self.rollout_correction(logp.detach().float(), mb)
         x = PolicyBatch(
-            logprobs_BT=logp, mask_BT=mask, advantages=self.advantages(rank, mb, logits_BTV, logp),
+            logprobs_BT=logp, mask_BT=mask, advantages=self.advantages(mb, logits_BTV, logp),
             old_logprobs_BT=_opt(mb.old_logprobs, d), behaviour_logprobs_BT=_opt(mb.behaviour_logprobs, d),
             ref_logprobs_BT=_opt(mb.ref_logprobs, d), entropy_BT=entropy, entropy_mask_BT=ent_mask,
             is_weights=is_weights)
@@ -282,26 +282,6 @@ def _opt(t, device):
     return None if t is None else t.to(device)
 
 
-OBJECTIVE = GRPOObjective
-
-
-CONFIGS = (GRPOConfig,)
-
-
-def check(cfg) -> None:
-    """Rules across sections (raised as config errors naming the fields)."""
-    metric_column(cfg)
-    if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum" and len(cfg.reward.reward_funcs) < 2:
-        raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one "
-                         "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize")
-
-
-def group_filter(cfg) -> Optional[tuple[FilterGroups, Optional[int]]]:
-    """Dynamic sampling when it is on: its settings and the reward column it reads."""
-    fg = cfg.algorithm.filter_groups
-    return (fg, metric_column(cfg)) if fg.enable else None
-
-
 def metric_column(cfg) -> Optional[int]:
     """The reward column dynamic sampling reads: None for the weighted total (``metric: reward``), else the index of
     the reward function named by ``filter_groups.metric``."""
@@ -320,22 +300,58 @@ def _reward_name(spec) -> str:
     return name.rsplit(":", 1)[-1]  # an import path's function name, as the reward actor names its column
 
 
-def after_step(cfg, step: int, pipe) -> None:
-    """TR-DPO: every ref_model_sync_steps, theta_ref <- alpha * theta + (1 - alpha) * theta_ref (§1.4)."""
+def check_gdpo(cfg) -> None:
+    """GDPO (``normalize_then_sum``) normalises each reward function on its own: it needs two or more."""
+    if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum" and len(cfg.reward.reward_funcs) < 2:
+        raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one "
+                         "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize")
+
+
+def refresh_reference(cfg, step: int, driver) -> None:
+    """TR-DPO: every ref_model_sync_steps, theta_ref <- alpha * theta + (1 - alpha) * theta_ref."""
     a = cfg.algorithm
     if a.sync_ref_model and step % a.ref_model_sync_steps == 0:
-        pipe.sync_teacher("reference", a.ref_model_mixup_alpha)
+        driver.sync_teacher("reference", a.ref_model_mixup_alpha)
 
 
-def warnings(cfg) -> list[str]:
+def refreshed_reference(cfg) -> list[str]:
+    """TR-DPO refreshes the reference: its weights belong in checkpoints."""
+    return ["reference"] if cfg.algorithm.sync_ref_model else []
+
+
+def staleness_warnings(cfg) -> list[str]:
     a = cfg.algorithm
     if a.max_staleness > 0 and a.old_logprob_source == "recompute" and not a.vllm_importance_sampling_correction:
         return ["max_staleness > 0 with old_logprob_source: recompute and the rollout correction off: the lag between "
-                "the sampling weights and pi_old goes uncorrected (ALGORITHMS.md §1.4). Set "
+                "the sampling weights and pi_old goes uncorrected (docs/staleness.md). Set "
                 "algorithm.vllm_importance_sampling_correction: true, or old_logprob_source: behaviour"]
     return []
 
 
-def moving_pools(cfg) -> list[str]:
-    """TR-DPO refreshes the reference: its weights belong in checkpoints."""
-    return ["reference"] if cfg.algorithm.sync_ref_model else []
+class GRPO(Family):
+    configs = (GRPOConfig,)
+    objective = GRPOObjective
+
+    def needs(self, cfg) -> Needs:
+        """Rewards always; reference log-probs (logits / T, as the policy's) when beta > 0."""
+        return Needs(rewards=True, teachers=reference_spec(cfg))
+
+    assemble = staticmethod(assemble)
+
+    def check(self, cfg) -> None:
+        metric_column(cfg)
+        check_gdpo(cfg)
+
+    def group_filter(self, cfg) -> Optional[tuple[FilterGroups, Optional[int]]]:
+        """Dynamic sampling when it is on: its settings and the reward column it reads."""
+        fg = cfg.algorithm.filter_groups
+        return (fg, metric_column(cfg)) if fg.enable else None
+
+    def after_step(self, cfg, step: int, driver) -> None:
+        refresh_reference(cfg, step, driver)
+
+    def warnings(self, cfg) -> list[str]:
+        return staleness_warnings(cfg)
+
+    def moving_pools(self, cfg) -> list[str]:
+        return refreshed_reference(cfg)

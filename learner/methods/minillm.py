@@ -14,14 +14,11 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from learner.divergences import kl
-from learner.logprobs import scaled_log_softmax
+from relay_rl.learner.divergences import kl
+from relay_rl.learner.logprobs import scaled_log_softmax
 
-from .base import Needs, TeacherSpec
-from .grpo import GRPOConfig, GRPOObjective, reference_spec
-from .grpo import after_step as after_step  # noqa: F401  (the reference refresh, as GRPO)
-from .grpo import moving_pools as moving_pools  # noqa: F401  (the refreshed reference, as GRPO)
-from .grpo import assemble as assemble  # noqa: F401  (group advantages, as GRPO)
+from .base import Family, Needs, TeacherSpec
+from .grpo import GRPOConfig, GRPOObjective, assemble, reference_spec, refresh_reference, refreshed_reference
 
 
 class MiniLLMConfig(GRPOConfig):
@@ -47,15 +44,6 @@ class MiniLLMConfig(GRPOConfig):
         return data
 
 
-CONFIGS = (MiniLLMConfig,)
-
-
-def needs(cfg) -> Needs:
-    a = cfg.algorithm
-    teacher = TeacherSpec("teacher", "full" if a.single_step_decomposition else "sampled", 0, a.kd_temperature)
-    return Needs(rewards=False, teachers=(teacher, *reference_spec(cfg)), teacher_model=True)
-
-
 def reward_to_go(R_BT: torch.Tensor, mask_BT: torch.Tensor, gamma: float, normalize: bool) -> torch.Tensor:
     """sum_{j>=t} gamma^{j-t} R_j M_j (/ sum_{j>=t} gamma^{j-t} M_j): (B, T)."""
     T = R_BT.shape[-1]
@@ -70,8 +58,8 @@ def reward_to_go(R_BT: torch.Tensor, mask_BT: torch.Tensor, gamma: float, normal
 
 
 class MiniLLMObjective(GRPOObjective):
-    def advantages(self, rank, mb, logits_BTV, logp_BT):
-        A_B = super().advantages(rank, mb, logits_BTV, logp_BT)
+    def advantages(self, mb, logits_BTV, logp_BT):
+        A_B = super().advantages(mb, logits_BTV, logp_BT)
         if not self.alg.rkl_advantage:
             return A_B
         d = logp_BT.device
@@ -81,8 +69,8 @@ class MiniLLMObjective(GRPOObjective):
         mask_BT = mb.completion_mask.to(d)
         return A_B.unsqueeze(-1) + reward_to_go(R_BT, mask_BT, self.alg.gamma, self.alg.length_normalization)
 
-    def loss(self, rank, mb, logits_BTV):
-        loss, stats = super().loss(rank, mb, logits_BTV)
+    def loss(self, mb, logits_BTV):
+        loss, stats = super().loss(mb, logits_BTV)
         if self.alg.single_step_decomposition:
             d = logits_BTV.device
             mask_BT = mb.completion_mask.to(d)
@@ -101,4 +89,21 @@ def teacher_token_logprobs(mb, device) -> torch.Tensor:
     return mb.teacher_dist.to(device).float().gather(-1, mb.completion_ids.to(device).long().unsqueeze(-1)).squeeze(-1)
 
 
-OBJECTIVE = MiniLLMObjective
+class MiniLLM(Family):
+    """GRPO's assembly and reference refresh, the teacher pool beside; no dynamic sampling."""
+
+    configs = (MiniLLMConfig,)
+    objective = MiniLLMObjective
+
+    def needs(self, cfg) -> Needs:
+        a = cfg.algorithm
+        teacher = TeacherSpec("teacher", "full" if a.single_step_decomposition else "sampled", 0, a.kd_temperature)
+        return Needs(rewards=False, teachers=(teacher, *reference_spec(cfg)), teacher_model=True)
+
+    assemble = staticmethod(assemble)
+
+    def after_step(self, cfg, step: int, driver) -> None:
+        refresh_reference(cfg, step, driver)
+
+    def moving_pools(self, cfg) -> list[str]:
+        return refreshed_reference(cfg)

@@ -1,4 +1,5 @@
-"""PPO with a critic (1707.06347; ALGORITHMS.md §7), TRL's PPOConfig knob names. The math is in ``learner/ppo.py``.
+"""PPO with a critic (1707.06347; docs/methods/ppo.md), TRL's PPOConfig knob names. The math is in
+``learner/ppo_losses.py``.
 
     rollout     one completion per prompt (num_generations 1) at rollout.temperature, up to response_length tokens
     score       the reward pool (rule verifiers and/or reward models, weighted); the reference pool: log pi_ref;
@@ -18,12 +19,12 @@ from typing import Literal, Optional
 import torch
 from pydantic import Field, model_validator
 
-from learner import ppo
-from learner.advantages import total_reward
-from learner.collectives import all_reduce_sum
-from learner.logprobs import token_logprobs
+from relay_rl.learner import ppo_losses as ppo
+from relay_rl.learner.advantages import total_reward
+from relay_rl.learner.collectives import all_reduce_sum
+from relay_rl.learner.logprobs import token_logprobs
 
-from .base import Batching, Needs, Objective, TeacherSpec
+from .base import Batching, CriticSpec, Family, Needs, Objective, TeacherSpec
 
 
 class PPOConfig(Batching):
@@ -91,16 +92,6 @@ class PPOConfig(Batching):
         return self
 
 
-CONFIGS = (PPOConfig,)
-
-
-def needs(cfg) -> Needs:
-    """Rewards, the critic pool, and the reference's log-probs (at the rollout temperature) unless kl_coef is 0."""
-    ref = (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0, model="policy"),) \
-        if cfg.algorithm.kl_coef > 0 else ()
-    return Needs(rewards=True, teachers=ref, critic=True)
-
-
 def cross_section_aliases(data: dict) -> dict:
     """``algorithm.response_length`` is rollout.max_completion_length (TRL's name); two values that differ are an
     error."""
@@ -114,13 +105,13 @@ def cross_section_aliases(data: dict) -> dict:
     return {**data, "rollout": {**rollout, "max_completion_length": n}}
 
 
-def value_model_path(cfg, policy_path: str) -> str:
+def value_model_path(cfg) -> str:
     """Where the critic starts: ``value_model``, else the only reward model of the reward section, else the policy."""
     if cfg.algorithm.value_model:
         return cfg.algorithm.value_model
-    models = [f.kwargs.get("model") for f in cfg.reward.reward_funcs
-              if not isinstance(f, str) and f.name == "reward_model"]
-    return models[0] if len(models) == 1 else policy_path
+    funcs = cfg.reward.reward_funcs if cfg.reward is not None else ()
+    models = [f.kwargs.get("model") for f in funcs if not isinstance(f, str) and f.name == "reward_model"]
+    return models[0] if len(models) == 1 else cfg.model.name_or_path
 
 
 def assemble(batch, alg, reward_weights: list[float], seed: int):
@@ -136,9 +127,9 @@ class PPOObjective(Objective):
     """The policy ranks: advantages at admission (GAE on V_old from the critic), then the clipped surrogate."""
 
     @torch.no_grad()
-    def admit(self, rank, shard):
+    def admit(self, model, shard):
         a, mask = self.alg, shard.completion_mask
-        old = rank.logprobs_no_grad(shard, self.temperature) * mask  # log pi_old, the weights of the admission version
+        old = model.logprobs_no_grad(shard, self.temperature) * mask  # log pi_old, the weights of the admission version
         scores = shard.scores.clone()
         if a.missing_eos_penalty is not None:
             scores -= a.missing_eos_penalty * shard.truncated.float()
@@ -162,7 +153,7 @@ class PPOObjective(Objective):
         }
         return shard, stats
 
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         d = logits_BTV.device
         logp, entropy = token_logprobs(logits_BTV, mb.completion_ids.to(d), self.temperature, with_entropy=True)
         mask = mb.completion_mask.to(d)
@@ -177,10 +168,13 @@ class PPOObjective(Objective):
 
 
 class ValueObjective(Objective):
-    """The critic ranks: V_old was computed once per generation batch (``LearnerRank.values``); the returns come
+    """The critic ranks: V_old was computed once per generation batch (``CriticRank.values``); the returns come
     from the policy rank of the same index."""
 
-    def loss(self, rank, mb, values_BT):
+    def forward(self, model, mb) -> torch.Tensor:
+        return model.values(mb)  # (B, Tc)
+
+    def loss(self, mb, values_BT):
         d = values_BT.device
         mask = mb.completion_mask.to(d)
         loss, stats = ppo.value_loss(values_BT, mb.values.to(d), mb.returns.to(d), mask, self.alg.cliprange_value)
@@ -191,26 +185,35 @@ class ValueObjective(Objective):
         }
 
 
-OBJECTIVE = PPOObjective
-CRITIC_OBJECTIVE = ValueObjective
+class PPO(Family):
+    configs = (PPOConfig,)
+    objective = PPOObjective
 
+    def needs(self, cfg) -> Needs:
+        """Rewards, the critic role, and the reference's log-probs (at the rollout temperature) unless kl_coef is 0."""
+        ref = (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0, model="policy"),) \
+            if cfg.algorithm.kl_coef > 0 else ()
+        return Needs(rewards=True, teachers=ref, critic=CriticSpec(ValueObjective, value_model_path(cfg)))
 
-def check(cfg) -> None:
-    c = cfg.cluster
-    replicas = c.critic.replicas or c.learner.replicas
-    if replicas != c.learner.replicas:
-        raise ValueError(f"cluster.critic.replicas ({replicas}) must equal cluster.learner.replicas "
-                         f"({c.learner.replicas}): critic rank i trains on learner rank i's rows (or leave it unset)")
-    if cfg.algorithm.value_model is None and cfg.reward is not None:
-        models = [f for f in cfg.reward.reward_funcs if not isinstance(f, str) and f.name == "reward_model"]
-        if len(models) > 1:
-            raise ValueError("the critic starts from the reward model, and reward.reward_funcs has "
-                             f"{len(models)}: set algorithm.value_model (a path, or the policy's)")
+    cross_section_aliases = staticmethod(cross_section_aliases)
 
+    assemble = staticmethod(assemble)
 
-def warnings(cfg) -> list[str]:
-    a = cfg.algorithm
-    if a.num_generations > 1:
-        return [f"ppo with num_generations {a.num_generations}: the critic is the baseline; more completions per "
-                "prompt only widen the batch"]
-    return []
+    def check(self, cfg) -> None:
+        c = cfg.cluster
+        replicas = c.critic.replicas or c.learner.replicas
+        if replicas != c.learner.replicas:
+            raise ValueError(f"cluster.critic.replicas ({replicas}) must equal cluster.learner.replicas "
+                             f"({c.learner.replicas}): critic rank i trains on learner rank i's rows (or leave it unset)")
+        if cfg.algorithm.value_model is None and cfg.reward is not None:
+            models = [f for f in cfg.reward.reward_funcs if not isinstance(f, str) and f.name == "reward_model"]
+            if len(models) > 1:
+                raise ValueError("the critic starts from the reward model, and reward.reward_funcs has "
+                                 f"{len(models)}: set algorithm.value_model (a path, or the policy's)")
+
+    def warnings(self, cfg) -> list[str]:
+        a = cfg.algorithm
+        if a.num_generations > 1:
+            return [f"ppo with num_generations {a.num_generations}: the critic is the baseline; more completions per "
+                    "prompt only widen the batch"]
+        return []

@@ -19,17 +19,16 @@ import json
 import math
 from typing import Any, Literal, Optional, Union
 
-import ray
 import torch
 from pydantic import Field, model_validator
 
-from cluster.errors import RunError
-from cluster.schema import Strict
-from cluster.batch import group_rows
-from learner.advantages import total_reward
+from relay_rl.learner.advantages import total_reward
+from relay_rl.batch import group_rows
+from relay_rl.errors import RunError
+from relay_rl.schema import Strict
 
 from .base import Needs
-from .sft import OBJECTIVE, SFTConfig, assemble, sources  # noqa: F401  (it trains as SFT)
+from .sft import SFT, SFTConfig
 
 KEPT_FILE = "rejection_sampling.jsonl"
 PROMPTS_PER_ROUND = 256
@@ -58,7 +57,7 @@ class RejectionSamplingConfig(SFTConfig):
 
     @model_validator(mode="after")
     def _filters_known(self):
-        from reward_workers.filters import resolve_filter
+        from relay_rl.reward_workers.filters import resolve_filter
         for i, f in enumerate(self.filters):
             if isinstance(f, str) and ":" in f:
                 continue  # an import path: imported when the run samples
@@ -69,16 +68,9 @@ class RejectionSamplingConfig(SFTConfig):
         return self
 
 
-CONFIGS = (RejectionSamplingConfig,)
-
-
-def needs(cfg) -> Needs:
-    return Needs(rewards=True)
-
-
 def select(rows: list[dict], batch, alg, reward_weights, prompt_column: str, completion_column: str):
     """The kept samples of one scored batch (group id i = record i of ``rows``) and what became of the others."""
-    from reward_workers.filters import resolve_filter
+    from relay_rl.reward_workers.filters import resolve_filter
     filters = [resolve_filter(f if isinstance(f, str) else f.model_dump()) for f in alg.filters]
     r = total_reward(batch.rewards, reward_weights)
     stats = {"sampled": len(batch), "below_threshold": 0, "duplicates": 0, "over_limit": 0, "kept": 0,
@@ -111,42 +103,43 @@ def select(rows: list[dict], batch, alg, reward_weights, prompt_column: str, com
     return kept, stats
 
 
-@ray.remote(num_cpus=0)
-def _select(rows, parts, alg, reward_weights, prompt_column, completion_column):
-    from cluster.batch import Batch
-    return select(rows, Batch.concat(ray.get(parts)), alg, reward_weights, prompt_column, completion_column)
+class RejectionSampling(SFT):
+    """It trains as SFT, on the kept set ``prepare`` makes."""
 
+    configs = (RejectionSamplingConfig,)
 
-def prepare(cfg, pipe, out, log):
-    """Sample, score and filter ``data.train``; write and return the kept set (the run's training data) with the
-    counts (``rejection_sampling/*``)."""
-    import datasets
-    from tqdm import tqdm
+    def needs(self, cfg) -> Needs:
+        return Needs(rewards=True)
 
-    a, path = cfg.algorithm, out / KEPT_FILE
-    if path.is_file():  # a resumed run: the set it sampled
-        log(f"[relay-rl] rejection sampling: reusing {path}")
-        return datasets.Dataset.from_json(str(path)), {}
-    data = pipe.sampler.ds
-    records = data.select(range(min(len(data), a.num_prompts or len(data)))).to_list()
-    weights = cfg.reward.reward_weights or [1.0] * len(cfg.reward.reward_funcs)
-    kept, totals = [], {}
-    for start in tqdm(range(0, len(records), PROMPTS_PER_ROUND), desc="rejection sampling", unit="round",
-                      leave=False):
-        chunk = records[start:start + PROMPTS_PER_ROUND]
-        parts = pipe.sample(chunk, pipe.training_sampling(a.num_samples, cfg.train.seed + start), step=0)
-        rows, stats = ray.get(_select.remote(chunk, parts, a, weights, cfg.data.prompt_column,
-                                             cfg.data.completion_column))
-        kept += rows
-        totals = {k: totals.get(k, 0) + v for k, v in stats.items()}
-    if not kept:
-        raise RunError(f"rejection sampling kept no sample of {totals['sampled']} ({totals}): lower "
-                         "algorithm.reward_threshold, sample more (num_samples), or check the reward functions")
-    path.write_text("".join(json.dumps(row) + "\n" for row in kept))
-    log(f"[relay-rl] rejection sampling: kept {totals['kept']} of {totals['sampled']} samples "
-        f"({totals['prompts_kept']} of {len(records)} prompts); "
-        + ", ".join(f"{k} {v}" for k, v in totals.items() if k not in ("sampled", "kept", "prompts_kept"))
-        + f"; written to {path}")
-    stats = {f"rejection_sampling/{k}": v for k, v in totals.items()}
-    stats["rejection_sampling/kept_fraction"] = totals["kept"] / max(1, totals["sampled"])
-    return datasets.Dataset.from_list(kept), stats
+    def prepare(self, cfg, driver, out, log):
+        """Sample, score and filter ``data.train``; write and return the kept set (the run's training data) with the
+        counts (``rejection_sampling/*``)."""
+        import datasets
+        from tqdm import tqdm
+
+        a, path = cfg.algorithm, out / KEPT_FILE
+        if path.is_file():  # a resumed run: the set it sampled
+            log(f"[relay-rl] rejection sampling: reusing {path}")
+            return datasets.Dataset.from_json(str(path)), {}
+        data = driver.train_data
+        records = data.select(range(min(len(data), a.num_prompts or len(data)))).to_list()
+        weights = cfg.reward.reward_weights or [1.0] * len(cfg.reward.reward_funcs)
+        kept, totals = [], {}
+        for start in tqdm(range(0, len(records), PROMPTS_PER_ROUND), desc="rejection sampling", unit="round",
+                          leave=False):
+            chunk = records[start:start + PROMPTS_PER_ROUND]
+            rows, stats = driver.sample_and_reduce(chunk, a.num_samples, cfg.train.seed + start, select, a, weights,
+                                                   cfg.data.prompt_column, cfg.data.completion_column)
+            kept += rows
+            totals = {k: totals.get(k, 0) + v for k, v in stats.items()}
+        if not kept:
+            raise RunError(f"rejection sampling kept no sample of {totals['sampled']} ({totals}): lower "
+                           "algorithm.reward_threshold, sample more (num_samples), or check the reward functions")
+        path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        log(f"[relay-rl] rejection sampling: kept {totals['kept']} of {totals['sampled']} samples "
+            f"({totals['prompts_kept']} of {len(records)} prompts); "
+            + ", ".join(f"{k} {v}" for k, v in totals.items() if k not in ("sampled", "kept", "prompts_kept"))
+            + f"; written to {path}")
+        stats = {f"rejection_sampling/{k}": v for k, v in totals.items()}
+        stats["rejection_sampling/kept_fraction"] = totals["kept"] / max(1, totals["sampled"])
+        return datasets.Dataset.from_list(kept), stats

@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import torch
 from pydantic import Field, model_validator
 
-from .base import Batching, Needs, Objective
+from .base import Batching, Family, Needs, Objective
 from .self_distillation import (SelfDistillationKnobs, check_template, distillation_loss, rewrite_prompt, sync_teacher,
                                 teacher_moves, teacher_spec, template_fields)
 
@@ -42,18 +42,6 @@ class SDFTConfig(Batching, SelfDistillationKnobs):
         return self
 
 
-CONFIGS = (SDFTConfig,)
-
-
-def needs(cfg) -> Needs:
-    return Needs(rewards=False, teachers=(teacher_spec(cfg),))
-
-
-def data_columns(cfg) -> tuple[str, ...]:
-    """The dataset columns the teacher's prompt reads (checked by the pre-flight)."""
-    return tuple(f for f in template_fields(cfg.algorithm.teacher_prompt_template) if f != "prompt")
-
-
 def teacher_prompt(prompt, row: dict, template: str):
     """The teacher's version of ``prompt``: the template filled with its text and the row's columns (chat messages
     as their texts, one per line)."""
@@ -76,7 +64,7 @@ def teacher_prompts(batch, cfg) -> tuple[list, torch.Tensor]:
     return [teacher_prompt(p, row, tpl) for p, row in zip(batch.prompts, rows)], torch.ones(len(batch), dtype=torch.bool)
 
 
-def generation_prompts(records: list[dict], cfg) -> list | None:
+def generation_prompts(cfg, records: list[dict]) -> list | None:
     """``generate_from_teacher``: the policy samples from the teacher's prompts."""
     a, col = cfg.algorithm, cfg.data.prompt_column
     if not a.generate_from_teacher:
@@ -97,12 +85,12 @@ class SDFTObjective(Objective):
         return s.GA % (s.S * s.mu) != 0
 
     @torch.no_grad()
-    def admit(self, rank, shard):
+    def admit(self, model, shard):
         if self.reuses_batches and not self.alg.generate_from_teacher:
-            shard.old_logprobs = rank.logprobs_no_grad(shard, self.temperature)
+            shard.old_logprobs = model.logprobs_no_grad(shard, self.temperature)
         return shard, {}
 
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         d = logits_BTV.device
         mask_BT = mb.completion_mask.to(d).to(logits_BTV.dtype)
         skip = self.alg.num_loss_tokens_to_skip
@@ -111,12 +99,26 @@ class SDFTObjective(Objective):
         return distillation_loss(self.alg, mb, logits_BTV, self.temperature, mask_BT, self.sched.GA)
 
 
-OBJECTIVE = SDFTObjective
+class SDFT(Family):
+    configs = (SDFTConfig,)
+    objective = SDFTObjective
 
+    def needs(self, cfg) -> Needs:
+        return Needs(rewards=False, teachers=(teacher_spec(cfg),))
 
-def moving_pools(cfg) -> list[str]:
-    return teacher_moves(cfg)
+    def data_columns(self, cfg) -> dict[str, str]:
+        """The dataset columns the teacher's prompt reads."""
+        fields = template_fields(cfg.algorithm.teacher_prompt_template)
+        return {f: "algorithm.teacher_prompt_template" for f in fields if f != "prompt"}
 
+    teacher_prompts = staticmethod(teacher_prompts)
 
-def after_step(cfg, step: int, pipe) -> None:
-    sync_teacher(cfg, step, pipe)
+    generation_prompts = staticmethod(generation_prompts)
+
+    assemble = staticmethod(assemble)
+
+    def moving_pools(self, cfg) -> list[str]:
+        return teacher_moves(cfg)
+
+    def after_step(self, cfg, step: int, driver) -> None:
+        sync_teacher(cfg, step, driver)

@@ -26,11 +26,11 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from cluster.batch import group_rows
-from learner.advantages import total_reward
+from relay_rl.learner.advantages import total_reward
+from relay_rl.batch import group_rows
 
 from . import grpo
-from .base import Needs
+from .base import Family, Needs
 from .grpo import GRPOConfig, GRPOObjective
 from .self_distillation import (SelfDistillationKnobs, check_template, distillation_loss, rewrite_prompt, sync_teacher,
                                 teacher_moves, teacher_spec)
@@ -72,18 +72,6 @@ class SDPOConfig(GRPOConfig, SelfDistillationKnobs):
         check_template("solution_template", self.solution_template, {"successful_previous_attempt"})
         check_template("feedback_template", self.feedback_template, {"feedback_raw"})
         return self
-
-
-CONFIGS = (SDPOConfig,)
-
-
-def needs(cfg) -> Needs:
-    return Needs(rewards=True, teachers=(teacher_spec(cfg), *grpo.reference_spec(cfg)))
-
-
-def data_columns(cfg) -> tuple[str, ...]:
-    """The dataset columns the family reads (checked by the pre-flight)."""
-    return (FEEDBACK_COLUMN,) if cfg.algorithm.include_environment_feedback else ()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,9 +124,9 @@ def assemble(batch, alg, reward_weights, seed: int):
 class SDPOObjective(GRPOObjective):
     """(1 - w) L_PG + w L_distill / GA, the distillation term over the rows with a teacher context."""
 
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         w, d = self.alg.distillation_weight, logits_BTV.device
-        pg, stats = super().loss(rank, mb, logits_BTV) if w < 1 else (0.0, {})
+        pg, stats = super().loss(mb, logits_BTV) if w < 1 else (0.0, {})
         mask_BT = mb.completion_mask.to(d) * mb.teacher_context.to(d).unsqueeze(1).to(logits_BTV.dtype)
         distill, d_stats = distillation_loss(self.alg, mb, logits_BTV, self.temperature, mask_BT, self.sched.GA)
         stats.update(d_stats)
@@ -146,21 +134,36 @@ class SDPOObjective(GRPOObjective):
         return (1 - w) * pg + w * distill, stats
 
 
-OBJECTIVE = SDPOObjective
+class SDPO(Family):
+    """GRPO's checks, warnings and reference refresh, the self-teacher beside; no dynamic sampling."""
 
+    configs = (SDPOConfig,)
+    objective = SDPOObjective
 
-def check(cfg) -> None:
-    grpo.check(cfg)
+    def needs(self, cfg) -> Needs:
+        return Needs(rewards=True, teachers=(teacher_spec(cfg), *grpo.reference_spec(cfg)))
 
+    def data_columns(self, cfg) -> dict[str, str]:
+        a = cfg.algorithm
+        return {FEEDBACK_COLUMN: "algorithm.include_environment_feedback"} if a.include_environment_feedback else {}
 
-def warnings(cfg) -> list[str]:
-    return grpo.warnings(cfg)
+    teacher_prompts = staticmethod(teacher_prompts)
 
+    def reprompt_length(self, cfg) -> int:
+        return cfg.algorithm.max_reprompt_len or cfg.rollout.max_prompt_length
 
-def moving_pools(cfg) -> list[str]:
-    return grpo.moving_pools(cfg) + teacher_moves(cfg)
+    assemble = staticmethod(assemble)
 
+    def check(self, cfg) -> None:
+        grpo.metric_column(cfg)
+        grpo.check_gdpo(cfg)
 
-def after_step(cfg, step: int, pipe) -> None:
-    grpo.after_step(cfg, step, pipe)  # a refreshed reference (sync_ref_model)
-    sync_teacher(cfg, step, pipe)
+    def warnings(self, cfg) -> list[str]:
+        return grpo.staleness_warnings(cfg)
+
+    def moving_pools(self, cfg) -> list[str]:
+        return grpo.refreshed_reference(cfg) + teacher_moves(cfg)
+
+    def after_step(self, cfg, step: int, driver) -> None:
+        grpo.refresh_reference(cfg, step, driver)  # a refreshed reference (sync_ref_model)
+        sync_teacher(cfg, step, driver)

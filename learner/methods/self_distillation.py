@@ -23,9 +23,9 @@ from typing import Literal, Optional
 import torch
 from pydantic import Field, model_validator
 
-from cluster.schema import Strict
-from learner.divergences import generalized_jsd, log_tail
-from learner.logprobs import scaled_log_softmax
+from relay_rl.learner.divergences import generalized_jsd, log_tail
+from relay_rl.learner.logprobs import scaled_log_softmax
+from relay_rl.schema import Strict
 
 from .base import TeacherSpec
 
@@ -126,13 +126,13 @@ def teacher_moves(cfg) -> list[str]:
     return [TEACHER_POOL] if cfg.algorithm.teacher_model_kind != "base" else []
 
 
-def sync_teacher(cfg, step: int, pipe) -> None:
+def sync_teacher(cfg, step: int, driver) -> None:
     """live: the policy's weights after every step; ema: every ``teacher_sync_steps``, one EMA update."""
     a = cfg.algorithm
     if a.teacher_model_kind == "live":
-        pipe.sync_teacher(TEACHER_POOL, 1.0)
+        driver.sync_teacher(TEACHER_POOL, 1.0)
     elif a.teacher_model_kind == "ema" and step % a.teacher_sync_steps == 0:
-        pipe.sync_teacher(TEACHER_POOL, a.teacher_update_rate)
+        driver.sync_teacher(TEACHER_POOL, a.teacher_update_rate)
 
 
 def ema(theta_T: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:

@@ -19,9 +19,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from learner.logprobs import packed_completion_logits, token_logprobs
+from relay_rl.learner.logprobs import token_logprobs
 
-from .base import DATASET, Batching, Needs, Objective, step_tokens
+from .base import DATASET, Batching, Family, Needs, Objective, step_tokens
 
 
 class SFTConfig(Batching):
@@ -31,18 +31,6 @@ class SFTConfig(Batching):
     padding_free: bool = False
     """Flatten each micro-batch into one sequence: no pad token is computed, positions restart for each row and
     attention stays within it (TRL's ``padding_free``; transformers detects the packed rows from the positions)."""
-
-
-CONFIGS = (SFTConfig,)
-
-
-def needs(cfg) -> Needs:
-    return Needs(rewards=False)
-
-
-def sources(alg, n_micro_batches: int, seed: int) -> list[str]:
-    """The dataset fills every micro-batch."""
-    return [DATASET] * n_micro_batches
 
 
 def assemble(batch, alg, reward_weights, seed: int):
@@ -64,16 +52,25 @@ class SFTObjective(Objective):
     def begin_step(self, micro_batches) -> None:
         self.step_tokens = step_tokens(micro_batches)
 
-    def forward(self, rank, mb) -> torch.Tensor:
-        if self.alg.padding_free:
-            return packed_completion_logits(rank.engine, *rank._inputs(mb))
-        return super().forward(rank, mb)
+    def forward(self, model, mb) -> torch.Tensor:
+        return model.packed_logits(mb) if self.alg.padding_free else model.logits(mb)
 
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         mask_BT = mb.completion_mask.to(logits_BTV.device)
         total = nll_sum(logits_BTV, mb.completion_ids, mask_BT)
         n = float(mask_BT.sum())
         return total * self.sched.P / max(self.step_tokens, 1.0), {"sft/nll": ("mean", float(total.detach()), n)}
 
 
-OBJECTIVE = SFTObjective
+class SFT(Family):
+    configs = (SFTConfig,)
+    objective = SFTObjective
+
+    def needs(self, cfg) -> Needs:
+        return Needs(rewards=False)
+
+    def sources(self, alg, n_micro_batches: int, seed: int) -> list[str]:
+        """The dataset fills every micro-batch."""
+        return [DATASET] * n_micro_batches
+
+    assemble = staticmethod(assemble)

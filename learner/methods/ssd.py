@@ -16,9 +16,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from learner.logprobs import token_logprobs
+from relay_rl.learner.logprobs import token_logprobs
 
-from .base import Batching, Needs, Objective
+from .base import Batching, Family, Needs, Objective
 
 
 class SSDConfig(Batching):
@@ -27,13 +27,6 @@ class SSDConfig(Batching):
     """Completions per prompt (no group statistics are used)."""
     filter_empty: bool = True
     """Drop (mask out) completions that are empty after stripping, or a single line under 10 characters."""
-
-
-CONFIGS = (SSDConfig,)
-
-
-def needs(cfg) -> Needs:
-    return Needs(rewards=False)
 
 
 def is_empty(text: str) -> bool:
@@ -56,7 +49,7 @@ def nll(logp_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
 
 
 class SSDObjective(Objective):
-    def loss(self, rank, mb, logits_BTV):
+    def loss(self, mb, logits_BTV):
         mask_BT = mb.completion_mask.to(logits_BTV.device)
         logp_BT, _ = token_logprobs(logits_BTV, mb.completion_ids.to(logits_BTV.device))  # temperature 1
         loss = nll(logp_BT, mask_BT)
@@ -64,4 +57,11 @@ class SSDObjective(Objective):
                                                   float(mask_BT.sum()))}
 
 
-OBJECTIVE = SSDObjective
+class SSD(Family):
+    configs = (SSDConfig,)
+    objective = SSDObjective
+
+    def needs(self, cfg) -> Needs:
+        return Needs(rewards=False)
+
+    assemble = staticmethod(assemble)

@@ -33,8 +33,8 @@ COMMON = ["cluster.learner.replicas=1", "cluster.learner.num_cpus=1", "algorithm
 
 def run(recipe: str, extra: list[str], steps: int, eval_every: int, lr: float) -> list[tuple[int, float, float]]:
     """[(step, training seconds so far, held-out accuracy)] at every evaluation."""
-    from cluster.config import load_config
-    from cluster.controller import train
+    from relay_rl.cluster.config import load_config
+    from relay_rl.cluster.runner import train
     overlay = [] if recipe == "quickstart" else [str(ROOT / "deploy/overlays/kit.yaml")]
     cfg = load_config(ROOT / f"deploy/recipes/{recipe}.yaml", [*overlay, *COMMON, f"train.max_steps={steps}",
                                                                f"train.eval_steps={eval_every}",
@@ -64,9 +64,10 @@ def main() -> None:
     ap.add_argument("--distill-lr", type=float, default=None, help="default: --lr")
     ap.add_argument("--distill-generations", type=int, default=1, help="completions per prompt for distillation")
     a = ap.parse_args()
-    from cluster.config import KitConfig
-    from cluster.kit import ensure_kit
-    ensure_kit(KitConfig(), parts=("teacher",))
+    from relay_rl.cluster.config import KitConfig
+    from relay_rl.cluster.kit.build import ensure_kit
+    from relay_rl.cluster.runner import train
+    ensure_kit(KitConfig(), train, parts=("teacher",))
     curves = {"GRPO (kit verifier)": run("quickstart", [], a.steps, a.eval_every, a.lr),
               "on-policy distillation (kit:teacher)": run("on_policy_distillation",
                                                           [f"algorithm.num_generations={a.distill_generations}"],

@@ -28,8 +28,8 @@ OVERLAYS = {"kit": ["kit.yaml"], "hard": ["kit.yaml", "kit_hard.yaml"]}
 
 
 def one_run(task: str, dynamic: bool, steps: int, eval_steps: int, seed: int) -> dict:
-    from cluster.config import load_config
-    from cluster.controller import train
+    from relay_rl.cluster.config import load_config
+    from relay_rl.cluster.runner import train
     cfg = load_config(ROOT / "deploy/recipes/dapo.yaml", [
         *(str(ROOT / "deploy/overlays" / o) for o in OVERLAYS[task]),
         f"algorithm.filter_groups.enable={str(dynamic).lower()}", f"train.max_steps={steps}",
@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("--out", default="bench_dynamic_sampling")
     args = p.parse_args()
     import ray
-    from cluster.runtime import init_ray
+    from relay_rl.cluster.runtime import init_ray
     init_ray(None, "bench", print)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ def plain_rank(rank: int, world: int, port: int, model_path: str, dtype: str, at
 
 def gather_rank(rank: int, world: int, port: int, model_path: str, layers: int, out: str) -> None:
     deepspeed, torch = _init(rank, world, port)
-    from learner.weights import gather_partitions
+    from relay_rl.learner.gather import gather_partitions
     if model_path:
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -144,9 +144,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
     a = ap.parse_args()
-    from cluster.config import KitConfig
-    from cluster.kit import ensure_kit
-    model = str(ensure_kit(KitConfig()) / "warm_start")
+    from relay_rl.cluster.config import KitConfig
+    from relay_rl.cluster.kit.build import ensure_kit
+    from relay_rl.cluster.runner import train
+    model = str(ensure_kit(KitConfig(), train) / "warm_start")
 
     fp32 = ("float32", None)
     steps = [("2 ranks, ZeRO-3, DeepSpeed's default persistence threshold", 2, {"stage": 3}, fp32),

@@ -115,7 +115,7 @@ def code_records(n_prompts: int, group: int, slow: int, seed: int = 0):
     """Kit code-task rows for synthetic a+b= prompts, and ``group`` distinct completions per row: a mix of right,
     right-as-an-expression, wrong (partial credit) and non-compiling programs; ``slow`` of them in the whole batch
     loop until the CPU limit kills them."""
-    from cluster.kit_code import code_row
+    from relay_rl.cluster.kit.code_task import code_row
     rng = random.Random(seed)
     records, comps = [], []
     for _ in range(n_prompts):
@@ -134,7 +134,7 @@ def make_batch(records: list[dict], comps: list[list[str]], tokenizer, group_ids
     """A rollout ``Batch`` as ``RolloutWorker._batch`` builds it: prompts left-padded, completions right-padded and
     ended by EOS, the dataset's other columns repeated per completion."""
     import torch
-    from cluster.batch import Batch
+    from relay_rl.batch import Batch
     rows = [(i, c) for i, cs in enumerate(comps) for c in cs]
     p_tok = [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in records]
     c_tok = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, c in rows]
@@ -173,7 +173,7 @@ def rollout_chunks(records, comps, tokenizer, R: int) -> list:
 def service_config(reward_funcs: list, model_path: str, data_file: str, replicas: int, num_cpus: float | None):
     """A run config (the quickstart recipe without its kit) whose reward section is ``reward_funcs``."""
     import yaml
-    from cluster.config import validate_dict
+    from relay_rl.cluster.config import validate_dict
     raw = yaml.safe_load((ROOT / "deploy/recipes/quickstart.yaml").read_text())
     raw.pop("kit", None)
     raw["model"] = {"name_or_path": model_path}
@@ -191,9 +191,9 @@ class Service:
     def __init__(self, run_name: str, reward_funcs: list, model_path: str, data_file: str, replicas: int,
                  num_cpus: float | None):
         import ray
-        from cluster.config import resolve_schedule
-        from cluster.pipeline import Pipeline
-        from cluster.pools import PoolMaker, Pools
+        from relay_rl.cluster.config import resolve_schedule
+        from relay_rl.cluster.pipeline import Pipeline
+        from relay_rl.cluster.pools import PoolMaker, Pools
         self.cfg = service_config(reward_funcs, model_path, data_file, replicas, num_cpus)
         make = PoolMaker(self.cfg, run_name, model_path, None, model_path)
         t0 = time.perf_counter()
@@ -292,7 +292,7 @@ def run_configs(service: Service, chunks: list, whole, baselines: dict, warm: di
 def bench_rm(a, tmp: Path, data_file: str, threads: int) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from reward_workers.reward_model import texts_for_reward_model
+    from relay_rl.reward_workers.reward_model import texts_for_reward_model
 
     t0 = time.perf_counter()
     path, words = random_reward_model(tmp / "rm", a.vocab, a.hidden, a.layers)
@@ -336,7 +336,7 @@ def bench_rm(a, tmp: Path, data_file: str, threads: int) -> dict:
 
 
 def bench_code(a, tmp: Path, data_file: str) -> dict:
-    from reward_workers.registry import resolve
+    from relay_rl.reward_workers.registry import resolve
 
     t0 = time.perf_counter()
     tok_dir = tmp / "char_tokenizer"  # the policy's tokenizer (the reward actor loads it; code_tests does not use it)
@@ -424,8 +424,8 @@ def main() -> None:
 
     import ray
     import torch
-    from cluster.config import ClusterSpec
-    from cluster.runtime import configure_worker, default_env
+    from relay_rl.cluster.config import ClusterSpec
+    from relay_rl.process import configure_worker, default_env
 
     configure_worker()
     num_cpus = a.num_cpus if a.num_cpus is not None else ClusterSpec().reward.num_cpus

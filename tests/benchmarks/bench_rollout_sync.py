@@ -37,7 +37,7 @@ def random_model(out: Path, hidden: int, layers: int, inter: int, max_pos: int =
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from cluster.kit import build_tokenizer
+    from relay_rl.cluster.kit.task import build_tokenizer
     tok = build_tokenizer()
     cfg = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                       num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128), head_dim=64,
@@ -59,8 +59,9 @@ def bench_rollout(engine: str, model: str, repeats: int, n_prompts: int, n: int,
                   gpu: bool = False) -> dict:
     import ray
 
-    from rollout_workers.actor import RolloutWorker
-    from rollout_workers.engine import SamplingParams, make_engine
+    from relay_rl.rollout_workers.actor import RolloutWorker
+    from relay_rl.sampling import SamplingParams
+    from relay_rl.rollout_workers.actor import make_engine
 
     records = [{"prompt": f"{10 + i % 90}+{10 + (i * 7) % 90}="} for i in range(n_prompts)]
     params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0)
@@ -102,10 +103,10 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb:
     import numpy as np
     import ray
 
-    from cluster.config import validate_dict
-    from cluster.pipeline import Pipeline
-    from cluster.pools import create_pools, shutdown_pools
-    from cluster.config import resolve_schedule
+    from relay_rl.cluster.config import validate_dict
+    from relay_rl.cluster.pipeline import Pipeline
+    from relay_rl.cluster.pools import create_pools, shutdown_pools
+    from relay_rl.cluster.config import resolve_schedule
     from tests.conftest import quickstart_dict
 
     rollout = {"weight_transport": transport, "weight_sync_bucket_mb": bucket_mb, "engine": engine}
@@ -141,8 +142,8 @@ def bench_sync(model: str, repeats: int, transport: str, engine: str, bucket_mb:
 
         def sync():
             version[0] += 1
-            pipe.sync_rollout(version[0])
-            return pipe.sync_stats()
+            pipe.weights.sync(version[0])
+            return pipe.weights.finish()
 
         nbytes = sync()["sync/bytes"]  # warm-up
         putter, getter = Putter.remote(nbytes), Getter.remote()
@@ -179,7 +180,7 @@ def engine_reload_s(model: str, engine: str, repeats: int, gpu: bool = False) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
-    from rollout_workers.engine import make_engine
+    from relay_rl.rollout_workers.actor import make_engine
     opts = engine_opts(engine, gpu)
     eng = make_engine(engine, model, "float32", opts)
     state = {k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(model).named_parameters()}

@@ -33,7 +33,7 @@ SIZES = {  # hidden, layers, intermediate: parameters with the kit's 14-token vo
 
 
 def build(size: str, root: Path, kit_cfg) -> str:
-    from cluster.kit import build_model, build_tokenizer
+    from relay_rl.cluster.kit.task import build_model, build_tokenizer
     hidden, layers, inter = SIZES[size]
     cfg = kit_cfg.model_copy(update={"hidden_size": hidden, "num_hidden_layers": layers, "intermediate_size": inter,
                                      "num_attention_heads": hidden // 32, "num_key_value_heads": hidden // 64})
@@ -46,8 +46,8 @@ def build(size: str, root: Path, kit_cfg) -> str:
 
 
 def cell(model: str, batch: int, steps: int) -> dict:
-    from cluster.config import load_config
-    from cluster.controller import train
+    from relay_rl.cluster.config import load_config
+    from relay_rl.cluster.runner import train
     cfg = load_config(ROOT / "deploy/recipes/quickstart.yaml", [
         f"model.name_or_path={model}", f"algorithm.per_device_train_batch_size={batch // 2}",
         f"train.max_steps={steps}", "train.eval_steps=null", "train.max_idle_steps=0",
@@ -83,11 +83,12 @@ def main():
     a = ap.parse_args()
     import ray
 
-    from cluster.config import KitConfig
-    from cluster.kit import ensure_kit
-    from cluster.runtime import default_env
+    from relay_rl.cluster.config import KitConfig
+    from relay_rl.cluster.kit.build import ensure_kit
+    from relay_rl.cluster.runner import train
+    from relay_rl.process import default_env
     kit_cfg = KitConfig()
-    ensure_kit(kit_cfg)
+    ensure_kit(kit_cfg, train)
     ray.init(address="local", num_cpus=4, include_dashboard=False,
              runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1"}})
     results = []

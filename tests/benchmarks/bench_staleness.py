@@ -30,8 +30,8 @@ MODES = {  # how a lagged batch is anchored (ALGORITHMS.md §1.4)
 
 
 def run(k: int, mode: str, steps: int, extra: list[str]) -> dict:
-    from cluster.config import load_config
-    from cluster.controller import train
+    from relay_rl.cluster.config import load_config
+    from relay_rl.cluster.runner import train
 
     cfg = load_config(ROOT / "deploy/recipes/quickstart.yaml", [
         f"train.max_steps={steps}", "train.eval_steps=null", f"algorithm.max_staleness={k}",

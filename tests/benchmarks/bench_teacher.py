@@ -41,7 +41,7 @@ def random_teacher(out: Path, vocab: int, hidden: int, layers: int) -> str:
 
 def make_batch(rows: int, prompt: int, completion: int, vocab: int):
     import torch
-    from cluster.batch import Batch
+    from relay_rl.batch import Batch
     g = torch.Generator().manual_seed(0)
     return Batch(prompt_ids=torch.randint(2, vocab, (rows, prompt), generator=g),
                  prompt_mask=torch.ones(rows, prompt, dtype=torch.long),
@@ -65,9 +65,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cluster.runtime import configure_worker, default_env
-    from learner.logprobs import sequence_inputs
-    from teacher_workers.actor import TeacherWorker
+    from relay_rl.process import configure_worker, default_env
+    from relay_rl.learner.logprobs import sequence_inputs
+    from relay_rl.teacher_workers.actor import TeacherWorker
 
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-teacher-"))
     path = random_teacher(tmp / "teacher", args.vocab, args.hidden, args.layers)

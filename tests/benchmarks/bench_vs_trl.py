@@ -40,7 +40,7 @@ def run_trl(kit_root: Path, steps: int, seed: int, bf16: bool = False) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from learner.sft import greedy_accuracy
+    from relay_rl.cluster.kit.train_sft import greedy_accuracy
 
     tok = AutoTokenizer.from_pretrained(kit_root / "warm_start")
     model = AutoModelForCausalLM.from_pretrained(kit_root / "warm_start", dtype=torch.float32)
@@ -81,8 +81,8 @@ BEST = [str(ROOT / "deploy/overlays/cpu_fast.yaml")]
 
 
 def run_relay(steps: int, seed: int, overrides: list[str], engine: str = "hf") -> dict:
-    from cluster.config import load_config
-    from cluster.controller import train
+    from relay_rl.cluster.config import load_config
+    from relay_rl.cluster.runner import train
 
     cfg = load_config(ROOT / "deploy/recipes/quickstart.yaml", [
         f"train.max_steps={steps}", f"train.seed={seed}", f"train.eval_steps={steps}", f"rollout.engine={engine}",
@@ -109,9 +109,10 @@ def main():
     ap.add_argument("--engine", default="hf")
     a = ap.parse_args()
 
-    from cluster.config import KitConfig
-    from cluster.kit import ensure_kit
-    kit_root = ensure_kit(KitConfig())
+    from relay_rl.cluster.config import KitConfig
+    from relay_rl.cluster.kit.build import ensure_kit
+    from relay_rl.cluster.runner import train
+    kit_root = ensure_kit(KitConfig(), train)
     runs = {"TRL GRPOTrainer": lambda: run_trl(kit_root, a.steps, a.seed),
             "TRL bf16": lambda: run_trl(kit_root, a.steps, a.seed, bf16=True),
             "relay-rl quickstart": lambda: run_relay(a.steps, a.seed, [], a.engine),

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from cluster.cli import main
+from relay_rl.cluster.cli import main
 from tests.conftest import quickstart_dict
 
 FNS = "tests.integration.reward_fns"

@@ -13,8 +13,8 @@ import time
 
 import ray
 
-from cluster.config import validate_dict
-from cluster.controller import train
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.runner import train
 from tests.conftest import quickstart_dict
 
 

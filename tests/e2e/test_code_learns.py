@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from cluster.config import load_config
-from cluster.controller import train
+from relay_rl.cluster.config import load_config
+from relay_rl.cluster.runner import train
 from tests.conftest import RECIPES
 
 STEPS = 24  # 6 generation batches of 256 completions (the overlay's 4 optimizer steps each)

@@ -4,8 +4,8 @@ max_num_gen_batches honoured (fill or error), k = 0 reproducible, and with max_s
 and the drop / use staleness policies."""
 import pytest
 
-from cluster.config import resolve_schedule
-from cluster.errors import RunError
+from relay_rl.cluster.config import resolve_schedule
+from relay_rl.errors import RunError
 from tests.e2e.test_staleness import SLOW_ROLLOUT, assert_ledger_balances, run
 
 ON = {"filter_groups": {"enable": True}}

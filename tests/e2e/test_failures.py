@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cluster.config import validate_dict
-from cluster.controller import train
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.runner import train
 from tests.conftest import quickstart_dict
 
 SHORT = {"max_steps": 6, "eval_steps": None}

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from cluster.config import validate_dict
-from cluster.controller import train
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.runner import train
 from tests.conftest import quickstart_dict
 
 STEPS = 100
@@ -40,7 +40,7 @@ def test_quickstart_learns(ray_cluster, kit, tmp_path):
 
     # the final checkpoint is a plain HF model that transformers loads and that solves as well as the eval said
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from learner.sft import greedy_accuracy
+    from relay_rl.cluster.kit.train_sft import greedy_accuracy
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     tok = AutoTokenizer.from_pretrained(tmp_path / "final")
     test_rows = [json.loads(line) for line in open(kit["root"] / "test.jsonl")]
@@ -51,7 +51,7 @@ def test_cpu_fast_overlay_learns(ray_cluster, kit, tmp_path):
     """deploy/overlays/cpu_fast.yaml (the README's fastest 2-core settings): one ZeRO-0 rank training in bfloat16 with
     eager attention (the learner's own choice in bf16 on CPU: the overlay leaves the knob unset) while the rollout
     generates one version ahead. It must learn as the quickstart does."""
-    from cluster.config import load_config
+    from relay_rl.cluster.config import load_config
     from tests.conftest import RECIPES
     steps = 100
     cfg = load_config(RECIPES / "quickstart.yaml", [str(RECIPES.parent / "overlays" / "cpu_fast.yaml"),

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from cluster.config import load_config
-from cluster.stages import train_stages
+from relay_rl.cluster.config import load_config
+from relay_rl.cluster.stages import train_stages
 from tests.conftest import RECIPES
 
 SHORT = ["stages.cold_start.train.max_steps=150", "stages.reasoning_rl.train.max_steps=8",

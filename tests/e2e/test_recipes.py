@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import load_config, resolve_schedule
+from relay_rl.cluster.config import load_config, resolve_schedule
 from tests.conftest import RECIPES
 
 PAPER_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if p.stem != "quickstart")
@@ -76,7 +76,7 @@ def test_recipes_left_out_here_run_in_their_learning_test():
 
 @pytest.mark.parametrize("recipe", [p for p in PAPER_RECIPES if p.stem not in LEARNING_TESTS], ids=lambda p: p.stem)
 def test_recipe_runs_two_steps_on_the_kit(recipe, ray_cluster, kit, tmp_path):
-    from cluster.controller import train
+    from relay_rl.cluster.runner import train
 
     paper = yaml.safe_load(recipe.read_text())
     cfg = load_config(recipe, kit_overrides(recipe))

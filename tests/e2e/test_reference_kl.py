@@ -5,8 +5,8 @@ The reference is the frozen initial policy, so the step-1 KL is exactly 0 and la
 """
 import json
 
-from cluster.config import validate_dict
-from cluster.controller import train
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.runner import train
 from tests.conftest import quickstart_dict
 
 

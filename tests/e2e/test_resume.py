@@ -10,9 +10,9 @@ import shutil
 import pytest
 import yaml
 
-from cluster import checkpoint
-from cluster.cli import main
-from cluster.config import ConfigError
+from relay_rl.cluster import checkpoint
+from relay_rl.cluster.cli import main
+from relay_rl.errors import ConfigError
 from tests.conftest import quickstart_dict
 
 COMPARED = ("loss", "policy_loss", "reward/mean", "reward/std", "grad_norm", "learning_rate", "entropy",
@@ -94,7 +94,7 @@ def test_resume_bad_input_is_refused_before_any_actor(uninterrupted, tmp_path, c
 
 KILLED_DRIVER = """
 import os, sys, time
-from cluster import checkpoint
+from relay_rl.cluster import checkpoint
 commit = checkpoint.commit
 
 def commit_then_hang(tmp, *args):  # the ranks have written their state; the driver dies before the mark
@@ -104,7 +104,7 @@ def commit_then_hang(tmp, *args):  # the ranks have written their state; the dri
     return commit(tmp, *args)
 
 checkpoint.commit = commit_then_hang
-from cluster.cli import main
+from relay_rl.cluster.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import ray
 
-from cluster.config import validate_dict
-from cluster.controller import train
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.runner import train
 from tests.conftest import quickstart_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def _step(path: Path) -> int:
 
 def _scale(out: Path, *args) -> tuple[int, str]:
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    p = subprocess.run([sys.executable, "-m", "cluster.cli", "scale", str(out), *map(str, args)], cwd=ROOT, env=env,
+    p = subprocess.run([sys.executable, "-m", "relay_rl", "scale", str(out), *map(str, args)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     return p.returncode, p.stdout + p.stderr
 
@@ -87,7 +87,7 @@ def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_pat
                        ("relay_rl_tokens_per_s", "rollout"), ("relay_rl_sync_bytes", "rollout")):
         assert any(line.startswith(f"ray_{name}{{") and f'run="{run}"' in line and f'pool="{pool}"' in line
                    for line in text.splitlines()), (name, pool)
-    from cluster.metrics import MetricsLog
+    from relay_rl.cluster.metrics import MetricsLog
     defined = {f"ray_{name}" for name, _ in MetricsLog.GAUGES.values()}
     exported = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_relay_rl_")}
     assert len(exported) >= 12 and exported <= defined, exported - defined

@@ -7,8 +7,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from cluster.config import load_config
-from cluster.controller import train
+from relay_rl.cluster.config import load_config
+from relay_rl.cluster.runner import train
 from tests.conftest import RECIPES
 
 OVERLAYS = RECIPES.parent / "overlays"

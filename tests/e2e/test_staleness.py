@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cluster.config import resolve_schedule, validate_dict
-from cluster.controller import train
+from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.cluster.runner import train
 from tests.conftest import quickstart_dict
 
 SLOW_ROLLOUT = {"reward_funcs": [{"name": "tests.integration.reward_fns:slow_exact", "kwargs": {"delay_s": 0.3}}]}

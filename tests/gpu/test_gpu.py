@@ -14,7 +14,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-from rollout_workers.engine import SamplingParams  # noqa: E402
+from relay_rl.sampling import SamplingParams  # noqa: E402
 from tests.conftest import quickstart_dict  # noqa: E402
 
 PROMPTS = ["12+34=", "55+21=", "90+99=", "17+17=", "63+28=", "41+50="]
@@ -23,8 +23,8 @@ BACKEND = os.environ.get("RELAY_RL_VLLM_ATTENTION_BACKEND")
 
 @pytest.fixture(scope="module")
 def engines(kit):
-    from rollout_workers.hf_engine import HFEngine
-    from rollout_workers.vllm_engine import VLLMEngine
+    from relay_rl.rollout_workers.hf_engine import HFEngine
+    from relay_rl.rollout_workers.vllm_engine import VLLMEngine
     v = VLLMEngine(kit["warm_start"], dtype="float32", max_model_len=64, enforce_eager=True, seed=0,
                    gpu_memory_utilization=0.3, attention_backend=BACKEND)
     hf = HFEngine(kit["warm_start"], dtype="float32", device="cuda")
@@ -32,7 +32,7 @@ def engines(kit):
 
 
 def test_vllm_gpu_logprobs_match_transformers(engines):
-    from learner.logprobs import completion_logprobs
+    from relay_rl.learner.logprobs import completion_logprobs
     v, hf, ids = engines
     outs = v.generate(ids, SamplingParams(n=4, temperature=0.7, max_tokens=5, seed=3))
     worst = 0.0
@@ -66,8 +66,8 @@ def test_vllm_gpu_weight_updates(engines):
 def test_zero3_nccl_step_and_colocated_run(ray_cluster, kit, tmp_path, transport):
     """ZeRO-3 over NCCL with vLLM on the same GPU: sleep/wake around training, weights by NCCL broadcast or by CUDA
     IPC (vLLM copies straight from the learner rank's GPU memory)."""
-    from cluster.config import validate_dict
-    from cluster.controller import train
+    from relay_rl.cluster.config import validate_dict
+    from relay_rl.cluster.runner import train
     raw = quickstart_dict(
         rollout={"engine": "vllm", "weight_transport": transport,
                  "vllm": {"enforce_eager": True, "gpu_memory_utilization": 0.3, "enable_sleep_mode": True,

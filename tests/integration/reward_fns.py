@@ -68,8 +68,8 @@ def kill_rollout_once(marker: str):
 
 def slow_exact(tokenizer=None, delay_s: float = 0.3):
     """A factory: the kit's exact-answer verifier, deliberately slow (a slow rollout side)."""
-    from cluster.kit import build_tokenizer
-    from reward_workers.verifiers import make_arithmetic_exact
+    from relay_rl.cluster.kit.task import build_tokenizer
+    from relay_rl.reward_workers.verifiers import make_arithmetic_exact
     exact = make_arithmetic_exact(build_tokenizer())
 
     def reward(completion_ids, answer, **kwargs):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import main, parse
+from relay_rl.cluster.cli import main, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,8 +60,8 @@ cluster: {learner: {replicas: 1}}
 def user(tmp_path_factory):
     """A user's folder: an own tiny model (saved with save_pretrained), train.jsonl and my_rewards.py, beside which
     the run files live (relative paths and the reward import resolve from there)."""
-    from cluster.config import KitConfig
-    from cluster.kit import build_model, build_tokenizer
+    from relay_rl.cluster.config import KitConfig
+    from relay_rl.cluster.kit.task import build_model, build_tokenizer
     d = tmp_path_factory.mktemp("user")
     tok = build_tokenizer()
     build_model(KitConfig(), tok).save_pretrained(d / "model")
@@ -459,7 +459,7 @@ def test_a_run_folder_that_holds_a_run_is_refused(user, capsys, tmp_path):
 
 def _console(*argv, env=None, timeout=120) -> tuple[int, str, float]:
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "cluster.cli", *map(str, argv)], cwd=ROOT, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "relay_rl", *map(str, argv)], cwd=ROOT, capture_output=True,
                        text=True, timeout=timeout, env={**os.environ, **(env or {})})
     return p.returncode, p.stdout + p.stderr, time.time() - t0
 

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from reward_workers.judge import parse_verdict, template_fields
+from relay_rl.reward_workers.judge import parse_verdict, template_fields
 
 TEMPLATE = "{completion}+11="
 
@@ -40,8 +40,8 @@ def test_the_judge_pool_answers_as_a_direct_generation(ray_cluster, kit):
     a direct ``generate`` (greedy) of the filled template gives, or None where that answer holds no number."""
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from reward_workers.registry import resolve
-    from rollout_workers.actor import RolloutWorker
+    from relay_rl.reward_workers.registry import resolve
+    from relay_rl.rollout_workers.actor import RolloutWorker
     names = [f"test-judge/judge-{i}" for i in range(2)]
     actors = [ray.remote(RolloutWorker).options(name=n, namespace="test-judge", num_cpus=0.1).remote(
         kit["warm_start"], "hf", "float32", {}, index=i, pool="judge") for i, n in enumerate(names)]
@@ -81,8 +81,9 @@ def test_the_judge_pool_answers_as_a_direct_generation(ray_cluster, kit):
     ({"pattern": "(unclosed"}, r"reward_funcs\[1\].*not a valid regular expression"),
 ])
 def test_bad_judge_settings_are_preflight_errors(kit, kwargs, message):
-    from cluster.config import ConfigError, validate_dict
-    from cluster.preflight import preflight
+    from relay_rl.errors import ConfigError
+    from relay_rl.cluster.config import validate_dict
+    from relay_rl.cluster.preflight import preflight
     from tests.conftest import quickstart_dict
     raw = quickstart_dict(reward={"reward_funcs": ["arithmetic_exact",
                                                    {**judge_spec("kit:warm_start"),
@@ -92,8 +93,9 @@ def test_bad_judge_settings_are_preflight_errors(kit, kwargs, message):
 
 
 def test_two_judge_models_are_refused(kit):
-    from cluster.config import ConfigError, validate_dict
-    from cluster.preflight import preflight
+    from relay_rl.errors import ConfigError
+    from relay_rl.cluster.config import validate_dict
+    from relay_rl.cluster.preflight import preflight
     from tests.conftest import quickstart_dict
     raw = quickstart_dict(reward={"reward_funcs": [judge_spec("kit:warm_start"), judge_spec("kit:base")]})
     with pytest.raises(ConfigError, match="one judge pool"):
@@ -118,8 +120,8 @@ def test_the_pairwise_judge_scores_each_pair_by_the_judge_pools_answer(ray_clust
     asked; an unparseable answer is None for both rows."""
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from reward_workers.registry import resolve
-    from rollout_workers.actor import RolloutWorker
+    from relay_rl.reward_workers.registry import resolve
+    from relay_rl.rollout_workers.actor import RolloutWorker
     names = [f"test-pair/judge-{i}" for i in range(2)]
     actors = [ray.remote(RolloutWorker).options(name=n, namespace="test-pair", num_cpus=0.1).remote(
         kit["warm_start"], "hf", "float32", {}, index=i, pool="judge") for i, n in enumerate(names)]
@@ -173,8 +175,9 @@ def test_the_pairwise_judge_scores_each_pair_by_the_judge_pools_answer(ray_clust
     ({"model": "kit:base"}, r"one judge pool"),
 ])
 def test_bad_pairwise_judge_settings_are_preflight_errors(kit, kwargs, message):
-    from cluster.config import ConfigError, validate_dict
-    from cluster.preflight import preflight
+    from relay_rl.errors import ConfigError
+    from relay_rl.cluster.config import validate_dict
+    from relay_rl.cluster.preflight import preflight
     from tests.conftest import quickstart_dict
     spec = pair_spec("kit:warm_start")
     raw = quickstart_dict(reward={"reward_funcs": [judge_spec("kit:warm_start"),

@@ -5,13 +5,13 @@ import time
 import pytest
 import torch
 
-from rollout_workers.engine import SamplingParams
+from relay_rl.sampling import SamplingParams
 
 
 def test_generation_in_flight_switches_weights_between_chunks(ray_cluster, kit):
     import ray
-    from learner.weights import to_arrays
-    from rollout_workers.actor import RolloutWorker
+    from relay_rl.transport.object_store import to_arrays
+    from relay_rl.rollout_workers.actor import RolloutWorker
     from transformers import AutoModelForCausalLM
 
     model = kit["base"]  # untrained weights: completions run to max_tokens, so the generation takes a while
@@ -27,14 +27,14 @@ def test_generation_in_flight_switches_weights_between_chunks(ray_cluster, kit):
     params = SamplingParams(n=4, temperature=1.0, max_tokens=48, seed=0)
     gen = w.generate.remote(records, params)
     time.sleep(0.3)  # the load arrives while the generation (about 2 s of 2-token chunks) runs
-    load = ray.get(w.load_weights.remote(1, refs))
+    load = ray.get(w.receive_weights.remote(1, "object_store", refs))
     batch = ray.get(gen)
     assert load["deferred"] is True
     assert batch.mixed_version.any(), "no row crossed the weight sync"
     assert batch.policy_version.eq(0).all()  # tagged with the oldest version that sampled them
     assert ray.get(w.get_version.remote()) == 1
     # a row's last token was sampled by the new weights: its behaviour log-prob is the new model's
-    from learner.logprobs import completion_logprobs
+    from relay_rl.learner.logprobs import completion_logprobs
     hf.load_state_dict(new, strict=False)
     i = int(batch.mixed_version.nonzero()[0])
     L = int(batch.completion_mask[i].sum())

@@ -2,9 +2,10 @@
 to change (on the automatic local cluster); a remote cluster that may still grow gets a warning instead."""
 import pytest
 
-from cluster.config import ConfigError, validate_dict
-from cluster.data import load_data
-from cluster.pools import check_resources
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.data import load_data
+from relay_rl.cluster.pools import check_resources
 from tests.conftest import quickstart_dict
 
 

@@ -4,7 +4,7 @@ prompts go through the reward model's chat template."""
 import pytest
 import torch
 
-from reward_workers.registry import resolve
+from relay_rl.reward_workers.registry import resolve
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_scores_equal_a_direct_forward(reward_model_dir):
 
 def test_chat_prompts_use_the_reward_models_template(reward_model_dir):
     from transformers import AutoTokenizer
-    from reward_workers.reward_model import texts_for_reward_model
+    from relay_rl.reward_workers.reward_model import texts_for_reward_model
     tok = AutoTokenizer.from_pretrained(reward_model_dir)
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     texts = texts_for_reward_model(tok, [[{"role": "user", "content": "1+2="}]], ["3"])
@@ -56,8 +56,8 @@ def test_a_run_combines_a_reward_model_a_judge_and_a_rule_reward(ray_cluster, ki
     test_judge.py checks its verdicts). Two reward replicas beside one rollout replica split its chunks (both call the
     one judge pool)."""
     import json
-    from cluster.config import validate_dict
-    from cluster.controller import train
+    from relay_rl.cluster.config import validate_dict
+    from relay_rl.cluster.runner import train
     from tests.conftest import quickstart_dict
     from tests.integration.test_judge import judge_spec
     raw = quickstart_dict(train={"max_steps": 2, "eval_steps": None, "save_steps": None},
@@ -98,8 +98,9 @@ def test_a_model_type_without_a_classification_class_is_refused(tmp_path):
 
 
 def test_the_pre_flight_names_a_causal_lm_reward_model(kit):
-    from cluster.config import ConfigError, validate_dict
-    from cluster.preflight import preflight
+    from relay_rl.errors import ConfigError
+    from relay_rl.cluster.config import validate_dict
+    from relay_rl.cluster.preflight import preflight
     from tests.conftest import quickstart_dict
     raw = quickstart_dict(reward={"reward_funcs": [{"name": "reward_model", "kwargs": {"model": kit["warm_start"]}}]})
     with pytest.raises(ConfigError, match=r"reward_funcs\[0\].*Qwen3ForCausalLM, not a sequence classifier"):

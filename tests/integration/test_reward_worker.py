@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from cluster.batch import Batch
+from relay_rl.batch import Batch
 
 FNS = "tests.integration.reward_fns"
 
@@ -21,7 +21,7 @@ def make_batch(n=4):
 @pytest.fixture(scope="module")
 def worker_cls(ray_cluster):
     import ray
-    from reward_workers.actor import RewardWorker
+    from relay_rl.reward_workers.actor import RewardWorker
     return ray.remote(RewardWorker).options(num_cpus=0.25, max_restarts=1)
 
 
@@ -90,8 +90,8 @@ def test_hanging_function_times_out_and_the_worker_restarts(worker_cls, kit):
 
 
 def test_unknown_function_names_the_choices(kit):
-    from reward_workers.registry import resolve
-    from cluster.kit import build_tokenizer
+    from relay_rl.reward_workers.registry import resolve
+    from relay_rl.cluster.kit.task import build_tokenizer
     with pytest.raises(ValueError, match="arithmetic_exact"):
         resolve("no_such_reward", build_tokenizer())
     with pytest.raises(ValueError, match="cannot be imported"):
@@ -102,7 +102,7 @@ def test_a_part_of_a_chunk_is_whole_groups_in_order(worker_cls, kit):
     """Two reward replicas share one rollout chunk (``Pipeline._score``): part (j, k) scores the j-th of k runs of
     whole groups; the parts, joined in order, are the chunk."""
     import ray
-    from reward_workers.actor import group_part
+    from relay_rl.reward_workers.actor import group_part
     gid = torch.tensor([3, 3, 3, 5, 5, 5, 8, 8, 8, 9, 9, 9, 2, 2, 2])  # 5 groups of 3
     parts = [group_part(gid, j, 2).tolist() for j in range(2)]
     assert parts == [[0, 1, 2, 3, 4, 5], list(range(6, 15))]

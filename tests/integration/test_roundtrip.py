@@ -6,10 +6,10 @@ what the rollout engine produces, and the rollout then matches the learner's wei
 import pytest
 import torch
 
-from cluster.config import resolve_schedule, validate_dict
-from cluster.pipeline import Pipeline
-from cluster.pools import create_pools, shutdown_pools
-from rollout_workers.engine import SamplingParams
+from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.cluster.pipeline import Pipeline
+from relay_rl.cluster.pools import create_pools, shutdown_pools
+from relay_rl.sampling import SamplingParams
 from tests.conftest import quickstart_dict
 
 
@@ -20,7 +20,7 @@ def setup(request, ray_cluster, kit):
     """The three weight transports; the collective one (gloo here, NCCL on GPUs) and ipc (shared memory here, CUDA
     IPC on GPUs; each rank serves the replica beside it) with rollout and learner colocated; and the object store in
     bfloat16 with eager attention (cpu_fast.yaml's precision; under ZeRO-3 the gather is bf16)."""
-    from cluster.data import load_data
+    from relay_rl.cluster.data import load_data
     transport, colocate, dtype = request.param
     raw = quickstart_dict(
         model={"dtype": dtype, "attn_implementation": "eager" if dtype == "bfloat16" else None},
@@ -59,8 +59,8 @@ def test_round_trip_changes_rollout_after_sync(setup):
     ray.get([r.admit.remote(s) for r, s in zip(pools.learner, gen.shards)])
     stats = ray.get([r.train_step.remote() for r in pools.learner])
     assert stats[0]["staleness/max"][1] == 0
-    pipe.sync_rollout(1)
-    sync = pipe.sync_stats()
+    pipe.weights.sync(1)
+    sync = pipe.weights.finish()
     width = {"float32": 4, "bfloat16": 2}[cfg.model.dtype]
     assert sync["sync/bytes"] == 986_240 * width  # every parameter once (tied embeddings once), in the model's dtype
 
@@ -72,7 +72,7 @@ def test_round_trip_changes_rollout_after_sync(setup):
     # the rollout now holds exactly the learner's weights: greedy outputs equal the saved checkpoint's
     import tempfile
     from transformers import AutoModelForCausalLM
-    from rollout_workers.hf_engine import HFEngine
+    from relay_rl.rollout_workers.hf_engine import HFEngine
     with tempfile.TemporaryDirectory() as d:
         ray.get([r.save_hf.remote(d) for r in pools.learner])
         saved = HFEngine(d, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
@@ -98,8 +98,8 @@ def test_second_sync_and_the_engine_keeps_its_copy(setup):
     probe = eval_data.select(range(32)).to_list()
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=5)
     before = ray.get(pools.learner[0].get_version.remote())
-    pipe.sync_rollout(before, force=True)  # the engine now holds what the transport delivers
-    pipe.sync_stats()
+    pipe.weights.sync(before, force=True)  # the engine now holds what the transport delivers
+    pipe.weights.finish()
     held = ray.get(pools.rollout[0].generate.remote(probe, greedy))
     gen = pipe.wait(pipe.launch(1))
     ray.get([r.admit.remote(s) for r, s in zip(pools.learner, gen.shards)])
@@ -107,13 +107,12 @@ def test_second_sync_and_the_engine_keeps_its_copy(setup):
     if transport != "collective":
         plan = ray.get(pools.learner[0].weight_plan.remote(mb))
         for i in range(len(plan)):
-            ray.get([r.share_bucket.remote(mb, i, True) if transport == "ipc" else r.publish_bucket.remote(mb, i)
-                     for r in pools.learner])
+            ray.get([r.send_bucket.remote(transport, mb, i) for r in pools.learner])
         again = ray.get(pools.rollout[0].generate.remote(probe, greedy))
         torch.testing.assert_close(again.behaviour_logprobs, held.behaviour_logprobs, rtol=0, atol=0)
     version = ray.get(pools.learner[0].get_version.remote())
-    pipe.sync_rollout(version)
-    assert pipe.sync_stats()["sync/bytes"] == 986_240 * {"float32": 4, "bfloat16": 2}[cfg.model.dtype]
+    pipe.weights.sync(version)
+    assert pipe.weights.finish()["sync/bytes"] == 986_240 * {"float32": 4, "bfloat16": 2}[cfg.model.dtype]
     moved = ray.get(pools.rollout[0].generate.remote(probe, greedy))
     assert moved.policy_version.eq(version).all() and version == before + 1
     assert (moved.behaviour_logprobs.sum(-1) - held.behaviour_logprobs.sum(-1)).abs().max() > 1e-3
@@ -124,5 +123,5 @@ def test_second_sync_and_the_engine_keeps_its_copy(setup):
         pids = ray.get([r.__ray_call__.remote(lambda self: os.getpid()) for r in pools.learner])
         files = lambda: [f for f in os.listdir("/dev/shm") if any(f.startswith(f"torch_{p}_") for p in pids)]  # noqa: E731
         assert len(files()) == len(plan) * len(pids), files()  # a file per bucket (one dtype) and rank
-        ray.get([r.release_shared.remote() for r in pools.learner])
+        ray.get([r.release_transports.remote() for r in pools.learner])
         assert files() == []

@@ -13,9 +13,9 @@ import warnings
 import pytest
 import torch
 
-from cluster.batch import Batch
-from reward_workers.registry import resolve
-from reward_workers.sandbox import (Limits, extract_code, network_isolation, private_namespaces, run_tests,
+from relay_rl.batch import Batch
+from relay_rl.reward_workers.registry import resolve
+from relay_rl.reward_workers.sandbox import (Limits, extract_code, network_isolation, private_namespaces, run_tests,
                                     unprivileged_uid)
 
 TESTS = ["assert f(1) == 2", "assert f(2) == 3", "assert f(0) == 1"]
@@ -92,7 +92,7 @@ def test_process_count_limit_binds_and_nothing_outlives_the_run():
 def test_without_a_mount_namespace_it_runs_as_before_and_says_what_it_lacks(monkeypatch):
     """Where the kernel gives no private mount namespace: a temporary folder on the host, the network namespace
     alone, and a warning naming what is not contained (as root with a Python nobody cannot read: runs as root)."""
-    import reward_workers.sandbox as sandbox
+    import relay_rl.reward_workers.sandbox as sandbox
     monkeypatch.setattr(sandbox, "private_namespaces", lambda network=True: None)
     unprivileged_uid.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
@@ -168,7 +168,7 @@ def test_templates_place_the_code_and_a_string_of_tests_is_one_script():
 
 
 def test_identical_programs_run_once_unless_dedupe_is_off(monkeypatch):
-    import reward_workers.sandbox as sandbox
+    import relay_rl.reward_workers.sandbox as sandbox
     runs = []
     real = sandbox.run_tests
     monkeypatch.setattr(sandbox, "run_tests", lambda code, tests, *a: runs.append(code) or real(code, tests, *a))
@@ -286,7 +286,7 @@ def test_a_hostile_batch_is_contained_and_scored_by_a_live_reward_actor(ray_clus
     """One batch of hostile programs and an honest one, scored by a real reward actor: each gets its score, the
     host is untouched (no file, no connection, no process left, no secret read), and the actor scores on."""
     import ray
-    from reward_workers.actor import RewardWorker
+    from relay_rl.reward_workers.actor import RewardWorker
     assert private_namespaces() is not None, ("this kernel gives no private mount and PID namespaces (unshare -m -p "
                                               "-i failed): the corpus would not be contained")
     name, secret = f"relay-rl-hostile-{uuid.uuid4().hex}", f"s3cret-{uuid.uuid4().hex}"

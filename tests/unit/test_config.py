@@ -3,7 +3,8 @@ import textwrap
 
 import pytest
 
-from cluster.config import ConfigError, load_config, resolve_schedule
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import load_config, resolve_schedule
 from tests.conftest import RECIPES
 
 
@@ -29,7 +30,7 @@ cluster:
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_validates(recipe):
-    from cluster.stages import StagedConfig
+    from relay_rl.cluster.config import StagedConfig
     cfg = load_config(recipe)
     for run in ([s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]):  # a staged file: each stage
         resolve_schedule(run)
@@ -165,7 +166,7 @@ def test_cross_field_rules_say_what_to_do(tmp_path):
 
 
 def test_cli_validate_exit_codes(tmp_path, capsys):
-    from cluster.cli import main
+    from relay_rl.cluster.cli import main
     lengths = ["rollout.max_prompt_length=16", "rollout.max_completion_length=5"]  # the kit model has 64 positions
     assert main(["validate", str(write(tmp_path, GOOD)), *lengths]) == 0
     assert "# valid." in capsys.readouterr().out
@@ -209,7 +210,7 @@ def test_overlay_then_overrides_in_order_and_errors_name_the_overlay(tmp_path):
 
 
 def test_cli_train_reports_a_model_that_cannot_load_before_any_pool(tmp_path, capsys):
-    from cluster.cli import main
+    from relay_rl.cluster.cli import main
     run = write(tmp_path, GOOD.replace("kit: {}\n", "").replace('"kit:warm_start"', f'"{tmp_path}/model"')
                 .replace('data: {train: "kit:train", eval: "kit:test"}', f'data: {{train: "{tmp_path}/nope.jsonl"}}'))
     assert main(["train", str(run), "--output", str(tmp_path / "out")]) == 2

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from cluster.config import load_config
+from relay_rl.cluster.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -202,7 +202,7 @@ def test_the_rayjob_runs_a_recipe_with_the_pools_overlay():
 
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.stem)
 def test_every_gpu_recipe_fits_the_node_groups(recipe):
-    from cluster.stages import StagedConfig
+    from relay_rl.cluster.config import StagedConfig
     cfg = load_config(recipe, [str(POOLS)])
     for run in ([s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]):  # a staged file: each stage
         assert placement_problems(run, kuberay_groups(RAYCLUSTER["spec"])) == []

@@ -2,8 +2,9 @@
 actor starts, naming the field (and both models for a vocabulary mismatch)."""
 import pytest
 
-from cluster.config import ConfigError, validate_dict
-from cluster.preflight import check_teacher
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.preflight import check_teacher
 from tests.conftest import quickstart_dict
 
 
@@ -54,7 +55,7 @@ def test_missing_teacher_and_other_rules():
 @pytest.fixture(scope="module")
 def other_tokenizer_teacher(kit, tmp_path_factory):
     """A tiny untrained model with the digit-pair tokenizer (114 tokens)."""
-    from cluster.kit import build_model, build_pair_tokenizer
+    from relay_rl.cluster.kit.task import build_model, build_pair_tokenizer
     tok = build_pair_tokenizer()
     model = build_model(kit["cfg"], tok)
     path = tmp_path_factory.mktemp("pairs")

@@ -26,13 +26,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.batch import Batch
-from cluster.config import resolve_schedule, validate_dict
-from learner.divergences import TAIL_MIN, generalized_jsd, kl, log_tail, topk_support
-from learner.methods.base import DATASET, POLICY, TEACHER
-from learner.methods.distill import (DistillObjective, GKDConfig, GOLDConfig, OnPolicyDistillationConfig, needs,
-                                     sources)
-from learner.methods.minillm import MiniLLMObjective, reward_to_go
+from relay_rl.batch import Batch
+from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.learner.divergences import TAIL_MIN, generalized_jsd, kl, log_tail, topk_support
+from relay_rl.learner.methods.base import DATASET, POLICY, TEACHER
+from relay_rl.learner.methods.distill import DistillObjective, Distillation, GKDConfig, GOLDConfig, OnPolicyDistillationConfig
+from relay_rl.learner.methods.minillm import MiniLLMObjective, reward_to_go
 from tests.conftest import quickstart_dict
 
 F64 = torch.float64
@@ -310,7 +309,7 @@ def test_loss_temperature_placement(alg, tau):
     cfg, sched = make_cfg(alg, temperature=0.5)
     beta = cfg.algorithm.beta
     assert sched.P == 1 and sched.GA == 1
-    assert needs(cfg).teachers[0].temperature == tau  # the teacher serves its log-probs at the loss temperature
+    assert Distillation().needs(cfg).teachers[0].temperature == tau  # the teacher serves its log-probs at the loss temperature
     rng = np.random.default_rng(12)
     V = 5
     logits = rng.normal(0.0, 1.5, size=(2, 3, V))
@@ -320,7 +319,7 @@ def test_loss_temperature_placement(alg, tau):
     obj = DistillObjective(cfg, sched)
     obj.begin_step([mb])
     assert obj.step_tokens == 5.0
-    loss, stats = obj.loss(None, mb, torch.tensor(logits, dtype=F64))
+    loss, stats = obj.loss(mb, torch.tensor(logits, dtype=F64))
 
     def ref(T):
         D = ref_jsd_grid(np_log_softmax(logits / T), teacher, beta)
@@ -340,7 +339,7 @@ def test_loss_topk_through_objective(add_tail):
     alg = {"name": "on_policy_distillation", "per_device_train_batch_size": 2, "loss_top_k": 3,
            "loss_add_tail": add_tail, "beta": 0.5}
     cfg, sched = make_cfg(alg, temperature=0.5)
-    assert needs(cfg).teachers[0].output == "topk" and needs(cfg).teachers[0].top_k == 3
+    assert Distillation().needs(cfg).teachers[0].output == "topk" and Distillation().needs(cfg).teachers[0].top_k == 3
     rng = np.random.default_rng(13)
     V, k = 6, 3
     logits = rng.normal(0.0, 1.5, size=(2, 3, V))
@@ -349,7 +348,7 @@ def test_loss_topk_through_objective(add_tail):
     mb = make_batch(mask, teacher_dist=tK, teacher_dist_ids=ids, V=V)
     obj = DistillObjective(cfg, sched)
     obj.begin_step([mb])
-    loss, _ = obj.loss(None, mb, torch.tensor(logits, dtype=F64))
+    loss, _ = obj.loss(mb, torch.tensor(logits, dtype=F64))
     s = np_log_softmax(logits / 0.5)
     total = 0.0
     for i, j in np.ndindex(2, 3):
@@ -399,7 +398,7 @@ def test_step_normaliser_one_rank_ga_micro_batches():
     obj = DistillObjective(cfg, sched)
     obj.begin_step([mb for mb, *_ in items])
     assert obj.step_tokens == sum(float(m.sum()) for *_, m in items) == 16.0
-    losses = [obj.loss(None, mb, torch.tensor(lg, dtype=F64))[0] for mb, lg, _, _ in items]
+    losses = [obj.loss(mb, torch.tensor(lg, dtype=F64))[0] for mb, lg, _, _ in items]
     assert float(losses[2]) == 0.0  # the all-padding micro-batch adds nothing
     assert all(torch.isfinite(x) for x in losses)
     assert float(sum(losses)) == pytest.approx(_global_token_mean(items, 0.3), rel=1e-10)
@@ -427,7 +426,7 @@ def test_step_normaliser_two_ranks(how):
             assert obj.step_tokens == sum(float(m.sum()) for *_, m in own)  # world size 1: no all-reduce
             obj.step_tokens = n_global
         assert obj.step_tokens == n_global
-        per_rank.append(sum(float(obj.loss(None, mb, torch.tensor(lg, dtype=F64))[0]) for mb, lg, _, _ in own))
+        per_rank.append(sum(float(obj.loss(mb, torch.tensor(lg, dtype=F64))[0]) for mb, lg, _, _ in own))
     assert sum(per_rank) / 2 == pytest.approx(_global_token_mean(items, 0.5), rel=1e-10)
 
 
@@ -437,15 +436,14 @@ def test_step_with_no_valid_token_is_zero():
     obj = DistillObjective(cfg, sched)
     obj.begin_step([mb])
     assert obj.step_tokens == 0.0
-    loss, _ = obj.loss(None, mb, torch.tensor(lg, dtype=F64, requires_grad=True))
+    loss, _ = obj.loss(mb, torch.tensor(lg, dtype=F64, requires_grad=True))
     assert float(loss.detach()) == 0.0 and torch.isfinite(loss.detach())
 
 
 def test_assemble_counts_valid_tokens():
-    from learner.methods.distill import assemble
     mask = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
     mb = make_batch(mask, teacher_dist=rand_logp(np.random.default_rng(0), 3, 3, 5))
-    out, _ = assemble(mb.replace(group_id=torch.tensor([2, 0, 1])), GKDConfig(), [], 0)
+    out, _ = Distillation().assemble(mb.replace(group_id=torch.tensor([2, 0, 1])), GKDConfig(), [], 0)
     assert out.info["num_items_in_batch"] == 3.0
     assert out.group_id.tolist() == [0, 1, 2]
 
@@ -526,7 +524,7 @@ def test_minillm_advantage_values_and_detached(served, gamma, normalize):
     mb, logits, ids, mask, tdist, tlogp, A = _minillm_inputs(served)
     z = torch.tensor(logits, dtype=F64, requires_grad=True)
     logp_BT = torch.zeros(2, 3, dtype=F64)
-    adv = obj.advantages(None, mb, z, logp_BT)
+    adv = obj.advantages(mb, z, logp_BT)
     assert adv.shape == (2, 3)
     assert adv.grad_fn is None and not adv.requires_grad, "R_t must be detached inside the advantage"
     s = np_log_softmax(logits / 2.0)  # R_t at kd_temperature, not rollout.temperature (0.5)
@@ -545,9 +543,9 @@ def test_minillm_advantage_float64_logits_float32_mask():
     mb, logits, ids, mask, tdist, tlogp, A = _minillm_inputs("sampled", mask_dtype=torch.float32)
     ref_mb, *_ = _minillm_inputs("sampled", mask_dtype=F64)
     z = torch.tensor(logits, dtype=F64)
-    want = obj.advantages(None, ref_mb, z, torch.zeros(2, 3, dtype=F64))
+    want = obj.advantages(ref_mb, z, torch.zeros(2, 3, dtype=F64))
     try:
-        got = obj.advantages(None, mb, z, torch.zeros(2, 3, dtype=F64))
+        got = obj.advantages(mb, z, torch.zeros(2, 3, dtype=F64))
     except RuntimeError as e:
         pytest.fail("BUG (learner/methods/minillm.py reward_to_go): with length_normalization, a float32 "
                     f"completion_mask and float64 R_t (float64 logits), `mask_BT @ W_TT.T` raises: {e}")
@@ -570,7 +568,7 @@ def test_reward_to_go_mixed_dtypes():
 def test_minillm_no_rkl_advantage_is_the_sequence_advantage():
     obj = _minillm(rkl=False)
     mb, logits, *_ = _minillm_inputs("sampled")
-    adv = obj.advantages(None, mb, torch.tensor(logits, dtype=F64), torch.zeros(2, 3, dtype=F64))
+    adv = obj.advantages(mb, torch.tensor(logits, dtype=F64), torch.zeros(2, 3, dtype=F64))
     torch.testing.assert_close(adv, torch.tensor([0.25, -0.5]))
 
 
@@ -578,8 +576,8 @@ def test_minillm_no_rkl_advantage_is_the_sequence_advantage():
 def test_minillm_single_step_kl_term(GA):
     """loss(single_step_decomposition) - loss(without) = token mean over M of KL(p_S||p_T) at kd_temperature, /GA."""
     mb, logits, ids, mask, tdist, tlogp, A = _minillm_inputs("sampled")
-    with_kl, _ = _minillm(single=True, GA=GA).loss(None, mb, torch.tensor(logits, dtype=F64))
-    without, _ = _minillm(single=False, GA=GA).loss(None, mb, torch.tensor(logits, dtype=F64))
+    with_kl, _ = _minillm(single=True, GA=GA).loss(mb, torch.tensor(logits, dtype=F64))
+    without, _ = _minillm(single=False, GA=GA).loss(mb, torch.tensor(logits, dtype=F64))
     s = np_log_softmax(logits / 2.0)
     total = sum(ref_kl(np.exp(s[i, t]), np.exp(tdist[i, t])) for i in range(2) for t in range(3) if mask[i, t])
     assert float(with_kl - without) == pytest.approx(total / mask.sum() / GA, rel=1e-6)
@@ -587,17 +585,17 @@ def test_minillm_single_step_kl_term(GA):
 
 # ======================================================================================== 6. GKD's source mixing
 def test_sources_extremes():
-    assert sources(GKDConfig(lmbda=1.0), 200, 0) == [POLICY] * 200
-    assert sources(GKDConfig(lmbda=0.0), 200, 0) == [DATASET] * 200
-    assert sources(GKDConfig(lmbda=0.0, seq_kd=True), 200, 0) == [TEACHER] * 200
-    assert sources(GOLDConfig(lmbda=0.0, seq_kd=True), 50, 1) == [TEACHER] * 50
-    assert sources(OnPolicyDistillationConfig(), 200, 3) == [POLICY] * 200  # always on-policy
+    assert Distillation().sources(GKDConfig(lmbda=1.0), 200, 0) == [POLICY] * 200
+    assert Distillation().sources(GKDConfig(lmbda=0.0), 200, 0) == [DATASET] * 200
+    assert Distillation().sources(GKDConfig(lmbda=0.0, seq_kd=True), 200, 0) == [TEACHER] * 200
+    assert Distillation().sources(GOLDConfig(lmbda=0.0, seq_kd=True), 50, 1) == [TEACHER] * 50
+    assert Distillation().sources(OnPolicyDistillationConfig(), 200, 3) == [POLICY] * 200  # always on-policy
 
 
 @pytest.mark.parametrize("lmbda", [0.5, 0.2])
 def test_sources_fraction(lmbda):
     n = 4000
-    got = sources(GKDConfig(lmbda=lmbda), n, 7)
+    got = Distillation().sources(GKDConfig(lmbda=lmbda), n, 7)
     assert len(got) == n and set(got) <= {POLICY, DATASET}
     frac = got.count(POLICY) / n
     assert abs(frac - lmbda) < 0.04, frac  # ~6 standard deviations at n = 4000
@@ -607,7 +605,7 @@ def test_sources_fraction(lmbda):
 
 def test_sources_deterministic_per_seed():
     alg = GKDConfig(lmbda=0.5, seq_kd=True)
-    a, b = sources(alg, 64, 123), sources(alg, 64, 123)
+    a, b = Distillation().sources(alg, 64, 123), Distillation().sources(alg, 64, 123)
     assert a == b
-    assert sources(alg, 64, 124) != a  # another seed, another draw (probability 2^-64 of equality)
-    assert sources(alg, 10, 123) == a[:10]  # the draw of micro-batch m does not depend on how many follow
+    assert Distillation().sources(alg, 64, 124) != a  # another seed, another draw (probability 2^-64 of equality)
+    assert Distillation().sources(alg, 10, 123) == a[:10]  # the draw of micro-batch m does not depend on how many follow

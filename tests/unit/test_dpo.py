@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from cluster.batch import Batch
-from cluster.config import ConfigError, resolve_schedule, validate_dict
-from learner.methods.dpo import PreferenceObjective, assemble, choose, dpo_loss, scheduled
+from relay_rl.batch import Batch
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.learner.methods.dpo import PreferenceObjective, assemble, choose, dpo_loss, scheduled
 from tests.conftest import quickstart_dict
 
 F64 = torch.float64
@@ -155,11 +156,11 @@ def test_objective_against_the_reference(loss_type):
     obj = PreferenceObjective(c, resolve_schedule(c))
     logits = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(1), dtype=F64, requires_grad=True)
     for epoch, beta in ((0, 0.3), (1, 0.1), (5, 0.1)):
-        loss, stats = obj.loss(None, _mb(epoch), logits)
+        loss, stats = obj.loss(_mb(epoch), logits)
         assert float(loss) == pytest.approx(reference(logits.detach(), _mb(), beta, loss_type) / 2, rel=1e-10)
         assert stats["beta"][1] == beta
     ref_logits = logits.detach().clone().requires_grad_(True)
-    loss, _ = obj.loss(None, _mb(0), logits)
+    loss, _ = obj.loss(_mb(0), logits)
     (g,) = torch.autograd.grad(loss, logits)
     lp = ref_logits - torch.logsumexp(ref_logits, -1, keepdim=True)
     mb = _mb(0)
@@ -174,9 +175,9 @@ def test_objective_against_the_reference(loss_type):
 def test_xpo_alpha_zero_is_online_dpo_and_the_bonus_is_alpha_log_pi_of_the_reference_sample():
     logits = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
     dpo, xpo0, xpo = cfg_of(), cfg_of("xpo", alpha=0.0), cfg_of("xpo", alpha=0.5)
-    l_dpo = PreferenceObjective(dpo, resolve_schedule(dpo)).loss(None, _mb(), logits)[0]
-    l_x0 = PreferenceObjective(xpo0, resolve_schedule(xpo0)).loss(None, _mb(), logits)[0]
-    l_x, stats = PreferenceObjective(xpo, resolve_schedule(xpo)).loss(None, _mb(), logits)
+    l_dpo = PreferenceObjective(dpo, resolve_schedule(dpo)).loss(_mb(), logits)[0]
+    l_x0 = PreferenceObjective(xpo0, resolve_schedule(xpo0)).loss(_mb(), logits)[0]
+    l_x, stats = PreferenceObjective(xpo, resolve_schedule(xpo)).loss(_mb(), logits)
     assert float(l_x0) == pytest.approx(float(l_dpo), rel=1e-12)
     assert float(l_x) == pytest.approx(reference(logits, _mb(), 0.1, "sigmoid", alpha=0.5), rel=1e-10)
     assert stats["alpha"][1] == 0.5 and stats["loss/xpo"][1] / stats["loss/xpo"][2] < 0  # log pi < 0
@@ -188,7 +189,7 @@ def test_a_pair_without_preference_adds_nothing():
     logits = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(3), dtype=F64)
     mb = _mb()
     mb.preference = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=F64)
-    loss, stats = obj.loss(None, mb, logits)
+    loss, stats = obj.loss(mb, logits)
     lp = logits - torch.logsumexp(logits, -1, keepdim=True)
     seq = [(lp[i].gather(-1, mb.completion_ids[i].unsqueeze(-1)).squeeze(-1) * mb.completion_mask[i]).sum() for i in (0, 1)]
     refs = [(mb.ref_logprobs[i] * mb.completion_mask[i]).sum() for i in (0, 1)]

@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from cluster.batch import Batch
-from cluster.config import ConfigError, validate_dict
-from cluster.controller import Ledger
-from cluster.dynamic_sampling import choose_groups, enough, group_verdicts, next_round_size, select_groups
-from cluster.errors import RunError
+from relay_rl.batch import Batch
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import validate_dict
+from relay_rl.cluster.ledger import Ledger
+from relay_rl.cluster.dynamic_sampling import choose_groups, enough, group_verdicts, next_round_size, select_groups
+from relay_rl.errors import RunError
 from tests.conftest import quickstart_dict
 
 nan = math.nan
@@ -95,17 +96,17 @@ def test_settings():
     fg = cfg.algorithm.filter_groups
     assert (fg.metric, fg.max_num_gen_batches, fg.when_exhausted) == ("reward", 10, "fill")
     cfg = validate_dict(quickstart_dict(algorithm={"filter_groups": {"enable": True, "metric": "arithmetic_exact"}}))
-    from learner.methods import group_filter
-    assert group_filter(cfg)[1] == 0
+    assert cfg.family.group_filter(cfg)[1] == 0
     with pytest.raises(ConfigError, match="filter_groups.metric 'acc' is not a reward function of this run"):
         validate_dict(quickstart_dict(algorithm={"filter_groups": {"enable": True, "metric": "acc"}}))
     with pytest.raises(ConfigError, match="filter_groups .* is for the GRPO family"):
         validate_dict(quickstart_dict(algorithm={"name": "sdpo", "filter_groups": {"enable": True}}))
-    assert group_filter(validate_dict(quickstart_dict())) is None
+    plain = validate_dict(quickstart_dict())
+    assert plain.family.group_filter(plain) is None
 
 
 def test_the_dapo_recipe_turns_it_on():
-    from cluster.config import load_config
+    from relay_rl.cluster.config import load_config
     from tests.conftest import RECIPES
     fg = load_config(RECIPES / "dapo.yaml").algorithm.filter_groups
     assert fg.enable and fg.metric == "reward" and fg.max_num_gen_batches == 10 and fg.when_exhausted == "fill"

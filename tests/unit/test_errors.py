@@ -4,9 +4,9 @@ import io
 
 import ray.exceptions as rex
 
-from cluster.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, Interrupted, RunError, describe,
-                            report)
-from cluster.schema import ConfigError
+from relay_rl.cluster.report import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, describe, report
+from relay_rl.errors import Interrupted, RunError
+from relay_rl.errors import ConfigError
 
 
 def _raised(e):

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from cluster.config import KitConfig
-from cluster.data import load_prompts
-from cluster.kit import make_task
-from cluster.kit_code import DATA_FILES, TEMPLATE, build_code_task, ensure_kit_data
-from reward_workers.registry import resolve
+from relay_rl.cluster.config import KitConfig
+from relay_rl.cluster.data import load_prompts
+from relay_rl.cluster.kit.task import make_task
+from relay_rl.cluster.kit.code_task import DATA_FILES, TEMPLATE, build_code_task, ensure_kit_data
+from relay_rl.reward_workers.registry import resolve
 
 
 @pytest.fixture()

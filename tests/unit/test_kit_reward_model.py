@@ -26,8 +26,8 @@ TEACHER_SETTINGS = {
 
 @pytest.fixture(scope="module")
 def rm(kit):
-    from cluster.kit import ensure_kit
-    root = ensure_kit(kit["cfg"], parts=("reward_model",))
+    from tests.conftest import build_kit
+    root = build_kit(kit["cfg"], parts=("reward_model",))
     return {"cfg": kit["cfg"], "root": root, "path": str(root / "reward_model")}
 
 
@@ -36,7 +36,8 @@ def _rows(root, split):
 
 
 def test_part_json_records_a_good_held_out_accuracy(rm):
-    from cluster.kit import KIT_PARTS, NEGATIVE_KINDS, PART_KEYS, kit_part_summary
+    from relay_rl.cluster.kit.parts import KIT_PARTS, NEGATIVE_KINDS, PART_KEYS
+    from relay_rl.cluster.kit.build import kit_part_summary
     summary = kit_part_summary(rm["cfg"], "reward_model")
     assert set(summary) >= set(PART_KEYS)
     assert summary["test_accuracy"] >= 0.9, summary
@@ -49,8 +50,9 @@ def test_part_json_records_a_good_held_out_accuracy(rm):
 def test_the_reward_function_ranks_correct_above_wrong_on_held_out_prompts(rm):
     """Through ``{name: reward_model, kwargs: {model: <kit>/reward_model}}`` (batched, left padded): the same pairs
     as part.json's, the same accuracy; and a fresh set of wrong completions is ranked as well."""
-    from cluster.kit import KIT_PARTS, kit_part_summary, reward_pairs
-    from reward_workers.registry import resolve
+    from relay_rl.cluster.kit.parts import KIT_PARTS, reward_pairs
+    from relay_rl.cluster.kit.build import kit_part_summary
+    from relay_rl.reward_workers.registry import resolve
     _, fn = resolve({"name": "reward_model", "kwargs": {"model": rm["path"], "batch_size": 64}}, None)
     test = _rows(rm["root"], "test")
 
@@ -84,9 +86,10 @@ def test_it_loads_as_a_sequence_classifier_and_pools_the_last_token(rm):
 
 
 def test_a_cached_build_is_reused_and_the_teachers_settings_are_unchanged(rm):
-    from cluster.kit import KIT_PARTS, ensure_kit
+    from relay_rl.cluster.kit.parts import KIT_PARTS
+    from tests.conftest import build_kit
     stamp = (rm["root"] / "reward_model" / "part.json").stat().st_mtime_ns
-    ensure_kit(rm["cfg"], parts=("reward_model",), log=lambda *_: pytest.fail("a complete part was rebuilt"))
+    build_kit(rm["cfg"], parts=("reward_model",), log=lambda *_: pytest.fail("a complete part was rebuilt"))
     assert (rm["root"] / "reward_model" / "part.json").stat().st_mtime_ns == stamp
     assert {n: asdict(KIT_PARTS[n]) for n in TEACHER_SETTINGS} == TEACHER_SETTINGS
 
@@ -94,8 +97,8 @@ def test_a_cached_build_is_reused_and_the_teachers_settings_are_unchanged(rm):
 def test_stale_settings_rebuild_through_the_parts_own_build(tmp_path, monkeypatch):
     """``_ensure_part`` dispatches to the settings' ``build`` (any part kind) and rebuilds a part.json whose settings
     differ; a complete one with today's settings is kept."""
-    from cluster import kit as kit_mod
-    from cluster.config import KitConfig
+    from relay_rl.cluster.kit import build as kit_mod
+    from relay_rl.cluster.config import KitConfig
     calls = []
 
     @dataclass(frozen=True)
@@ -119,8 +122,8 @@ def test_stale_settings_rebuild_through_the_parts_own_build(tmp_path, monkeypatc
 
 
 def test_kit_paths_in_reward_kwargs_resolve_and_name_the_part(kit):
-    from cluster.config import RewardConfig
-    from cluster.kit import kit_dir, kit_parts_needed, resolve_reward_funcs, reward_kit_paths
+    from relay_rl.cluster.config import RewardConfig
+    from relay_rl.cluster.kit.paths import kit_dir, kit_parts_needed, resolve_reward_funcs, reward_kit_paths
     reward = RewardConfig(reward_funcs=["arithmetic_exact",
                                         {"name": "reward_model", "kwargs": {"model": "kit:reward_model",
                                                                             "batch_size": 8}}])
@@ -135,7 +138,7 @@ def test_kit_paths_in_reward_kwargs_resolve_and_name_the_part(kit):
 
 
 def test_wrong_completions_are_wrong_and_varied():
-    from cluster.kit import NEGATIVE_KINDS, reward_pairs, wrong_completion
+    from relay_rl.cluster.kit.parts import NEGATIVE_KINDS, reward_pairs, wrong_completion
     rng = random.Random(0)
     for answer in ("20", "46", "100", "109", "198", "11"):
         for kind in NEGATIVE_KINDS:

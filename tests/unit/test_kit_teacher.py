@@ -13,10 +13,10 @@ PARTS = ("teacher", "teacher_pairs")
 
 @pytest.fixture(scope="module")
 def parts():
-    from cluster.config import KitConfig
-    from cluster.kit import ensure_kit
+    from relay_rl.cluster.config import KitConfig
+    from tests.conftest import build_kit
     cfg = KitConfig()
-    root = ensure_kit(cfg, parts=PARTS)
+    root = build_kit(cfg, parts=PARTS)
     return {"cfg": cfg, "root": root}
 
 
@@ -34,8 +34,8 @@ def _rows(root, split):
 @pytest.mark.parametrize("name, floor", [("teacher", 0.95), ("teacher_pairs", 0.8)])
 def test_teacher_held_out_accuracy(parts, name, floor):
     """Greedy accuracy on the never-trained test split, measured again from the saved folder, matches part.json."""
-    from cluster.kit import kit_part_summary
-    from learner.sft import greedy_accuracy
+    from relay_rl.cluster.kit.build import kit_part_summary
+    from relay_rl.cluster.kit.train_sft import greedy_accuracy
     model, tok = _load(parts["root"] / name)
     acc = greedy_accuracy(model, tok, _rows(parts["root"], "test"))
     summary = kit_part_summary(parts["cfg"], name)
@@ -46,7 +46,7 @@ def test_teacher_held_out_accuracy(parts, name, floor):
 
 def test_teacher_is_larger_and_shares_the_student_vocabulary(parts, kit):
     from transformers import AutoTokenizer
-    from cluster.kit import kit_part_summary, kit_summary
+    from relay_rl.cluster.kit.build import kit_part_summary, kit_summary
     student = AutoTokenizer.from_pretrained(kit["warm_start"])
     teacher = AutoTokenizer.from_pretrained(parts["root"] / "teacher")
     assert teacher.get_vocab() == student.get_vocab()
@@ -68,8 +68,8 @@ def test_teacher_pairs_tokenizes_digit_pairs(parts, kit):
 
 def test_sft_encoding_with_pair_tokens():
     """Prompt and answer are tokenized apart; with pairs that still gives the answer's pieces then EOS."""
-    from cluster.kit import build_pair_tokenizer
-    from learner.sft import encode_examples
+    from relay_rl.cluster.kit.task import build_pair_tokenizer
+    from relay_rl.cluster.kit.train_sft import encode_examples
     tok = build_pair_tokenizer()
     rows = [{"prompt": "12+34=", "answer": "46"}, {"prompt": "99+24=", "answer": "123"}]
     ids, attn, labels = encode_examples(tok, rows)
@@ -80,12 +80,14 @@ def test_sft_encoding_with_pair_tokens():
 
 def test_parts_are_reused_and_named(parts):
     """A second call builds nothing; unknown parts fail naming the valid ones; kit: paths map to folders/parts."""
-    from cluster.kit import KIT_PARTS, ensure_kit, kit_parts_needed, resolve_kit_path
+    from relay_rl.cluster.kit.parts import KIT_PARTS
+    from tests.conftest import build_kit
+    from relay_rl.cluster.kit.paths import kit_parts_needed, resolve_kit_path
     stamps = {n: (parts["root"] / n / "part.json").stat().st_mtime_ns for n in PARTS}
-    ensure_kit(parts["cfg"], parts=PARTS, log=lambda *_: pytest.fail("a complete part was rebuilt"))
+    build_kit(parts["cfg"], parts=PARTS, log=lambda *_: pytest.fail("a complete part was rebuilt"))
     assert stamps == {n: (parts["root"] / n / "part.json").stat().st_mtime_ns for n in PARTS}
     with pytest.raises(ValueError, match="teacher_pairs"):
-        ensure_kit(parts["cfg"], parts=("no_such_part",))
+        build_kit(parts["cfg"], parts=("no_such_part",))
     assert set(KIT_PARTS) == {*PARTS, "reward_model"}
     assert resolve_kit_path("kit:teacher", parts["cfg"]) == str(parts["root"] / "teacher")
     assert kit_parts_needed("kit:teacher", "kit:warm_start", "/abs/path", None, "kit:teacher") == ("teacher",)

@@ -17,8 +17,8 @@ import math
 import pytest
 import torch
 
-from cluster.config import GRPOConfig
-from learner.losses import (LossScale, PolicyBatch, entropy_threshold, importance_ratio, k3_kl, off_policy_mask,
+from relay_rl.learner.methods.grpo import GRPOConfig
+from relay_rl.learner.losses import (LossScale, PolicyBatch, entropy_threshold, importance_ratio, k3_kl, off_policy_mask,
                             policy_loss, rollout_is_weights)
 
 F64 = torch.float64
@@ -578,7 +578,7 @@ def test_luspo_sequence_level_is_length_weighted_mean():
 
 
 def test_masked_truncated_row():
-    from learner.advantages import compute_advantages
+    from relay_rl.learner.advantages import compute_advantages
     rewards = torch.tensor([[1.0], [0.0], [0.5], [2.0]], dtype=F64)
     A_all, _ = compute_advantages(rewards, torch.zeros(4), torch.ones(1, dtype=F64))
     A_wo, _ = compute_advantages(rewards[:3], torch.zeros(3), torch.ones(1, dtype=F64))
@@ -608,7 +608,7 @@ def test_eval_drops_the_ga_factor(loss_type):
 
 def test_adaptive_entropy_trajectory():
     """§12: a scripted sequence of H-hat values yields the expected trajectory of c (clamped; no bonus at step 1)."""
-    from learner.losses import AdaptiveEntropy
+    from relay_rl.learner.losses import AdaptiveEntropy
     ae = AdaptiveEntropy(coef=0.01, target=0.2, delta=0.005, coef_min=0.0, coef_max=0.02)
     used, coefs = [], []
     for h in [0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5, 0.15]:

@@ -2,7 +2,7 @@
 from pathlib import Path
 from types import SimpleNamespace
 
-from cluster.metrics import MetricsLog, summary_table
+from relay_rl.cluster.metrics import MetricsLog, summary_table
 
 
 def fake_log(rows):

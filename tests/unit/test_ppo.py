@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from learner import ppo
+from relay_rl.learner import ppo_losses as ppo
 
 F64 = torch.float64
 LENGTHS = [5, 3, 1, 4]  # ragged rows, right-padded to T = 5

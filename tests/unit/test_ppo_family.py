@@ -7,7 +7,8 @@ import socket
 import pytest
 import torch
 
-from cluster.config import ConfigError, validate_dict
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import validate_dict
 from tests.conftest import quickstart_dict
 
 
@@ -46,10 +47,12 @@ def test_two_reward_models_need_a_value_model():
     rm = {"name": "reward_model", "kwargs": {"model": "/rm"}}
     with pytest.raises(ConfigError, match="set algorithm.value_model"):
         validate_dict(ppo({}, reward={"reward_funcs": [rm, rm]}))
-    from learner.methods.ppo import value_model_path
-    assert value_model_path(validate_dict(ppo({}, reward={"reward_funcs": [rm, "arithmetic_exact"]})), "/p") == "/rm"
-    assert value_model_path(validate_dict(ppo({})), "/p") == "/p"
-    assert value_model_path(validate_dict(ppo({"value_model": "/v"})), "/p") == "/v"
+    from relay_rl.learner.methods.ppo import value_model_path
+    assert value_model_path(validate_dict(ppo({}, reward={"reward_funcs": [rm, "arithmetic_exact"]}))) == "/rm"
+    policy = validate_dict(ppo({}))
+    assert value_model_path(policy) == policy.model.name_or_path
+    assert value_model_path(validate_dict(ppo({"value_model": "/v"}))) == "/v"
+    assert policy.needs.critic.model == policy.model.name_or_path  # the critic role's CriticSpec starts there
 
 
 def test_critic_values_are_the_classifier_score_of_each_prefix():
@@ -57,7 +60,7 @@ def test_critic_values_are_the_classifier_score_of_each_prefix():
     plus the first t completion tokens, for left-padded prompts and right-padded completions."""
     from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
-    from learner.logprobs import completion_values
+    from relay_rl.learner.logprobs import completion_values
     torch.manual_seed(0)
     model = Qwen3ForSequenceClassification(Qwen3Config(
         vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -79,8 +82,8 @@ def test_critic_values_are_the_classifier_score_of_each_prefix():
 def _whiten_rank(rank: int, port: int, x, mask, out):
     import torch.distributed as dist
 
-    from learner import ppo
-    from learner.collectives import all_reduce_sum
+    from relay_rl.learner import ppo_losses as ppo
+    from relay_rl.learner.collectives import all_reduce_sum
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     half = slice(rank * 2, rank * 2 + 2)
@@ -92,7 +95,7 @@ def _whiten_rank(rank: int, port: int, x, mask, out):
 def test_whitening_across_two_ranks_equals_whitening_the_whole_batch():
     import torch.multiprocessing as mp
 
-    from learner import ppo
+    from relay_rl.learner import ppo_losses as ppo
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 5, generator=g, dtype=torch.float64) * 3 + 1
     mask = torch.tensor([[1.0] * n + [0.0] * (5 - n) for n in (5, 2, 4, 1)], dtype=torch.float64)

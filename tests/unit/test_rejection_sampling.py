@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from cluster.batch import Batch
-from cluster.config import ConfigError, validate_dict
-from learner.methods.rejection_sampling import select
-from reward_workers.filters import language_share, resolve_filter
+from relay_rl.batch import Batch
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import validate_dict
+from relay_rl.learner.methods.rejection_sampling import select
+from relay_rl.reward_workers.filters import language_share, resolve_filter
 from tests.conftest import quickstart_dict
 
 
@@ -107,8 +108,8 @@ def test_config_errors(algorithm, message):
 
 
 def test_language_consistency_reward_and_answer_after_think():
-    from cluster.kit import build_tokenizer
-    from reward_workers.registry import resolve
+    from relay_rl.cluster.kit.task import build_tokenizer
+    from relay_rl.reward_workers.registry import resolve
     tok = build_tokenizer("r1")
     _, lang = resolve({"name": "language_consistency", "kwargs": {"alphabet": "0123456789+="}}, tok)
     assert lang(completions=["<think>15</think>46", "<think>1|5</think>46", "46"]) == [1.0, 0.0, 1.0]

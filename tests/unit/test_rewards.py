@@ -4,13 +4,13 @@ import threading
 
 import pytest
 
-from reward_workers import verifiers
-from reward_workers.registry import BUILTINS, resolve
+from relay_rl.reward_workers import verifiers
+from relay_rl.reward_workers.registry import BUILTINS, resolve
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from cluster.kit import build_tokenizer
+    from relay_rl.cluster.kit.task import build_tokenizer
     return build_tokenizer()
 
 

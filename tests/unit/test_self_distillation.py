@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.batch import Batch
-from cluster.config import resolve_schedule, validate_dict
-from learner.divergences import TAIL_MIN
-from learner.methods.grpo import GRPOObjective
-from learner.methods.sdft import SDFTObjective
-from learner.methods.sdpo import SDPOObjective
-from learner.methods.self_distillation import (distillation_loss, ema, is_clip_weight, per_token_divergence,
+from relay_rl.batch import Batch
+from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.learner.divergences import TAIL_MIN
+from relay_rl.learner.methods.grpo import GRPOObjective
+from relay_rl.learner.methods.sdft import SDFTObjective
+from relay_rl.learner.methods.sdpo import SDPOObjective
+from relay_rl.learner.methods.self_distillation import (distillation_loss, ema, is_clip_weight, per_token_divergence,
                                                sequence_mean)
 from tests.conftest import quickstart_dict
 from tests.unit.test_divergences import ref_jsd as jsd  # §8's JSD_alpha by loops (alpha is its beta)
@@ -122,7 +122,7 @@ def test_topk_of_the_whole_vocabulary_without_tail_is_full_logits(alpha):
 
 def test_tail_bucket_completes_the_support():
     """With the tail, student and teacher supports each sum to 1 (to the clamp: 1 + TAIL_MIN at k = |V|)."""
-    from learner.divergences import log_tail
+    from relay_rl.learner.divergences import log_tail
     s = torch.log_softmax(logits(7), -1)
     for k in (2, V):
         top = s.topk(k, -1).values
@@ -205,7 +205,7 @@ def test_a_row_without_teacher_context_adds_zero_but_counts_in_b():
     obj = SDPOObjective(cfg, resolve_schedule(cfg))
     s, t = logits(19), logits(20)
     mb = MB(t, context=torch.tensor([True, False, True]))
-    loss, _ = obj.loss(None, mb, s)
+    loss, _ = obj.loss(mb, s)
     ls = torch.log_softmax(s, -1).gather(-1, mb.completion_ids.unsqueeze(-1)).squeeze(-1)
     D = ((ls - mb.teacher_logprobs) * ls).numpy()
     m = mb.completion_mask.numpy()
@@ -228,11 +228,11 @@ def test_sdpo_weight_zero_is_grpo_and_one_is_distillation():
     grpo_cfg = validate_dict({**quickstart_dict(), "algorithm": {"name": "grpo", "num_generations": 2,
                                                                   "per_device_train_batch_size": 4,
                                                                   "vllm_importance_sampling_correction": False}})
-    want_pg, _ = GRPOObjective(grpo_cfg, resolve_schedule(grpo_cfg)).loss(None, _policy_batch(t), s)
+    want_pg, _ = GRPOObjective(grpo_cfg, resolve_schedule(grpo_cfg)).loss(_policy_batch(t), s)
     for w, expect in ((0.0, "pg"), (1.0, "distill"), (0.25, "blend")):
         cfg = cfg_of("sdpo", distillation_weight=w, vllm_importance_sampling_correction=False)
         obj = SDPOObjective(cfg, resolve_schedule(cfg))
-        got, _ = obj.loss(None, _policy_batch(t), s)
+        got, _ = obj.loss(_policy_batch(t), s)
         distill, _ = distillation_loss(cfg.algorithm, _policy_batch(t), s, 1.0, _policy_batch(t).completion_mask,
                                        obj.sched.GA)
         want = {"pg": want_pg, "distill": distill, "blend": 0.75 * want_pg + 0.25 * distill}[expect]
@@ -245,7 +245,7 @@ def test_sdft_skips_the_first_tokens():
     obj = SDFTObjective(cfg, resolve_schedule(cfg))
     s, t = logits(23), logits(24)
     mb = MB(t)
-    loss, _ = obj.loss(None, mb, s)
+    loss, _ = obj.loss(mb, s)
     D = ref_divergence(s.tolist(), t.tolist(), "full_logits", 0.5)
     m = mb.completion_mask.numpy().copy()
     m[:, :2] = 0
@@ -280,7 +280,7 @@ def test_ema_update():
     ({"name": "sdft", "teacher_prompt_template": "{prompt} {"}, "not a valid template"),
 ])
 def test_config_errors(algorithm, message):
-    from cluster.config import ConfigError
+    from relay_rl.errors import ConfigError
     raw = quickstart_dict(algorithm=None)
     raw["algorithm"] = algorithm
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.config import ConfigError, resolve_schedule, validate_dict
-from learner.logprobs import completion_logits, packed_completion_logits
-from learner.methods import DATASET, sources
-from learner.methods.sft import SFTObjective
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.learner.logprobs import completion_logits, packed_completion_logits
+from relay_rl.learner.methods import DATASET
+from relay_rl.learner.methods.sft import SFTObjective
 from tests.conftest import quickstart_dict
 
 F64 = torch.float64
@@ -38,7 +39,7 @@ def test_loss_is_the_steps_token_mean_nll():
            for m in ([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], [[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])]
     logits = [torch.randn(3, 4, 7, generator=g, dtype=F64, requires_grad=True) for _ in mbs]
     obj.begin_step(mbs)
-    total = sum(obj.loss(None, mb, lg)[0] for mb, lg in zip(mbs, logits))
+    total = sum(obj.loss(mb, lg)[0] for mb, lg in zip(mbs, logits))
     # reference: every valid token's -log softmax, averaged over the step's 13 tokens
     nll, n = 0.0, 0
     for mb, lg in zip(mbs, logits):
@@ -52,7 +53,7 @@ def test_loss_is_the_steps_token_mean_nll():
 
 def test_sources_needs_and_one_row_per_pair():
     cfg = sft_cfg()
-    assert sources(cfg.algorithm, 4, 0) == [DATASET] * 4 and not cfg.needs.rewards and not cfg.needs.teachers
+    assert cfg.family.sources(cfg.algorithm, 4, 0) == [DATASET] * 4 and not cfg.needs.rewards and not cfg.needs.teachers
     with pytest.raises(ConfigError, match="num_generations"):
         sft_cfg(num_generations=4)
 
@@ -84,7 +85,7 @@ def test_chat_completions_are_the_templates_assistant_turn(kit, tmp_path):
     """A completion given as chat messages is the chat template's text of prompt + completion after the prompt's."""
     import shutil
 
-    from rollout_workers.actor import RolloutWorker
+    from relay_rl.rollout_workers.actor import RolloutWorker
     model = tmp_path / "chat_model"
     shutil.copytree(kit["warm_start"], model)
     cfg_file = model / "tokenizer_config.json"

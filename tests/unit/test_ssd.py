@@ -4,12 +4,12 @@ single-line completions under 10 characters, which then train nothing."""
 import pytest
 import torch
 
-from learner.methods.ssd import SSDObjective, assemble, is_empty
+from relay_rl.learner.methods.ssd import SSDObjective, assemble, is_empty
 from tests.conftest import quickstart_dict
 
 
 def _cfg(**algorithm):
-    from cluster.config import validate_dict
+    from relay_rl.cluster.config import validate_dict
     raw = quickstart_dict(algorithm=None, rollout={"temperature": 0.6, "top_k": 20, "top_p": 0.95})
     raw["algorithm"] = {"name": "ssd", "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
                         **algorithm}
@@ -23,14 +23,14 @@ class _MB:
 
 
 def test_the_loss_is_the_token_mean_nll_over_ga():
-    from cluster.config import resolve_schedule
+    from relay_rl.cluster.config import resolve_schedule
     cfg = _cfg()
     sched = resolve_schedule(cfg)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 7, generator=g, dtype=torch.float64, requires_grad=True)
     ids = torch.randint(0, 7, (3, 4), generator=g)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)  # ragged, one row empty
-    loss, stats = SSDObjective(cfg, sched).loss(None, _MB(ids, mask), logits)
+    loss, stats = SSDObjective(cfg, sched).loss(_MB(ids, mask), logits)
     # independent reference: log-softmax by hand, the sampled token's log-prob, -sum / count, / GA
     ref_logits = logits.detach().clone().requires_grad_(True)
     logp = ref_logits - torch.logsumexp(ref_logits, dim=-1, keepdim=True)
@@ -46,9 +46,9 @@ def test_the_loss_is_the_token_mean_nll_over_ga():
 
 def test_a_micro_batch_with_nothing_kept_adds_zero():
     cfg = _cfg()
-    from cluster.config import resolve_schedule
+    from relay_rl.cluster.config import resolve_schedule
     loss, _ = SSDObjective(cfg, resolve_schedule(cfg)).loss(
-        None, _MB(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), torch.randn(2, 3, 5))
+        _MB(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), torch.randn(2, 3, 5))
     assert float(loss) == 0.0
 
 
@@ -59,7 +59,7 @@ def test_filter_empty(text, empty):
 
 
 def test_assemble_masks_the_filtered_rows():
-    from cluster.batch import Batch
+    from relay_rl.batch import Batch
     n = 4
     batch = Batch(prompt_ids=torch.ones(n, 2, dtype=torch.long), prompt_mask=torch.ones(n, 2, dtype=torch.long),
                   completion_ids=torch.full((n, 3), 5), completion_mask=torch.ones(n, 3),

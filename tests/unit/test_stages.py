@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.config import ConfigError, load_config
-from cluster.stages import StagedConfig
+from relay_rl.errors import ConfigError
+from relay_rl.cluster.config import load_config
+from relay_rl.cluster.config import StagedConfig
 from tests.conftest import RECIPES
 
 OVERLAYS = RECIPES.parent / "overlays"

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.methods.uld import (alignment_groups, completion_ce_loss, merge_group_probs, merge_groups,
-                                 token_byte_spans, token_char_spans, uld_batch_loss, uld_loss, uld_total_loss)
+from relay_rl.learner.uld import alignment_groups, completion_ce_loss, merge_group_probs, merge_groups, token_byte_spans, token_char_spans, uld_batch_loss, uld_loss, uld_total_loss
 
 F64 = torch.float64
 STRATEGIES = ["observed", "bayesian"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.weights import SEGMENTS_KEY, arrays_to_tensors, bucket_nbytes, to_arrays
+from relay_rl.transport.object_store import SEGMENTS_KEY, arrays_to_tensors, bucket_nbytes, to_arrays
 
 
 def _roundtrip(bucket: dict) -> tuple[dict, dict]:
@@ -74,7 +74,7 @@ def _gather_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     import deepspeed
 
-    from learner.weights import gather_partitions
+    from relay_rl.learner.gather import gather_partitions
     deepspeed.init_distributed("gloo")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 5, bias=False),

@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from .kit import kit_dir
+from .paths import kit_dir
 
 TEMPLATE = "def f():\n    return {code}\n"
 """The program a completion runs as (``code_tests``' ``template_column`` reads it from each row)."""

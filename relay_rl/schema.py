@@ -4,9 +4,5 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 
-class ConfigError(ValueError):
-    """A run file that cannot be used. The message names the file, the field and what is allowed."""
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)

@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .sft import train_until
+from .train_sft import train_until
 
 
 def _last_token(model, input_ids: torch.Tensor) -> torch.Tensor:

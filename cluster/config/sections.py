@@ -1,97 +1,14 @@
-"""The run file: pydantic v2 models for the cluster spec and the method's settings.
-
-One YAML file describes a run: ``cluster:`` (the pools: rollout, reward, teacher, learner, each with replicas and
-resources) and the method (``algorithm:``, ``rollout:``, ``reward:``, ``train:`` ...). Every field is documented
-once, where it is declared (the docstring under it). Knob names and meanings are TRL's where TRL has the knob;
-``relay-rl default`` marks where the default differs, as in ALGORITHMS.md.
-
-An invalid file fails before any actor starts, with the file, the field path (and its line), and what is allowed
-(``cluster/loading.py`` reads the YAML, overlays and overrides). Unknown keys are errors.
-"""
+"""The run file's sections besides ``cluster:`` and ``algorithm:``: the model, the quickstart kit, the data, the
+rollout, the reward, the teacher and the training loop. Every field is documented once, where it is declared (the
+docstring under it); knob names and meanings are TRL's where TRL has the knob."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from learner.methods import CONFIG_MODELS, family
-from learner.methods import check as check_family
-from learner.methods import cross_section_aliases
-from learner.methods.grpo import GRPOConfig  # noqa: F401  (the default family; tests import it from here)
-
-from .schema import ConfigError, Strict  # noqa: F401  (ConfigError: a bad run file's error, imported from here)
-
-
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# cluster spec
-# ----------------------------------------------------------------------------------------------------------------
-class PoolSpec(Strict):
-    replicas: int = Field(1, ge=0)
-    """Number of actors in the pool."""
-    num_cpus: float = Field(1.0, ge=0)
-    """Logical CPUs reserved per actor (fractions allowed)."""
-    num_gpus: float = Field(0.0, ge=0)
-    """GPUs reserved per actor (fractions allowed)."""
-    resources: dict[str, float] = Field(default_factory=dict)
-    """Extra Ray custom resources per actor, e.g. ``{"rollout_node": 1}`` to pin a pool to labelled nodes."""
-    max_restarts: int = Field(3, ge=-1)
-    """How often Ray restarts a crashed actor of this pool (-1: without limit). Its lost work is redone."""
-    num_threads: Optional[int] = Field(None, ge=1)
-    """torch (OpenMP) threads of each actor. None: Ray's choice, num_cpus rounded down, at least 1. Where roles take
-    turns (max_staleness 0 on a small machine: the learner idles while the rollout samples and the other way round),
-    a role may use more threads than the CPUs it reserves; where they overlap, more threads than cores compete."""
-
-
-class LearnerPoolSpec(PoolSpec):
-    replicas: int = Field(1, ge=1)
-    """Data-parallel learner ranks (P). Each rank is a Ray actor holding one DeepSpeed engine."""
-    max_restarts: int = Field(0, ge=0)
-    """Ray does not restart a learner rank on its own (its process group and optimizer partition die with it): the
-    controller restarts the whole group from the newest checkpoint instead (``train.max_restarts``)."""
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    """torch.distributed backend: ``auto`` picks NCCL when the ranks have GPUs, gloo otherwise."""
-
-
-class CriticPoolSpec(LearnerPoolSpec):
-    replicas: Optional[int] = Field(None, ge=1)
-    """Critic ranks; None: as many as learner ranks (the only value allowed: rank i scores and learns rank i's rows)."""
-    colocate_with_learner: bool = False
-    """Put critic rank i in learner rank i's placement-group bundle (same node; with fractional num_gpus, the same
-    GPU). False: the critic ranks get their own placement group."""
-
-
-class ClusterSpec(Strict):
-    colocate: bool = False
-    """Place rollout replica i with learner rank i in one placement-group bundle (shared GPUs, fractional
-    ``num_gpus`` on both pools; needs rollout.replicas <= learner.replicas). False: separate placement."""
-    address: Optional[str] = None
-    """Ray address to join. None: $RAY_ADDRESS if set (``ray job submit`` sets it), else a new local cluster."""
-    namespace: str = "relay-rl"
-    """Ray namespace of the run's named actors (what the dashboard lists)."""
-    rollout: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
-    """Rollout engines (generation)."""
-    reward: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))
-    """Reward scorers (verifiers, user functions, reward models)."""
-    teacher: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))
-    """Teacher scorers (teacher_workers/): the distillation teacher's distributions, and, unless ``reference`` is
-    given, the reference pool's log-probs for KL too. Each pool is started only when the method needs it."""
-    reference: Optional[PoolSpec] = None
-    """The reference pool (frozen initial policy, log-probs for KL). None: the same spec as ``teacher``."""
-    frozen_rollout: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
-    """Rollout engines holding the teacher's frozen weights (teacher-generated samples: GKD's ``seq_kd``); never
-    synced. Started only when the method needs it."""
-    learner: LearnerPoolSpec = Field(default_factory=lambda: LearnerPoolSpec(num_cpus=0.5))
-    """The DeepSpeed learner ranks."""
-    judge: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
-    """Rollout engines serving the LLM judge of the ``llm_judge`` reward (its own model, frozen: never synced).
-    Started only when a reward function is ``llm_judge``."""
-    critic: "CriticPoolSpec" = Field(default_factory=lambda: CriticPoolSpec(num_cpus=0.5))
-    """PPO's critic: a value model trained by its own DeepSpeed group, rank i beside learner rank i's rows. Started
-    only when the method needs it."""
+from relay_rl.schema import Strict
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,13 +209,6 @@ class RewardConfig(Strict):
         return self
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the algorithm: one config model per method family, selected by ``name`` (learner/methods/)
-# ----------------------------------------------------------------------------------------------------------------
-AlgorithmConfig = Annotated[Union[tuple(CONFIG_MODELS)], Field(discriminator="name")]
-FAMILY_NAMES = [m.model_fields["name"].default for m in CONFIG_MODELS]
-
-
 class TeacherModelConfig(Strict):
     """The model a distillation family learns from (served by the ``teacher`` pool)."""
 
@@ -309,8 +219,6 @@ class TeacherModelConfig(Strict):
     trust_remote_code: bool = False
     attn_implementation: AttnImplementation = None
     """As ``model.attn_implementation``, for the teacher."""
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -364,158 +272,3 @@ class TrainConfig(Strict):
     """Extra DeepSpeed config merged over the generated one, e.g. ``{zero_optimization: {stage3_prefetch_bucket_size:
     5.0e7}}``. On gloo (CPU) relay-rl sets ``stage3_param_persistence_threshold: 0`` (every parameter partitioned: ZeRO-3
     otherwise re-gathers each small parameter after every step, a TCP round trip each); set it here to override."""
-
-
-class RunConfig(Strict):
-    name: str = "run"
-    """Recipe name; the default output folder is runs/<name>-<timestamp>."""
-    run_dir: Optional[str] = None
-    """Set by the loader: the run file's folder. Relative paths in the run file resolve from it (and are written
-    resolved into the run folder's ``config.yaml``); ``module:function`` reward imports are found there too."""
-    output_dir: Optional[str] = None
-    """Run folder. None: runs/<name>-<timestamp> (``--output`` overrides)."""
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
-    kit: Optional[KitConfig] = None
-    """Build (or reuse) the quickstart kit before training; ``kit:*`` paths refer to it."""
-    model: ModelConfig
-    teacher: Optional[TeacherModelConfig] = None
-    """The teacher model of the distillation families (gkd, on_policy_distillation, gold, minillm); other families
-    do not load it."""
-    data: DataConfig
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    reward: Optional[RewardConfig] = None
-    """Reward functions. Required by the families that learn from rewards (grpo); optional for distillation,
-    where they only score samples for the metrics (and ``eval/accuracy``)."""
-    algorithm: AlgorithmConfig = Field(default_factory=GRPOConfig)
-    """The method: ``name`` picks the family (grpo, minillm, gkd, on_policy_distillation, gold), the other keys are
-    that family's knobs."""
-    train: TrainConfig = Field(default_factory=TrainConfig)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_family(cls, data):
-        if isinstance(data, dict) and isinstance(data.get("algorithm"), dict) and "name" not in data["algorithm"]:
-            data = {**data, "algorithm": {"name": "grpo", **data["algorithm"]}}
-        return cross_section_aliases(data) if isinstance(data, dict) else data
-
-    @property
-    def needs(self):
-        """What the method family needs (pools, sections), from ``learner.methods``."""
-        return family(self.algorithm).needs(self)
-
-    def pool_spec(self, pool: str) -> PoolSpec:
-        """The spec of a teacher pool by name."""
-        return (self.cluster.reference or self.cluster.teacher) if pool == "reference" else self.cluster.teacher
-
-    @model_validator(mode="after")
-    def _cross_section_rules(self):
-        paths = (self.model.name_or_path, self.data.train, self.data.eval,
-                 self.teacher.name_or_path if self.teacher else None,
-                 *(v for f in (self.reward.reward_funcs if self.reward else ()) if not isinstance(f, str)
-                   for v in f.kwargs.values()))
-        if any(str(v).startswith("kit:") for v in paths) and self.kit is None:
-            raise ValueError("model/data/teacher/reward kwargs refer to 'kit:...' but there is no kit section: add "
-                             "`kit: {}`")
-        needs, name = self.needs, self.algorithm.name
-        if needs.rewards and self.reward is None:
-            raise ValueError(f"reward: required field is missing (algorithm {name} learns from rewards: add "
-                             "reward: {reward_funcs: [...]})")
-        if needs.teacher_model and self.teacher is None:
-            raise ValueError(f"algorithm {name} learns from a teacher model: add `teacher: {{name_or_path: ...}}` "
-                             "(kit:teacher on the quickstart kit)")
-        for spec in needs.teachers:
-            if self.pool_spec(spec.pool).replicas < 1:
-                what = "reference log-probs" if spec.pool == "reference" else "teacher distributions"
-                field = "reference" if spec.pool == "reference" and self.cluster.reference else "teacher"
-                raise ValueError(f"algorithm {name} needs {what} from the {spec.pool} pool"
-                                 + (" (beta > 0)" if spec.pool == "reference" else "")
-                                 + f": set cluster.{field}.replicas >= 1")
-        if needs.frozen_rollout and self.cluster.frozen_rollout.replicas < 1:
-            raise ValueError(f"algorithm {name} samples with a frozen pool: set cluster.frozen_rollout.replicas >= 1")
-        check_family(self)
-        if self.cluster.rollout.replicas < 1:
-            raise ValueError("cluster.rollout.replicas must be >= 1")
-        if self.rollout.temperature == 0 and self.algorithm.num_generations > 1:
-            raise ValueError(f"rollout.temperature 0 is greedy: the {self.algorithm.num_generations} completions of a "
-                             "prompt (algorithm.num_generations) would all be the same, and a group of equal samples "
-                             "has nothing to compare: set rollout.temperature > 0 (e.g. 1.0), or num_generations: 1 "
-                             "for the distillation families")
-        if self.reward is not None and self.cluster.reward.replicas < 1:
-            raise ValueError("cluster.reward.replicas must be >= 1 (or remove the reward section)")
-        if self.rollout.partial_rollouts and self.rollout.engine != "hf":
-            raise ValueError("rollout.partial_rollouts needs the hf engine (vLLM's offline engine cannot take weights "
-                             "mid-generation)")
-        if self.rollout.partial_rollouts and self.rollout.weight_transport != "object_store":
-            raise ValueError("rollout.partial_rollouts needs weight_transport: object_store (a broadcast would wait "
-                             "for the generation to end; ipc's shared buffers are rewritten by the next sync)")
-        if self.rollout.weight_transport == "ipc" and not self.cluster.colocate:
-            raise ValueError("rollout.weight_transport: ipc hands each rollout replica the memory of the learner rank "
-                             "beside it: set cluster.colocate: true (or use object_store)")
-        if self.cluster.colocate and self.cluster.rollout.replicas > self.cluster.learner.replicas:
-            raise ValueError("cluster.colocate puts rollout replica i beside learner rank i: set rollout.replicas "
-                             f"({self.cluster.rollout.replicas}) <= learner.replicas ({self.cluster.learner.replicas})")
-        resolve_schedule(self)  # raises on batch-size rules
-        return self
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the batch schedule (§1.2)
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Schedule:
-    """Resolved batch sizes. Micro-step j (per rank) uses slice j mod S of pass floor(j/S) mod mu."""
-
-    G: int  # completions per prompt
-    B: int  # completions per rank per micro-batch
-    P: int  # learner ranks
-    GA: int  # micro-batches per optimizer step
-    S: int  # slices per rank per generation batch
-    mu: int  # passes over each generation batch
-    k: int  # max staleness
-
-    @property
-    def generation_batch_size(self) -> int:
-        return self.B * self.P * self.S
-
-    @property
-    def prompts_per_generation(self) -> int:
-        return self.generation_batch_size // self.G
-
-    @property
-    def K(self) -> float:
-        """Optimizer steps per generation batch (may be a fraction when GA = m*S*mu)."""
-        return self.S * self.mu / self.GA
-
-    def admission_version(self, n: int) -> int:
-        """v_a(n): learner version at the first optimizer step that uses generation batch n (0-based)."""
-        return (n * self.S * self.mu) // self.GA
-
-    def batches_needed(self, steps: int) -> int:
-        """Generation batches consumed by ``steps`` optimizer steps."""
-        return math.ceil(steps * self.GA / (self.S * self.mu))
-
-
-def resolve_schedule(cfg: RunConfig) -> Schedule:
-    a, P = cfg.algorithm, cfg.cluster.learner.replicas
-    B, GA, G = a.per_device_train_batch_size, a.gradient_accumulation_steps, a.num_generations
-    if a.generation_batch_size is not None:
-        if a.generation_batch_size % (B * P):
-            raise ValueError(f"generation_batch_size ({a.generation_batch_size}) must be divisible by "
-                             f"per_device_train_batch_size * learner ranks ({B} * {P} = {B * P})")
-        S = a.generation_batch_size // (B * P)
-    else:
-        S = a.steps_per_generation or GA
-    gbs = B * P * S
-    if gbs % G:
-        raise ValueError(f"the generation batch ({gbs} completions = B {B} * P {P} * S {S}) must hold whole groups: "
-                         f"make it divisible by num_generations ({G})")
-    if (S * a.num_iterations) % GA and GA % (S * a.num_iterations):
-        raise ValueError(f"gradient_accumulation_steps ({GA}) must divide steps_per_generation * num_iterations "
-                         f"({S} * {a.num_iterations}) or be a multiple of it, so that each optimizer step uses a "
-                         "whole number of generation slices")
-    return Schedule(G=G, B=B, P=P, GA=GA, S=S, mu=a.num_iterations, k=a.max_staleness)
-
-
-# loading a run file (YAML, overlays, overrides, errors with file and line): cluster/loading.py
-from .loading import (_format_errors, _merge, apply_override, dump_config, load_config,  # noqa: E402,F401
-                      validate_dict)

@@ -17,17 +17,9 @@ import threading
 import traceback
 from pathlib import Path
 
-from .schema import ConfigError
+from relay_rl.errors import ConfigError, Interrupted, RunError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
-
-
-class RunError(RuntimeError):
-    """The run started and cannot go on. The message says what happened, where, and what to do."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C / SIGTERM during a run, after the pools were stopped. The message says at which step."""
 
 
 STOP_REQUESTED = threading.Event()
