@@ -1,5 +1,6 @@
 """Admission: a generation batch's rank shards go to the learner ranks (and, with the critic role, to the critic
 ranks), as refs: the driver never holds the tensors."""
+
 from __future__ import annotations
 
 from .pools import Pools
@@ -15,5 +16,7 @@ def admit(pools: Pools, shards: list) -> list:
         return [r.admit.remote(shard) for r, shard in zip(learner, shards)]
     values = [c.values.remote(shard) for c, shard in zip(critic, shards)]
     admitted = [r.admit.options(num_returns=2).remote(shard, v) for r, shard, v in zip(learner, shards, values)]
-    critic_stats = [c.admit.remote(shard, v, returns) for c, shard, v, (_, returns) in zip(critic, shards, values, admitted)]
+    critic_stats = [
+        c.admit.remote(shard, v, returns) for c, shard, v, (_, returns) in zip(critic, shards, values, admitted)
+    ]
     return [stats for stats, _ in admitted] + critic_stats

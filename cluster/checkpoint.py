@@ -15,6 +15,7 @@ run needs to go on as if it had not stopped:
 A checkpoint is written into ``checkpoint-<step>.tmp/`` and renamed into place once complete, so a crash while
 saving never leaves a checkpoint that looks complete; ``train.save_total_limit`` keeps the newest ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,16 +42,24 @@ def find(resume: str, out: Path) -> Path:
     if resume == "auto":
         found = checkpoints(out) if out.is_dir() else []
         if not found:
-            raise ConfigError(f"--resume auto: {out} holds no complete checkpoint (they are written every "
-                              "train.save_steps steps): start the run without --resume, or give --resume DIR")
+            raise ConfigError(
+                f"--resume auto: {out} holds no complete checkpoint (they are written every "
+                "train.save_steps steps): start the run without --resume, or give --resume DIR"
+            )
         return found[-1]
     path = Path(os.path.expandvars(os.path.expanduser(resume))).resolve()
     if path.is_dir() and not (path / MARK).is_file() and checkpoints(path):
         return checkpoints(path)[-1]  # a run folder: its newest checkpoint
     if not (path / MARK).is_file():
-        what = "does not exist" if not path.exists() else (
-            "is incomplete (a save that did not finish)" if path.name.endswith(".tmp") or (path / "relay").is_dir()
-            else "is not a relay-rl checkpoint")
+        what = (
+            "does not exist"
+            if not path.exists()
+            else (
+                "is incomplete (a save that did not finish)"
+                if path.name.endswith(".tmp") or (path / "relay").is_dir()
+                else "is not a relay-rl checkpoint"
+            )
+        )
         raise ConfigError(f"--resume {resume}: {path} {what}: give a checkpoint-<step> folder, a run folder, or auto")
     return path
 
@@ -67,22 +76,33 @@ def check_compatible(cfg: RunConfig, ckpt: Path) -> dict:
     now, then = resolve_schedule(cfg), resolve_schedule(saved)
     problems = []
     if then.P != now.P:
-        problems.append(f"cluster.learner.replicas is {now.P}, the checkpoint has {then.P} ranks (resuming on another "
-                        "number of learner ranks is not supported: use the checkpoint's number)")
-    problems += [f"the batch shape differs: {k} = {getattr(now, k)} now, {getattr(then, k)} in the checkpoint"
-                 for k in _SHAPE if k != "P" and getattr(now, k) != getattr(then, k)]
-    for label, a, b in (("model.name_or_path", cfg.model.name_or_path, saved.model.name_or_path),
-                        ("algorithm.name", cfg.algorithm.name, saved.algorithm.name),
-                        ("train.zero_stage", cfg.train.zero_stage, saved.train.zero_stage),
-                        ("data.train", cfg.data.train, saved.data.train),
-                        ("model.dtype", cfg.model.dtype, saved.model.dtype)):
+        problems.append(
+            f"cluster.learner.replicas is {now.P}, the checkpoint has {then.P} ranks (resuming on another "
+            "number of learner ranks is not supported: use the checkpoint's number)"
+        )
+    problems += [
+        f"the batch shape differs: {k} = {getattr(now, k)} now, {getattr(then, k)} in the checkpoint"
+        for k in _SHAPE
+        if k != "P" and getattr(now, k) != getattr(then, k)
+    ]
+    for label, a, b in (
+        ("model.name_or_path", cfg.model.name_or_path, saved.model.name_or_path),
+        ("algorithm.name", cfg.algorithm.name, saved.algorithm.name),
+        ("train.zero_stage", cfg.train.zero_stage, saved.train.zero_stage),
+        ("data.train", cfg.data.train, saved.data.train),
+        ("model.dtype", cfg.model.dtype, saved.model.dtype),
+    ):
         if a != b:
             problems.append(f"{label} is {a!r}, the checkpoint's run had {b!r}")
     if state["step"] >= cfg.train.max_steps:
-        problems.append(f"the checkpoint is at step {state['step']} and train.max_steps is {cfg.train.max_steps}: "
-                        "nothing is left to train (raise train.max_steps to go on)")
+        problems.append(
+            f"the checkpoint is at step {state['step']} and train.max_steps is {cfg.train.max_steps}: "
+            "nothing is left to train (raise train.max_steps to go on)"
+        )
     if problems:
-        raise ConfigError(f"--resume {ckpt}: this run file cannot continue that checkpoint:\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            f"--resume {ckpt}: this run file cannot continue that checkpoint:\n  " + "\n  ".join(problems)
+        )
     return state
 
 

@@ -4,6 +4,7 @@ The run keeps a small named actor, ``<run>/control``, in its namespace. ``scale`
 controller takes the requests at the next step boundary, applies or refuses each (new replicas get the current
 weights before they generate), and leaves the answer for ``scale`` to print.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,9 @@ def write_run_file(out: Path, run_name: str, namespace: str, address: str | None
     (out / "run.json").write_text(json.dumps({"run": run_name, "namespace": namespace, "address": address}))
 
 
-def scale(run: str, pool: str, n: int, address: str | None = None, namespace: str = "relay-rl",
-          timeout_s: float = 600.0) -> str:
+def scale(
+    run: str, pool: str, n: int, address: str | None = None, namespace: str = "relay-rl", timeout_s: float = 600.0
+) -> str:
     """Ask run ``run`` (its name, or its run folder) to resize ``pool`` to ``n`` replicas; wait for the answer."""
     import os
 
@@ -57,13 +59,16 @@ def scale(run: str, pool: str, n: int, address: str | None = None, namespace: st
     from relay_rl.errors import ConfigError
 
     from .runtime import check_reachable
+
     folder = Path(os.path.expanduser(run))
     if (folder / "run.json").is_file():
         info = json.loads((folder / "run.json").read_text())
         run, namespace, address = info["run"], info["namespace"], address or info.get("address")
     if pool not in SCALABLE:
-        raise ConfigError(f"scale: pool {pool!r} cannot be resized while a run goes on; scalable: {', '.join(SCALABLE)}"
-                          " (the learner's ranks hold the optimizer state: change cluster.learner.replicas and resume)")
+        raise ConfigError(
+            f"scale: pool {pool!r} cannot be resized while a run goes on; scalable: {', '.join(SCALABLE)}"
+            " (the learner's ranks hold the optimizer state: change cluster.learner.replicas and resume)"
+        )
     if n < 1:
         raise ConfigError(f"scale: {pool} needs at least 1 replica (got {n})")
     address = address or os.environ.get("RAY_ADDRESS") or "auto"
@@ -73,9 +78,10 @@ def scale(run: str, pool: str, n: int, address: str | None = None, namespace: st
         try:
             control = ray.get_actor(f"{run}/control", namespace=namespace)
         except ValueError:
-            raise ConfigError(f"scale: no run {run!r} in namespace {namespace!r} on {address} (is it still running? "
-                              "the run's name is printed when its pools are up, and kept in <run folder>/run.json)"
-                              ) from None
+            raise ConfigError(
+                f"scale: no run {run!r} in namespace {namespace!r} on {address} (is it still running? "
+                "the run's name is printed when its pools are up, and kept in <run folder>/run.json)"
+            ) from None
         request_id = ray.get(control.request.remote(pool, n))
         deadline = time.time() + timeout_s
         while time.time() < deadline:

@@ -7,6 +7,7 @@
 
 Weights reach the rollout pool lazily: right before a generation (or an evaluation) that needs them.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,17 @@ from .report import STOP_REQUESTED
 
 
 class Controller:
-    def __init__(self, cfg: RunConfig, sched: Schedule, pools: Pools, pipe: Pipeline, metrics: MetricsLog,
-                 eval_data, out: Path, log):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        sched: Schedule,
+        pools: Pools,
+        pipe: Pipeline,
+        metrics: MetricsLog,
+        eval_data,
+        out: Path,
+        log,
+    ):
         self.cfg, self.sched, self.pools, self.pipe = cfg, sched, pools, pipe
         self.family = cfg.family
         self.metrics, self.eval_data, self.out, self.log = metrics, eval_data, out, log
@@ -58,8 +68,15 @@ class Controller:
         t = self.cfg.train
         if t.eval_steps and self.eval_data is not None and self.step == 0:
             self.evaluate(step=0)
-        bar = tqdm(total=t.max_steps, initial=self.step, desc=f"{self.cfg.name}", unit="step", dynamic_ncols=True,
-                   file=sys.stderr, mininterval=1.0)
+        bar = tqdm(
+            total=t.max_steps,
+            initial=self.step,
+            desc=f"{self.cfg.name}",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=1.0,
+        )
         with bar:
             while self.step < t.max_steps and not self.reached_target():
                 if STOP_REQUESTED.is_set():  # a Ctrl-C whose KeyboardInterrupt was lost on the way
@@ -70,7 +87,9 @@ class Controller:
                     self.launch_generations()  # 1. rollout
                     admission = self.admit_for_step()  # 2. admit
                     learned = self.learn(admission)  # 3. learn
-                    record = self.record(step, learned, time.time() - t0)  # 4. record, refresh the reference, eval, save
+                    record = self.record(
+                        step, learned, time.time() - t0
+                    )  # 4. record, refresh the reference, eval, save
                     self.step = step
                     self.after_step(step)
                 except ray.exceptions.RayError as e:  # an actor died, or a rank's peer failed in a collective
@@ -82,8 +101,10 @@ class Controller:
                 if step % t.logging_steps == 0 or step == t.max_steps:
                     bar.set_postfix(self._postfix(record), refresh=False)
         if self.reached_target():
-            self.log(f"[relay-rl] step {self.step}: eval accuracy {self.last_eval['eval/accuracy']:.3f} reached "
-                     f"train.target_eval_accuracy ({t.target_eval_accuracy}): stopped")
+            self.log(
+                f"[relay-rl] step {self.step}: eval accuracy {self.last_eval['eval/accuracy']:.3f} reached "
+                f"train.target_eval_accuracy ({t.target_eval_accuracy}): stopped"
+            )
         if t.eval_steps and self.eval_data is not None and self.last_eval.get("step") != self.step:
             self.evaluate(self.step)
         self.save(self.out / "final")
@@ -127,12 +148,16 @@ class Controller:
             lag = self.version - gen.version
             if lag > self.sched.k:
                 if policy == "wait":  # cannot happen by construction; guard the invariant loudly
-                    raise RuntimeError(f"generation batch {gen.gen_id} is {lag} versions stale at admission "
-                                       f"(max_staleness {self.sched.k})")
+                    raise RuntimeError(
+                        f"generation batch {gen.gen_id} is {lag} versions stale at admission "
+                        f"(max_staleness {self.sched.k})"
+                    )
                 if policy == "drop":
                     self.ledger.dropped(gen, lag)
-                    self.log(f"[relay-rl] dropped generation batch {gen.gen_id}: {lag} versions stale at admission "
-                             f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far")
+                    self.log(
+                        f"[relay-rl] dropped generation batch {gen.gen_id}: {lag} versions stale at admission "
+                        f"(max_staleness {self.sched.k}); {self.ledger.dropped_samples} samples dropped so far"
+                    )
                     continue
                 self.ledger.stale_used(gen, lag)
             # the ranks' statistics (refs, fetched with the step's results) and dynamic sampling's counts
@@ -163,12 +188,16 @@ class Controller:
         errors = stats.get("reward_errors", {})
         for name, err in errors.items():
             self.failures[name] = self.failures.get(name, 0) + 1
-            self.log(f"[relay-rl] reward function {name} failed ({self.failures[name]} in a row): {err}; "
-                     "its scores for this batch are None (excluded, not 0)")
+            self.log(
+                f"[relay-rl] reward function {name} failed ({self.failures[name]} in a row): {err}; "
+                "its scores for this batch are None (excluded, not 0)"
+            )
             if self.failures[name] >= self.cfg.reward.max_consecutive_failures:
-                raise RunError(f"reward function {name} failed {self.failures[name]} batches in a row "
-                               f"(reward.max_consecutive_failures): {err}. Fix the function (try it on a few rows "
-                               "of the dataset), or remove it from reward.reward_funcs")
+                raise RunError(
+                    f"reward function {name} failed {self.failures[name]} batches in a row "
+                    f"(reward.max_consecutive_failures): {err}. Fix the function (try it on a few rows "
+                    "of the dataset), or remove it from reward.reward_funcs"
+                )
         for name in list(self.failures):
             if name not in errors:
                 self.failures[name] = 0
@@ -179,12 +208,19 @@ class Controller:
     # 4. record --------------------------------------------------------------------------------------------------
     def record(self, step: int, learned: dict, step_s: float) -> dict:
         g = self.current_gen
-        rec = {"step": step, "policy_version": self.version,
-               **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows", "work")}, **learned,
-               **self.pipe.weights.finish(), "timing/step_s": step_s,
-               "samples": self.sched.B * self.sched.P * self.sched.GA,
-               "queue/inflight": len(self.inflight), **self.ledger.counters(),
-               "restarts/learner": self.learner_restarts, "restarts/redone_batches": self.pipe.redone}
+        rec = {
+            "step": step,
+            "policy_version": self.version,
+            **{k: v for k, v in g.items() if k not in ("reward_errors", "reward_stuck", "rows", "work")},
+            **learned,
+            **self.pipe.weights.finish(),
+            "timing/step_s": step_s,
+            "samples": self.sched.B * self.sched.P * self.sched.GA,
+            "queue/inflight": len(self.inflight),
+            **self.ledger.counters(),
+            "restarts/learner": self.learner_restarts,
+            "restarts/redone_batches": self.pipe.redone,
+        }
         tokens = learned.get("completions/tokens", 0.0)
         rec["tokens_per_s"] = tokens / max(step_s, 1e-9)
         rec["tokens_per_s/learner"] = tokens / max(learned.get("timing/train_s") or step_s, 1e-9)
@@ -218,8 +254,10 @@ class Controller:
         self.metrics.write(res)
         self.last_eval = res
         if "eval/accuracy" in res:
-            self.log(f"[relay-rl] step {step}: eval accuracy {res['eval/accuracy']:.3f} "
-                     f"(reward {res['eval/reward']:.3f}, {res['eval/samples']} samples, {res['timing/eval_s']:.1f}s)")
+            self.log(
+                f"[relay-rl] step {step}: eval accuracy {res['eval/accuracy']:.3f} "
+                f"(reward {res['eval/reward']:.3f}, {res['eval/samples']} samples, {res['timing/eval_s']:.1f}s)"
+            )
         return res
 
     def save(self, path: Path) -> None:
@@ -232,14 +270,19 @@ class Controller:
         t0 = time.time()
         tmp = checkpoints.begin(self.out, step)
         get_all([r.save_hf.remote(str(tmp)) for r in self.pools.learner])
-        get_all([r.save_state.remote(str(tmp / "relay")) for r in self.pools.learner]
-                + [c.save_state.remote(str(tmp / "relay" / "critic")) for c in self.pools.critic])
+        get_all(
+            [r.save_state.remote(str(tmp / "relay")) for r in self.pools.learner]
+            + [c.save_state.remote(str(tmp / "relay" / "critic")) for c in self.pools.critic]
+        )
         for pool in self.family.moving_pools(self.cfg):  # e.g. a refreshed reference: its weights are the run's state
             ray.get(self.pools.teachers[pool][0].save.remote(str(tmp / "relay" / pool)))
         path = checkpoints.commit(tmp, self.state(), self.metrics.history)
         gone = checkpoints.rotate(self.out, self.cfg.train.save_total_limit)
-        self.log(f"[relay-rl] saved checkpoint {path} ({time.time() - t0:.1f}s"
-                 + (f"; removed {', '.join(p.name for p in gone)}" if gone else "") + ")")
+        self.log(
+            f"[relay-rl] saved checkpoint {path} ({time.time() - t0:.1f}s"
+            + (f"; removed {', '.join(p.name for p in gone)}" if gone else "")
+            + ")"
+        )
         return path
 
     def apply_control(self) -> None:
@@ -277,16 +320,23 @@ class Controller:
         t = self.cfg.train
         found = checkpoints.checkpoints(self.out)
         if self.learner_restarts >= t.max_restarts or not found:
-            raise RunError(f"learner rank(s) {dead} died at step {self.step + 1} and the run cannot heal: "
-                           + (f"train.max_restarts ({t.max_restarts}) restarts used" if found else
-                              "no checkpoint to continue from (set train.save_steps)")
-                           + f". Continue with `relay-rl train ... --resume auto --output {self.out}`") from None
+            raise RunError(
+                f"learner rank(s) {dead} died at step {self.step + 1} and the run cannot heal: "
+                + (
+                    f"train.max_restarts ({t.max_restarts}) restarts used"
+                    if found
+                    else "no checkpoint to continue from (set train.save_steps)"
+                )
+                + f". Continue with `relay-rl train ... --resume auto --output {self.out}`"
+            ) from None
         ckpt = found[-1]
         state = json.loads((ckpt / "relay" / "driver.json").read_text())
         self.learner_restarts += 1
-        self.log(f"[relay-rl] learner rank(s) {dead} died at step {self.step + 1} ({type(error).__name__}); "
-                 f"restarting the learner group from {ckpt.name} (restart {self.learner_restarts} of "
-                 f"{t.max_restarts}); steps {state['step'] + 1}-{self.step} are redone")
+        self.log(
+            f"[relay-rl] learner rank(s) {dead} died at step {self.step + 1} ({type(error).__name__}); "
+            f"restarting the learner group from {ckpt.name} (restart {self.learner_restarts} of "
+            f"{t.max_restarts}); steps {state['step'] + 1}-{self.step} are redone"
+        )
         self.inflight.clear()  # launched for later steps; the checkpoint's own in-flight batches are relaunched
         restart_learner(self.pools, self.cfg, self.metrics.run_name, ckpt, self.log)
         self.restore(state)
@@ -296,12 +346,20 @@ class Controller:
 
     def state(self) -> dict:
         """The driver's part of a checkpoint (JSON)."""
-        return {"step": self.step, "version": self.version, "next_gen": self.next_gen,
-                "admitted_microsteps": self.admitted_microsteps, "sampler": self.pipe.sampler.state(),
-                "ledger": self.ledger.state(), "failures": self.failures, "last_eval": self.last_eval,
-                "current_gen": self.current_gen, "health": self.health.state(),
-                "inflight": [{"gen_id": g.gen_id, "records": g.records} for g in self.inflight],
-                "config": self.cfg.model_dump(mode="json")}
+        return {
+            "step": self.step,
+            "version": self.version,
+            "next_gen": self.next_gen,
+            "admitted_microsteps": self.admitted_microsteps,
+            "sampler": self.pipe.sampler.state(),
+            "ledger": self.ledger.state(),
+            "failures": self.failures,
+            "last_eval": self.last_eval,
+            "current_gen": self.current_gen,
+            "health": self.health.state(),
+            "inflight": [{"gen_id": g.gen_id, "records": g.records} for g in self.inflight],
+            "config": self.cfg.model_dump(mode="json"),
+        }
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint's driver state (the pools already hold its weights and learner state)."""
@@ -322,5 +380,3 @@ class Controller:
             out["eval_acc"] = f"{self.last_eval['eval/accuracy']:.3f}"
         out["stale"] = int(rec.get("staleness/max") or 0)
         return out
-
-

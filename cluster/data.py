@@ -1,4 +1,5 @@
 """Prompt datasets: local files (jsonl/json/parquet/csv), Hugging Face datasets by name, or the quickstart kit."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,10 @@ def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: st
     else:  # a dataset name on the hub
         ds = datasets.load_dataset(path, split=split)
     if prompt_column not in ds.column_names:
-        raise ValueError(f"dataset {spec} has no column {prompt_column!r} (columns: {', '.join(ds.column_names)}); "
-                         "set data.prompt_column")
+        raise ValueError(
+            f"dataset {spec} has no column {prompt_column!r} (columns: {', '.join(ds.column_names)}); "
+            "set data.prompt_column"
+        )
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return ds
@@ -50,6 +53,8 @@ def _load(field: str, spec: str, *args):
         while e.__cause__ is not None or e.__context__ is not None:  # the loader's own cause (a JSON parse error)
             e = e.__cause__ or e.__context__
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise ConfigError(f"{field}: cannot load {spec!r}: {type(e).__name__}: {first}. Give a local .jsonl/.json/"
-                          ".parquet/.csv file, a folder saved with datasets' save_to_disk, a dataset name the "
-                          "machine can reach, or kit:train / kit:test") from e
+        raise ConfigError(
+            f"{field}: cannot load {spec!r}: {type(e).__name__}: {first}. Give a local .jsonl/.json/"
+            ".parquet/.csv file, a folder saved with datasets' save_to_disk, a dataset name the "
+            "machine can reach, or kit:train / kit:test"
+        ) from e

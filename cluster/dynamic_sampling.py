@@ -11,6 +11,7 @@ the batch shape it would see without dynamic sampling. Every round samples with 
 when it starts, never older than the first round's (the staleness bound counts from the first round), and every
 sample keeps its own version. Dropped groups' prompts are consumed, not retried.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,10 @@ def group_verdicts(batch: Batch, weights, column: int | None) -> list[tuple[int,
     value is the weighted total reward (``column`` None) or one reward function's column; unscorable (NaN) rows are
     left out, so a group needs two scorable rows with different values."""
     values = (total_reward(batch.rewards, weights) if column is None else batch.rewards[:, column].double()).tolist()
-    return [(g, len({values[i] for i in rows if not math.isnan(values[i])}) > 1, len(rows))
-            for g, rows in group_rows(batch.group_id.tolist()).items()]
+    return [
+        (g, len({values[i] for i in rows if not math.isnan(values[i])}) > 1, len(rows))
+        for g, rows in group_rows(batch.group_id.tolist()).items()
+    ]
 
 
 @ray.remote(num_cpus=0)
@@ -57,21 +60,25 @@ def choose_groups(rounds: list[list[tuple[int, bool, int]]], need: int, when_exh
     filled = []
     if len(chosen) < need:
         if when_exhausted == "error":
-            raise RunError(f"dynamic sampling: {len(varied)} of the {need} groups a generation batch needs had "
-                               f"reward variance after {len(rounds)} rounds (algorithm.filter_groups."
-                               "max_num_gen_batches). The task is too hard or too easy for the model: raise "
-                               "max_num_gen_batches (0: no bound), or set when_exhausted: fill")
-        filled = [g for g, ok, _ in flat if not ok][:need - len(chosen)]
+            raise RunError(
+                f"dynamic sampling: {len(varied)} of the {need} groups a generation batch needs had "
+                f"reward variance after {len(rounds)} rounds (algorithm.filter_groups."
+                "max_num_gen_batches). The task is too hard or too easy for the model: raise "
+                "max_num_gen_batches (0: no bound), or set when_exhausted: fill"
+            )
+        filled = [g for g, ok, _ in flat if not ok][: need - len(chosen)]
     keep = set(chosen) | set(filled)
     rows = {g: n for g, _, n in flat}
-    stats = {"dynamic_sampling/rounds": len(rounds),
-             "dynamic_sampling/generated_groups": len(flat),
-             "dynamic_sampling/dropped_groups": len(flat) - len(keep),
-             "dynamic_sampling/tied_groups": len(flat) - len(varied),
-             "dynamic_sampling/surplus_groups": len(varied) - len(chosen),
-             "dynamic_sampling/filled_groups": len(filled),
-             "dynamic_sampling/kept_group_ratio": len(varied) / max(1, len(flat)),
-             "dynamic_sampling/dropped_samples": sum(n for g, n in rows.items() if g not in keep)}
+    stats = {
+        "dynamic_sampling/rounds": len(rounds),
+        "dynamic_sampling/generated_groups": len(flat),
+        "dynamic_sampling/dropped_groups": len(flat) - len(keep),
+        "dynamic_sampling/tied_groups": len(flat) - len(varied),
+        "dynamic_sampling/surplus_groups": len(varied) - len(chosen),
+        "dynamic_sampling/filled_groups": len(filled),
+        "dynamic_sampling/kept_group_ratio": len(varied) / max(1, len(flat)),
+        "dynamic_sampling/dropped_samples": sum(n for g, n in rows.items() if g not in keep),
+    }
     return Choice(groups=[g for g, _, _ in flat if g in keep], stats=stats)
 
 

@@ -6,6 +6,7 @@
 - ``train.max_idle_steps`` steps in a row with a gradient norm of exactly 0 stop the run (a ``RunError``, raised by
   the controller once the step is recorded).
 """
+
 from __future__ import annotations
 
 from relay_rl.errors import RunError
@@ -22,8 +23,12 @@ class Health:
         self.unscorable_batches = 0
 
     def state(self) -> dict:
-        return {"idle_since": self.idle_since, "zero_var_streak": self.zero_var_streak,
-                "warned_zero_var": self.warned_zero_var, "unscorable_batches": self.unscorable_batches}
+        return {
+            "idle_since": self.idle_since,
+            "zero_var_streak": self.zero_var_streak,
+            "warned_zero_var": self.warned_zero_var,
+            "unscorable_batches": self.unscorable_batches,
+        }
 
     def restore(self, state: dict) -> None:
         self.idle_since, self.zero_var_streak = state["idle_since"], state["zero_var_streak"]
@@ -34,10 +39,12 @@ class Health:
         if stats.get("reward/unscorable") == 1.0:
             self.unscorable_batches += 1
             if self.unscorable_batches in (1, 10, 100, 1000):  # counted every time, said now and then
-                self.log(f"[relay-rl] warning: generation batch {gen_id}: no completion could be scored (every reward "
-                         "function returned None or failed for every completion): it carries nothing to learn "
-                         f"({self.unscorable_batches} such batch{'es' if self.unscorable_batches > 1 else ''} so "
-                         "far; pipeline/unscorable_batches counts them)")
+                self.log(
+                    f"[relay-rl] warning: generation batch {gen_id}: no completion could be scored (every reward "
+                    "function returned None or failed for every completion): it carries nothing to learn "
+                    f"({self.unscorable_batches} such batch{'es' if self.unscorable_batches > 1 else ''} so "
+                    "far; pipeline/unscorable_batches counts them)"
+                )
 
     def step(self, step: int, rec: dict) -> RunError | None:
         """After the step's record is made; may add ``warning/*`` keys to it. Returns the error that stops a run that
@@ -53,29 +60,41 @@ class Health:
             self.warned_zero_var = True
             rec["warning/zero_variance_groups"] = 1.0
             r = rec.get("reward/mean")
-            self.log(f"[relay-rl] warning: for {self.zero_var_streak} steps, {share:.0%} of the groups got identical "
-                     f"rewards (mean reward {r:.3f}): those groups have zero advantage and teach nothing. Likely: "
-                     + ("the task is too hard for the model (every completion fails)" if r is not None and r <= 0 else
-                        "the task is already solved (every completion succeeds)" if r is not None and r >= 1 else
-                        "a reward that does not vary between completions")
-                     + "; also check that the reward reads the right column. Options: an easier warm start, more "
-                       "num_generations, a graded reward, or DAPO's dynamic sampling")
+            self.log(
+                f"[relay-rl] warning: for {self.zero_var_streak} steps, {share:.0%} of the groups got identical "
+                f"rewards (mean reward {r:.3f}): those groups have zero advantage and teach nothing. Likely: "
+                + (
+                    "the task is too hard for the model (every completion fails)"
+                    if r is not None and r <= 0
+                    else "the task is already solved (every completion succeeds)"
+                    if r is not None and r >= 1
+                    else "a reward that does not vary between completions"
+                )
+                + "; also check that the reward reads the right column. Options: an easier warm start, more "
+                "num_generations, a graded reward, or DAPO's dynamic sampling"
+            )
         grad = rec.get("grad_norm")
         if grad is not None and grad == 0.0:
             self.idle_since = step if self.idle_since is None else self.idle_since
         else:
             self.idle_since = None
         if t.max_idle_steps and self.idle_since is not None and step - self.idle_since + 1 >= t.max_idle_steps:
-            return RunError(f"nothing was learned for {step - self.idle_since + 1} steps in a row (steps "
-                           f"{self.idle_since}-{step}: gradient norm 0): {self._cause(rec)}. The metrics so far are "
-                           "in metrics.jsonl; train.max_idle_steps sets how many such steps stop a run (0: never)")
+            return RunError(
+                f"nothing was learned for {step - self.idle_since + 1} steps in a row (steps "
+                f"{self.idle_since}-{step}: gradient norm 0): {self._cause(rec)}. The metrics so far are "
+                "in metrics.jsonl; train.max_idle_steps sets how many such steps stop a run (0: never)"
+            )
         return None
 
     def _cause(self, rec: dict) -> str:
         if rec.get("reward/unscorable") == 1.0:
-            return ("no completion could be scored: every reward function returned None (or failed) for every "
-                    "completion; check the reward function and the dataset column it reads")
+            return (
+                "no completion could be scored: every reward function returned None (or failed) for every "
+                "completion; check the reward function and the dataset column it reads"
+            )
         if rec.get("frac_reward_zero_std") == 1.0:
-            return ("every group's completions got identical rewards, so every advantage is 0: the task is too hard "
-                    "or too easy for the model, or the reward does not vary")
+            return (
+                "every group's completions got identical rewards, so every advantage is 0: the task is too hard "
+                "or too easy for the model, or the reward does not vary"
+            )
         return "every sample's weight in the loss was 0"

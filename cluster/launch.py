@@ -3,6 +3,7 @@
 
 The same as ``relay-rl train``. Inside a Ray job, $RAY_ADDRESS points at the cluster and the pools are created there.
 """
+
 import sys
 
 from relay_rl.cluster.cli import main  # absolute: run as ``cluster.launch``, the rest still loads as relay_rl.cluster

@@ -1,6 +1,7 @@
 """The ledger: every generation batch accounted for, generated, admitted (and for how many micro-steps), dropped as
 too stale, or used although too stale. Nothing is lost without being counted; ``pipeline.json`` in the run folder is
 its record."""
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,17 @@ class Ledger:
         return len(self.admitted_ids)
 
     def state(self) -> dict:
-        return {"samples": self.samples, "admitted_ids": self.admitted_ids, "dropped_ids": self.dropped_ids,
-                "stale_used_ids": self.stale_used_ids, "microsteps": self.microsteps, "expected": self.expected,
-                "regenerated": self.regenerated, "work": self.work, "filtered": self.filtered}
+        return {
+            "samples": self.samples,
+            "admitted_ids": self.admitted_ids,
+            "dropped_ids": self.dropped_ids,
+            "stale_used_ids": self.stale_used_ids,
+            "microsteps": self.microsteps,
+            "expected": self.expected,
+            "regenerated": self.regenerated,
+            "work": self.work,
+            "filtered": self.filtered,
+        }
 
     def restore(self, state: dict) -> None:
         ints = lambda d: {int(k): v for k, v in d.items()}  # noqa: E731  (JSON keys are strings)
@@ -66,16 +75,29 @@ class Ledger:
             self.microsteps[int(gen_id)] = self.microsteps.get(int(gen_id), 0) + n // ranks
 
     def counters(self) -> dict:
-        return {"pipeline/generated_samples": sum(self.samples.values()),
-                "pipeline/admitted_samples": sum(self.samples[g] - self.filtered.get(g, 0) for g in self.admitted_ids),
-                "pipeline/dropped_samples": self.dropped_samples,
-                "pipeline/filtered_samples": sum(self.filtered.values()),
-                "pipeline/stale_used_samples": sum(self.samples[g] - self.filtered.get(g, 0)
-                                                   for g in self.stale_used_ids)}
+        return {
+            "pipeline/generated_samples": sum(self.samples.values()),
+            "pipeline/admitted_samples": sum(self.samples[g] - self.filtered.get(g, 0) for g in self.admitted_ids),
+            "pipeline/dropped_samples": self.dropped_samples,
+            "pipeline/filtered_samples": sum(self.filtered.values()),
+            "pipeline/stale_used_samples": sum(self.samples[g] - self.filtered.get(g, 0) for g in self.stale_used_ids),
+        }
 
     def write(self, path: Path, microsteps_per_batch: int) -> None:
-        path.write_text(json.dumps({
-            "microsteps_per_batch": microsteps_per_batch, "generated": self.samples, "admitted": self.admitted_ids,
-            "dropped": self.dropped_ids, "stale_used": self.stale_used_ids, "consumed_microsteps": self.microsteps,
-            "regenerated_at_resume": self.regenerated, "work_per_replica": self.work,
-            "filtered_by_dynamic_sampling": self.filtered, **self.counters()}, indent=1))
+        path.write_text(
+            json.dumps(
+                {
+                    "microsteps_per_batch": microsteps_per_batch,
+                    "generated": self.samples,
+                    "admitted": self.admitted_ids,
+                    "dropped": self.dropped_ids,
+                    "stale_used": self.stale_used_ids,
+                    "consumed_microsteps": self.microsteps,
+                    "regenerated_at_resume": self.regenerated,
+                    "work_per_replica": self.work,
+                    "filtered_by_dynamic_sampling": self.filtered,
+                    **self.counters(),
+                },
+                indent=1,
+            )
+        )

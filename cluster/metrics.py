@@ -1,5 +1,6 @@
 """Metrics: metrics.jsonl, Ray dashboard gauges, the reward curve, the end-of-run summary. (The ranks' statistics
 are merged by ``relay_rl.stats``.)"""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,15 @@ class MetricsLog:
         if self._gauges is None:
             try:
                 from ray.util.metrics import Gauge
-                made = {name: Gauge(name, description=f"relay-rl {name[len('relay_rl_'):].replace('_', ' ')}",
-                                    tag_keys=("run", "pool")) for name, _ in self.GAUGES.values()}
+
+                made = {
+                    name: Gauge(
+                        name,
+                        description=f"relay-rl {name[len('relay_rl_') :].replace('_', ' ')}",
+                        tag_keys=("run", "pool"),
+                    )
+                    for name, _ in self.GAUGES.values()
+                }
                 self._gauges = {k: (made[name], pool) for k, (name, pool) in self.GAUGES.items()}
             except Exception:  # noqa: BLE001  (metrics are optional; never fail a run for them)
                 self._gauges = {}
@@ -98,6 +106,7 @@ def _clean(v):
 def plot_reward_curve(log: MetricsLog, path: Path, title: str, curve: tuple[str, str] | None = None) -> None:
     """Train reward, held-out accuracy and, on its own axis, the family's ``curve`` metric (key, label)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -106,7 +115,9 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str, curve: tuple[str,
     if steps:
         ax.plot(steps, reward, lw=0.8, alpha=0.45, label="train reward (mean)")
         w = max(1, len(reward) // 30)
-        smooth = [sum(reward[max(0, i - w + 1):i + 1]) / len(reward[max(0, i - w + 1):i + 1]) for i in range(len(reward))]
+        smooth = [
+            sum(reward[max(0, i - w + 1) : i + 1]) / len(reward[max(0, i - w + 1) : i + 1]) for i in range(len(reward))
+        ]
         ax.plot(steps, smooth, lw=1.8, label=f"train reward ({w}-step mean)")
     es, acc = log.series("eval/accuracy")
     if es:
@@ -128,8 +139,14 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str, curve: tuple[str,
     plt.close(fig)
 
 
-def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, steps_per_batch: float = 1.0,
-                  curve: tuple[str, str] | None = None) -> str:
+def summary_table(
+    log: MetricsLog,
+    out_dir: Path,
+    wall_s: float,
+    extra: dict,
+    steps_per_batch: float = 1.0,
+    curve: tuple[str, str] | None = None,
+) -> str:
     """The one-screen end-of-run summary. Rates and times are over all optimizer steps; a generation batch feeds
     ``steps_per_batch`` (K) steps, and each of them logs that batch's generate time, so the per-step share is 1/K.
     ``curve``: the family's own progress metric (key, label), shown first -> last."""
@@ -137,9 +154,11 @@ def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, st
     train = [r for r in log.history if "loss" in r]
     rows = [("steps", f"{train[-1]['step'] if train else 0}"), ("wall time", f"{wall_s:.0f} s")]
     if acc:
-        rows.append(("eval accuracy", f"{acc[0]:.3f} (step {es[0]}) -> {acc[-1]:.3f} (step {es[-1]}), best {max(acc):.3f}"))
+        rows.append(
+            ("eval accuracy", f"{acc[0]:.3f} (step {es[0]}) -> {acc[-1]:.3f} (step {es[-1]}), best {max(acc):.3f}")
+        )
     if train:
-        last = train[-max(1, len(train) // 10):]
+        last = train[-max(1, len(train) // 10) :]
         total = lambda k: sum(r.get(k) or 0 for r in train)  # noqa: E731
         mean = lambda k: total(k) / len(train)  # noqa: E731
         step_s = max(1e-9, total("timing/step_s"))
@@ -150,13 +169,22 @@ def summary_table(log: MetricsLog, out_dir: Path, wall_s: float, extra: dict, st
             rows.append(("train reward (last 10%)", f"{sum(r.get('reward/mean') or 0 for r in last) / len(last):.3f}"))
         key = curve[0] if curve else None
         if key and any(key in r for r in train):
-            rows.append((f"{curve[1].split(' ')[0]} (first -> last 10%)",
-                         f"{train[0][key]:.4f} -> {sum(r[key] for r in last) / len(last):.4f}"))
-        rows += [("samples/s", f"{total('samples') / step_s:.1f}"),
-                 ("tokens/s", f"{total('completions/tokens') / step_s:.0f}"),
-                 ("time per step (mean)", f"{generate}, train {mean('timing/train_s'):.3f}s, "
-                                          f"sync {mean('timing/sync_s'):.3f}s, step {mean('timing/step_s'):.3f}s"),
-                 ("staleness max", f"{max((r.get('staleness/max') or 0) for r in train):.0f}")]
+            rows.append(
+                (
+                    f"{curve[1].split(' ')[0]} (first -> last 10%)",
+                    f"{train[0][key]:.4f} -> {sum(r[key] for r in last) / len(last):.4f}",
+                )
+            )
+        rows += [
+            ("samples/s", f"{total('samples') / step_s:.1f}"),
+            ("tokens/s", f"{total('completions/tokens') / step_s:.0f}"),
+            (
+                "time per step (mean)",
+                f"{generate}, train {mean('timing/train_s'):.3f}s, "
+                f"sync {mean('timing/sync_s'):.3f}s, step {mean('timing/step_s'):.3f}s",
+            ),
+            ("staleness max", f"{max((r.get('staleness/max') or 0) for r in train):.0f}"),
+        ]
     rows += list(extra.items())
     rows += [("metrics", str(out_dir / "metrics.jsonl")), ("reward curve", str(out_dir / "reward_curve.png"))]
     width = max(len(k) for k, _ in rows)

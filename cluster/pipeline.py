@@ -6,10 +6,10 @@ shards of S slices, and returns the shards plus a small dict of statistics, whic
 reach the rollout pool through ``RolloutSync`` (``pipe.weights``); shards reach the ranks through
 ``cluster.admission``. The pipeline is also the ``Driver`` a family's driver-side hooks see.
 """
+
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 
 import ray
@@ -30,8 +30,16 @@ log = logging.getLogger("relay_rl")
 
 
 @ray.remote(num_cpus=0)
-def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, gen_id: int, epoch: int = 0,
-             groups: list[int] | None = None):
+def assemble(
+    scored: list,
+    alg,
+    P: int,
+    reward_weights: list | None,
+    seed: int,
+    gen_id: int,
+    epoch: int = 0,
+    groups: list[int] | None = None,
+):
     """Whole generation batch -> (P shards..., stats): the family's assemble step (advantages, targets, row order),
     then P consecutive rank shards of S slices each. ``epoch``: the pass over the prompts it was drawn in (a
     per-epoch schedule's index: online DPO's beta). ``groups``: dynamic sampling's choice, the groups the batch holds
@@ -44,8 +52,13 @@ def assemble(scored: list, alg, P: int, reward_weights: list | None, seed: int, 
     weights = reward_weights or [1.0] * batch.rewards.shape[1]
     # the lengths, rewards and timings of the generation batch (``rows``: every sample, for the ledger) before the
     # family turns it into training rows
-    stats = generation_stats(batch, total_reward(batch.rewards, weights), [p.info for p in parts],
-                             scored=has_rewards, part_sizes=[len(p) for p in parts])
+    stats = generation_stats(
+        batch,
+        total_reward(batch.rewards, weights),
+        [p.info for p in parts],
+        scored=has_rewards,
+        part_sizes=[len(p) for p in parts],
+    )
     if groups is not None:
         batch = select_groups(batch, groups)
     batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
@@ -69,19 +82,27 @@ def join(parts: list) -> Batch:
     for b in batches:
         key = f"rollout/{b.info.get('worker')}"
         work[key] = work.get(key, 0) + len(b)
-    return Batch.concat(batches).replace(info={
-        **infos[0], "generate_s": max(i.get("generate_s", 0.0) for i in infos), "work_rows": work,
-        "prompts_truncated": sum(i.get("prompts_truncated", 0) for i in infos)})
+    return Batch.concat(batches).replace(
+        info={
+            **infos[0],
+            "generate_s": max(i.get("generate_s", 0.0) for i in infos),
+            "work_rows": work,
+            "prompts_truncated": sum(i.get("prompts_truncated", 0) for i in infos),
+        }
+    )
 
 
-def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True,
-                     part_sizes: list[int] | None = None) -> dict:
+def generation_stats(
+    batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True, part_sizes: list[int] | None = None
+) -> dict:
     lengths = batch.completion_mask.sum(-1)
     stats = {
         "completions/mean_length": float(lengths.mean()),
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
-        "completions/mixed_version_ratio": float(batch.mixed_version.float().mean()) if batch.mixed_version is not None else 0.0,
+        "completions/mixed_version_ratio": float(batch.mixed_version.float().mean())
+        if batch.mixed_version is not None
+        else 0.0,
         "completions/tokens": float(lengths.sum()),
         "timing/generate_s": max(i.get("generate_s", 0.0) for i in infos),
         "timing/reward_s": max(i.get("reward_s", 0.0) for i in infos),
@@ -92,25 +113,34 @@ def generation_stats(batch: Batch, r: torch.Tensor, infos: list[dict], scored: b
     }
     for key in {k for i in infos for k in i if k.startswith(("teacher_s/", "teacher_bytes/"))}:
         values = [i.get(key, 0) for i in infos]  # chunks are scored in parallel: seconds max, bytes add up
-        stats[key.replace("teacher_s/", "timing/teacher_s/").replace("teacher_bytes/", "teacher/bytes/")] = \
+        stats[key.replace("teacher_s/", "timing/teacher_s/").replace("teacher_bytes/", "teacher/bytes/")] = (
             max(values) if key.startswith("teacher_s/") else sum(values)
+        )
     stats["work"] = {}  # rows per replica: "rollout/0", "reward/1", ... (the ledger sums them)
     for info, part_rows in zip(infos, part_sizes or [0] * len(infos)):
         joined = info.get("work_rows")  # a joined batch (or a reward replica's part of it): its share per source
         total = sum(joined.values()) if joined else 0
-        rows = {**({k: round(n * part_rows / total) for k, n in joined.items()} if joined else
-                   {f"rollout/{info.get('worker')}": part_rows}), f"reward/{info.get('reward_worker')}": part_rows}
+        rows = {
+            **(
+                {k: round(n * part_rows / total) for k, n in joined.items()}
+                if joined
+                else {f"rollout/{info.get('worker')}": part_rows}
+            ),
+            f"reward/{info.get('reward_worker')}": part_rows,
+        }
         for key, n in rows.items():
             if not key.endswith("/None"):
                 stats["work"][key] = stats["work"].get(key, 0) + n
     if not scored:
         return {**stats, "reward_errors": {}, "reward_stuck": []}
     ok = ~torch.isnan(r)
-    stats.update({
-        "reward/mean": float(r[ok].mean()) if ok.any() else float("nan"),
-        "reward/std": float(r[ok].std()) if ok.sum() > 1 else 0.0,
-        "reward/unscorable": float((~ok).float().mean()),
-    })
+    stats.update(
+        {
+            "reward/mean": float(r[ok].mean()) if ok.any() else float("nan"),
+            "reward/std": float(r[ok].std()) if ok.sum() > 1 else 0.0,
+            "reward/unscorable": float((~ok).float().mean()),
+        }
+    )
     for k, name in enumerate(infos[0].get("reward_names", [])):
         col = batch.rewards[:, k]
         ok = ~torch.isnan(col)
@@ -161,18 +191,21 @@ class PromptSampler:
         self.epoch, self.pos = state["epoch"], state["pos"]
         if self.epoch:
             g = torch.Generator().manual_seed(self.seed + self.epoch - 1)
-            self.order = (torch.randperm(len(self.ds), generator=g).tolist() if self.shuffle
-                          else list(range(len(self.ds))))
+            self.order = (
+                torch.randperm(len(self.ds), generator=g).tolist() if self.shuffle else list(range(len(self.ds)))
+            )
 
     def take(self, n: int) -> list[dict]:
         out = []
         while len(out) < n:
             if self.pos >= len(self.order):
                 g = torch.Generator().manual_seed(self.seed + self.epoch)
-                self.order = torch.randperm(len(self.ds), generator=g).tolist() if self.shuffle else list(range(len(self.ds)))
+                self.order = (
+                    torch.randperm(len(self.ds), generator=g).tolist() if self.shuffle else list(range(len(self.ds)))
+                )
                 self.epoch, self.pos = self.epoch + 1, 0
             k = min(n - len(out), len(self.order) - self.pos)
-            out += self.ds.select(self.order[self.pos:self.pos + k]).to_list()
+            out += self.ds.select(self.order[self.pos : self.pos + k]).to_list()
             self.pos += k
         return out
 
@@ -185,9 +218,15 @@ class Pipeline:
         self.weights = RolloutSync(cfg, pools)
         self.redone = 0  # generation batches redone after a rollout, reward or teacher actor died
         r = cfg.rollout
-        self.sampling = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
-                             repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
-                             stop=tuple(r.stop) if r.stop else None)
+        self.sampling = dict(
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            min_p=r.min_p,
+            repetition_penalty=r.repetition_penalty,
+            max_tokens=r.max_completion_length,
+            stop=tuple(r.stop) if r.stop else None,
+        )
 
     def use_data(self, dataset) -> None:
         """Train on ``dataset`` instead of ``data.train`` (made at run time: rejection sampling's kept set)."""
@@ -246,19 +285,25 @@ class Pipeline:
             params = self.training_sampling(n_of[src], seed)
             workers = self.pools.frozen_rollout if src == TEACHER else self.pools.rollout
             for w_index, worker in enumerate(workers):
-                chunk = items[w_index::len(workers)]  # interleaved split keeps groups whole
+                chunk = items[w_index :: len(workers)]  # interleaved split keeps groups whole
                 if not chunk:
                     continue
                 recs, gids = [r for r, _ in chunk], [g for _, g in chunk]
                 if src == DATASET:
-                    ref = worker.from_dataset.remote(recs, self.cfg.data.completion_column,
-                                                     self.cfg.rollout.max_completion_length, group_ids=gids,
-                                                     n=n_of[src])
+                    ref = worker.from_dataset.remote(
+                        recs,
+                        self.cfg.data.completion_column,
+                        self.cfg.rollout.max_completion_length,
+                        group_ids=gids,
+                        n=n_of[src],
+                    )
                 else:
-                    ref = worker.generate.remote(recs, _seeded(params, w_index + (1000 if src == TEACHER else 0)),
-                                                 group_ids=gids,
-                                                 generation_prompts=fam.generation_prompts(self.cfg, recs)
-                                                 if src == POLICY else None)
+                    ref = worker.generate.remote(
+                        recs,
+                        _seeded(params, w_index + (1000 if src == TEACHER else 0)),
+                        group_ids=gids,
+                        generation_prompts=fam.generation_prompts(self.cfg, recs) if src == POLICY else None,
+                    )
                 chunks.append((ref, len(chunk)))
         if split:  # each group's rows from several pools: joined, so that the reward pool sees whole groups
             chunks = [(join.remote([ref for ref, _ in chunks]), len(items))]
@@ -268,8 +313,15 @@ class Pipeline:
     def _assemble(self, gen: Generation, scored: list, groups: list[int] | None = None) -> None:
         s = self.sched
         out = assemble.options(num_returns=s.P + 1).remote(
-            scored, self.cfg.algorithm, s.P, self.cfg.reward.reward_weights if self.cfg.reward else None,
-            self.cfg.train.seed + gen.gen_id, gen.gen_id, max(0, self.sampler.epoch - 1), groups)
+            scored,
+            self.cfg.algorithm,
+            s.P,
+            self.cfg.reward.reward_weights if self.cfg.reward else None,
+            self.cfg.train.seed + gen.gen_id,
+            gen.gen_id,
+            max(0, self.sampler.epoch - 1),
+            groups,
+        )
         gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
 
     # -- dynamic sampling (cluster/dynamic_sampling.py) ---------------------------------------------------------
@@ -326,8 +378,10 @@ class Pipeline:
                 parts.append(ref)
                 continue
             replicas = list(range(i, W, n))[:groups] if W > n else [i % W]
-            parts += [self.pools.reward[r].score.remote(ref, {"global_step": step}, part=(j, len(replicas)))
-                      for j, r in enumerate(replicas)]
+            parts += [
+                self.pools.reward[r].score.remote(ref, {"global_step": step}, part=(j, len(replicas)))
+                for j, r in enumerate(replicas)
+            ]
         for spec in self.cfg.needs.teachers if teachers else ():
             pool = self.pools.teachers[spec.pool]
             parts = [pool[k % len(pool)].score.remote(ref, asdict(spec)) for k, ref in enumerate(parts)]
@@ -343,8 +397,11 @@ class Pipeline:
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 if gen.attempts >= max_attempts:
                     raise
-                log.warning("generation %d lost a worker (%s); restarting it and redoing the batch",
-                            gen.gen_id, type(e).__name__)
+                log.warning(
+                    "generation %d lost a worker (%s); restarting it and redoing the batch",
+                    gen.gen_id,
+                    type(e).__name__,
+                )
                 self.weights.heal()
                 self.redone += 1
                 redo = self.launch(gen.gen_id, gen.records)
@@ -360,8 +417,11 @@ class Pipeline:
         (no teacher): one ref per scored part; the rows of record i have group id i (evaluation, rejection
         sampling)."""
         R = len(self.pools.rollout)
-        chunks = [(w.generate.remote(records[i::R], params, group_ids=list(range(i, len(records), R))),
-                   len(records[i::R])) for i, w in enumerate(self.pools.rollout) if records[i::R]]
+        chunks = [
+            (w.generate.remote(records[i::R], params, group_ids=list(range(i, len(records), R))), len(records[i::R]))
+            for i, w in enumerate(self.pools.rollout)
+            if records[i::R]
+        ]
         return self._score(chunks, step, teachers=False)
 
     def training_sampling(self, n: int, seed: int) -> SamplingParams:
@@ -374,9 +434,17 @@ class Pipeline:
         self.weights.wake()
         greedy = r.eval_temperature == 0
         n = r.num_generations_eval or (1 if greedy else self.sched.G)
-        params = SamplingParams(n=n, temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
-                                repetition_penalty=r.repetition_penalty, max_tokens=r.max_completion_length,
-                                stop=tuple(r.stop) if r.stop else None, seed=self.cfg.train.seed)
+        params = SamplingParams(
+            n=n,
+            temperature=r.eval_temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            min_p=r.min_p,
+            repetition_penalty=r.repetition_penalty,
+            max_tokens=r.max_completion_length,
+            stop=tuple(r.stop) if r.stop else None,
+            seed=self.cfg.train.seed,
+        )
         scored = ray.get(self.sample(eval_data.to_list(), params, step))  # small: scored, not trained on
         lengths = torch.cat([b.completion_mask.sum(-1) for b in scored])
         if not self.pools.reward:  # nothing to score with: lengths only
@@ -386,12 +454,16 @@ class Pipeline:
         total = torch.nansum(R_all * w, dim=1)
         names = scored[0].info["reward_names"]
         per_func = {f"eval/rewards/{n}/mean": float(torch.nanmean(R_all[:, k].double())) for k, n in enumerate(names)}
-        return {"eval/accuracy": float((total >= self.cfg.rollout.eval_success_threshold).double().mean()),
-                "eval/reward": float(total.double().mean()), **per_func,
-                "eval/mean_length": float(lengths.mean()),
-                "eval/samples": int(R_all.shape[0])}
+        return {
+            "eval/accuracy": float((total >= self.cfg.rollout.eval_success_threshold).double().mean()),
+            "eval/reward": float(total.double().mean()),
+            **per_func,
+            "eval/mean_length": float(lengths.mean()),
+            "eval/samples": int(R_all.shape[0]),
+        }
 
 
 def _seeded(params: SamplingParams, worker: int) -> SamplingParams:
     from dataclasses import replace
+
     return replace(params, seed=None if params.seed is None else params.seed * 31 + worker)

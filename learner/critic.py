@@ -5,6 +5,7 @@ and scalar ``score`` head give a value at every completion position. Per generat
 the shard's rows; policy rank i turns them into advantages and returns; ``admit`` then takes the shard with both,
 and ``train_step`` steps the family's critic objective (``Needs.critic``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,9 +25,14 @@ class CriticRank(LearnerRank):
     def load_model(self, dtype: torch.dtype, attn: str | None):
         """A scalar head on the backbone (kept from a reward model, else new)."""
         from transformers import AutoModelForSequenceClassification
+
         return AutoModelForSequenceClassification.from_pretrained(
-            self.model_path, num_labels=1, dtype=dtype, trust_remote_code=self.cfg.model.trust_remote_code,
-            attn_implementation=attn)
+            self.model_path,
+            num_labels=1,
+            dtype=dtype,
+            trust_remote_code=self.cfg.model.trust_remote_code,
+            attn_implementation=attn,
+        )
 
     def values(self, shard: Batch, chunk: int = 64) -> torch.Tensor:
         """V_old (N, Tc) of a shard's rows at the current weights, 0 on padding (the same number of forwards on every

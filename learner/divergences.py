@@ -3,6 +3,7 @@
 Inputs are log-probs over a shared support: the full vocabulary, or a top-k set (``topk_support``). Outputs are one
 value per position, (B, T); masking and normalisation are the objective's.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,11 @@ def topk_support(student_logp_V: Tensor, teacher_logp_K: Tensor, ids_K: Tensor, 
     (..., K + 1); without it both are renormalised over the K tokens."""
     student_logp_K = student_logp_V.gather(-1, ids_K.long())
     if add_tail:
-        return (torch.cat([student_logp_K, log_tail(student_logp_K)], -1),
-                torch.cat([teacher_logp_K, log_tail(teacher_logp_K)], -1))
-    return (student_logp_K - torch.logsumexp(student_logp_K, -1, keepdim=True),
-            teacher_logp_K - torch.logsumexp(teacher_logp_K, -1, keepdim=True))
+        return (
+            torch.cat([student_logp_K, log_tail(student_logp_K)], -1),
+            torch.cat([teacher_logp_K, log_tail(teacher_logp_K)], -1),
+        )
+    return (
+        student_logp_K - torch.logsumexp(student_logp_K, -1, keepdim=True),
+        teacher_logp_K - torch.logsumexp(teacher_logp_K, -1, keepdim=True),
+    )

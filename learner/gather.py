@@ -1,9 +1,10 @@
 """Full weights out of a (possibly ZeRO-3-partitioned) model, bucket by bucket: what every weight sync and every
 HF checkpoint starts from. How a gathered bucket then travels is ``relay_rl.transport``."""
+
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -18,6 +19,8 @@ def gathered_buckets(module: torch.nn.Module, zero_stage: int, plan: Plan) -> It
         ps = [params[name] for name, _, _ in bucket]
         full = gather_partitions(ps) if zero_stage == 3 else [p.detach() for p in ps]
         yield {name: t for (name, _, _), t in zip(bucket, full)}
+
+
 DIRECT_GATHER_NUMEL = 1 << 18
 """Parameters whose slice on each rank has at least this many elements are all-gathered straight into place, the
 smaller ones together in one collective (gloo pays ~0.7 ms per collective on 2 cores)."""
@@ -37,7 +40,7 @@ def gather_partitions(ps: list[torch.nn.Parameter], direct_numel: int = DIRECT_G
     group = ps[0].ds_process_group
     world = dist.get_world_size(group)
     if world == 1:  # the partition is the whole tensor
-        return [p.ds_tensor.detach()[:p.ds_numel].view(p.ds_shape) for p in ps]
+        return [p.ds_tensor.detach()[: p.ds_numel].view(p.ds_shape) for p in ps]
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
     full: dict[int, torch.Tensor] = {}
     for dtype in {p.ds_tensor.dtype for p in ps}:
@@ -49,8 +52,11 @@ def gather_partitions(ps: list[torch.nn.Parameter], direct_numel: int = DIRECT_G
         flat = _gather_buffer(starts[-1], dtype, device)
         slots = [flat[a:b] for a, b in zip(starts, starts[1:])]
         small = [i for i, t in enumerate(local) if t.numel() < direct_numel]
-        handles = [dist.all_gather_into_tensor(slots[i], t, group=group, async_op=True)
-                   for i, t in enumerate(local) if t.numel() >= direct_numel]
+        handles = [
+            dist.all_gather_into_tensor(slots[i], t, group=group, async_op=True)
+            for i, t in enumerate(local)
+            if t.numel() >= direct_numel
+        ]
         if small:
             together = torch.cat([local[i] for i in small])
             by_rank = torch.empty(world, together.numel(), dtype=dtype, device=device)
@@ -58,12 +64,12 @@ def gather_partitions(ps: list[torch.nn.Parameter], direct_numel: int = DIRECT_G
             offset = 0
             for i in small:
                 n = local[i].numel()
-                slots[i].view(world, n).copy_(by_rank[:, offset:offset + n])
+                slots[i].view(world, n).copy_(by_rank[:, offset : offset + n])
                 offset += n
         for h in handles:
             h.wait()
         for p, a in zip(same, starts):
-            full[id(p)] = flat[a:a + p.ds_numel].view(p.ds_shape)
+            full[id(p)] = flat[a : a + p.ds_numel].view(p.ds_shape)
     return [full[id(p)] for p in ps]
 
 
@@ -82,5 +88,3 @@ def _gather_buffer(numel: int, dtype: torch.dtype, device) -> torch.Tensor:
     if dtype not in _buffers or _buffers[dtype].numel() < numel:
         _buffers[dtype] = torch.empty(numel, dtype=dtype)
     return _buffers[dtype][:numel]
-
-

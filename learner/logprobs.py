@@ -1,4 +1,5 @@
 """Per-token log-probs and entropies of completion tokens under a causal LM (logits / T, full vocabulary)."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     """(B, Tc, V) float logits: position t is the distribution that predicted completion token t."""
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     Tc = completion_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, logits_to_keep=Tc + 1,
-                   use_cache=False).logits
+    logits = model(
+        input_ids=input_ids, attention_mask=attn, position_ids=pos, logits_to_keep=Tc + 1, use_cache=False
+    ).logits
     return logits[:, :-1, :].float()
 
 
@@ -32,7 +34,7 @@ def packed_completion_logits(model, prompt_ids, prompt_mask, completion_ids, com
     c_len = (completion_mask > 0).sum(-1)  # (B,)
     if bool((p_len < 1).any()):
         raise ValueError("padding-free batches need a prompt of at least one token in every row")
-    rows = [torch.cat([prompt_ids[i, prompt_mask[i] > 0], completion_ids[i, :int(c_len[i])]]) for i in range(B)]
+    rows = [torch.cat([prompt_ids[i, prompt_mask[i] > 0], completion_ids[i, : int(c_len[i])]]) for i in range(B)]
     input_ids = torch.cat(rows).unsqueeze(0)  # (1, L)
     position_ids = torch.cat([torch.arange(len(r), device=input_ids.device) for r in rows]).unsqueeze(0)  # (1, L)
     start = torch.cumsum(p_len + c_len, 0) - (p_len + c_len)  # (B,) where each row begins
@@ -54,7 +56,7 @@ def completion_values(model, prompt_ids, prompt_mask, completion_ids, completion
     backbone = getattr(module, module.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     Tc = completion_ids.shape[1]
-    return module.score(hidden[:, -Tc - 1:-1]).squeeze(-1).float()
+    return module.score(hidden[:, -Tc - 1 : -1]).squeeze(-1).float()
 
 
 def scaled_log_softmax(logits_BTV: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -72,8 +74,15 @@ def token_logprobs(logits_BTV, completion_ids, temperature: float = 1.0, with_en
     return logp, entropy
 
 
-def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0,
-                        with_entropy: bool = False):
+def completion_logprobs(
+    model,
+    prompt_ids,
+    prompt_mask,
+    completion_ids,
+    completion_mask,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
     """Returns log pi(o_t) (B, Tc) and, if asked, the entropy H_t (B, Tc) of the temperature-scaled policy."""
     logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     return token_logprobs(logits, completion_ids, temperature, with_entropy)

@@ -8,11 +8,13 @@ Shapes: B rows (completions) of one micro-batch, T completion positions. ``_BT``
 per row. Nothing here reduces across ranks, logs, or changes config: each function returns values and statistics;
 statistics are ``(sum, count)`` pairs (or ``min``/``max`` values) that the caller combines over micro-batches and ranks.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -86,6 +88,7 @@ def surrogate(*names: str):
         for n in names:
             SURROGATES[n] = fn
         return fn
+
     return register
 
 
@@ -174,8 +177,14 @@ def entropy_threshold(valid_entropies: Tensor, top_quantile: float) -> Tensor:
     return torch.quantile(h, 1.0 - top_quantile, interpolation="linear")
 
 
-def rollout_is_weights(old_BT: Tensor, behaviour_BT: Tensor, mask_BT: Tensor, mode: str,
-                       clip_min: Optional[float], clip_max: Optional[float]) -> tuple[Tensor, dict]:
+def rollout_is_weights(
+    old_BT: Tensor,
+    behaviour_BT: Tensor,
+    mask_BT: Tensor,
+    mode: str,
+    clip_min: Optional[float],
+    clip_max: Optional[float],
+) -> tuple[Tensor, dict]:
     """rho = pi_old / pi_beh per token (B, T) or per sequence (B, 1), truncated (TIS) or masked (MIS). No gradient."""
     delta_BT = torch.nan_to_num(mask_BT * (old_BT - behaviour_BT), nan=0.0).detach()
     level, how = mode.split("_")
@@ -191,7 +200,7 @@ def rollout_is_weights(old_BT: Tensor, behaviour_BT: Tensor, mask_BT: Tensor, mo
         rho = rho * keep
     mask = _stat_mask(mask_BT, level == "sequence")
     valid = mask.bool().expand_as(rho)
-    diff = (delta_BT.abs() * mask_BT)
+    diff = delta_BT.abs() * mask_BT
     stats = {
         "sampling/sampling_logp_difference/mean": mean_stat(delta_BT.abs(), mask_BT),
         "sampling/sampling_logp_difference/max": ("max", float(diff.max()) if diff.numel() else 0.0, 1.0),
@@ -293,7 +302,7 @@ def gmpo_loss(cfg, x: PolicyBatch, A, old, s: LossScale, stats) -> Tensor:
         stats["kl"] = mean_stat(D, mask)
         L_B = L_B + cfg.beta * masked_sum(D, mask, -1) / mask.sum(-1).clamp(min=1.0)
     rows = (mask.sum(-1) > 0).float()
-    clipped = ((lam != lam_bar).float())
+    clipped = (lam != lam_bar).float()
     stats["clip_ratio/region_mean"] = mean_stat(clipped, m_e)
     stats["importance_ratio/mean"] = ("mean", float((seq_ratio_B.detach() * rows).sum()), float(rows.sum()))
     return L_B.sum() / L_B.shape[0] / (s.GA if s.train else 1)
@@ -321,7 +330,8 @@ class AdaptiveEntropy:
         return self.coef if self.last_entropy <= self.target else 0.0
 
     def update(self, step_entropy: float) -> None:
-        """``step_entropy``: the global token-weighted mean of H over M^eff across the step's micro-batches and ranks."""
+        """``step_entropy``: the global token-weighted mean of H over M^eff across the step's micro-batches and
+        ranks."""
         if not self.adaptive:
             return
         if step_entropy <= self.target:

@@ -4,6 +4,7 @@ whitening, and the clipped policy and value losses.
 Shapes: B rows (completions), T completion positions, right-padded: ``mask_BT`` is 1 on completion tokens, a prefix of
 each row (0 on padding). Nothing here reduces across micro-batches or ranks; the family's objective does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,9 @@ def kl_per_token(old_logprobs_BT: Tensor, ref_logprobs_BT: Tensor, estimator: st
     raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
 
 
-def token_rewards(scores_B: Tensor, kl_BT: Tensor, mask_BT: Tensor, kl_coef: float,
-                  whiten: bool = False, all_reduce=None) -> tuple[Tensor, Tensor]:
+def token_rewards(
+    scores_B: Tensor, kl_BT: Tensor, mask_BT: Tensor, kl_coef: float, whiten: bool = False, all_reduce=None
+) -> tuple[Tensor, Tensor]:
     """r_t = -kl_coef * KL_t on completion tokens, plus the score at each row's last completion token; whitened
     keeping its mean if ``whiten``. Returns (r_BT, non_score_BT)."""
     non_score = -kl_coef * kl_BT * mask_BT
@@ -78,21 +80,25 @@ def gae(rewards_BT: Tensor, values_BT: Tensor, mask_BT: Tensor, gamma: float, la
     return advantages, (advantages + v) * mask_BT
 
 
-def policy_loss(logprobs_BT: Tensor, old_logprobs_BT: Tensor, advantages_BT: Tensor, mask_BT: Tensor,
-                cliprange: float) -> tuple[Tensor, dict]:
+def policy_loss(
+    logprobs_BT: Tensor, old_logprobs_BT: Tensor, advantages_BT: Tensor, mask_BT: Tensor, cliprange: float
+) -> tuple[Tensor, dict]:
     """L_pg = masked_mean(max(-A rho, -A clip(rho, 1 - eps, 1 + eps))), rho = exp(log pi_theta - log pi_old)."""
     ratio = torch.exp(logprobs_BT - old_logprobs_BT)
     unclipped = -advantages_BT * ratio
     clipped = -advantages_BT * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask_BT)
     with torch.no_grad():
-        stats = {"policy/clipfrac_avg": masked_mean((clipped > unclipped).to(ratio.dtype), mask_BT),
-                 "policy/approxkl_avg": 0.5 * masked_mean((logprobs_BT - old_logprobs_BT) ** 2, mask_BT)}
+        stats = {
+            "policy/clipfrac_avg": masked_mean((clipped > unclipped).to(ratio.dtype), mask_BT),
+            "policy/approxkl_avg": 0.5 * masked_mean((logprobs_BT - old_logprobs_BT) ** 2, mask_BT),
+        }
     return loss, stats
 
 
-def value_loss(values_BT: Tensor, old_values_BT: Tensor, returns_BT: Tensor, mask_BT: Tensor,
-               cliprange_value: float) -> tuple[Tensor, dict]:
+def value_loss(
+    values_BT: Tensor, old_values_BT: Tensor, returns_BT: Tensor, mask_BT: Tensor, cliprange_value: float
+) -> tuple[Tensor, dict]:
     """L_vf = 1/2 masked_mean(max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2))."""
     clipped_values = old_values_BT + torch.clamp(values_BT - old_values_BT, -cliprange_value, cliprange_value)
     unclipped = (values_BT - returns_BT) ** 2

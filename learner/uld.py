@@ -40,10 +40,12 @@ Not here: TRL's hybrid ULD+JSD variant (``uld_use_hybrid_loss``), the non-extend
 TRL's drop of the first group when a "bayesian" answer span starts at index 0 (the caller supplies distributions
 for every passed token, so there is nothing to drop).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +90,9 @@ def _ends(spans: Sequence[Sequence[int]], side: str) -> list[int]:
     return ends
 
 
-def alignment_groups(student_spans: Sequence[Sequence[int]], teacher_spans: Sequence[Sequence[int]], *,
-                     keep_unclosed_tail: bool = False) -> list[Group]:
+def alignment_groups(
+    student_spans: Sequence[Sequence[int]], teacher_spans: Sequence[Sequence[int]], *, keep_unclosed_tail: bool = False
+) -> list[Group]:
     """Minimal groups of consecutive student / teacher token indices that cover the same byte range.
 
     Only the span *ends* are used (as in TRL's ``_align_by_byte_offsets``): walk both sequences, advancing the side
@@ -146,8 +149,13 @@ def _split_group(positions: Sequence[int], strategy: str) -> tuple[int, list[int
     return positions[-1], list(positions[:-1])
 
 
-def merge_group_probs(probs_TV: Tensor, token_ids: TokenIds, positions: Sequence[int], strategy: str = "observed",
-                      eps: float = DEFAULT_EPS) -> Tensor:
+def merge_group_probs(
+    probs_TV: Tensor,
+    token_ids: TokenIds,
+    positions: Sequence[int],
+    strategy: str = "observed",
+    eps: float = DEFAULT_EPS,
+) -> Tensor:
     """One side of one group as a single (unnormalised) probability vector; the one-group reference version.
 
     probs_TV: (T, V) *probabilities* of one side, ``probs_TV[t] = p(. | prefix, y_<t)`` (the distribution that
@@ -176,8 +184,13 @@ def merge_group_probs(probs_TV: Tensor, token_ids: TokenIds, positions: Sequence
     return out
 
 
-def merge_groups(logprobs_TV: Tensor, token_ids: TokenIds, groups_one_side: Sequence[Sequence[int]],
-                 strategy: str = "observed", eps: float = DEFAULT_EPS) -> Tensor:
+def merge_groups(
+    logprobs_TV: Tensor,
+    token_ids: TokenIds,
+    groups_one_side: Sequence[Sequence[int]],
+    strategy: str = "observed",
+    eps: float = DEFAULT_EPS,
+) -> Tensor:
     """``merge_group_probs`` for all groups of one side at once, computed in log space.
 
     logprobs_TV: (T, V) *log*-probabilities, row t predicting token t; token_ids: (T,); groups_one_side: G non-empty
@@ -229,9 +242,16 @@ def sorted_l1(q_s_GV: Tensor, q_t_GV: Tensor, top_k: Optional[int] = None) -> Te
     return (s - t).abs().sum(-1)
 
 
-def uld_loss(student_logprobs_TV: Tensor, student_ids: TokenIds, teacher_logprobs_TV: Tensor, teacher_ids: TokenIds,
-             groups: Sequence[Group], strategy: str = "observed", top_k: Optional[int] = None,
-             eps: float = DEFAULT_EPS) -> tuple[Tensor, int]:
+def uld_loss(
+    student_logprobs_TV: Tensor,
+    student_ids: TokenIds,
+    teacher_logprobs_TV: Tensor,
+    teacher_ids: TokenIds,
+    groups: Sequence[Group],
+    strategy: str = "observed",
+    top_k: Optional[int] = None,
+    eps: float = DEFAULT_EPS,
+) -> tuple[Tensor, int]:
     """ULD loss of one sequence: ``(1 / G) * sum_g sorted_l1(q^s_g, q^t_g)``, and G.
 
     student_logprobs_TV: (T_s, V_s) student *log*-probs (temperature applied), row t = the distribution that
@@ -256,10 +276,16 @@ def uld_loss(student_logprobs_TV: Tensor, student_ids: TokenIds, teacher_logprob
     return per_group_G.sum() / len(pairs), len(pairs)
 
 
-def uld_batch_loss(student_logprobs: Sequence[Tensor], student_ids: Sequence[TokenIds],
-                   teacher_logprobs: Sequence[Tensor], teacher_ids: Sequence[TokenIds],
-                   groups: Sequence[Sequence[Group]], strategy: str = "observed", top_k: Optional[int] = None,
-                   eps: float = DEFAULT_EPS) -> tuple[Tensor, list[int]]:
+def uld_batch_loss(
+    student_logprobs: Sequence[Tensor],
+    student_ids: Sequence[TokenIds],
+    teacher_logprobs: Sequence[Tensor],
+    teacher_ids: Sequence[TokenIds],
+    groups: Sequence[Sequence[Group]],
+    strategy: str = "observed",
+    top_k: Optional[int] = None,
+    eps: float = DEFAULT_EPS,
+) -> tuple[Tensor, list[int]]:
     """Batch ULD: ``(1 / B) * sum_b ULD_b``; every argument is a length-B list of what ``uld_loss`` takes per row.
 
     Rows with no usable group contribute 0 but count in B (as TRL's mean over ``distillation_losses``).
@@ -272,8 +298,9 @@ def uld_batch_loss(student_logprobs: Sequence[Tensor], student_ids: Sequence[Tok
         raise ValueError("uld_batch_loss: all per-sequence lists must have the same length")
     losses, counts = [], []
     for b in range(B):
-        loss_b, n_b = uld_loss(student_logprobs[b], student_ids[b], teacher_logprobs[b], teacher_ids[b], groups[b],
-                               strategy, top_k, eps)
+        loss_b, n_b = uld_loss(
+            student_logprobs[b], student_ids[b], teacher_logprobs[b], teacher_ids[b], groups[b], strategy, top_k, eps
+        )
         losses.append(loss_b)
         counts.append(n_b)
     return torch.stack(losses).mean(), counts
@@ -301,12 +328,20 @@ def completion_ce_loss(student_logprobs: Sequence[Tensor], student_ids: Sequence
     return total / count if count > 0 else total * 0.0
 
 
-def uld_total_loss(student_logprobs: Sequence[Tensor], student_ids: Sequence[TokenIds],
-                   teacher_logprobs: Sequence[Tensor], teacher_ids: Sequence[TokenIds],
-                   groups: Sequence[Sequence[Group]], strategy: str = "observed", top_k: Optional[int] = None,
-                   distillation_weight: float = 1.0, crossentropy_weight: float = 0.0,
-                   ce_logprobs: Optional[Sequence[Tensor]] = None, ce_ids: Optional[Sequence[TokenIds]] = None,
-                   eps: float = DEFAULT_EPS) -> tuple[Tensor, Tensor, Tensor]:
+def uld_total_loss(
+    student_logprobs: Sequence[Tensor],
+    student_ids: Sequence[TokenIds],
+    teacher_logprobs: Sequence[Tensor],
+    teacher_ids: Sequence[TokenIds],
+    groups: Sequence[Sequence[Group]],
+    strategy: str = "observed",
+    top_k: Optional[int] = None,
+    distillation_weight: float = 1.0,
+    crossentropy_weight: float = 0.0,
+    ce_logprobs: Optional[Sequence[Tensor]] = None,
+    ce_ids: Optional[Sequence[TokenIds]] = None,
+    eps: float = DEFAULT_EPS,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``total = distillation_weight * ULD + crossentropy_weight * CE``; returns ``(total, ULD, CE)`` unweighted parts.
 
     ``ce_logprobs`` / ``ce_ids`` default to ``student_logprobs`` / ``student_ids`` (pass untempered log-probs of all
@@ -315,8 +350,9 @@ def uld_total_loss(student_logprobs: Sequence[Tensor], student_ids: Sequence[Tok
     """
     uld, _ = uld_batch_loss(student_logprobs, student_ids, teacher_logprobs, teacher_ids, groups, strategy, top_k, eps)
     if crossentropy_weight > 0:
-        ce = completion_ce_loss(student_logprobs if ce_logprobs is None else ce_logprobs,
-                                student_ids if ce_ids is None else ce_ids)
+        ce = completion_ce_loss(
+            student_logprobs if ce_logprobs is None else ce_logprobs, student_ids if ce_ids is None else ce_ids
+        )
         total = distillation_weight * uld + crossentropy_weight * ce
     else:
         ce = torch.zeros((), dtype=uld.dtype, device=uld.device)

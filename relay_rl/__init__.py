@@ -13,6 +13,7 @@ An installed wheel holds the role folders inside this package. In a source check
 --working-dir .``, a clone on ``PYTHONPATH``) they sit beside it, as the repository lays them out, and a small finder
 maps ``relay_rl.<role>`` to ``<checkout>/<role>``.
 """
+
 import importlib.abc
 import importlib.util
 import sys

@@ -1,4 +1,5 @@
 """``python -m relay_rl ...``: the ``relay-rl`` command (train, validate, kit, scale)."""
+
 import sys
 
 from relay_rl.cluster.cli import main

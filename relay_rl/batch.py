@@ -3,23 +3,58 @@
 A row is one completion. Tensors are padded: prompts on the left, completions on the right. The batch pickles its
 tensors as numpy arrays, so ``ray.put`` / ``ray.get`` read them zero-copy from the object store.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-TENSOR_FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behaviour_logprobs",
-                 "policy_version", "group_id", "truncated", "mixed_version", "rewards", "advantages",
-                 "old_logprobs", "ref_logprobs", "is_weights", "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups",
-                 "scores", "values", "returns", "teacher_context", "frozen_sample", "preference")
+TENSOR_FIELDS = (
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "behaviour_logprobs",
+    "policy_version",
+    "group_id",
+    "truncated",
+    "mixed_version",
+    "rewards",
+    "advantages",
+    "old_logprobs",
+    "ref_logprobs",
+    "is_weights",
+    "teacher_logprobs",
+    "teacher_dist",
+    "teacher_dist_ids",
+    "uld_groups",
+    "scores",
+    "values",
+    "returns",
+    "teacher_context",
+    "frozen_sample",
+    "preference",
+)
 # tensors whose second dimension is the completion length (padded on the right when batches are joined)
-_COMPLETION_DIM = ("completion_ids", "completion_mask", "behaviour_logprobs", "old_logprobs", "ref_logprobs",
-                   "teacher_logprobs", "teacher_dist", "teacher_dist_ids", "uld_groups", "values", "returns")
+_COMPLETION_DIM = (
+    "completion_ids",
+    "completion_mask",
+    "behaviour_logprobs",
+    "old_logprobs",
+    "ref_logprobs",
+    "teacher_logprobs",
+    "teacher_dist",
+    "teacher_dist_ids",
+    "uld_groups",
+    "values",
+    "returns",
+)
 # ... and the prompt length (padded on the left)
 _PROMPT_DIM = ("prompt_ids", "prompt_mask")
 
@@ -74,10 +109,10 @@ class Batch:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in TENSOR_FIELDS if getattr(self, k) is not None}
 
-    def replace(self, **kw) -> "Batch":
+    def replace(self, **kw) -> Batch:
         return dataclasses.replace(self, **kw)
 
-    def select(self, idx: Sequence[int] | torch.Tensor) -> "Batch":
+    def select(self, idx: Sequence[int] | torch.Tensor) -> Batch:
         idx = torch.as_tensor(idx, dtype=torch.long)
         il = idx.tolist()
         return self.replace(
@@ -88,7 +123,7 @@ class Batch:
             info=dict(self.info),
         )
 
-    def split(self, n: int) -> list["Batch"]:
+    def split(self, n: int) -> list[Batch]:
         """Cut into n consecutive equal parts."""
         size = len(self)
         if size % n:
@@ -97,7 +132,7 @@ class Batch:
         return [self.select(range(i * m, (i + 1) * m)) for i in range(n)]
 
     @staticmethod
-    def concat(batches: Sequence["Batch"]) -> "Batch":
+    def concat(batches: Sequence[Batch]) -> Batch:
         """Join batches row-wise, padding prompts on the left and completions on the right."""
         first = batches[0]
         tp = max(b.prompt_ids.shape[1] for b in batches)
@@ -111,15 +146,22 @@ class Batch:
                 raise ValueError(f"cannot join batches where only some have {k}")
             if k in _PROMPT_DIM:
                 vals = [_pad(v, tp, left=True, value=0) for v in vals]
-            elif k in _COMPLETION_DIM or (k in ("advantages", "is_weights") and vals[0].dim() == 2 and vals[0].shape[1] > 1):
+            elif k in _COMPLETION_DIM or (
+                k in ("advantages", "is_weights") and vals[0].dim() == 2 and vals[0].shape[1] > 1
+            ):
                 fill = float("nan") if k in ("behaviour_logprobs",) else 0
                 vals = [_pad(v, tc, left=False, value=fill) for v in vals]
             out[k] = torch.cat(vals)
         cols = {k: [x for b in batches for x in b.columns[k]] for k in first.columns}
-        return Batch(**out, prompts=[p for b in batches for p in b.prompts],
-                     completions=[c for b in batches for c in b.completions], columns=cols, info=dict(first.info))
+        return Batch(
+            **out,
+            prompts=[p for b in batches for p in b.prompts],
+            completions=[c for b in batches for c in b.completions],
+            columns=cols,
+            info=dict(first.info),
+        )
 
-    def trim(self) -> "Batch":
+    def trim(self) -> Batch:
         """Drop completion columns that no row uses (after selection the batch may be narrower)."""
         used = int(self.completion_mask.sum(0).nonzero().max().item()) + 1 if self.completion_mask.any() else 1
         if used == self.completion_ids.shape[1]:
@@ -168,8 +210,11 @@ def prompt_token_ids(tokenizer, prompt) -> list[int]:
 
 def chat_token_ids(tokenizer, messages: list, generation_prompt: bool = False) -> list[int]:
     """Chat messages through the tokenizer's chat template, as token ids."""
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
-                                              return_dict=False))
+    return list(
+        tokenizer.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False
+        )
+    )
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,8 +224,8 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if len(r):
-            ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
     return ids, mask
 
 

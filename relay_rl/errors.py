@@ -1,5 +1,6 @@
 """The errors every role raises. How each reaches a person (one message, an exit code, the traceback in the run
 folder) is the control plane's ``relay_rl.cluster.report``."""
+
 from __future__ import annotations
 
 

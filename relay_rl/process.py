@@ -1,4 +1,5 @@
 """Process set-up shared by the driver and every actor: environment defaults, quiet libraries, zero-copy arrays."""
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ def configure_worker() -> None:
     warnings.filterwarnings("ignore", message=".*non-writable.*")  # read-only arrays from the object store
     try:  # every actor loads a model: one "Loading weights" bar per actor and load is noise on the driver's console
         from transformers.utils import logging as hf_logging
+
         hf_logging.disable_progress_bar()
     except ImportError:
         pass

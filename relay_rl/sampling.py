@@ -1,4 +1,5 @@
 """Sampling settings, as the driver asks the rollout engines (and a judge) for completions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

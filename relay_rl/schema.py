@@ -1,4 +1,5 @@
 """The base of every config model: strict (unknown keys are errors), documented where declared."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

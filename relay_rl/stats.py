@@ -1,5 +1,6 @@
 """Statistics as every role reports them: ``{name: (kind, value, count)}``, merged across micro-batches and ranks
 by the driver into one number each."""
+
 from __future__ import annotations
 
 from collections import Counter

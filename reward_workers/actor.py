@@ -6,6 +6,7 @@ that batch, never silently 0. ``None`` is a valid score ("not applicable"). List
 of the right length are accepted, as in TRL. A timed-out sync function may still hold a thread, so the actor then
 asks to be restarted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,13 +24,20 @@ from .registry import resolve
 
 
 class RewardWorker:
-    def __init__(self, reward_funcs: list, tokenizer_path: str, timeout_s: float = 60.0, index: int = 0,
-                 search_path: list[str] = ()):
+    def __init__(
+        self,
+        reward_funcs: list,
+        tokenizer_path: str,
+        timeout_s: float = 60.0,
+        index: int = 0,
+        search_path: list[str] = (),
+    ):
         import sys
 
         from transformers import AutoTokenizer
 
         from relay_rl.process import configure_worker
+
         configure_worker()
         for p in reversed(search_path):  # where ``module:function`` imports are found (the run file's folder, ...)
             if p not in sys.path:
@@ -51,14 +59,18 @@ class RewardWorker:
         if part[1] > 1:
             batch = batch.select(group_part(batch.group_id, *part))
         conversational = bool(batch.prompts) and isinstance(batch.prompts[0], list)
-        completions = ([[{"role": "assistant", "content": c}] for c in batch.completions] if conversational
-                       else list(batch.completions))
+        completions = (
+            [[{"role": "assistant", "content": c}] for c in batch.completions]
+            if conversational
+            else list(batch.completions)
+        )
         mask = batch.completion_mask.bool()
         extra_logs: dict[str, list] = {}
         metrics: dict[str, float] = {}
         kwargs = dict(batch.columns)
         kwargs.update(
-            prompts=list(batch.prompts), completions=completions,
+            prompts=list(batch.prompts),
+            completions=completions,
             completion_ids=[row[m].tolist() for row, m in zip(batch.completion_ids, mask)],
             trainer_state=trainer_state or {},
             log_extra=lambda column, values: extra_logs.__setitem__(column, list(values)),
@@ -70,8 +82,11 @@ class RewardWorker:
         # of their own (the actor's thread may run one); all within one reward.timeout_s from now
         async_funcs = [(i, n, f) for i, (n, f) in enumerate(self.funcs) if inspect.iscoroutinefunction(f)]
         groups = {"group_ids": batch.group_id.tolist()}
-        futures = {i: self.pool.submit(fn, **kwargs, **(groups if self.takes_groups[i] else {}))
-                   for i, (_, fn) in enumerate(self.funcs) if not inspect.iscoroutinefunction(fn)}
+        futures = {
+            i: self.pool.submit(fn, **kwargs, **(groups if self.takes_groups[i] else {}))
+            for i, (_, fn) in enumerate(self.funcs)
+            if not inspect.iscoroutinefunction(fn)
+        }
         awaited = self.pool.submit(asyncio.run, self._run_async(async_funcs, kwargs, groups)) if async_funcs else None
         deadline = time.time() + self.timeout_s
         results: dict[int, object] = {}
@@ -99,9 +114,16 @@ class RewardWorker:
                     errors[name] = problem[0] + example
             columns.append(col)
         rewards = torch.stack(columns, dim=1)  # (N, K)
-        info = {**batch.info, "reward_s": time.time() - t0, "reward_errors": errors, "reward_stuck": stuck,
-                "reward_names": self.names(), "reward_worker": self.index,
-                "reward_metrics": metrics, "reward_extra": extra_logs}
+        info = {
+            **batch.info,
+            "reward_s": time.time() - t0,
+            "reward_errors": errors,
+            "reward_stuck": stuck,
+            "reward_names": self.names(),
+            "reward_worker": self.index,
+            "reward_metrics": metrics,
+            "reward_extra": extra_logs,
+        }
         return batch.replace(rewards=rewards, info=info)
 
     async def _run_async(self, funcs, kwargs, groups):
@@ -113,6 +135,7 @@ class RewardWorker:
                 return i, TimeoutError(f"no result after {self.timeout_s:.0f}s (reward.timeout_s)")
             except Exception as e:  # noqa: BLE001
                 return i, e
+
         return dict(await asyncio.gather(*(one(*f) for f in funcs)))
 
     def ping(self) -> bool:
@@ -132,7 +155,7 @@ def group_part(group_id: torch.Tensor, j: int, k: int) -> torch.Tensor:
     """Row indices of the j-th of k contiguous runs of groups (groups in order of first appearance; sizes differ by
     at most one group)."""
     groups = list(dict.fromkeys(group_id.tolist()))
-    mine = set(groups[j * len(groups) // k:(j + 1) * len(groups) // k])
+    mine = set(groups[j * len(groups) // k : (j + 1) * len(groups) // k])
     return torch.tensor([r for r, g in enumerate(group_id.tolist()) if g in mine], dtype=torch.long)
 
 

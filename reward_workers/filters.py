@@ -11,15 +11,24 @@ target script (Unicode character names: LATIN, CJK/HIRAGANA/KATAKANA/HANGUL, CYR
 when every character is in it. Words without letters (numbers, symbols) count for no language unless ``alphabet``
 is given. The chain of thought is the text inside the first ``<think>...</think>`` (the whole text without one).
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
-SCRIPTS = {"latin": ("LATIN",), "cjk": ("CJK", "HIRAGANA", "KATAKANA", "HANGUL"), "cyrillic": ("CYRILLIC",),
-           "greek": ("GREEK",), "arabic": ("ARABIC",), "hebrew": ("HEBREW",), "devanagari": ("DEVANAGARI",)}
+SCRIPTS = {
+    "latin": ("LATIN",),
+    "cjk": ("CJK", "HIRAGANA", "KATAKANA", "HANGUL"),
+    "cyrillic": ("CYRILLIC",),
+    "greek": ("GREEK",),
+    "arabic": ("ARABIC",),
+    "hebrew": ("HEBREW",),
+    "devanagari": ("DEVANAGARI",),
+}
 FILTERS: dict[str, Callable[..., Callable[..., bool]]] = {}
 
 
@@ -27,6 +36,7 @@ def rejection_filter(name: str):
     def register(factory):
         FILTERS[name] = factory
         return factory
+
     return register
 
 
@@ -92,6 +102,7 @@ def make_code_blocks():
 def resolve_filter(spec) -> tuple[str, Callable[..., bool]]:
     """A filter entry (a name, an import path, or ``{name, kwargs}``) -> (name, predicate)."""
     from .registry import imported
+
     name, kwargs = (spec, {}) if isinstance(spec, str) else (spec["name"], dict(spec.get("kwargs") or {}))
     if name in FILTERS:
         return name, FILTERS[name](**kwargs)

@@ -25,6 +25,7 @@ completions 0.5 each (the judge is not asked); an unparseable answer None for bo
 default) shows each pair in an order drawn from its texts, so a judge's bias for a position does not become a bias
 for the policy's first sample; the order shown is logged (``judge_swapped``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -43,8 +44,10 @@ JUDGE = "llm_judge"
 PAIRWISE_JUDGE = "pairwise_judge"
 JUDGES = (JUDGE, PAIRWISE_JUDGE)
 """The built-ins served by the judge pool: a ``reward_funcs`` entry with one makes the controller start it."""
-DEFAULT_PAIR_TEMPLATE = ("Which answer to the question is better?\nQuestion: {prompt}\nAnswer 0: {completion_0}\n"
-                         "Answer 1: {completion_1}\nReply with 0 or 1 only.")
+DEFAULT_PAIR_TEMPLATE = (
+    "Which answer to the question is better?\nQuestion: {prompt}\nAnswer 0: {completion_0}\n"
+    "Answer 1: {completion_1}\nReply with 0 or 1 only."
+)
 
 DEFAULT_PATTERN = r"-?\d+(?:\.\d+)?"
 
@@ -54,17 +57,25 @@ def template_fields(template: str) -> list[str]:
     try:
         names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
-        raise ValueError(f"llm_judge template {template[:80]!r} is not a valid format string ({e}): fields are "
-                         "{completion}, {prompt} and dataset columns; write a literal brace as {{ or }}") from None
+        raise ValueError(
+            f"llm_judge template {template[:80]!r} is not a valid format string ({e}): fields are "
+            "{completion}, {prompt} and dataset columns; write a literal brace as {{ or }}"
+        ) from None
     bad = [f for f in names if not f.isidentifier()]
     if bad:
-        raise ValueError(f"llm_judge template: field {{{bad[0]}}} is not a plain name: use {{completion}}, {{prompt}} "
-                         "or a dataset column")
+        raise ValueError(
+            f"llm_judge template: field {{{bad[0]}}} is not a plain name: use {{completion}}, {{prompt}} "
+            "or a dataset column"
+        )
     return list(dict.fromkeys(names))
 
 
-def parse_verdict(answer: str, pattern: "re.Pattern", labels: Optional[dict[str, float]] = None,
-                  score_range: Optional[tuple[float, float]] = None) -> Optional[float]:
+def parse_verdict(
+    answer: str,
+    pattern: re.Pattern,
+    labels: Optional[dict[str, float]] = None,
+    score_range: Optional[tuple[float, float]] = None,
+) -> Optional[float]:
     """The score in a judge's ``answer``, or None when it holds none (see the module docstring)."""
     m = pattern.search(answer)
     if m is None:
@@ -91,8 +102,9 @@ def as_text(x: Any) -> str:
 
 def judge_pool_model(reward_funcs: list) -> Optional[dict]:
     """The judge pool's engine settings (``model``, ``engine``, ``dtype``, ``trust_remote_code``, ``engine_options``)
-    from the ``llm_judge`` entries of ``reward_funcs`` (dicts, as ``cluster.kit.paths.resolve_reward_funcs`` gives them),
-    or None when there is none. Every judge entry must name the same model and engine: the run has one judge pool."""
+    from the ``llm_judge`` entries of ``reward_funcs`` (dicts, as ``cluster.kit.paths.resolve_reward_funcs`` gives
+    them), or None when there is none. Every judge entry must name the same model and engine: the run has one judge
+    pool."""
     specs = [s for s in reward_funcs if not isinstance(s, str) and s["name"] in JUDGES]
     if not specs:
         return None
@@ -102,18 +114,32 @@ def judge_pool_model(reward_funcs: list) -> Optional[dict]:
         params = inspect.signature(make_llm_judge if s["name"] == JUDGE else make_pairwise_judge).parameters
         settings.append({k: s["kwargs"].get(k, params[k].default) for k in keys})
     if any(s != settings[0] for s in settings[1:]):
-        raise ValueError(f"the judge reward functions (llm_judge, pairwise_judge) name different judge models or "
-                         f"engines ({settings}): a run has one judge pool (cluster.judge); give every judge entry the "
-                         "same model, engine, dtype and engine_options")
+        raise ValueError(
+            f"the judge reward functions (llm_judge, pairwise_judge) name different judge models or "
+            f"engines ({settings}): a run has one judge pool (cluster.judge); give every judge entry the "
+            "same model, engine, dtype and engine_options"
+        )
     return settings[0]
 
 
 @builtin(JUDGE)
-def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_PATTERN,
-                   labels: Optional[dict[str, float]] = None, score_range: Optional[list[float]] = None,
-                   chat: bool = True, max_tokens: int = 32, temperature: float = 0.0, engine: str = "hf",
-                   dtype: str = "float32", trust_remote_code: bool = False, engine_options: Optional[dict] = None,
-                   judge_actors: Optional[list[str]] = None, namespace: Optional[str] = None):
+def make_llm_judge(
+    tokenizer,
+    model: str,
+    template: str,
+    pattern: str = DEFAULT_PATTERN,
+    labels: Optional[dict[str, float]] = None,
+    score_range: Optional[list[float]] = None,
+    chat: bool = True,
+    max_tokens: int = 32,
+    temperature: float = 0.0,
+    engine: str = "hf",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    engine_options: Optional[dict] = None,
+    judge_actors: Optional[list[str]] = None,
+    namespace: Optional[str] = None,
+):
     """``model``: any HF causal LM (local path or hub id), frozen. ``template``: the judge's prompt, with
     ``{completion}`` (required), ``{prompt}`` and dataset columns. ``chat``: send the filled template as a user
     message through the judge's chat template (False: as raw text). ``max_tokens``/``temperature``: the judge's
@@ -125,13 +151,16 @@ def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_
     ``labels`` are numbers; a local ``model`` folder has a config.json and, with ``chat``, a chat template."""
     fields = template_fields(template)
     if "completion" not in fields:
-        raise ValueError(f"llm_judge template {template[:120]!r} has no {{completion}} field: the judge would never see "
-                         "the completion it grades; put {completion} (and usually {prompt}) in the template")
+        raise ValueError(
+            f"llm_judge template {template[:120]!r} has no {{completion}} field: the judge would never see "
+            "the completion it grades; put {completion} (and usually {prompt}) in the template"
+        )
     regex = _compile(pattern, JUDGE)
     if labels is not None:
         if not isinstance(labels, dict) or not all(isinstance(v, (int, float)) for v in labels.values()):
-            raise ValueError(f"llm_judge labels {labels!r}: give a mapping from verdict text to score, e.g. "
-                             "{yes: 1.0, no: 0.0}")
+            raise ValueError(
+                f"llm_judge labels {labels!r}: give a mapping from verdict text to score, e.g. {{yes: 1.0, no: 0.0}}"
+            )
         labels = {str(k).strip().lower(): float(v) for k, v in labels.items()}
     bounds = None
     if score_range is not None:
@@ -144,10 +173,14 @@ def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_
 
     def llm_judge(prompts, completions, log_extra=None, log_metric=None, **kwargs):
         if not judge_actors:
-            raise RuntimeError("llm_judge has no judge pool: the controller starts cluster.judge and passes its "
-                               "actors (judge_actors); this function was built outside a run")
-        texts = [template.format(prompt=as_text(p), completion=as_text(c), **{k: kwargs[k][i] for k in columns})
-                 for i, (p, c) in enumerate(zip(prompts, completions))]
+            raise RuntimeError(
+                "llm_judge has no judge pool: the controller starts cluster.judge and passes its "
+                "actors (judge_actors); this function was built outside a run"
+            )
+        texts = [
+            template.format(prompt=as_text(p), completion=as_text(c), **{k: kwargs[k][i] for k in columns})
+            for i, (p, c) in enumerate(zip(prompts, completions))
+        ]
         answers = ask_judges(state, judge_actors, namespace, texts, chat, max_tokens, temperature)
         scores = [parse_verdict(answers[t], regex, labels, bounds) for t in texts]
         if log_metric is not None:
@@ -160,18 +193,27 @@ def make_llm_judge(tokenizer, model: str, template: str, pattern: str = DEFAULT_
     return llm_judge
 
 
-def _compile(pattern: str, judge: str) -> "re.Pattern":
+def _compile(pattern: str, judge: str) -> re.Pattern:
     try:
         return re.compile(pattern)
     except re.error as e:
         raise ValueError(f"{judge} pattern {pattern!r} is not a valid regular expression ({e})") from None
 
 
-def ask_judges(state: dict, judge_actors: list[str], namespace: Optional[str], texts: list[str], chat: bool,
-               max_tokens: int, temperature: float) -> dict[str, str]:
+def ask_judges(
+    state: dict,
+    judge_actors: list[str],
+    namespace: Optional[str],
+    texts: list[str],
+    chat: bool,
+    max_tokens: int,
+    temperature: float,
+) -> dict[str, str]:
     """The judge pool's answer to every distinct text (each asked once, the texts split over the replicas)."""
     import ray
+
     from relay_rl.sampling import SamplingParams
+
     if "actors" not in state:
         state["actors"] = [ray.get_actor(name, namespace=namespace) for name in judge_actors]
     unique = list(dict.fromkeys(texts))
@@ -179,30 +221,47 @@ def ask_judges(state: dict, judge_actors: list[str], namespace: Optional[str], t
     params = SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens)
     actors = state["actors"]
     shards = [list(range(i, len(unique), len(actors))) for i in range(len(actors))]  # text indices per replica
-    batches = ray.get([a.generate.remote([records[j] for j in shard], params)
-                       for a, shard in zip(actors, shards) if shard])
+    batches = ray.get(
+        [a.generate.remote([records[j] for j in shard], params) for a, shard in zip(actors, shards) if shard]
+    )
     return {unique[j]: answer for shard, batch in zip(shards, batches) for j, answer in zip(shard, batch.completions)}
 
 
 @builtin(PAIRWISE_JUDGE)
-def make_pairwise_judge(tokenizer, model: str, template: str = DEFAULT_PAIR_TEMPLATE, pattern: str = r"[01]",
-                        labels: Optional[dict[str, int]] = None, shuffle_order: bool = True, chat: bool = True,
-                        max_tokens: int = 8, temperature: float = 0.0, engine: str = "hf", dtype: str = "float32",
-                        trust_remote_code: bool = False, engine_options: Optional[dict] = None,
-                        judge_actors: Optional[list[str]] = None, namespace: Optional[str] = None):
+def make_pairwise_judge(
+    tokenizer,
+    model: str,
+    template: str = DEFAULT_PAIR_TEMPLATE,
+    pattern: str = r"[01]",
+    labels: Optional[dict[str, int]] = None,
+    shuffle_order: bool = True,
+    chat: bool = True,
+    max_tokens: int = 8,
+    temperature: float = 0.0,
+    engine: str = "hf",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    engine_options: Optional[dict] = None,
+    judge_actors: Optional[list[str]] = None,
+    namespace: Optional[str] = None,
+):
     """Which of a prompt's two completions is better, asked of the judge pool (module docstring). ``labels``: verdict
     text -> index of the better completion as shown (default {"0": 0, "1": 1}); the rest as ``llm_judge``. Checked
     here, before any actor starts: both completion fields in the template, the pattern, the labels, the model."""
     fields = template_fields(template)
     missing = [f for f in ("completion_0", "completion_1") if f not in fields]
     if missing:
-        raise ValueError(f"pairwise_judge template {template[:120]!r} has no {{{missing[0]}}} field: the judge must "
-                         "see both completions; put {completion_0} and {completion_1} (and usually {prompt}) in it")
+        raise ValueError(
+            f"pairwise_judge template {template[:120]!r} has no {{{missing[0]}}} field: the judge must "
+            "see both completions; put {completion_0} and {completion_1} (and usually {prompt}) in it"
+        )
     regex = _compile(pattern, PAIRWISE_JUDGE)
     labels = {"0": 0, "1": 1} if labels is None else labels
     if not isinstance(labels, dict) or any(v not in (0, 1) for v in labels.values()):
-        raise ValueError(f"pairwise_judge labels {labels!r}: map each verdict text to 0 (the first completion shown is "
-                         "better) or 1 (the second)")
+        raise ValueError(
+            f"pairwise_judge labels {labels!r}: map each verdict text to 0 (the first completion shown is "
+            "better) or 1 (the second)"
+        )
     labels = {str(k).strip().lower(): float(v) for k, v in labels.items()}
     _check_judge_model(model, chat)
     columns = tuple(f for f in fields if f not in ("completion_0", "completion_1", "prompt"))
@@ -210,13 +269,17 @@ def make_pairwise_judge(tokenizer, model: str, template: str = DEFAULT_PAIR_TEMP
 
     def pairwise_judge(prompts, completions, group_ids, log_extra=None, log_metric=None, **kwargs):
         if not judge_actors:
-            raise RuntimeError("pairwise_judge has no judge pool: the controller starts cluster.judge and passes its "
-                               "actors (judge_actors); this function was built outside a run")
+            raise RuntimeError(
+                "pairwise_judge has no judge pool: the controller starts cluster.judge and passes its "
+                "actors (judge_actors); this function was built outside a run"
+            )
         rows = group_rows(group_ids)
         if any(len(r) != 2 for r in rows.values()):
             sizes = sorted({len(r) for r in rows.values()})
-            raise ValueError(f"pairwise_judge compares the two completions of a prompt; this batch has groups of "
-                             f"{sizes}: set algorithm.num_generations: 2")
+            raise ValueError(
+                f"pairwise_judge compares the two completions of a prompt; this batch has groups of "
+                f"{sizes}: set algorithm.num_generations: 2"
+            )
         scores: list = [None] * len(completions)
         answer_of, swapped, asks = [""] * len(completions), [False] * len(completions), []
         for i, j in rows.values():
@@ -226,8 +289,12 @@ def make_pairwise_judge(tokenizer, model: str, template: str = DEFAULT_PAIR_TEMP
                 continue
             swap = shuffle_order and zlib.crc32(f"{as_text(prompts[i])}\0{a}\0{b}".encode()) % 2 == 1
             first, second = (b, a) if swap else (a, b)
-            text = template.format(prompt=as_text(prompts[i]), completion_0=first, completion_1=second,
-                                   **{k: kwargs[k][i] for k in columns})
+            text = template.format(
+                prompt=as_text(prompts[i]),
+                completion_0=first,
+                completion_1=second,
+                **{k: kwargs[k][i] for k in columns},
+            )
             asks.append((i, j, swap, text))
         answers = ask_judges(state, judge_actors, namespace, [t for *_, t in asks], chat, max_tokens, temperature)
         unparseable = 0
@@ -257,14 +324,17 @@ def _check_judge_model(model: str, chat: bool) -> None:
     if not os.path.isfile(os.path.join(model, "config.json")):
         raise ValueError(f"llm_judge model {model!r}: the folder has no config.json (not an HF checkpoint)")
     if chat and not _has_chat_template(model):
-        raise ValueError(f"llm_judge model {model!r} has no chat template, so the judge prompt cannot be sent as a "
-                         "chat message: set chat: false (the filled template is sent as raw text) or use an "
-                         "instruction-tuned judge")
+        raise ValueError(
+            f"llm_judge model {model!r} has no chat template, so the judge prompt cannot be sent as a "
+            "chat message: set chat: false (the filled template is sent as raw text) or use an "
+            "instruction-tuned judge"
+        )
 
 
 def _has_chat_template(model: str) -> bool:
     if os.path.isfile(os.path.join(model, "chat_template.jinja")) or os.path.isfile(
-            os.path.join(model, "chat_template.json")):
+        os.path.join(model, "chat_template.json")
+    ):
         return True
     try:
         with open(os.path.join(model, "tokenizer_config.json")) as f:

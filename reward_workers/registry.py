@@ -8,10 +8,12 @@ Built-ins are factories ``make(tokenizer, **kwargs) -> reward function``: a spec
 An import path with kwargs names a factory too (called with the kwargs), e.g. TRL's
 ``trl.rewards:get_soft_overlong_punishment``.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 RewardFn = Callable[..., list]
 BUILTINS: dict[str, Callable[..., RewardFn]] = {}
@@ -21,6 +23,7 @@ def builtin(name: str):
     def register(factory):
         BUILTINS[name] = factory
         return factory
+
     return register
 
 
@@ -36,8 +39,10 @@ def imported(name: str, kwargs: dict, builtins: dict, what: str) -> tuple[str, C
     """An import path ``package.module:function`` -> (function name, the function, or what the factory returns for
     ``kwargs``); a name that is neither a built-in nor a path is an error listing the built-ins."""
     if ":" not in name:
-        raise ValueError(f"unknown {what} {name!r}: use a built-in ({', '.join(sorted(builtins))}) or an import path "
-                         "'package.module:function'")
+        raise ValueError(
+            f"unknown {what} {name!r}: use a built-in ({', '.join(sorted(builtins))}) or an import path "
+            "'package.module:function'"
+        )
     module, attr = name.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module), attr)

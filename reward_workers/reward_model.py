@@ -5,6 +5,7 @@ The text is re-tokenised with the reward model's own tokenizer (and chat templat
 a reward model with another vocabulary than the policy's works. The score is the first logit of the last position
 (what ``AutoModelForSequenceClassification`` pools): TRL's convention for reward models with ``num_labels=1``.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,17 @@ def texts_for_reward_model(tokenizer, prompts, completions) -> list[str]:
             out.append(prompt + completion)
             continue
         messages = list(prompt) if not isinstance(prompt, str) else [{"role": "user", "content": prompt}]
-        messages += list(completion) if not isinstance(completion, str) else [{"role": "assistant",
-                                                                              "content": completion}]
+        messages += (
+            list(completion) if not isinstance(completion, str) else [{"role": "assistant", "content": completion}]
+        )
         out.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return out
 
 
-HOW_TO_GET_ONE = ("give a *ForSequenceClassification model (num_labels=1), e.g. from TRL's RewardTrainer "
-                  "(trl.RewardTrainer trains one on chosen/rejected pairs), or kit:reward_model on the quickstart kit")
+HOW_TO_GET_ONE = (
+    "give a *ForSequenceClassification model (num_labels=1), e.g. from TRL's RewardTrainer "
+    "(trl.RewardTrainer trains one on chosen/rejected pairs), or kit:reward_model on the quickstart kit"
+)
 
 
 def check_sequence_classifier(model: str) -> None:
@@ -45,8 +49,9 @@ def check_sequence_classifier(model: str) -> None:
         return
     path = os.path.join(model, "config.json")
     if not os.path.isfile(path):
-        raise ValueError(f"reward model {model!r}: the folder has no config.json (not an HF checkpoint): "
-                         + HOW_TO_GET_ONE)
+        raise ValueError(
+            f"reward model {model!r}: the folder has no config.json (not an HF checkpoint): " + HOW_TO_GET_ONE
+        )
     try:
         with open(path) as f:
             config = json.load(f)
@@ -61,20 +66,31 @@ def check_sequence_classifier(model: str) -> None:
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
     loadable = model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
     if not archs and loadable:
         return  # no architectures recorded: AutoModelForSequenceClassification decides, as it would anyway
     what = f"a {'/'.join(archs)}" if archs else f"model_type {model_type!r} with no architectures"
-    why = ("AutoModelForSequenceClassification would load it with an untrained score head, so every reward would be "
-           "noise" if loadable else
-           f"transformers has no sequence-classification class for model_type {model_type!r}")
-    raise ValueError(f"reward model {model!r} is {what}, not a sequence classifier: {HOW_TO_GET_ONE}. ({why}; "
-                     f"read from {path})")
+    why = (
+        "AutoModelForSequenceClassification would load it with an untrained score head, so every reward would be noise"
+        if loadable
+        else f"transformers has no sequence-classification class for model_type {model_type!r}"
+    )
+    raise ValueError(
+        f"reward model {model!r} is {what}, not a sequence classifier: {HOW_TO_GET_ONE}. ({why}; read from {path})"
+    )
 
 
 @builtin("reward_model")
-def make_reward_model(tokenizer, model: str, batch_size: int = 16, max_length: int = 1024, dtype: str = "float32",
-                      device: str = "auto", trust_remote_code: bool = False):
+def make_reward_model(
+    tokenizer,
+    model: str,
+    batch_size: int = 16,
+    max_length: int = 1024,
+    dtype: str = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+):
     """The checkpoint is read when the first batch comes (on the reward actor, not in the driver's pre-flight); a
     local folder that is not a sequence classifier (no config.json, or a config.json naming a causal LM, say) is an
     error at once (``check_sequence_classifier``): the pre-flight builds this too, so before any actor starts."""
@@ -84,18 +100,25 @@ def make_reward_model(tokenizer, model: str, batch_size: int = 16, max_length: i
     def load():
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        rm = AutoModelForSequenceClassification.from_pretrained(model, dtype=getattr(torch, dtype),
-                                                                trust_remote_code=trust_remote_code).to(dev).eval()
+        rm = (
+            AutoModelForSequenceClassification.from_pretrained(
+                model, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            )
+            .to(dev)
+            .eval()
+        )
         if rm.config.pad_token_id is None:
             rm.config.pad_token_id = tok.pad_token_id
         state.update(tok=tok, rm=rm, dev=dev)
 
     def reward_model(prompts, completions, **kwargs):
         import torch
+
         if not state:
             load()
         tok, rm, dev = state["tok"], state["rm"], state["dev"]
@@ -103,8 +126,14 @@ def make_reward_model(tokenizer, model: str, batch_size: int = 16, max_length: i
         scores: list[float] = []
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
-                enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length, add_special_tokens=not tok.chat_template).to(dev)
+                enc = tok(
+                    texts[i : i + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    add_special_tokens=not tok.chat_template,
+                ).to(dev)
                 scores += rm(**enc).logits[:, 0].float().tolist()
         return scores
 

@@ -44,6 +44,7 @@ it can write anywhere, read the reward actor's environment (/proc/<pid>/environ)
 This contains what code does to the machine; it does not stop a completion that reads the harness from gaming its
 own score (the result is reported from inside the sandboxed process).
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,7 @@ import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 HARNESS = r"""
 import os, resource, sys
@@ -136,7 +137,7 @@ class Limits:
     processes: int = 16
 
 
-@lru_cache(maxsize=None)
+@cache
 def network_isolation() -> list[str] | None:
     """The command prefix that gives the code a private network namespace here, or None where the kernel refuses."""
     unshare = shutil.which("unshare")
@@ -150,17 +151,18 @@ def network_isolation() -> list[str] | None:
     return prefix if ok else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def site_dirs() -> tuple[str, ...]:
     """This interpreter's site-packages folders: the code can import what is installed there (numpy, ...). The
     harness runs with ``-S`` and puts them on ``sys.path`` itself, so their ``.pth`` files do not run: a start
     several times faster (11 ms against 37 ms on the development machine, where an editable install's import hook
     costs more than the rest of the start), with nothing loaded but the standard library and the code's imports."""
     import site
+
     return tuple(d for d in site.getsitepackages() if os.path.isdir(d))
 
 
-@lru_cache(maxsize=None)
+@cache
 def unprivileged_uid() -> int | None:
     """As root: ``nobody``'s uid if the interpreter and its standard library are readable by it (the code imports
     from them after the drop), else None (warned: the process-count limit then does not bind, the kernel exempts
@@ -173,8 +175,11 @@ def unprivileged_uid() -> int | None:
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     if not ok:
-        warnings.warn(f"code_tests: running as root and {sys.executable}'s library is not readable by nobody: the "
-                      "code runs as root, without the process-count limit", stacklevel=2)
+        warnings.warn(
+            f"code_tests: running as root and {sys.executable}'s library is not readable by nobody: the "
+            "code runs as root, without the process-count limit",
+            stacklevel=2,
+        )
     return 65534 if ok else None
 
 
@@ -190,17 +195,18 @@ BIND_ROOT = "/tmp/.sandbox"
 class Box:
     """How the harness starts here: under ``prefix`` (``unshare ...``, or nothing), in private mount, PID and IPC
     namespaces or not (``private``), the code running as ``drop_to`` (None: as this process's user)."""
+
     prefix: tuple[str, ...]
     private: bool
     drop_to: int | None
 
 
-@lru_cache(maxsize=None)
+@cache
 def private_dirs() -> tuple[str, ...]:
     return tuple(d for d in dict.fromkeys(map(os.path.realpath, PRIVATE_DIRS)) if os.path.isdir(d))
 
 
-@lru_cache(maxsize=None)
+@cache
 def interpreter_binds() -> tuple[tuple[str, str], ...]:
     """(a folder the code imports from, where the private sandbox shows it): the interpreter's prefix and the
     site-packages folders outside it, each bound read-only under /tmp/.sandbox. There ``nobody`` can read them
@@ -213,7 +219,7 @@ def interpreter_binds() -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def private_namespaces(network: bool = True) -> Box | None:
     """The private sandbox, where this kernel allows it, else None (warned once): ``unshare -n -m -i -p -f
     --mount-proc`` (``-r`` added for a non-root user; no ``-n`` for ``network=False``), checked once by running a
@@ -223,8 +229,16 @@ def private_namespaces(network: bool = True) -> Box | None:
     if unshare is None:
         return None
     root = os.geteuid() == 0
-    prefix = (unshare, *(() if root else ("-r",)), *(("-n",) if network else ()), "-m", "-i", "-p", "-f",
-              "--mount-proc")
+    prefix = (
+        unshare,
+        *(() if root else ("-r",)),
+        *(("-n",) if network else ()),
+        "-m",
+        "-i",
+        "-p",
+        "-f",
+        "--mount-proc",
+    )
     box = Box(prefix, private=True, drop_to=65534 if root else None)
     canary = "import decimal, json, os, socket\nuid, tmp = os.getuid(), sorted(os.listdir('/tmp'))"
     listing = sorted(os.path.basename(d) for d in (BIND_ROOT, WORK))
@@ -237,8 +251,11 @@ def private_namespaces(network: bool = True) -> Box | None:
         err.seek(0)
         why = err.read().decode(errors="replace").strip().splitlines()[-1:]
     if not ok:
-        warnings.warn(f"code_tests: no private sandbox here ({' '.join(prefix)}: {why[0] if why else 'failed'}); "
-                      "falling back to fewer protections: see reward_workers/sandbox.py", stacklevel=3)
+        warnings.warn(
+            f"code_tests: no private sandbox here ({' '.join(prefix)}: {why[0] if why else 'failed'}); "
+            "falling back to fewer protections: see reward_workers/sandbox.py",
+            stacklevel=3,
+        )
     return box if ok else None
 
 
@@ -286,13 +303,20 @@ def _fallback(network: bool, require: bool) -> Box:
     prefix = network_isolation() if network else []
     if prefix is None:
         if require:
-            raise RuntimeError("code_tests: isolate_network='require' but this kernel gives no private network "
-                               "namespace (unshare -n failed); use 'auto' to run without it")
-        warnings.warn("code_tests: no private network namespace here (unshare -n failed): code runs with the "
-                      "host's network", stacklevel=3)
+            raise RuntimeError(
+                "code_tests: isolate_network='require' but this kernel gives no private network "
+                "namespace (unshare -n failed); use 'auto' to run without it"
+            )
+        warnings.warn(
+            "code_tests: no private network namespace here (unshare -n failed): code runs with the host's network",
+            stacklevel=3,
+        )
         prefix = []
-    warnings.warn("code_tests: no private mount namespace here: the code sees the host's /tmp, /dev/shm and /proc, "
-                  "can write where its user can and signal its user's processes", stacklevel=3)
+    warnings.warn(
+        "code_tests: no private mount namespace here: the code sees the host's /tmp, /dev/shm and /proc, "
+        "can write where its user can and signal its user's processes",
+        stacklevel=3,
+    )
     return Box(tuple(prefix), private=False, drop_to=unprivileged_uid())
 
 
@@ -306,18 +330,40 @@ def _run(code: str, tests: list[str], limits: Limits, box: Box, stderr=subproces
         if box.drop_to is not None and not box.private:
             os.chmod(work, 0o777)  # the dropped user writes its own files here, nothing else
         read, write = os.pipe()  # the harness reports on this pipe: prints of the code cannot mix in
-        cfg = {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-               "processes": limits.processes, "drop_to": box.drop_to, "fd": write, "path": site_dirs(),
-               "private": box.private}
+        cfg = {
+            "cpu_s": limits.cpu_s,
+            "memory_mb": limits.memory_mb,
+            "file_mb": limits.file_mb,
+            "processes": limits.processes,
+            "drop_to": box.drop_to,
+            "fd": write,
+            "path": site_dirs(),
+            "private": box.private,
+        }
         if box.private:
-            cfg.update(tmpfs=private_dirs(), binds=interpreter_binds(), work=WORK,
-                       tmpfs_options=f"mode=1777,size={2 * limits.file_mb}m,nr_inodes={TMPFS_INODES}")
-        env = {"PATH": "/usr/bin:/bin", "HOME": WORK if box.private else work, "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1"}
+            cfg.update(
+                tmpfs=private_dirs(),
+                binds=interpreter_binds(),
+                work=WORK,
+                tmpfs_options=f"mode=1777,size={2 * limits.file_mb}m,nr_inodes={TMPFS_INODES}",
+            )
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": WORK if box.private else work,
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         try:
-            proc = subprocess.Popen([*box.prefix, sys.executable, "-I", "-S", "-c", HARNESS, repr(cfg)],
-                                    cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=stderr, pass_fds=(write,), start_new_session=True)
+            proc = subprocess.Popen(
+                [*box.prefix, sys.executable, "-I", "-S", "-c", HARNESS, repr(cfg)],
+                cwd=work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                pass_fds=(write,),
+                start_new_session=True,
+            )
         finally:
             os.close(write)
         _wait(proc, limits.wall_s)

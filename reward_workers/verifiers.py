@@ -10,6 +10,7 @@ Conventions shared by the built-ins below (ALGORITHMS.md §10):
   actor calls functions from a worker thread, where they are off and the actor's ``reward.timeout_s`` contains a
   call that hangs (as TRL does).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,7 @@ def make_arithmetic_exact(tokenizer, answer_column: str = "answer", after_think:
                 if end not in ids:
                     out.append(0.0)
                     continue
-                ids = ids[len(ids) - ids[::-1].index(end):]
+                ids = ids[len(ids) - ids[::-1].index(end) :]
             want = tokenizer(str(ans), add_special_tokens=False)["input_ids"] + [eos]
             out.append(1.0 if ids == want else 0.0)
         return out
@@ -64,6 +65,7 @@ def _text(completion) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Math answer equivalence (math-verify)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _timeouts() -> tuple[int | None, int | None]:
     """math-verify's timeouts use ``signal.alarm``, which works only in the main thread. Off it (the reward actor
@@ -86,8 +88,13 @@ def _make_judge():
     answer cannot be parsed. The answer is LaTeX: ``\\boxed{}`` first, no anchor-free extraction, units normalised."""
     from math_verify import LatexExtractionConfig, LatexNormalizationConfig, parse, verify
 
-    answer_config = [LatexExtractionConfig(normalization_config=LatexNormalizationConfig(units=True),
-                                           boxed_match_priority=0, try_extract_without_anchor=False)]
+    answer_config = [
+        LatexExtractionConfig(
+            normalization_config=LatexNormalizationConfig(units=True),
+            boxed_match_priority=0,
+            try_extract_without_anchor=False,
+        )
+    ]
 
     def judge(text: str, gold, gold_cache: dict) -> float | None:
         parse_s, verify_s = _timeouts()
@@ -132,8 +139,14 @@ def make_reasoning_accuracy(tokenizer):
 
 
 @builtin("cosine_scaled")
-def make_cosine_scaled(tokenizer, max_len: int, min_value_wrong: float = -1.0, max_value_wrong: float = -0.5,
-                       min_value_correct: float = 0.5, max_value_correct: float = 1.0):
+def make_cosine_scaled(
+    tokenizer,
+    max_len: int,
+    min_value_wrong: float = -1.0,
+    max_value_wrong: float = -0.5,
+    min_value_correct: float = 0.5,
+    max_value_correct: float = 1.0,
+):
     """R = v_min + ½(v_max − v_min)(1 + cos(π·min(|y|/max_len, 1))), bounds by accuracy; None if it is None."""
     if max_len <= 0:
         raise ValueError(f"cosine_scaled: max_len must be a positive token count, got {max_len}")
@@ -160,6 +173,7 @@ def make_cosine_scaled(tokenizer, max_len: int, min_value_wrong: float = -1.0, m
 # Format and length
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @builtin("think_format")
 def make_think_format(tokenizer):
     """R = 1[y matches ``^<think>(?!.*<think>)(.*?)</think>.*$`` (DOTALL)]: one leading think block, then anything."""
@@ -176,6 +190,7 @@ def make_language_consistency(tokenizer, script: str = "latin", alphabet: str | 
     reward): the text inside ``<think>...</think>``, else the whole completion; a word counts when every letter is in
     ``script`` (or every character in ``alphabet``); None when no word counts (``reward_workers.filters``)."""
     from .filters import language_share
+
     language_share("", script, alphabet)  # an unknown script fails when the reward is built
 
     def language_consistency(completions, **kwargs):
@@ -188,8 +203,10 @@ def make_language_consistency(tokenizer, script: str = "latin", alphabet: str | 
 def make_soft_overlong_punishment(tokenizer, max_completion_len: int, soft_punish_cache: int):
     """R = 0 if |y| ≤ L − C; (L − C − |y|)/C if L − C < |y| ≤ L; −1 if |y| > L (DAPO; |y| counts a final EOS)."""
     if not 0 <= soft_punish_cache <= max_completion_len:
-        raise ValueError("soft_overlong_punishment: need 0 <= soft_punish_cache <= max_completion_len, got "
-                         f"soft_punish_cache={soft_punish_cache}, max_completion_len={max_completion_len}")
+        raise ValueError(
+            "soft_overlong_punishment: need 0 <= soft_punish_cache <= max_completion_len, got "
+            f"soft_punish_cache={soft_punish_cache}, max_completion_len={max_completion_len}"
+        )
     L, C = max_completion_len, soft_punish_cache
 
     def soft_overlong_punishment(completion_ids, **kwargs):
@@ -206,8 +223,9 @@ def make_soft_overlong_punishment(tokenizer, max_completion_len: int, soft_punis
 def make_repetition_penalty(tokenizer, ngram_size: int, max_penalty: float):
     """R = (1 − #unique n-grams / #n-grams)·max_penalty over token ids; 0 with fewer than n tokens."""
     if max_penalty > 0:
-        raise ValueError(f"repetition_penalty: max_penalty must be <= 0 (it is the most negative reward), "
-                         f"got {max_penalty}")
+        raise ValueError(
+            f"repetition_penalty: max_penalty must be <= 0 (it is the most negative reward), got {max_penalty}"
+        )
     if ngram_size < 1:
         raise ValueError(f"repetition_penalty: ngram_size must be >= 1, got {ngram_size}")
 
@@ -218,7 +236,7 @@ def make_repetition_penalty(tokenizer, ngram_size: int, max_penalty: float):
             if len(ids) < ngram_size:
                 out.append(0.0)
                 continue
-            ngrams = [tuple(ids[i:i + ngram_size]) for i in range(len(ids) - ngram_size + 1)]
+            ngrams = [tuple(ids[i : i + ngram_size]) for i in range(len(ids) - ngram_size + 1)]
             repeated = 1.0 - len(set(ngrams)) / len(ngrams)
             out.append(repeated * max_penalty if repeated else 0.0)
         return out
@@ -230,11 +248,23 @@ def make_repetition_penalty(tokenizer, ngram_size: int, max_penalty: float):
 # Code execution against test cases (reward_workers/sandbox.py)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @builtin("code_tests")
-def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fraction", parallel: int = 4,
-                    cpu_s: int = 2, wall_s: float = 5.0, memory_mb: int = 512, file_mb: int = 16,
-                    processes: int = 16, isolate_network: str = "auto", template: str = "{code}",
-                    template_column: str | None = None, dedupe: bool = True):
+def make_code_tests(
+    tokenizer,
+    tests_column: str = "tests",
+    mode: str = "fraction",
+    parallel: int = 4,
+    cpu_s: int = 2,
+    wall_s: float = 5.0,
+    memory_mb: int = 512,
+    file_mb: int = 16,
+    processes: int = 16,
+    isolate_network: str = "auto",
+    template: str = "{code}",
+    template_column: str | None = None,
+    dedupe: bool = True,
+):
     """Runs the completion's code (its last fenced block, else the whole text) in a sandbox, then each of the row's
     tests (Python statements such as ``assert f(2) == 4``: a list in the ``tests`` column, or one string holding a
     whole test script). Score: the fraction of tests passed (``mode="fraction"``) or 1.0 only if all pass
@@ -248,20 +278,24 @@ def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fractio
     from concurrent.futures import ThreadPoolExecutor
 
     from .sandbox import Limits, extract_code, run_tests
+
     if mode not in ("fraction", "all"):
         raise ValueError(f"code_tests: mode must be 'fraction' or 'all', got {mode!r}")
     if isolate_network not in ("auto", "require", "off"):
         raise ValueError(f"code_tests: isolate_network must be 'auto', 'require' or 'off', got {isolate_network!r}")
     if "{code}" not in template:
-        raise ValueError(f"code_tests: template must contain {{code}} (where the completion's code goes), "
-                         f"got {template!r}")
+        raise ValueError(
+            f"code_tests: template must contain {{code}} (where the completion's code goes), got {template!r}"
+        )
     limits = Limits(cpu_s=cpu_s, wall_s=wall_s, memory_mb=memory_mb, file_mb=file_mb, processes=processes)
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sandbox")
 
     def program(completion, row_template) -> str:
         if not isinstance(row_template, str) or "{code}" not in row_template:
-            raise ValueError(f"code_tests: the {template_column!r} column holds {row_template!r}: a template is a "
-                             "string containing {code}")
+            raise ValueError(
+                f"code_tests: the {template_column!r} column holds {row_template!r}: a template is a "
+                "string containing {code}"
+            )
         return row_template.replace("{code}", extract_code(_text(completion)))
 
     def one(job):
@@ -271,8 +305,10 @@ def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fractio
 
     def code_tests(completions, **kwargs):
         templates = kwargs[template_column] if template_column else [template] * len(completions)
-        jobs = [(program(c, t), tuple([tests] if isinstance(tests, str) else tests or ()))
-                for c, t, tests in zip(completions, templates, kwargs[tests_column], strict=True)]
+        jobs = [
+            (program(c, t), tuple([tests] if isinstance(tests, str) else tests or ()))
+            for c, t, tests in zip(completions, templates, kwargs[tests_column], strict=True)
+        ]
         if not dedupe:
             return list(pool.map(one, jobs))
         unique = list(dict.fromkeys(jobs))
@@ -281,4 +317,3 @@ def make_code_tests(tokenizer, tests_column: str = "tests", mode: str = "fractio
 
     code_tests.columns = (tests_column,) + ((template_column,) if template_column else ())
     return code_tests
-

@@ -4,6 +4,7 @@ It turns dataset records into token ids, asks the engine for n completions per p
 tagged with the policy version of the weights it holds. Weight syncs arrive through a ``relay_rl.transport``
 (object-store buckets, a broadcast, or handles to a colocated learner rank's memory) and load in place.
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,18 +23,30 @@ def make_engine(kind: str, model_path: str, dtype: str, options: dict) -> Rollou
     """The generation backend ``rollout.engine`` names."""
     if kind == "hf":
         from .hf_engine import HFEngine
+
         return HFEngine(model_path, dtype=dtype, **options)
     if kind == "vllm":
         from .vllm_engine import VLLMEngine
+
         return VLLMEngine(model_path, dtype=dtype, **options)
     raise ValueError(f"unknown rollout engine {kind!r}: use 'hf' or 'vllm'")
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, engine: str, dtype: str, engine_options: dict, index: int = 0,
-                 max_prompt_length: int | None = None, prompt_column: str = "prompt",
-                 partial_rollout_chunk: int | None = None, pool: str = "rollout"):
+    def __init__(
+        self,
+        model_path: str,
+        engine: str,
+        dtype: str,
+        engine_options: dict,
+        index: int = 0,
+        max_prompt_length: int | None = None,
+        prompt_column: str = "prompt",
+        partial_rollout_chunk: int | None = None,
+        pool: str = "rollout",
+    ):
         from relay_rl.process import configure_worker
+
         configure_worker()
         self.index, self.pool = index, pool
         self.engine = make_engine(engine, model_path, dtype, engine_options)
@@ -53,8 +66,13 @@ class RolloutWorker:
         return f"RolloutWorker(pool={self.pool}, index={self.index}, policy_version={self.version}, calls={self.calls})"
 
     # ------------------------------------------------------------------------------------------------------------
-    def generate(self, records: list[dict], params: SamplingParams, group_ids: list[int] | None = None,
-                 generation_prompts: list | None = None) -> Batch:
+    def generate(
+        self,
+        records: list[dict],
+        params: SamplingParams,
+        group_ids: list[int] | None = None,
+        generation_prompts: list | None = None,
+    ) -> Batch:
         """``params.n`` completions per record; the rows of record i get group id ``group_ids[i]`` (default i).
         ``generation_prompts``: sample from these prompts instead (SDFT's ``generate_from_teacher``); the batch keeps
         the records' own prompts, which the learner trains on."""
@@ -73,11 +91,24 @@ class RolloutWorker:
             with self.lock:
                 self._apply_pending()
                 outs = self.engine.generate(sample_from, params)
-        return self._batch(records, prompts, prompt_ids, outs, group_ids or list(range(len(records))),
-                           info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version,
-                                 "n": params.n, "prompts_truncated": n_truncated})
+        return self._batch(
+            records,
+            prompts,
+            prompt_ids,
+            outs,
+            group_ids or list(range(len(records))),
+            info={
+                "generate_s": time.time() - t0,
+                "worker": self.index,
+                "version": self.version,
+                "n": params.n,
+                "prompts_truncated": n_truncated,
+            },
+        )
 
-    def from_dataset(self, records: list[dict], column: str, max_tokens: int, group_ids: list[int], n: int = 1) -> Batch:
+    def from_dataset(
+        self, records: list[dict], column: str, max_tokens: int, group_ids: list[int], n: int = 1
+    ) -> Batch:
         """The dataset's completions as a batch (SFT's data; GKD's and GOLD's dataset source), ``n`` rows per record
         (the batch keeps its shape). A string completion is tokenised, then EOS; an assistant turn (a list of chat
         messages, with chat-message prompts) is the chat template's text of prompt + completion after that of the
@@ -86,17 +117,27 @@ class RolloutWorker:
         t0 = time.time()
         bad = [i for i, r in enumerate(records) if not isinstance(r.get(column), (str, list))]
         if bad:
-            raise ValueError(f"data.completion_column {column!r}: row {bad[0]} has no completion (a string, or a "
-                             f"list of chat messages) (columns: {sorted(records[bad[0]])})")
+            raise ValueError(
+                f"data.completion_column {column!r}: row {bad[0]} has no completion (a string, or a "
+                f"list of chat messages) (columns: {sorted(records[bad[0]])})"
+            )
         prompts = [r[self.prompt_column] for r in records]
         prompt_ids, _ = self._tokenize_all(prompts)
         outs = []
         for r in records:
             ids = self._completion_ids(r[self.prompt_column], r[column])
             cut = ids[:max_tokens]
-            outs.append([Completion(cut, [float("nan")] * len(cut), "stop" if len(ids) <= max_tokens else "length")] * n)
-        return self._batch(records, prompts, prompt_ids, outs, group_ids,
-                           info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version, "n": n})
+            outs.append(
+                [Completion(cut, [float("nan")] * len(cut), "stop" if len(ids) <= max_tokens else "length")] * n
+            )
+        return self._batch(
+            records,
+            prompts,
+            prompt_ids,
+            outs,
+            group_ids,
+            info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version, "n": n},
+        )
 
     def _batch(self, records, prompts, prompt_ids, outs, group_ids: list[int], info: dict) -> Batch:
         rows = [(i, c) for i, comps in enumerate(outs) for c in comps]
@@ -113,14 +154,17 @@ class RolloutWorker:
         last = [c.token_versions[-1] if c.token_versions else self.version for _, c in rows]
         for r, (i, c) in enumerate(rows):
             p, L = prompt_ids[i], len(c.token_ids)
-            p_ids[r, tp - len(p):] = torch.tensor(p)
-            p_mask[r, tp - len(p):] = 1
+            p_ids[r, tp - len(p) :] = torch.tensor(p)
+            p_mask[r, tp - len(p) :] = 1
             c_ids[r, :L] = torch.tensor(c.token_ids, dtype=torch.long)
             c_mask[r, :L] = 1.0
             c_lp[r, :L] = torch.tensor(c.logprobs, dtype=torch.float32)
         other = [k for k in records[0] if k != self.prompt_column] if records else []
         return Batch(
-            prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
+            prompt_ids=p_ids,
+            prompt_mask=p_mask,
+            completion_ids=c_ids,
+            completion_mask=c_mask,
             behaviour_logprobs=c_lp,
             policy_version=torch.tensor(first, dtype=torch.long),  # the oldest weights that sampled the row
             mixed_version=torch.tensor(first) != torch.tensor(last),
@@ -143,10 +187,12 @@ class RolloutWorker:
             raise ValueError("a completion given as chat messages needs chat-message prompts (data.prompt_column)")
         full = chat_token_ids(self.tokenizer, prompt + completion)
         head = prompt_token_ids(self.tokenizer, prompt)
-        if full[:len(head)] != head:
-            raise ValueError("the chat template renders the prompt differently with the completion appended, so the "
-                             "completion's tokens cannot be told apart: give the completion as a string")
-        return full[len(head):]
+        if full[: len(head)] != head:
+            raise ValueError(
+                "the chat template renders the prompt differently with the completion appended, so the "
+                "completion's tokens cannot be told apart: give the completion as a string"
+            )
+        return full[len(head) :]
 
     def _tokenize_all(self, prompts: list) -> tuple[list[list[int]], int]:
         """Token ids of each prompt (chat messages through the chat template), cut to their last
@@ -155,7 +201,7 @@ class RolloutWorker:
         for prompt in prompts:
             ids = prompt_token_ids(self.tokenizer, prompt)
             if self.max_prompt_length and len(ids) > self.max_prompt_length:
-                ids, cut = ids[-self.max_prompt_length:], cut + 1
+                ids, cut = ids[-self.max_prompt_length :], cut + 1
             out.append(ids)
         return out, cut
 
@@ -183,8 +229,7 @@ class RolloutWorker:
             self.version = version
         return {"load_s": time.time() - t0, "bytes": nbytes, "version": version}
 
-    def connect_transport(self, transport: str, host: str, port: int, world_size: int, rank: int,
-                          backend: str) -> bool:
+    def connect_transport(self, transport: str, host: str, port: int, world_size: int, rank: int, backend: str) -> bool:
         """Join the learner's weight-sync group (the collective transport)."""
         self._transport(transport).connect(host, port, world_size, rank, backend)
         return True

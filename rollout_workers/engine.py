@@ -4,11 +4,13 @@ An engine samples n completions per prompt and returns, for each, the token ids,
 sampled token (the log-prob under the distribution it was actually sampled from: after temperature, top-k/top-p,
 min-p and repetition penalty) and why it stopped. It loads new weights in place.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 
@@ -34,8 +36,9 @@ class RolloutEngine(ABC):
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt, ``params.n`` completions (consecutive)."""
 
-    def generate_partial(self, prompt_ids: list[list[int]], params: SamplingParams, chunk_tokens: int,
-                         between_chunks) -> list[list[Completion]]:
+    def generate_partial(
+        self, prompt_ids: list[list[int]], params: SamplingParams, chunk_tokens: int, between_chunks
+    ) -> list[list[Completion]]:
         """Generate ``chunk_tokens`` at a time; ``between_chunks()`` may load new weights and returns the current
         policy version, which tags the tokens of the next chunk (partial rollouts). Optional."""
         raise NotImplementedError(f"{type(self).__name__} does not support partial rollouts")
@@ -46,9 +49,8 @@ class RolloutEngine(ABC):
         ``borrowed``: the tensors are another process's memory that changes after the call (the ipc transport), so
         the engine copies them; otherwise they stay as they are and it may keep them as its weights."""
 
-    def sleep(self) -> None:
+    def sleep(self) -> None:  # noqa: B027  (optional: engines without a KV cache to free keep this)
         """Free generation memory (KV cache) while the learner trains on shared devices. Optional."""
 
-    def wake(self) -> None:
+    def wake(self) -> None:  # noqa: B027
         """Undo ``sleep``. Optional."""
-

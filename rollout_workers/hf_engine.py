@@ -1,7 +1,8 @@
 """The embedded default engine: transformers ``generate``. Fewest dependencies; runs anywhere torch runs."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -13,15 +14,29 @@ from .engine import Completion, RolloutEngine
 class HFEngine(RolloutEngine):
     supports_partial_rollouts = True
 
-    def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None,
-                 trust_remote_code: bool = False, max_batch_size: int = 1024, attn_implementation: str | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        device: str | None = None,
+        trust_remote_code: bool = False,
+        max_batch_size: int = 1024,
+        attn_implementation: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
-            attn_implementation=attn_implementation).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                model_path,
+                dtype=getattr(torch, dtype),
+                trust_remote_code=trust_remote_code,
+                attn_implementation=attn_implementation,
+            )
+            .to(self.device)
+            .eval()
+        )
         self.max_batch_size = max_batch_size
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -34,7 +49,7 @@ class HFEngine(RolloutEngine):
         per_chunk = max(1, self.max_batch_size // params.n)
         out: list[list[Completion]] = []
         for i in range(0, len(prompt_ids), per_chunk):
-            out += self._generate_chunk(prompt_ids[i:i + per_chunk], gen_cfg, params.n)
+            out += self._generate_chunk(prompt_ids[i : i + per_chunk], gen_cfg, params.n)
         return out
 
     @torch.no_grad()
@@ -57,19 +72,28 @@ class HFEngine(RolloutEngine):
                 vers[i] += [version] * len(c.token_ids)
                 done[i] = c.finish_reason == "stop" or len(toks[i]) >= params.max_tokens
             version, step = between_chunks(), step + 1
-        comps = [Completion(t, l, "stop" if t and t[-1] in self.eos_ids else "length", v)
-                 for t, l, v in zip(toks, lps, vers)]
-        return [comps[j * params.n:(j + 1) * params.n] for j in range(len(prompt_ids))]
+        comps = [
+            Completion(t, lp, "stop" if t and t[-1] in self.eos_ids else "length", v)
+            for t, lp, v in zip(toks, lps, vers)
+        ]
+        return [comps[j * params.n : (j + 1) * params.n] for j in range(len(prompt_ids))]
 
     def _gen_config(self, params: SamplingParams, n: int, max_new_tokens: int):
         from transformers import GenerationConfig
 
         return GenerationConfig(
-            do_sample=not params.greedy, num_return_sequences=n, max_new_tokens=max_new_tokens,
+            do_sample=not params.greedy,
+            num_return_sequences=n,
+            max_new_tokens=max_new_tokens,
             temperature=None if params.greedy else params.temperature,
-            top_p=None if params.greedy else params.top_p, top_k=None if params.greedy else params.top_k,
-            min_p=None if params.greedy else params.min_p, repetition_penalty=params.repetition_penalty,
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
+            top_p=None if params.greedy else params.top_p,
+            top_k=None if params.greedy else params.top_k,
+            min_p=None if params.greedy else params.min_p,
+            repetition_penalty=params.repetition_penalty,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            output_scores=True,
+            return_dict_in_generate=True,
             stop_strings=list(params.stop) if params.stop else None,
         )
 
@@ -78,11 +102,14 @@ class HFEngine(RolloutEngine):
         ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for r, p in enumerate(prompt_ids):  # left padding
-            ids[r, width - len(p):] = torch.tensor(p)
-            attn[r, width - len(p):] = 1
-        res = self.model.generate(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
-                                  generation_config=gen_cfg,
-                                  tokenizer=self.tokenizer if gen_cfg.stop_strings else None)
+            ids[r, width - len(p) :] = torch.tensor(p)
+            attn[r, width - len(p) :] = 1
+        res = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=attn.to(self.device),
+            generation_config=gen_cfg,
+            tokenizer=self.tokenizer if gen_cfg.stop_strings else None,
+        )
         new = res.sequences[:, width:].cpu()  # (N*n, T)
         # behaviour log-probs: the processed distribution the token was sampled from
         scores = torch.stack(res.scores, dim=1).float().cpu()  # (N*n, T, V)
@@ -93,9 +120,10 @@ class HFEngine(RolloutEngine):
             hit = eos[r].nonzero()
             length = int(hit[0]) + 1 if len(hit) else new.shape[1]
             stopped = len(hit) > 0 or (gen_cfg.stop_strings and length < gen_cfg.max_new_tokens)
-            completions.append(Completion(new[r, :length].tolist(), logprobs[r, :length].tolist(),
-                                          "stop" if stopped else "length"))
-        return [completions[j * n:(j + 1) * n] for j in range(len(prompt_ids))]
+            completions.append(
+                Completion(new[r, :length].tolist(), logprobs[r, :length].tolist(), "stop" if stopped else "length")
+            )
+        return [completions[j * n : (j + 1) * n] for j in range(len(prompt_ids))]
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], borrowed: bool = False) -> None:
@@ -110,8 +138,10 @@ class HFEngine(RolloutEngine):
                 raise KeyError(f"weight sync sent {name!r}, which the rollout model does not have")
             p = params[name]
             if tensor.shape != p.shape:
-                raise ValueError(f"weight sync sent {name!r} with shape {tuple(tensor.shape)}, the rollout model's is "
-                                 f"{tuple(p.shape)}")
+                raise ValueError(
+                    f"weight sync sent {name!r} with shape {tuple(tensor.shape)}, the rollout model's is "
+                    f"{tuple(p.shape)}"
+                )
             if borrowed:
                 p.data.copy_(tensor)
             else:

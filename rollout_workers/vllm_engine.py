@@ -5,11 +5,12 @@ over as tensors with no IPC: ``collective_rpc("reload_weights")`` with a streami
 is reset (cached blocks were computed with the old weights). Behaviour log-probs are vLLM's ``processed_logprobs``:
 the distribution after temperature, penalties, top-k/top-p/min-p, i.e. what was actually sampled from.
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -19,11 +20,22 @@ from .engine import Completion, RolloutEngine
 
 
 class VLLMEngine(RolloutEngine):
-    def __init__(self, model_path: str, dtype: str = "bfloat16", trust_remote_code: bool = False,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 enforce_eager: bool = False, enable_prefix_caching: bool = True, enable_sleep_mode: bool = False,
-                 cpu_kvcache_space_gb: float = 1.0, attention_backend: str | None = None,
-                 max_num_seqs: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "bfloat16",
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+        cpu_kvcache_space_gb: float = 1.0,
+        attention_backend: str | None = None,
+        max_num_seqs: int | None = None,
+        seed: int = 0,
+    ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights load without IPC
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # no per-sync INFO lines
@@ -32,11 +44,19 @@ class VLLMEngine(RolloutEngine):
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from vllm import LLM
 
-        kwargs = dict(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                      tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                      max_model_len=max_model_len, enforce_eager=enforce_eager,
-                      enable_prefix_caching=enable_prefix_caching, enable_sleep_mode=enable_sleep_mode, seed=seed,
-                      logprobs_mode="processed_logprobs")
+        kwargs = dict(
+            model=model_path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            enable_sleep_mode=enable_sleep_mode,
+            seed=seed,
+            logprobs_mode="processed_logprobs",
+        )
         if attention_backend:
             kwargs["attention_config"] = {"backend": attention_backend}
         if max_num_seqs:
@@ -52,10 +72,18 @@ class VLLMEngine(RolloutEngine):
         from vllm.inputs import TokensPrompt
 
         sp = VSamplingParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-            min_p=params.min_p or 0.0, repetition_penalty=params.repetition_penalty, max_tokens=params.max_tokens,
-            stop=list(params.stop) if params.stop else None, include_stop_str_in_output=True, seed=params.seed,
-            logprobs=0)
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            min_p=params.min_p or 0.0,
+            repetition_penalty=params.repetition_penalty,
+            max_tokens=params.max_tokens,
+            stop=list(params.stop) if params.stop else None,
+            include_stop_str_in_output=True,
+            seed=params.seed,
+            logprobs=0,
+        )
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], sp, use_tqdm=False)
         result = []
         for out in outs:
@@ -87,8 +115,12 @@ def _refresh_tied_lm_head(worker) -> None:
     model = worker.model_runner.get_model()
     config = getattr(model, "config", None)
     head, inner = getattr(model, "lm_head", None), getattr(model, "model", None)
-    if not (config is not None and getattr(config, "tie_word_embeddings", False) and head is not None
-            and hasattr(inner, "embed_tokens")):
+    if not (
+        config is not None
+        and getattr(config, "tie_word_embeddings", False)
+        and head is not None
+        and hasattr(inner, "embed_tokens")
+    ):
         return
     head.weight = inner.embed_tokens.weight
     method = getattr(head, "quant_method", None)

@@ -16,6 +16,7 @@ scored in chunks bounded by ``max_chunk_elements`` logits, so memory stays bound
 batch goes back into the object store: its tensors reach the learner ranks without passing through the driver.
 Weights change only when asked: ``mix_weights`` (TR-DPO's reference refresh, SDPO's EMA or live teacher).
 """
+
 from __future__ import annotations
 
 import time
@@ -28,19 +29,36 @@ from relay_rl.transport.object_store import ObjectStore
 
 
 class TeacherWorker:
-    def __init__(self, model_path: str, dtype: str = "float32", index: int = 0, pool: str = "teacher",
-                 trust_remote_code: bool = False, max_chunk_elements: int = 2**26, student_tokenizer: str | None = None,
-                 run_config: dict | None = None, attn_implementation: str | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        index: int = 0,
+        pool: str = "teacher",
+        trust_remote_code: bool = False,
+        max_chunk_elements: int = 2**26,
+        student_tokenizer: str | None = None,
+        run_config: dict | None = None,
+        attn_implementation: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM
 
         from relay_rl.process import configure_worker
+
         configure_worker()
         self.index, self.pool, self.max_chunk_elements = index, pool, max_chunk_elements
         self.model_path = model_path
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
-            attn_implementation=attn_implementation).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                model_path,
+                dtype=getattr(torch, dtype),
+                trust_remote_code=trust_remote_code,
+                attn_implementation=attn_implementation,
+            )
+            .to(self.device)
+            .eval()
+        )
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.student_tokenizer = student_tokenizer  # cross-tokenizer scoring (GOLD's ULD) re-tokenises text
         self.run_config = run_config  # a re-prompting pool (SDPO, SDFT) asks the run's family for each row's prompt
@@ -55,6 +73,7 @@ class TeacherWorker:
         t0 = time.time()
         if spec.get("retokenize"):
             from .retokenize import score_retokenized
+
             out = score_retokenized(self, batch, spec)
         elif spec.get("reprompt"):
             view, out = self._reprompted(batch)
@@ -72,12 +91,15 @@ class TeacherWorker:
         from transformers import AutoTokenizer
 
         from relay_rl.cluster.config import RunConfig
+
         cfg = RunConfig.model_validate(self.run_config)
         if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                self.model_path, trust_remote_code=cfg.model.trust_remote_code
+            )
         prompts, active = cfg.family.teacher_prompts(batch, cfg)
         budget = cfg.family.reprompt_length(cfg)
-        ids = [prompt_token_ids(self.tokenizer, p)[-budget if budget else 0:] for p in prompts]
+        ids = [prompt_token_ids(self.tokenizer, p)[-budget if budget else 0 :] for p in prompts]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         prompt_ids, prompt_mask = left_pad(ids, pad)
         return batch.replace(prompt_ids=prompt_ids, prompt_mask=prompt_mask), {"teacher_context": active}
@@ -90,8 +112,13 @@ class TeacherWorker:
         for i in range(0, len(batch), rows):
             mb = batch.select(range(i, min(len(batch), i + rows)))
             ids_BT = mb.completion_ids.to(self.device)
-            logits_BTV = completion_logits(self.model, mb.prompt_ids.to(self.device), mb.prompt_mask.to(self.device),
-                                           ids_BT, mb.completion_mask.to(self.device))
+            logits_BTV = completion_logits(
+                self.model,
+                mb.prompt_ids.to(self.device),
+                mb.prompt_mask.to(self.device),
+                ids_BT,
+                mb.completion_mask.to(self.device),
+            )
             if T != 1.0:
                 logits_BTV = logits_BTV / T
             # log softmax = logits - logsumexp, applied only to what is served (no (B, T, V) log-prob copy)
@@ -126,6 +153,7 @@ class TeacherWorker:
     def save(self, path: str) -> str:
         """Write this actor's weights as an HF model (a reference that moves, TR-DPO, is saved in checkpoints)."""
         from transformers import AutoTokenizer
+
         self.model.save_pretrained(path, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
         return path

@@ -6,6 +6,7 @@ byte offsets (``learner.uld.alignment_groups``), and the teacher side of every g
 probability vector, sorted in descending order (top ``loss_top_k`` kept, if set). What travels to the learner is
 small: (N, Tc, k) sorted group probabilities and the student tokens' group numbers (N, Tc).
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,10 +19,12 @@ from relay_rl.learner.uld import alignment_groups, merge_groups, token_byte_span
 def _tokenizers(worker):
     if not hasattr(worker, "_tokenizers"):
         from transformers import AutoTokenizer
-        worker._tokenizers = (AutoTokenizer.from_pretrained(worker.student_tokenizer),
-                              AutoTokenizer.from_pretrained(worker.model_path))
-    return worker._tokenizers
 
+        worker._tokenizers = (
+            AutoTokenizer.from_pretrained(worker.student_tokenizer),
+            AutoTokenizer.from_pretrained(worker.model_path),
+        )
+    return worker._tokenizers
 
 
 @torch.no_grad()
@@ -45,12 +48,16 @@ def score_retokenized(worker, batch: Batch, spec: dict) -> dict[str, torch.Tenso
             continue
         p_ids = prompt_token_ids(t_tok, batch.prompts[i])
         dev = worker.device
-        logits_1TV = completion_logits(worker.model, torch.tensor([p_ids], device=dev),
-                                       torch.ones((1, len(p_ids)), dtype=torch.long, device=dev),
-                                       torch.tensor([t_ids], device=dev), torch.ones((1, len(t_ids)), device=dev))
+        logits_1TV = completion_logits(
+            worker.model,
+            torch.tensor([p_ids], device=dev),
+            torch.ones((1, len(p_ids)), dtype=torch.long, device=dev),
+            torch.tensor([t_ids], device=dev),
+            torch.ones((1, len(t_ids)), device=dev),
+        )
         logp_TV = scaled_log_softmax(logits_1TV[0], T)
         q_GV = merge_groups(logp_TV, t_ids, [tg for _, tg in groups], strategy)  # (G, V_t)
-        dist_NGK[i, :len(groups)] = q_GV.sort(dim=-1, descending=True).values[:, :width].float().cpu()
+        dist_NGK[i, : len(groups)] = q_GV.sort(dim=-1, descending=True).values[:, :width].float().cpu()
         for g, (sg, _) in enumerate(groups, start=1):
             groups_NT[i, sg] = g
     return {"teacher_dist": dist_NGK, "uld_groups": groups_NT}

@@ -1,4 +1,5 @@
 """Shared fixtures: offline environment, the quickstart kit (built once per session), one local Ray cluster."""
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RELAY_RL_CACHE", str(Path.home() / ".cache" / "relay-rl"))
 try:
     import torch
+
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 except ImportError:
@@ -27,6 +29,7 @@ def build_kit(cfg, parts: tuple[str, ...] = (), **kw):
     """``ensure_kit`` with the run entry that trains the warm start (a relay-rl SFT run)."""
     from relay_rl.cluster.kit.build import ensure_kit
     from relay_rl.cluster.runner import train
+
     return ensure_kit(cfg, train, parts=parts, **kw)
 
 
@@ -34,6 +37,7 @@ def build_kit(cfg, parts: tuple[str, ...] = (), **kw):
 def kit():
     """The quickstart kit (tokenizer, tiny Qwen3, a+b= task, warm start); built once, then reused from the cache."""
     from relay_rl.cluster.config import KitConfig
+
     cfg = KitConfig()
     root = build_kit(cfg)
     return {"cfg": cfg, "root": root, "warm_start": str(root / "warm_start"), "base": str(root / "base")}
@@ -43,6 +47,7 @@ def kit():
 def kit_r1():
     """The kit's r1 variant (hint column, think format; its warm start reads "46|12+34="): built once, then cached."""
     from relay_rl.cluster.config import KitConfig
+
     cfg = KitConfig(variant="r1")
     root = build_kit(cfg)
     return {"cfg": cfg, "root": root, "warm_start": str(root / "warm_start"), "base": str(root / "base")}
@@ -59,12 +64,19 @@ def kit_teachers(kit):
 def ray_cluster():
     """One real local Ray cluster for the session (logical CPUs above the 2 physical ones, so pools fit)."""
     import ray
+
     if not ray.is_initialized():
         from relay_rl.cluster.runtime import LOCAL_SYSTEM_CONFIG
         from relay_rl.process import default_env
-        ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="relay-rl-tests",
-                 runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
-                 _system_config=LOCAL_SYSTEM_CONFIG)
+
+        ray.init(
+            address="local",
+            num_cpus=8,
+            include_dashboard=False,
+            namespace="relay-rl-tests",
+            runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        )
     yield ray
     ray.shutdown()
 
@@ -72,6 +84,7 @@ def ray_cluster():
 def quickstart_dict(**sections) -> dict:
     """The quickstart recipe as a dict, with sections replaced/updated (shallow per section)."""
     import yaml
+
     raw = yaml.safe_load((RECIPES / "quickstart.yaml").read_text())
     for k, v in sections.items():
         if isinstance(v, dict) and isinstance(raw.get(k), dict):

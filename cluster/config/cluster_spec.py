@@ -1,5 +1,6 @@
 """The run file's ``cluster:`` section: the pools (rollout, reward, teacher, reference, learner, critic, ...), each
 with its replicas and resources, placement, and the Ray cluster to join."""
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -69,6 +70,6 @@ class ClusterSpec(Strict):
     judge: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
     """Rollout engines serving the LLM judge of the ``llm_judge`` reward (its own model, frozen: never synced).
     Started only when a reward function is ``llm_judge``."""
-    critic: "CriticPoolSpec" = Field(default_factory=lambda: CriticPoolSpec(num_cpus=0.5))
+    critic: CriticPoolSpec = Field(default_factory=lambda: CriticPoolSpec(num_cpus=0.5))
     """PPO's critic: a value model trained by its own DeepSpeed group, rank i beside learner rank i's rows. Started
     only when the method needs it."""

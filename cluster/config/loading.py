@@ -1,5 +1,6 @@
 """Loading a run file: YAML + overlays + ``key.path=value`` overrides -> ``RunConfig`` (or, for a file with
 ``stages:``, a ``StagedConfig``), with errors that name the file, the field, its line and what is allowed."""
+
 from __future__ import annotations
 
 import os

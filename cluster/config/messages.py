@@ -1,12 +1,14 @@
 """Validation errors as a person reads them: one line per problem, ``file:line: field.path: what is wrong``, with
 the fields allowed where an unknown key was given and the family a misplaced knob belongs to."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .run import CONFIG_MODELS, FAMILY_NAMES, FAMILIES, DEFAULT, RunConfig
+from .run import CONFIG_MODELS, DEFAULT, FAMILIES, FAMILY_NAMES, RunConfig
+
 
 def _member(model, part):
     """The model a field of ``model`` holds (through Optional, unions and the algorithm union's tag)."""
@@ -27,8 +29,10 @@ def _allowed_fields(loc: tuple, family_name: str | None = None) -> list[str] | N
         if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         if model is RunConfig and part == "algorithm":
-            model = next((m for m in CONFIG_MODELS if m.model_fields["name"].default == family_name),
-                         FAMILIES[DEFAULT].configs[0])
+            model = next(
+                (m for m in CONFIG_MODELS if m.model_fields["name"].default == family_name),
+                FAMILIES[DEFAULT].configs[0],
+            )
             continue
         model = _member(model, part)
         if model is None:
@@ -51,15 +55,24 @@ def format_errors(e: ValidationError, source: str, lines: dict, overrides, stage
         raw_loc, family_name = err["loc"], None
         if len(raw_loc) > 1 and raw_loc[0] == "algorithm" and raw_loc[1] in FAMILY_NAMES:  # the union's tag
             family_name, raw_loc = raw_loc[1], (raw_loc[0], *raw_loc[2:])
-        loc = tuple(p for p in raw_loc if not (isinstance(p, str) and ("[" in p or p in ("str", "RewardFuncSpec",
-                                                                                       "function-after"))))
+        loc = tuple(
+            p
+            for p in raw_loc
+            if not (isinstance(p, str) and ("[" in p or p in ("str", "RewardFuncSpec", "function-after")))
+        )
         field = ".".join(str(p) for p in loc) or "(top level)"
         where = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), source)
         if stage is not None:
             index, name, own = stage
             if loc and _has_path(own, loc):  # the stage sets it: its line
-                where = next((lines[("stages", index, *loc[:i])] for i in range(len(loc), 0, -1)
-                              if ("stages", index, *loc[:i]) in lines), where)
+                where = next(
+                    (
+                        lines[("stages", index, *loc[:i])]
+                        for i in range(len(loc), 0, -1)
+                        if ("stages", index, *loc[:i]) in lines
+                    ),
+                    where,
+                )
                 field = f"stages.{name}.{field}"
             else:  # the top level's value (or a rule across sections), checked in this stage
                 field = f"{field} (stage {name})"
@@ -88,5 +101,3 @@ def _has_path(d, path: tuple) -> bool:
             return False
         d = d[p]
     return True
-
-

@@ -3,6 +3,7 @@
 file, the field path (and its line) and what is allowed (``cluster/config/loading.py`` reads the YAML, overlays and
 overrides). Unknown keys are errors. ``docs/run-file.md`` lists every field, generated from these models.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,14 +12,12 @@ from typing import Annotated, Optional, Union
 
 from pydantic import Field, model_validator
 
-from relay_rl.learner.methods import CONFIG_MODELS, DEFAULT, FAMILIES, Family, family
+from relay_rl.learner.methods import CONFIG_MODELS, DEFAULT, FAMILIES, Family, cross_section_aliases, family
 from relay_rl.learner.methods import check as check_family
-from relay_rl.learner.methods import cross_section_aliases
 from relay_rl.schema import Strict
 
 from .cluster_spec import ClusterSpec, PoolSpec
-from .sections import (DataConfig, KitConfig, ModelConfig, RewardConfig, RolloutConfig, TeacherModelConfig,
-                       TrainConfig)
+from .sections import DataConfig, KitConfig, ModelConfig, RewardConfig, RolloutConfig, TeacherModelConfig, TrainConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # the algorithm: one config model per method family, selected by ``name`` (learner/methods/)
@@ -75,51 +74,76 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_section_rules(self):
-        paths = (self.model.name_or_path, self.data.train, self.data.eval,
-                 self.teacher.name_or_path if self.teacher else None,
-                 *(v for f in (self.reward.reward_funcs if self.reward else ()) if not isinstance(f, str)
-                   for v in f.kwargs.values()))
+        paths = (
+            self.model.name_or_path,
+            self.data.train,
+            self.data.eval,
+            self.teacher.name_or_path if self.teacher else None,
+            *(
+                v
+                for f in (self.reward.reward_funcs if self.reward else ())
+                if not isinstance(f, str)
+                for v in f.kwargs.values()
+            ),
+        )
         if any(str(v).startswith("kit:") for v in paths) and self.kit is None:
-            raise ValueError("model/data/teacher/reward kwargs refer to 'kit:...' but there is no kit section: add "
-                             "`kit: {}`")
+            raise ValueError(
+                "model/data/teacher/reward kwargs refer to 'kit:...' but there is no kit section: add `kit: {}`"
+            )
         needs, name = self.needs, self.algorithm.name
         if needs.rewards and self.reward is None:
-            raise ValueError(f"reward: required field is missing (algorithm {name} learns from rewards: add "
-                             "reward: {reward_funcs: [...]})")
+            raise ValueError(
+                f"reward: required field is missing (algorithm {name} learns from rewards: add "
+                "reward: {reward_funcs: [...]})"
+            )
         if needs.teacher_model and self.teacher is None:
-            raise ValueError(f"algorithm {name} learns from a teacher model: add `teacher: {{name_or_path: ...}}` "
-                             "(kit:teacher on the quickstart kit)")
+            raise ValueError(
+                f"algorithm {name} learns from a teacher model: add `teacher: {{name_or_path: ...}}` "
+                "(kit:teacher on the quickstart kit)"
+            )
         for spec in needs.teachers:
             if self.pool_spec(spec.pool).replicas < 1:
                 what = "reference log-probs" if spec.pool == "reference" else "teacher distributions"
                 field = "reference" if spec.pool == "reference" and self.cluster.reference else "teacher"
-                raise ValueError(f"algorithm {name} needs {what} from the {spec.pool} pool"
-                                 + (" (beta > 0)" if spec.pool == "reference" else "")
-                                 + f": set cluster.{field}.replicas >= 1")
+                raise ValueError(
+                    f"algorithm {name} needs {what} from the {spec.pool} pool"
+                    + (" (beta > 0)" if spec.pool == "reference" else "")
+                    + f": set cluster.{field}.replicas >= 1"
+                )
         if needs.frozen_rollout and self.cluster.frozen_rollout.replicas < 1:
             raise ValueError(f"algorithm {name} samples with a frozen pool: set cluster.frozen_rollout.replicas >= 1")
         check_family(self)
         if self.cluster.rollout.replicas < 1:
             raise ValueError("cluster.rollout.replicas must be >= 1")
         if self.rollout.temperature == 0 and self.algorithm.num_generations > 1:
-            raise ValueError(f"rollout.temperature 0 is greedy: the {self.algorithm.num_generations} completions of a "
-                             "prompt (algorithm.num_generations) would all be the same, and a group of equal samples "
-                             "has nothing to compare: set rollout.temperature > 0 (e.g. 1.0), or num_generations: 1 "
-                             "for the distillation families")
+            raise ValueError(
+                f"rollout.temperature 0 is greedy: the {self.algorithm.num_generations} completions of a "
+                "prompt (algorithm.num_generations) would all be the same, and a group of equal samples "
+                "has nothing to compare: set rollout.temperature > 0 (e.g. 1.0), or num_generations: 1 "
+                "for the distillation families"
+            )
         if self.reward is not None and self.cluster.reward.replicas < 1:
             raise ValueError("cluster.reward.replicas must be >= 1 (or remove the reward section)")
         if self.rollout.partial_rollouts and self.rollout.engine != "hf":
-            raise ValueError("rollout.partial_rollouts needs the hf engine (vLLM's offline engine cannot take weights "
-                             "mid-generation)")
+            raise ValueError(
+                "rollout.partial_rollouts needs the hf engine (vLLM's offline engine cannot take weights "
+                "mid-generation)"
+            )
         if self.rollout.partial_rollouts and self.rollout.weight_transport != "object_store":
-            raise ValueError("rollout.partial_rollouts needs weight_transport: object_store (a broadcast would wait "
-                             "for the generation to end; ipc's shared buffers are rewritten by the next sync)")
+            raise ValueError(
+                "rollout.partial_rollouts needs weight_transport: object_store (a broadcast would wait "
+                "for the generation to end; ipc's shared buffers are rewritten by the next sync)"
+            )
         if self.rollout.weight_transport == "ipc" and not self.cluster.colocate:
-            raise ValueError("rollout.weight_transport: ipc hands each rollout replica the memory of the learner rank "
-                             "beside it: set cluster.colocate: true (or use object_store)")
+            raise ValueError(
+                "rollout.weight_transport: ipc hands each rollout replica the memory of the learner rank "
+                "beside it: set cluster.colocate: true (or use object_store)"
+            )
         if self.cluster.colocate and self.cluster.rollout.replicas > self.cluster.learner.replicas:
-            raise ValueError("cluster.colocate puts rollout replica i beside learner rank i: set rollout.replicas "
-                             f"({self.cluster.rollout.replicas}) <= learner.replicas ({self.cluster.learner.replicas})")
+            raise ValueError(
+                "cluster.colocate puts rollout replica i beside learner rank i: set rollout.replicas "
+                f"({self.cluster.rollout.replicas}) <= learner.replicas ({self.cluster.learner.replicas})"
+            )
         resolve_schedule(self)  # raises on batch-size rules
         return self
 
@@ -166,17 +190,23 @@ def resolve_schedule(cfg: RunConfig) -> Schedule:
     B, GA, G = a.per_device_train_batch_size, a.gradient_accumulation_steps, a.num_generations
     if a.generation_batch_size is not None:
         if a.generation_batch_size % (B * P):
-            raise ValueError(f"generation_batch_size ({a.generation_batch_size}) must be divisible by "
-                             f"per_device_train_batch_size * learner ranks ({B} * {P} = {B * P})")
+            raise ValueError(
+                f"generation_batch_size ({a.generation_batch_size}) must be divisible by "
+                f"per_device_train_batch_size * learner ranks ({B} * {P} = {B * P})"
+            )
         S = a.generation_batch_size // (B * P)
     else:
         S = a.steps_per_generation or GA
     gbs = B * P * S
     if gbs % G:
-        raise ValueError(f"the generation batch ({gbs} completions = B {B} * P {P} * S {S}) must hold whole groups: "
-                         f"make it divisible by num_generations ({G})")
+        raise ValueError(
+            f"the generation batch ({gbs} completions = B {B} * P {P} * S {S}) must hold whole groups: "
+            f"make it divisible by num_generations ({G})"
+        )
     if (S * a.num_iterations) % GA and GA % (S * a.num_iterations):
-        raise ValueError(f"gradient_accumulation_steps ({GA}) must divide steps_per_generation * num_iterations "
-                         f"({S} * {a.num_iterations}) or be a multiple of it, so that each optimizer step uses a "
-                         "whole number of generation slices")
+        raise ValueError(
+            f"gradient_accumulation_steps ({GA}) must divide steps_per_generation * num_iterations "
+            f"({S} * {a.num_iterations}) or be a multiple of it, so that each optimizer step uses a "
+            "whole number of generation slices"
+        )
     return Schedule(G=G, B=B, P=P, GA=GA, S=S, mu=a.num_iterations, k=a.max_staleness)

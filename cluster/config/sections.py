@@ -1,6 +1,7 @@
 """The run file's sections besides ``cluster:`` and ``algorithm:``: the model, the quickstart kit, the data, the
 rollout, the reward, the teacher and the training loop. Every field is documented once, where it is declared (the
 docstring under it); knob names and meanings are TRL's where TRL has the knob."""
+
 from __future__ import annotations
 
 import math
@@ -10,19 +11,26 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from relay_rl.schema import Strict
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # model, data, quickstart kit
 # ----------------------------------------------------------------------------------------------------------------
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4",
-                        "flex_attention")
+ATTN_IMPLEMENTATIONS = (
+    "eager",
+    "sdpa",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flash_attention_4",
+    "flex_attention",
+)
 
 
 def check_attn_implementation(value: Optional[str]) -> Optional[str]:
     if value is None or value in ATTN_IMPLEMENTATIONS or "/" in value:
         return value
-    raise ValueError(f"unknown attention implementation {value!r}: use one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
-                     "a hub kernel ('org/repo'), or leave it unset for transformers' default")
+    raise ValueError(
+        f"unknown attention implementation {value!r}: use one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+        "a hub kernel ('org/repo'), or leave it unset for transformers' default"
+    )
 
 
 AttnImplementation = Annotated[Optional[str], AfterValidator(check_attn_implementation)]
@@ -200,12 +208,15 @@ class RewardConfig(Strict):
     def _weights_match(self):
         bad = [w for w in self.reward_weights or () if not math.isfinite(w)]
         if bad:
-            raise ValueError(f"reward_weights must be finite numbers (got {bad[0]}): a NaN or inf weight makes every "
-                             "total reward NaN or inf, and nothing is learned")
+            raise ValueError(
+                f"reward_weights must be finite numbers (got {bad[0]}): a NaN or inf weight makes every "
+                "total reward NaN or inf, and nothing is learned"
+            )
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} values but there are {len(self.reward_funcs)} "
-                "reward_funcs: give one weight per function, or leave reward_weights unset (all 1.0)")
+                "reward_funcs: give one weight per function, or leave reward_weights unset (all 1.0)"
+            )
         return self
 
 
@@ -270,5 +281,6 @@ class TrainConfig(Strict):
     identical rewards for 5 steps in a row: those groups carry no gradient. 1 disables."""
     deepspeed: dict[str, Any] = Field(default_factory=dict)
     """Extra DeepSpeed config merged over the generated one, e.g. ``{zero_optimization: {stage3_prefetch_bucket_size:
-    5.0e7}}``. On gloo (CPU) relay-rl sets ``stage3_param_persistence_threshold: 0`` (every parameter partitioned: ZeRO-3
-    otherwise re-gathers each small parameter after every step, a TCP round trip each); set it here to override."""
+    5.0e7}}``. On gloo (CPU) relay-rl sets ``stage3_param_persistence_threshold: 0`` (every parameter partitioned:
+    ZeRO-3 otherwise re-gathers each small parameter after every step, a TCP round trip each); set it here to
+    override."""

@@ -17,6 +17,7 @@ and what each reached; ``<run>/final`` is the last stage's final weights. Every 
 checked before any actor starts. ``key.path=value`` on the command line applies to every stage,
 ``stages.<name>.key.path=value`` to one; an overlay's ``stages:`` merges into the stages of the same name.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,35 +61,45 @@ def validate_stages(raw: dict, source: str = "<dict>", lines: dict | None = None
     stages = raw.get("stages")
     where = lines.get(("stages",), source)
     if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
-        raise ConfigError(f"{where}: stages: a list of stages, each a mapping with a name and the sections it sets "
-                          "(algorithm, data, train, ...)")
+        raise ConfigError(
+            f"{where}: stages: a list of stages, each a mapping with a name and the sections it sets "
+            "(algorithm, data, train, ...)"
+        )
     base = {k: v for k, v in raw.items() if k != "stages"}
     if "algorithm" in base:
-        raise ConfigError(f"{lines.get(('algorithm',), source)}: algorithm: a staged run file sets algorithm: in each "
-                          "stage (the families' knobs differ); move it into the stages (an overlay: a stages: list "
-                          "whose items name the stage they change)")
+        raise ConfigError(
+            f"{lines.get(('algorithm',), source)}: algorithm: a staged run file sets algorithm: in each "
+            "stage (the families' knobs differ); move it into the stages (an overlay: a stages: list "
+            "whose items name the stage they change)"
+        )
     model = (base.get("model") or {}).get("name_or_path")
     names = []
     for i, st in enumerate(stages):
         at = lines.get(("stages", i), where)
         name = st.get("name")
         if not isinstance(name, str) or not STAGE_NAME.match(name):
-            raise ConfigError(f"{at}: stages[{i}].name: each stage needs a name of letters, digits, '_', '-', '.' (it "
-                              f"names the stage's folder and its overrides), got {name!r}")
+            raise ConfigError(
+                f"{at}: stages[{i}].name: each stage needs a name of letters, digits, '_', '-', '.' (it "
+                f"names the stage's folder and its overrides), got {name!r}"
+            )
         if name in names:
             raise ConfigError(f"{at}: stages[{i}].name: {name!r} is used twice; stage names must differ")
         names.append(name)
         for key in ("kit", "stages", "output_dir", "run_dir"):
             if key in st:
-                raise ConfigError(f"{lines.get(('stages', i, key), at)}: stages.{name}.{key}: set once, at the top "
-                                  "of the run file, for all stages")
+                raise ConfigError(
+                    f"{lines.get(('stages', i, key), at)}: stages.{name}.{key}: set once, at the top "
+                    "of the run file, for all stages"
+                )
         own_model = (st.get("model") or {}).get("name_or_path") if isinstance(st.get("model"), dict) else None
         if own_model is not None and own_model != model:
-            raise ConfigError(f"{lines.get(('stages', i, 'model', 'name_or_path'), at)}: "
-                              f"stages.{name}.model.name_or_path: {own_model!r} differs from the run's model "
-                              f"({model!r}). A stage starts from the previous stage's final weights, so the model "
-                              "and its tokenizer are set once, at the top (model.name_or_path): remove it from the "
-                              "stage")
+            raise ConfigError(
+                f"{lines.get(('stages', i, 'model', 'name_or_path'), at)}: "
+                f"stages.{name}.model.name_or_path: {own_model!r} differs from the run's model "
+                f"({model!r}). A stage starts from the previous stage's final weights, so the model "
+                "and its tokenizer are set once, at the top (model.name_or_path): remove it from the "
+                "stage"
+            )
     everywhere = [o for o in overrides if "=" in o and not o.split("=", 1)[0].strip().startswith("stages.")]
     out = []
     for i, (name, st) in enumerate(zip(names, stages)):
@@ -110,5 +121,7 @@ def with_model(cfg: RunConfig, path) -> RunConfig:
 
 
 def dump(staged: StagedConfig) -> str:
-    return yaml.safe_dump({"name": staged.name, "stages": [{"name": s.name, **s.cfg.model_dump(mode="json")}
-                                                           for s in staged.stages]}, sort_keys=False)
+    return yaml.safe_dump(
+        {"name": staged.name, "stages": [{"name": s.name, **s.cfg.model_dump(mode="json")} for s in staged.stages]},
+        sort_keys=False,
+    )

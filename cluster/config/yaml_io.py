@@ -1,5 +1,6 @@
 """Reading run files and overlays: YAML that refuses a key given twice, the line of every key path, path fields
 resolved from the file that names them, overlays merged section by section, ``key.path=value`` overrides."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,14 @@ import yaml
 from relay_rl.errors import ConfigError
 
 # fields that hold a local path (or a hub id, or ``kit:...``)
-PATH_FIELDS = (("model", "name_or_path"), ("teacher", "name_or_path"), ("data", "train"), ("data", "eval"),
-               ("output_dir",), ("kit", "dir"))
+PATH_FIELDS = (
+    ("model", "name_or_path"),
+    ("teacher", "name_or_path"),
+    ("data", "train"),
+    ("data", "eval"),
+    ("output_dir",),
+    ("kit", "dir"),
+)
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -22,9 +29,14 @@ def resolve_path(value: str, base: Path, field: tuple) -> str:
         return value
     expanded = os.path.expandvars(os.path.expanduser(value))
     p = Path(expanded)
-    local = (p.is_absolute() or expanded != value or value.startswith(("./", "../", ".\\")) or (base / p).exists()
-             or field in (("output_dir",), ("kit", "dir"))
-             or (field[0] == "data" and p.suffix in _DATA_SUFFIXES))
+    local = (
+        p.is_absolute()
+        or expanded != value
+        or value.startswith(("./", "../", ".\\"))
+        or (base / p).exists()
+        or field in (("output_dir",), ("kit", "dir"))
+        or (field[0] == "data" and p.suffix in _DATA_SUFFIXES)
+    )
     return str((base / p).resolve()) if local else value
 
 
@@ -48,8 +60,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise ConfigError(f"{self.name}:{key_node.start_mark.line + 1}: '{key}' is given twice in one section "
-                                  f"(first at line {seen[key]}); YAML would keep only the last: merge them into one")
+                raise ConfigError(
+                    f"{self.name}:{key_node.start_mark.line + 1}: '{key}' is given twice in one section "
+                    f"(first at line {seen[key]}); YAML would keep only the last: merge them into one"
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
@@ -64,8 +78,9 @@ def read_yaml(path: Path, what: str = "run file") -> tuple[dict, dict[tuple, str
             raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (it holds binary data): give a YAML {what}, e.g. "
-                          "deploy/recipes/quickstart.yaml") from None
+        raise ConfigError(
+            f"{path}: not a text file (it holds binary data): give a YAML {what}, e.g. deploy/recipes/quickstart.yaml"
+        ) from None
     try:
         loader = _UniqueKeyLoader(text)
         loader.name = str(path)
@@ -76,8 +91,9 @@ def read_yaml(path: Path, what: str = "run file") -> tuple[dict, dict[tuple, str
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the {what} must be a mapping of sections (cluster, model, data, ...), not a "
-                          f"{type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: the {what} must be a mapping of sections (cluster, model, data, ...), not a {type(raw).__name__}"
+        )
     return raw, {k: f"{path}:{line}" for k, line in yaml_lines(text).items()}
 
 
@@ -115,8 +131,10 @@ def apply_override(raw: dict, item: str, path: Path | str = "<command line>") ->
         if isinstance(node, list):  # ``stages.<name or index>.``
             found = [x for i, x in enumerate(node) if str(i) == p or (isinstance(x, dict) and x.get("name") == p)]
             if not found:
-                raise ConfigError(f"override {item!r}: no item {p!r} in that list of {path} (names: "
-                                  f"{', '.join(str(x.get('name')) for x in node if isinstance(x, dict))})")
+                raise ConfigError(
+                    f"override {item!r}: no item {p!r} in that list of {path} (names: "
+                    f"{', '.join(str(x.get('name')) for x in node if isinstance(x, dict))})"
+                )
             node = found[0]
             continue
         nxt = node.setdefault(p, {})
@@ -126,7 +144,9 @@ def apply_override(raw: dict, item: str, path: Path | str = "<command line>") ->
     try:
         parsed = yaml.safe_load(value) if value != "" else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it") from None
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it"
+        ) from None
     field = tuple(parts[2:] if parts[0] == "stages" else parts)
     node[parts[-1]] = resolve_path(parsed, Path.cwd(), field) if field in PATH_FIELDS else parsed
 
@@ -151,5 +171,3 @@ def yaml_lines(text: str) -> dict[tuple, int]:
     except yaml.YAMLError:
         pass
     return out
-
-

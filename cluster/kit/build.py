@@ -15,6 +15,7 @@ Layout of a kit folder::
                            teachers for distillation and a trained reward model (a sequence classifier), each an HF
                            folder with a part.json (accuracies, steps, settings)
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ from relay_rl.cluster.config import KitConfig, validate_dict
 from .parts import KIT_PARTS, PART_KEYS, KitPart
 from .paths import kit_dir
 from .task import HINT, build_model, build_tokenizer, make_task, read_splits, warm_start_rows
+
 
 def ensure_kit(cfg: KitConfig, train, log=print, parts: tuple[str, ...] = ()) -> Path:
     """Build the kit unless a complete one with the same settings exists, then each part in ``parts`` that is
@@ -62,17 +64,21 @@ def _build_kit(cfg: KitConfig, root: Path, log, train) -> None:
         with open(tmp / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"[kit] tokenizer ({len(tokenizer)} tokens), Qwen3 model ({n_params:,} parameters), task "
-        f"({len(splits['train'])} train / {len(splits['test'])} test pairs); warm start (relay-rl SFT) ...")
+    log(
+        f"[kit] tokenizer ({len(tokenizer)} tokens), Qwen3 model ({n_params:,} parameters), task "
+        f"({len(splits['train'])} train / {len(splits['test'])} test pairs); warm start (relay-rl SFT) ..."
+    )
 
     summary = sft_warm_start(cfg, tmp, log, train)
     summary.update(parameters=n_params, build_s=round(time.time() - t0, 1))
     (tmp / "kit.json").write_text(json.dumps(summary, indent=2))
     _move_into_place(tmp, root)
-    log(f"[kit] ready in {time.time() - t0:.0f}s at {root}: warm start held-out greedy accuracy "
+    log(
+        f"[kit] ready in {time.time() - t0:.0f}s at {root}: warm start held-out greedy accuracy "
         f"{summary['test_accuracy']:.3f}"
         + (f" ({summary['test_accuracy_hinted']:.3f} with the hint)" if "test_accuracy_hinted" in summary else "")
-        + f" (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
+        + f" (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)"
+    )
 
 
 def sft_warm_start(cfg: KitConfig, root: Path, log, train) -> dict:
@@ -87,29 +93,52 @@ def sft_warm_start(cfg: KitConfig, root: Path, log, train) -> dict:
     run = {
         "name": "kit-warm-start",
         "model": {"name_or_path": str(root / "base")},
-        "data": {"train": str(root / "warm_start.jsonl"), "eval": str(root / "dev.jsonl"),
-                 "completion_column": "answer"},
+        "data": {
+            "train": str(root / "warm_start.jsonl"),
+            "eval": str(root / "dev.jsonl"),
+            "completion_column": "answer",
+        },
         "reward": {"reward_funcs": ["arithmetic_exact"]},  # eval/accuracy on the dev split
         "algorithm": {"name": "sft", "per_device_train_batch_size": w.batch_size},
         "rollout": {"engine": "hf", "max_prompt_length": 16, "max_completion_length": 5},
-        "train": {"learning_rate": w.learning_rate, "lr_scheduler_type": "constant", "warmup_steps": w.warmup_steps,
-                  "adam_beta2": 0.98, "max_steps": w.max_steps, "eval_steps": w.eval_every,
-                  "target_eval_accuracy": w.target_dev_accuracy, "zero_stage": 0, "seed": cfg.seed},
-        "cluster": {"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 1, "num_cpus": 0.5},
-                    "reward": {"replicas": 1, "num_cpus": 0.25}},
+        "train": {
+            "learning_rate": w.learning_rate,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": w.warmup_steps,
+            "adam_beta2": 0.98,
+            "max_steps": w.max_steps,
+            "eval_steps": w.eval_every,
+            "target_eval_accuracy": w.target_dev_accuracy,
+            "zero_stage": 0,
+            "seed": cfg.seed,
+        },
+        "cluster": {
+            "learner": {"replicas": 1, "num_cpus": 1},
+            "rollout": {"replicas": 1, "num_cpus": 0.5},
+            "reward": {"replicas": 1, "num_cpus": 0.25},
+        },
     }
     t0 = time.time()
-    result = train(validate_dict(run, source="the kit's warm start"), output_dir=str(root / "warm_start_run"),
-                   log=log)
+    result = train(validate_dict(run, source="the kit's warm start"), output_dir=str(root / "warm_start_run"), log=log)
     shutil.move(root / "warm_start_run" / "final", root / "warm_start")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, tok = AutoModelForCausalLM.from_pretrained(root / "warm_start"), AutoTokenizer.from_pretrained(root / "warm_start")
+    model, tok = (
+        AutoModelForCausalLM.from_pretrained(root / "warm_start"),
+        AutoTokenizer.from_pretrained(root / "warm_start"),
+    )
     test = read_splits(root)["test"]
-    return {"steps": result["step"], "dev_accuracy": result["eval/accuracy"],
-            "test_accuracy": greedy_accuracy(model, tok, test), "sft_s": round(time.time() - t0, 1),
-            **({"test_accuracy_hinted": greedy_accuracy(model, tok, [{**r, "prompt": HINT.format(**r)} for r in test])}
-               if cfg.variant == "r1" else {})}
+    return {
+        "steps": result["step"],
+        "dev_accuracy": result["eval/accuracy"],
+        "test_accuracy": greedy_accuracy(model, tok, test),
+        "sft_s": round(time.time() - t0, 1),
+        **(
+            {"test_accuracy_hinted": greedy_accuracy(model, tok, [{**r, "prompt": HINT.format(**r)} for r in test])}
+            if cfg.variant == "r1"
+            else {}
+        ),
+    }
 
 
 def _ensure_part(cfg: KitConfig, root: Path, name: str, log) -> Path:

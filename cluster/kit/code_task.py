@@ -16,6 +16,7 @@ A data part: ``kit:code_train`` / ``kit:code_test`` in ``data:`` build the files
 (milliseconds; ``ensure_kit_data``, called by ``cluster.data``) and rewrite them whenever what they would hold
 changes; nothing is trained for them.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,12 @@ SOURCES = {"code_train": "train.jsonl", "code_test": "test.jsonl"}
 
 def code_tests_for(total: int) -> list[str]:
     """The tests of one row: the value, then partial credit for its ones digit, tens digit and digit count."""
-    return [f"assert f() == {total}", f"assert f() % 10 == {total % 10}",
-            f"assert f() // 10 % 10 == {total // 10 % 10}", f"assert len(str(f())) == {len(str(total))}"]
+    return [
+        f"assert f() == {total}",
+        f"assert f() % 10 == {total % 10}",
+        f"assert f() // 10 % 10 == {total // 10 % 10}",
+        f"assert len(str(f())) == {len(str(total))}",
+    ]
 
 
 def code_row(row: dict) -> dict:
@@ -52,8 +57,10 @@ def build_code_task(root: Path) -> dict[str, Path]:
     for name, source in SOURCES.items():
         src = root / source
         if not src.is_file():
-            raise FileNotFoundError(f"the quickstart kit at {root} has no {source}: the kit is not built yet "
-                                    "(`relay-rl train` or `relay-rl kit` builds it)")
+            raise FileNotFoundError(
+                f"the quickstart kit at {root} has no {source}: the kit is not built yet "
+                "(`relay-rl train` or `relay-rl kit` builds it)"
+            )
         text = "".join(json.dumps(code_row(json.loads(line))) + "\n" for line in src.read_text().splitlines() if line)
         dest = root / DATA_FILES[name]
         try:
@@ -71,8 +78,8 @@ def build_code_task(root: Path) -> dict[str, Path]:
 def ensure_kit_data(spec, cfg) -> str | None:
     """``kit:code_train`` / ``kit:code_test``: build (or refresh) the code task in the kit ``cfg`` names and return the
     file's path. Any other value: None (``resolve_kit_path`` handles it)."""
-    if not isinstance(spec, str) or not spec.startswith("kit:") or spec[len("kit:"):] not in DATA_FILES:
+    if not isinstance(spec, str) or not spec.startswith("kit:") or spec[len("kit:") :] not in DATA_FILES:
         return None
     if cfg is None:
         raise ValueError(f"{spec} names the quickstart kit's code task, but there is no kit section: add `kit: {{}}`")
-    return str(build_code_task(kit_dir(cfg))[spec[len("kit:"):]])
+    return str(build_code_task(kit_dir(cfg))[spec[len("kit:") :]])

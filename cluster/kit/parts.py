@@ -1,6 +1,7 @@
 """The kit's optional parts: distillation teachers and a reward model, each trained from scratch by a small
 single-process trainer (``cluster.kit.train_sft``, ``cluster.kit.train_reward``) and saved as an HF folder with a
 part.json (accuracies, steps, settings)."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,13 @@ from relay_rl.cluster.config import KitConfig
 from .paths import PART_NAMES
 from .task import TOKENIZERS, build_model, build_reward_model, build_tokenizer, read_splits, teacher_splits
 
+
 @dataclass(frozen=True)
 class TeacherSettings:
     """A distillation teacher: a tiny Qwen3 larger than the student, trained by SFT from scratch on the kit's train
     split until it is good (the warm start is deliberately weak; a teacher must not be). The SFT fields are the ones
-    ``cluster.kit.train_sft.train_sft`` reads. Tuned for wall time on 2 CPU cores: a high peak lr with warmup and a cosine
-    decay to ``max_steps``, stopping at the first evaluation whose held-out dev accuracy reaches the target."""
+    ``cluster.kit.train_sft.train_sft`` reads. Tuned for wall time on 2 CPU cores: a high peak lr with warmup and a
+    cosine decay to ``max_steps``, stopping at the first evaluation whose held-out dev accuracy reaches the target."""
 
     tokenizer: str = "char"
     """A key of ``TOKENIZERS``: "char" shares the student's vocabulary, "pairs" tokenizes the same text differently."""
@@ -54,16 +56,20 @@ class TeacherSettings:
         tokenizer = TOKENIZERS[self.tokenizer]()
         model = build_model(self, tokenizer, seed=seed)
         n_params = sum(p.numel() for p in model.parameters())
-        log(f"[kit] {name}: Qwen3 ({n_params:,} parameters), {self.tokenizer} tokenizer ({len(tokenizer)} tokens); "
-            "SFT ...")
+        log(
+            f"[kit] {name}: Qwen3 ({n_params:,} parameters), {self.tokenizer} tokenizer ({len(tokenizer)} tokens); "
+            "SFT ..."
+        )
         splits = teacher_splits(read_splits(root))
         summary = train_sft(model, tokenizer, splits, self, seed=seed, log=log, name=name)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         summary.update(parameters=n_params, build_s=round(time.time() - t0, 1), settings=asdict(self))
         _write_part(out, summary)
-        log(f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out greedy accuracy "
-            f"{summary['test_accuracy']:.3f} (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)")
+        log(
+            f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out greedy accuracy "
+            f"{summary['test_accuracy']:.3f} (dev {summary['dev_accuracy']:.3f}, {summary['steps']} SFT steps)"
+        )
         return summary
 
 
@@ -85,14 +91,14 @@ def wrong_completion(answer: str, rng: random.Random, kind: str | None = None) -
             w = str(n + rng.choice((-100, -11, -10, -9, 9, 10, 11, 100)))
         elif k == "digit":
             i = rng.randrange(len(answer))
-            w = answer[:i] + rng.choice([d for d in "0123456789" if d != answer[i]]) + answer[i + 1:]
+            w = answer[:i] + rng.choice([d for d in "0123456789" if d != answer[i]]) + answer[i + 1 :]
         elif k == "swapped":
             i = rng.randrange(len(answer) - 1) if len(answer) > 1 else 0
-            w = answer[:i] + answer[i + 1:i + 2] + answer[i:i + 1] + answer[i + 2:]
+            w = answer[:i] + answer[i + 1 : i + 2] + answer[i : i + 1] + answer[i + 2 :]
         elif k == "other_sum":
             w = str(rng.randint(10, 99) + rng.randint(10, 99))
         elif k == "truncated":
-            w = answer[:rng.randrange(len(answer))]
+            w = answer[: rng.randrange(len(answer))]
         elif k == "extra_digit":
             i = rng.randrange(len(answer) + 1)
             w = answer[:i] + rng.choice("0123456789") + answer[i:]
@@ -105,8 +111,9 @@ def wrong_completion(answer: str, rng: random.Random, kind: str | None = None) -
     return answer + "0"  # e.g. "swapped" on "11": no other swap exists
 
 
-def policy_mistakes(model_dir: Path, rows: list[dict], samples: int, seed: int, max_new_tokens: int = 5,
-                    batch_size: int = 256) -> dict[str, list[str]]:
+def policy_mistakes(
+    model_dir: Path, rows: list[dict], samples: int, seed: int, max_new_tokens: int = 5, batch_size: int = 256
+) -> dict[str, list[str]]:
     """The wrong completions the model at ``model_dir`` samples (temperature 1, ``samples`` per prompt), decoded as a
     run decodes them (special tokens skipped): prompt -> its distinct wrong completions (a prompt the model always
     gets right has none). What a policy starting from that model gets wrong is what its reward model must rank."""
@@ -118,15 +125,23 @@ def policy_mistakes(model_dir: Path, rows: list[dict], samples: int, seed: int, 
     torch.manual_seed(seed)
     out: dict[str, list[str]] = {}
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
+        chunk = rows[i : i + batch_size]
         enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            ids = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 num_return_sequences=samples, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        texts = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            ids = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=samples,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        texts = tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for k, r in enumerate(chunk):
-            wrong = [t for t in texts[k * samples:(k + 1) * samples] if t != r["answer"]]
+            wrong = [t for t in texts[k * samples : (k + 1) * samples] if t != r["answer"]]
             out[r["prompt"]] = list(dict.fromkeys(wrong))
     return out
 
@@ -186,6 +201,7 @@ class RewardModelSettings:
         with a part.json: held-out pairwise accuracy (``test_accuracy``: correct above wrong for the same prompt,
         one pair per test prompt and kind), dev pairwise accuracy, steps, parameters, build seconds, settings."""
         import torch
+
         from .train_reward import pairwise_accuracy, train_reward_model
 
         t0 = time.time()
@@ -199,31 +215,45 @@ class RewardModelSettings:
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, min(threads, self.threads)))
         try:
-            mistakes = policy_mistakes(root / "warm_start", splits["train"] + splits["test"], self.policy_samples,
-                                       seed + 4)
+            mistakes = policy_mistakes(
+                root / "warm_start", splits["train"] + splits["test"], self.policy_samples, seed + 4
+            )
             log(f"[kit] {name}: {sum(map(len, mistakes.values())):,} distinct wrong warm-start samples as negatives")
 
             def negative(row: dict, rng: random.Random) -> str:
                 own = mistakes.get(row["prompt"])
-                return rng.choice(own) if own and rng.random() < self.policy_share else \
-                    wrong_completion(row["answer"], rng)
+                return (
+                    rng.choice(own)
+                    if own and rng.random() < self.policy_share
+                    else wrong_completion(row["answer"], rng)
+                )
 
-            summary = train_reward_model(model, tokenizer, splits["train"], pairs, self, negative,
-                                         seed=seed, log=log, name=name)
-            policy_pairs = [(r["prompt"], r["answer"], random.Random(seed + 5 + i).choice(mistakes[r["prompt"]]))
-                            for i, r in enumerate(splits["test"]) if mistakes.get(r["prompt"])]
+            summary = train_reward_model(
+                model, tokenizer, splits["train"], pairs, self, negative, seed=seed, log=log, name=name
+            )
+            policy_pairs = [
+                (r["prompt"], r["answer"], random.Random(seed + 5 + i).choice(mistakes[r["prompt"]]))
+                for i, r in enumerate(splits["test"])
+                if mistakes.get(r["prompt"])
+            ]
             summary["test_accuracy_policy"] = pairwise_accuracy(model, tokenizer, policy_pairs)
             summary["test_pairs_policy"] = len(policy_pairs)
         finally:
             torch.set_num_threads(threads)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        summary.update(parameters=n_params, build_s=round(time.time() - t0, 1), settings=asdict(self),
-                       text_example=pairs["test"][0][0] + pairs["test"][0][1])
+        summary.update(
+            parameters=n_params,
+            build_s=round(time.time() - t0, 1),
+            settings=asdict(self),
+            text_example=pairs["test"][0][0] + pairs["test"][0][1],
+        )
         _write_part(out, summary)
-        log(f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out pairwise accuracy "
+        log(
+            f"[kit] {name} ready in {summary['build_s']:.0f}s: held-out pairwise accuracy "
             f"{summary['test_accuracy']:.3f}, {summary['test_accuracy_policy']:.3f} against the warm start's own "
-            f"mistakes (dev {summary['dev_accuracy']:.3f}, {summary['steps']} steps)")
+            f"mistakes (dev {summary['dev_accuracy']:.3f}, {summary['steps']} steps)"
+        )
         return summary
 
 
@@ -235,13 +265,27 @@ KIT_PARTS: dict[str, KitPart] = {
     # hidden 128 at batch 128: half the wall time of hidden 192 at batch 256 (194 s against 391 s on 2 cores), held-out
     # 0.970 at step 550 in the trial; one earlier build hit the dev target at step 250 with 0.93 held-out, hence a
     # floor of 300 steps
-    "teacher": TeacherSettings(hidden_size=128, intermediate_size=512, batch_size=128, learning_rate=3e-3,
-                               max_steps=900, eval_every=50, min_steps=300),
+    "teacher": TeacherSettings(
+        hidden_size=128,
+        intermediate_size=512,
+        batch_size=128,
+        learning_rate=3e-3,
+        max_steps=900,
+        eval_every=50,
+        min_steps=300,
+    ),
     # Pair tokens turn the task into a lookup over 90 operand embeddings learned from scratch, far slower to learn
     # than shared digits. What helped in trials was more, cheaper steps: 2 layers (half the step cost), batch 128,
     # 3000 steps (~0.95 held-out; 4 layers reached 0.89 in the same time).
-    "teacher_pairs": TeacherSettings(tokenizer="pairs", seed_offset=2, num_hidden_layers=2, learning_rate=3e-3,
-                                     batch_size=128, max_steps=3000, eval_every=100),
+    "teacher_pairs": TeacherSettings(
+        tokenizer="pairs",
+        seed_offset=2,
+        num_hidden_layers=2,
+        learning_rate=3e-3,
+        batch_size=128,
+        max_steps=3000,
+        eval_every=100,
+    ),
     # a reward model for ``{name: reward_model, kwargs: {model: kit:reward_model}}``
     "reward_model": RewardModelSettings(),
 }

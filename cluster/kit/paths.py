@@ -1,5 +1,6 @@
 """Where the quickstart kit lives and what ``kit:`` paths name: a run-file concern (the data loader, the pre-flight
 and the pools resolve ``kit:`` values here; building is ``cluster.kit.build``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,7 @@ def resolve_kit_path(value: str, cfg: KitConfig | None) -> str:
     not built here: see ``kit_parts_needed``."""
     if not value or not value.startswith("kit:"):
         return value
-    name = value[len("kit:"):]
+    name = value[len("kit:") :]
     root = kit_dir(cfg)
     files = {"train": "train.jsonl", "test": "test.jsonl", "dev": "dev.jsonl"}
     return str(root / files.get(name, name))
@@ -39,7 +40,7 @@ def resolve_kit_path(value: str, cfg: KitConfig | None) -> str:
 def kit_parts_needed(*paths: str | None) -> tuple[str, ...]:
     """The parts that ``kit:`` paths refer to, in first-seen order, so a caller builds only those:
     ("kit:teacher", "kit:train", "/x") -> ("teacher",)."""
-    names = (p[len("kit:"):] for p in paths if isinstance(p, str) and p.startswith("kit:"))
+    names = (p[len("kit:") :] for p in paths if isinstance(p, str) and p.startswith("kit:"))
     return tuple(dict.fromkeys(n for n in names if n in PART_NAMES))
 
 
@@ -57,8 +58,9 @@ def reward_kit_paths(reward) -> tuple[str, ...]:
     ``{name: reward_model, kwargs: {model: kit:reward_model}}`` -> ("kit:reward_model",): what
     ``kit_parts_needed`` must also see, so the part is built before the run."""
     funcs = getattr(reward, "reward_funcs", None) or ()
-    return tuple(v for spec in funcs for v in _spec_fields(spec)[1].values()
-                 if isinstance(v, str) and v.startswith("kit:"))
+    return tuple(
+        v for spec in funcs for v in _spec_fields(spec)[1].values() if isinstance(v, str) and v.startswith("kit:")
+    )
 
 
 def resolve_reward_funcs(reward_funcs, cfg: KitConfig | None) -> list:
@@ -71,16 +73,30 @@ def resolve_reward_funcs(reward_funcs, cfg: KitConfig | None) -> list:
             continue
         name, kwargs = _spec_fields(spec)
         if any(isinstance(v, str) and v.startswith("kit:") for v in kwargs.values()) and cfg is None:
-            raise ValueError(f"reward function {name}: kwargs {kwargs} refer to 'kit:...' but there is no kit "
-                             "section: add `kit: {}`")
-        out.append({"name": name, "kwargs": {k: resolve_kit_path(v, cfg) if isinstance(v, str) else v
-                                             for k, v in kwargs.items()}})
+            raise ValueError(
+                f"reward function {name}: kwargs {kwargs} refer to 'kit:...' but there is no kit "
+                "section: add `kit: {}`"
+            )
+        out.append(
+            {
+                "name": name,
+                "kwargs": {k: resolve_kit_path(v, cfg) if isinstance(v, str) else v for k, v in kwargs.items()},
+            }
+        )
     return out
 
 
 def parts_for(runs) -> tuple[str, ...]:
     """The kit parts these runs (``RunConfig``s: a run, or a staged run's stages) name: the model, the teacher of a
     family that loads one, reward functions' ``kit:`` kwargs."""
-    return tuple(dict.fromkeys(p for c in runs for p in kit_parts_needed(
-        c.model.name_or_path, c.teacher.name_or_path if c.teacher is not None and c.needs.teacher_model else None,
-        *reward_kit_paths(c.reward))))
+    return tuple(
+        dict.fromkeys(
+            p
+            for c in runs
+            for p in kit_parts_needed(
+                c.model.name_or_path,
+                c.teacher.name_or_path if c.teacher is not None and c.needs.teacher_model else None,
+                *reward_kit_paths(c.reward),
+            )
+        )
+    )

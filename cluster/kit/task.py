@@ -1,5 +1,6 @@
 """The kit's pieces, built locally with no hub: character tokenizers, tiny Qwen3 models, the ``a+b=`` task and its
 splits."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def _word_level_tokenizer(vocab: list[str], split: str):
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(split), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(["<pad>", "<eos>"])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   padding_side="left", model_max_length=64)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", padding_side="left", model_max_length=64
+    )
 
 
 TOKENIZERS = {"char": build_tokenizer, "pairs": build_pair_tokenizer}
@@ -58,8 +60,9 @@ def build_model(cfg, tokenizer, seed: int | None = None):
     config = _qwen3_config(cfg, tokenizer, tie_word_embeddings=True)
     torch.manual_seed(cfg.seed if seed is None else seed)
     model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
     return model
 
 
@@ -76,26 +79,35 @@ def build_reward_model(cfg, tokenizer, seed: int):
 
 def _qwen3_config(cfg, tokenizer, **extra):
     from transformers import Qwen3Config
+
     return Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
         max_position_embeddings=cfg.max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
         **extra,
     )
 
 
 def make_task(cfg: KitConfig) -> dict[str, list[dict]]:
-    pairs = [(a, b) for a in range(cfg.operand_min, cfg.operand_max + 1) for b in range(cfg.operand_min, cfg.operand_max + 1)]
+    pairs = [
+        (a, b) for a in range(cfg.operand_min, cfg.operand_max + 1) for b in range(cfg.operand_min, cfg.operand_max + 1)
+    ]
     random.Random(cfg.seed).shuffle(pairs)
     # ``solution`` repeats the answer for rewards that read that column (math equivalence, cosine length)
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "solution": str(a + b)} for a, b in pairs]
     if cfg.variant == "r1":  # the hint is the answer; the reasoning, the ones digits' sum (the carry shows in it)
         for (a, b), r in zip(pairs, rows):
             r.update(privileged_context=r["answer"], r1_completion=f"<think>{a % 10 + b % 10}</think>{r['answer']}")
-    test, train = rows[:cfg.test_size], rows[cfg.test_size:]
-    return {"train": train, "test": test, "dev": train[:cfg.dev_size]}
+    test, train = rows[: cfg.test_size], rows[cfg.test_size :]
+    return {"train": train, "test": test, "dev": train[: cfg.dev_size]}
 
 
 def warm_start_rows(cfg: KitConfig, train: list[dict]) -> list[dict]:
@@ -109,8 +121,10 @@ def warm_start_rows(cfg: KitConfig, train: list[dict]) -> list[dict]:
 
 def read_splits(root: Path) -> dict[str, list[dict]]:
     """The kit's train/test/dev rows as written (the files are the truth other code reads)."""
-    return {name: [json.loads(line) for line in (root / f"{name}.jsonl").read_text().splitlines()]
-            for name in ("train", "test", "dev")}
+    return {
+        name: [json.loads(line) for line in (root / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("train", "test", "dev")
+    }
 
 
 def teacher_splits(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:

@@ -13,6 +13,7 @@ Scores are read as ``AutoModelForSequenceClassification`` reads them at inferenc
 non-pad token), on texts tokenised as the ``reward_model`` reward function tokenises them (the tokenizer's own
 padding side, no special tokens added by a tokenizer without a post-processor), so what is trained is what is served.
 """
+
 from __future__ import annotations
 
 import random
@@ -42,15 +43,17 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int = 512) -> li
     model.eval()
     out: list[float] = []
     for i in range(0, len(texts), batch_size):
-        out += model(**_encode(tokenizer, texts[i:i + batch_size])).logits[:, 0].float().tolist()
+        out += model(**_encode(tokenizer, texts[i : i + batch_size])).logits[:, 0].float().tolist()
     model.train(was_training)
     return out
 
 
 def pair_scores(model, tokenizer, pairs: list[tuple]) -> tuple[list[float], list[float]]:
     """The scores of ``(prompt, correct, wrong[, kind])`` pairs: (correct texts, wrong texts)."""
-    return (score_texts(model, tokenizer, [p[0] + p[1] for p in pairs]),
-            score_texts(model, tokenizer, [p[0] + p[2] for p in pairs]))
+    return (
+        score_texts(model, tokenizer, [p[0] + p[1] for p in pairs]),
+        score_texts(model, tokenizer, [p[0] + p[2] for p in pairs]),
+    )
 
 
 def pairwise_accuracy(model, tokenizer, pairs: list[tuple], by_kind: bool = False, scores=None):
@@ -68,8 +71,17 @@ def pairwise_accuracy(model, tokenizer, pairs: list[tuple], by_kind: bool = Fals
     return acc, {k: round(sum(v) / len(v), 4) for k, v in kinds.items()}
 
 
-def train_reward_model(model, tokenizer, rows: list[dict], eval_pairs: dict[str, list[tuple]], cfg, negative,
-                       seed: int = 0, log=print, name: str = "reward model") -> dict:
+def train_reward_model(
+    model,
+    tokenizer,
+    rows: list[dict],
+    eval_pairs: dict[str, list[tuple]],
+    cfg,
+    negative,
+    seed: int = 0,
+    log=print,
+    name: str = "reward model",
+) -> dict:
     """Train ``model`` (a sequence classifier) in place on ``rows`` ({"prompt", "answer"}) until the pairwise accuracy
     on ``eval_pairs["dev"]`` reaches ``cfg.target_dev_accuracy`` (not before ``cfg.min_steps``) or ``cfg.max_steps``;
     then measure it on ``eval_pairs["test"]``.
@@ -95,28 +107,44 @@ def train_reward_model(model, tokenizer, rows: list[dict], eval_pairs: dict[str,
         rm_loss = -F.logsigmoid(margin).mean()  # Bradley-Terry
         loss = rm_loss
         if lm_weight:
-            loss = loss + lm_weight * _answer_lm_loss(model, tokenizer, hidden[:B], enc["input_ids"][:B], last[:B],
-                                                      batch)
+            loss = loss + lm_weight * _answer_lm_loss(
+                model, tokenizer, hidden[:B], enc["input_ids"][:B], last[:B], batch
+            )
         return loss, f"loss {loss.item():.3f} (pairwise {rm_loss.item():.3f})"
 
-    step, dev_acc = train_until(model, cfg, batch_loss, lambda: pairwise_accuracy(model, tokenizer, eval_pairs["dev"]),
-                                seed=seed, log=log, what=f"{name} step {{step}}: {{loss}}, dev pairwise accuracy")
+    step, dev_acc = train_until(
+        model,
+        cfg,
+        batch_loss,
+        lambda: pairwise_accuracy(model, tokenizer, eval_pairs["dev"]),
+        seed=seed,
+        log=log,
+        what=f"{name} step {{step}}: {{loss}}, dev pairwise accuracy",
+    )
     right, wrong = pair_scores(model, tokenizer, eval_pairs["test"])
     test_acc, by_kind = pairwise_accuracy(model, tokenizer, eval_pairs["test"], by_kind=True, scores=(right, wrong))
     model.eval()
-    return {"steps": step, "dev_accuracy": dev_acc, "test_accuracy": test_acc, "test_accuracy_by_kind": by_kind,
-            "test_pairs": len(eval_pairs["test"]), "test_score_correct_mean": round(sum(right) / len(right), 4),
-            "test_score_wrong_mean": round(sum(wrong) / len(wrong), 4), "train_s": round(time.time() - t0, 1)}
+    return {
+        "steps": step,
+        "dev_accuracy": dev_acc,
+        "test_accuracy": test_acc,
+        "test_accuracy_by_kind": by_kind,
+        "test_pairs": len(eval_pairs["test"]),
+        "test_score_correct_mean": round(sum(right) / len(right), 4),
+        "test_score_wrong_mean": round(sum(wrong) / len(wrong), 4),
+        "train_s": round(time.time() - t0, 1),
+    }
 
 
-def _answer_lm_loss(model, tokenizer, hidden: torch.Tensor, input_ids: torch.Tensor, last: torch.Tensor,
-                    batch: list[dict]):
+def _answer_lm_loss(
+    model, tokenizer, hidden: torch.Tensor, input_ids: torch.Tensor, last: torch.Tensor, batch: list[dict]
+):
     """Next-token cross-entropy on the answer tokens of the correct texts (each row's tokens up to ``last``, its
     last non-pad position), with the input embedding as the output projection."""
     last = last.tolist()
     labels = torch.full_like(input_ids, -100)
     for i, r in enumerate(batch):
         n = len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"])
-        labels[i, last[i] + 1 - n:last[i] + 1] = input_ids[i, last[i] + 1 - n:last[i] + 1]
+        labels[i, last[i] + 1 - n : last[i] + 1] = input_ids[i, last[i] + 1 - n : last[i] + 1]
     logits = hidden[:, :-1] @ model.get_input_embeddings().weight.T  # (B, T-1, V)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)

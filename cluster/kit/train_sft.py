@@ -6,6 +6,7 @@ count is fragile on this task (accuracy can jump 25 points between evaluations).
 SFT run (``learner/methods/sft.py``, ``cluster.kit.sft_warm_start``); the fixtures stay here because they take
 hundreds to thousands of small steps, where a run's per-step overhead would double their build time.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,8 @@ import torch
 
 
 def encode_examples(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """prompt + answer + EOS, right-padded. Returns ids (N, T), attention mask (N, T), labels (N, T) (-100 off-answer)."""
+    """prompt + answer + EOS, right-padded. Returns ids (N, T), attention mask (N, T), labels (N, T) (-100 off the
+    answer)."""
     seqs, labels = [], []
     for r in rows:
         p = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
@@ -27,10 +29,10 @@ def encode_examples(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(seqs), T), tokenizer.pad_token_id)
     attn = torch.zeros((len(seqs), T), dtype=torch.long)
     lab = torch.full((len(seqs), T), -100)
-    for i, (s, l) in enumerate(zip(seqs, labels)):
-        ids[i, :len(s)] = torch.tensor(s)
-        attn[i, :len(s)] = 1
-        lab[i, :len(l)] = torch.tensor(l)
+    for i, (s, target) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        lab[i, : len(target)] = torch.tensor(target)
     return ids, attn, lab
 
 
@@ -41,14 +43,19 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 5,
     model.eval()
     correct = 0
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
+        chunk = rows[i : i + batch_size]
         enc = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
         for r, ids in zip(chunk, new):
             want = tokenizer(r["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            correct += ids[:len(want)] == want
+            correct += ids[: len(want)] == want
     model.train(was_training)
     return correct / max(1, len(rows))
 
@@ -69,14 +76,22 @@ def train_sft(model, tokenizer, splits: dict, cfg, seed: int = 0, log=print, nam
         loss = model(input_ids=ids[idx], attention_mask=attn[idx], labels=labels[idx]).loss
         return loss, f"loss {loss.item():.3f}"
 
-    step, dev_acc = train_until(model, cfg, batch_loss, lambda: greedy_accuracy(model, tokenizer, splits["dev"]),
-                                seed=seed, log=log, what=f"{name} step {{step}}: {{loss}}, dev greedy accuracy")
+    step, dev_acc = train_until(
+        model,
+        cfg,
+        batch_loss,
+        lambda: greedy_accuracy(model, tokenizer, splits["dev"]),
+        seed=seed,
+        log=log,
+        what=f"{name} step {{step}}: {{loss}}, dev greedy accuracy",
+    )
     test_acc = greedy_accuracy(model, tokenizer, splits["test"])
     return {"steps": step, "dev_accuracy": dev_acc, "test_accuracy": test_acc}
 
 
-def train_until(model, cfg, batch_loss, dev_accuracy, seed: int = 0, log=print,
-                what: str = "step {step}: {loss}, dev accuracy") -> tuple[int, float]:
+def train_until(
+    model, cfg, batch_loss, dev_accuracy, seed: int = 0, log=print, what: str = "step {step}: {loss}, dev accuracy"
+) -> tuple[int, float]:
     """The kit's single-process training loop: AdamW (betas 0.9/0.98, no weight decay), ``_lr_factor``'s schedule,
     gradients clipped at 1.0; ``batch_loss(rng) -> (loss, loss text)`` draws a batch from a ``random.Random(seed)``.
     Every ``cfg.eval_every`` steps ``dev_accuracy()`` is logged and the loop stops once it reaches

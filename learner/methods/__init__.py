@@ -1,5 +1,6 @@
 """Method families (the contract: ``learner.methods.base.Family``). Each module holds a family's config models, its
 objective and its ``Family``; this registry maps the run file's ``algorithm.name`` to the family."""
+
 from __future__ import annotations
 
 from .base import DATASET, POLICY, TEACHER, Batching, CriticSpec, Family, Needs, Objective, TeacherSpec  # noqa: F401
@@ -21,8 +22,18 @@ FAMILIES: dict[str, Family] = {}
 """``algorithm.name`` -> its family (one instance per family, shared by its config names)."""
 CONFIG_MODELS: list = []
 """Every family's config models: the run file's ``algorithm:`` union."""
-for _family in (GRPO(), MiniLLM(), Distillation(), PPO(), SSD(), SFT(), RejectionSampling(), SDPO(), SDFT(),
-                Preference()):
+for _family in (
+    GRPO(),
+    MiniLLM(),
+    Distillation(),
+    PPO(),
+    SSD(),
+    SFT(),
+    RejectionSampling(),
+    SDPO(),
+    SDFT(),
+    Preference(),
+):
     for _name, _cfg in zip(_family.names, _family.configs):
         FAMILIES[_name] = _family
         CONFIG_MODELS.append(_cfg)

@@ -8,10 +8,12 @@ and its objective. The registry (``learner.methods``) maps ``algorithm.name`` to
 pre-flight, the pools, the pipeline, the learner ranks and the controller call these hooks and nothing
 family-specific. ``docs/architecture.md`` walks through writing one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Optional, Protocol
+from typing import Any, ClassVar, Literal, Optional, Protocol
 
 import torch
 from pydantic import Field, model_validator
@@ -48,11 +50,15 @@ class Batching(Strict):
     @model_validator(mode="after")
     def _batching_rules(self):
         if self.steps_per_generation is not None and self.generation_batch_size is not None:
-            raise ValueError("set steps_per_generation or generation_batch_size, not both "
-                             f"(got {self.steps_per_generation} and {self.generation_batch_size})")
+            raise ValueError(
+                "set steps_per_generation or generation_batch_size, not both "
+                f"(got {self.steps_per_generation} and {self.generation_batch_size})"
+            )
         if self.max_inflight_generations is not None and self.staleness_policy == "wait":
-            raise ValueError("max_inflight_generations applies to staleness_policy drop/use (wait derives the "
-                             "look-ahead from max_staleness)")
+            raise ValueError(
+                "max_inflight_generations applies to staleness_policy drop/use (wait derives the "
+                "look-ahead from max_staleness)"
+            )
         return self
 
 
@@ -178,6 +184,7 @@ def step_tokens(micro_batches: list) -> float:
     """N_step: the completion tokens of one optimizer step's micro-batches on every rank (the normaliser of a global
     token mean; collective)."""
     from relay_rl.learner.collectives import all_reduce_sum
+
     n = torch.tensor([sum(float(mb.completion_mask.sum()) for mb in micro_batches)], dtype=torch.float64)
     return float(all_reduce_sum(n))
 
@@ -260,8 +267,10 @@ class Family:
         ``filter_groups`` on is refused (checked with the run file)."""
         fg = getattr(cfg.algorithm, "filter_groups", None)
         if fg is not None and fg.enable:
-            raise ValueError(f"filter_groups (dynamic sampling) is for the GRPO family; algorithm {cfg.algorithm.name} "
-                             "learns from groups without reward variance too: set filter_groups.enable: false")
+            raise ValueError(
+                f"filter_groups (dynamic sampling) is for the GRPO family; algorithm {cfg.algorithm.name} "
+                "learns from groups without reward variance too: set filter_groups.enable: false"
+            )
         return None
 
     def generation_prompts(self, cfg, records: list[dict]) -> Optional[list]:

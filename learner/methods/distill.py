@@ -19,6 +19,7 @@ log-probs here, and
 
 with CE the student's token-mean NLL of its completion tokens (logits at temperature 1).
 """
+
 from __future__ import annotations
 
 import random
@@ -51,8 +52,10 @@ class DistillBase(Batching):
     @model_validator(mode="after")
     def _groups_in_micro_batches(self):
         if self.per_device_train_batch_size % self.num_generations:
-            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
-                             f"num_generations ({self.num_generations}): each micro-batch comes from one source")
+            raise ValueError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
+                f"num_generations ({self.num_generations}): each micro-batch comes from one source"
+            )
         return self
 
     @property
@@ -102,8 +105,10 @@ class GOLDConfig(DistillBase):
     @model_validator(mode="after")
     def _uld_rules(self):
         if self.use_uld_loss and self.seq_kd:
-            raise ValueError("use_uld_loss with seq_kd: teacher-generated completions are in the teacher's tokens, "
-                             "which the student cannot train on; set seq_kd: false")
+            raise ValueError(
+                "use_uld_loss with seq_kd: teacher-generated completions are in the teacher's tokens, "
+                "which the student cannot train on; set seq_kd: false"
+            )
         return self
 
 
@@ -136,7 +141,6 @@ class DistillObjective(Objective):
         if mb.teacher_dist_ids is not None:
             student, teacher = topk_support(student, teacher, mb.teacher_dist_ids.to(d), self.alg.loss_add_tail)
         return generalized_jsd(student, teacher, self.alg.beta)
-
 
     def uld_loss(self, mb, logits_BTV: torch.Tensor, mask_BT: torch.Tensor):
         """GOLD's cross-tokenizer loss of one micro-batch: ULD over the aligned groups (+ w_ce * CE), / GA."""
@@ -177,10 +181,21 @@ class Distillation(Family):
     def needs(self, cfg) -> Needs:
         a = cfg.algorithm
         uld = getattr(a, "use_uld_loss", False)
-        served = TeacherSpec("teacher", "topk" if a.loss_top_k else "full", a.loss_top_k, loss_temperature(cfg),
-                             retokenize=uld, merge=getattr(a, "uld_token_merge_strategy", "observed"))
-        return Needs(rewards=False, teachers=(served,), frozen_rollout=getattr(a, "seq_kd", False),
-                     teacher_model=True, same_vocabulary=not uld)
+        served = TeacherSpec(
+            "teacher",
+            "topk" if a.loss_top_k else "full",
+            a.loss_top_k,
+            loss_temperature(cfg),
+            retokenize=uld,
+            merge=getattr(a, "uld_token_merge_strategy", "observed"),
+        )
+        return Needs(
+            rewards=False,
+            teachers=(served,),
+            frozen_rollout=getattr(a, "seq_kd", False),
+            teacher_model=True,
+            same_vocabulary=not uld,
+        )
 
     def sources(self, alg, n_micro_batches: int, seed: int) -> list[str]:
         """One draw u ~ U(0, 1) per micro-batch (seeded per generation batch): u <= lmbda, the student samples; else

@@ -17,6 +17,7 @@
 The DPO loss needs no pi_old, so staleness only ages the data (pairs carry the versions that sampled them; the
 reference samples of XPO carry none).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from relay_rl.batch import group_rows
 from relay_rl.learner.advantages import total_reward
 from relay_rl.learner.logprobs import token_logprobs
-from relay_rl.batch import group_rows
 
 from .base import POLICY, TEACHER, Batching, Family, Needs, Objective, TeacherSpec
 
@@ -63,12 +64,16 @@ class OnlineDPOConfig(Batching):
     @model_validator(mode="after")
     def _pairs(self):
         if self.num_generations != 2:
-            raise ValueError(f"algorithm {self.name} judges pairs: num_generations must be 2 (got "
-                             f"{self.num_generations}); set algorithm.num_generations: 2 (on the kit: add "
-                             "deploy/overlays/kit_preference.yaml after kit.yaml)")
+            raise ValueError(
+                f"algorithm {self.name} judges pairs: num_generations must be 2 (got "
+                f"{self.num_generations}); set algorithm.num_generations: 2 (on the kit: add "
+                "deploy/overlays/kit_preference.yaml after kit.yaml)"
+            )
         if self.per_device_train_batch_size % 2:
-            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be even: a "
-                             "micro-batch holds whole pairs")
+            raise ValueError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be even: a "
+                "micro-batch holds whole pairs"
+            )
         for knob in ("beta", "alpha"):
             if knob in type(self).model_fields and not getattr(self, knob):
                 raise ValueError(f"{knob}: the schedule is empty; give one value, or a list with one per epoch")
@@ -139,9 +144,11 @@ def assemble(batch, alg, reward_weights, seed: int):
     rows_ = torch.tensor(order).view(-1, 2)[perm].reshape(-1)
     prefs = torch.tensor(pref).view(-1, 2)[perm].reshape(-1)
     batch = batch.select(rows_).replace(preference=prefs)
-    stats = {"objective/scores_margin": sum(margins) / max(1, len(margins)),
-             "pairs/without_preference": skipped / max(1, len(groups)),
-             "pairs/tied": ties / max(1, len(groups))}
+    stats = {
+        "objective/scores_margin": sum(margins) / max(1, len(margins)),
+        "pairs/without_preference": skipped / max(1, len(groups)),
+        "pairs/tied": ties / max(1, len(groups)),
+    }
     if any(frozen):
         chosen = batch.frozen_sample[prefs > 0]
         stats["pairs/reference_chosen"] = float(chosen.float().mean()) if len(chosen) else 0.0
@@ -182,20 +189,28 @@ class PreferenceObjective(Objective):
             bonus_P = (seq_B * frozen_B).view(-1, 2).sum(-1)  # log pi(y_ref): the reference's row of each pair
             stats["loss/dpo"] = ("mean", float((per_pair.detach() * valid_P).sum()), float(valid_P.sum()))
             per_pair = per_pair + alpha * bonus_P
-            stats.update({"alpha": ("mean", alpha, 1.0),
-                          "loss/xpo": ("mean", float((alpha * bonus_P.detach() * valid_P).sum()), float(valid_P.sum()))})
+            stats.update(
+                {
+                    "alpha": ("mean", alpha, 1.0),
+                    "loss/xpo": ("mean", float((alpha * bonus_P.detach() * valid_P).sum()), float(valid_P.sum())),
+                }
+            )
         n = valid_P.sum().clamp(min=1)
         loss = (per_pair * valid_P).sum() / n / self.sched.GA
         k = float(valid_P.sum())
         rew_w, rew_l = (beta * (w - rw)).detach(), (beta * (l_ - rl)).detach()
         pick = lambda x: float((x * valid_P).sum())  # noqa: E731
-        stats.update({
-            "logps/chosen": ("mean", pick(w.detach()), k), "logps/rejected": ("mean", pick(l_.detach()), k),
-            "rewards/chosen": ("mean", pick(rew_w), k), "rewards/rejected": ("mean", pick(rew_l), k),
-            "rewards/margins": ("mean", pick(rew_w - rew_l), k),
-            "rewards/accuracies": ("mean", pick((rew_w > rew_l).float()), k),
-            "val/contain_eos_token": ("mean", float((~mb.truncated).float().sum()), float(len(mb))),
-        })
+        stats.update(
+            {
+                "logps/chosen": ("mean", pick(w.detach()), k),
+                "logps/rejected": ("mean", pick(l_.detach()), k),
+                "rewards/chosen": ("mean", pick(rew_w), k),
+                "rewards/rejected": ("mean", pick(rew_l), k),
+                "rewards/margins": ("mean", pick(rew_w - rew_l), k),
+                "rewards/accuracies": ("mean", pick((rew_w > rew_l).float()), k),
+                "val/contain_eos_token": ("mean", float((~mb.truncated).float().sum()), float(len(mb))),
+            }
+        )
         return loss, stats
 
 

@@ -7,6 +7,7 @@
     objective  log-probs at T -> entropy mask -> rollout correction -> ``learner.losses.policy_loss``
     driver     TR-DPO's reference refresh after a step (``sync_ref_model``); dynamic sampling (``filter_groups``)
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -17,9 +18,14 @@ from pydantic import Field, model_validator
 from relay_rl.learner.advantages import compute_advantages, group_nanstd
 from relay_rl.learner.collectives import all_gather_varlen, all_reduce_sum
 from relay_rl.learner.logprobs import fp32_lm_head, token_logprobs
-from relay_rl.learner.losses import (AdaptiveEntropy, LossScale, PolicyBatch, entropy_threshold, policy_loss,
-                            rollout_is_weights)
-
+from relay_rl.learner.losses import (
+    AdaptiveEntropy,
+    LossScale,
+    PolicyBatch,
+    entropy_threshold,
+    policy_loss,
+    rollout_is_weights,
+)
 from relay_rl.schema import Strict
 
 from .base import Batching, Family, Needs, Objective, TeacherSpec
@@ -112,8 +118,10 @@ class GRPOConfig(Batching):
     def _aliases(cls, data):
         if isinstance(data, dict):
             if "vllm_importance_sampling_cap" in data:
-                raise ValueError("vllm_importance_sampling_cap was replaced by vllm_importance_sampling_clip_max "
-                                 "(and vllm_importance_sampling_clip_min): rename the field")
+                raise ValueError(
+                    "vllm_importance_sampling_cap was replaced by vllm_importance_sampling_clip_max "
+                    "(and vllm_importance_sampling_clip_min): rename the field"
+                )
             if isinstance(data.get("scale_rewards"), bool):  # TRL accepts True/False
                 data = {**data, "scale_rewards": "group" if data["scale_rewards"] else "none"}
         return data
@@ -123,21 +131,36 @@ class GRPOConfig(Batching):
         c_min, c_max = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
         if c_min is not None and c_max is not None and c_min >= c_max:
             raise ValueError(f"vllm_importance_sampling_clip_min ({c_min}) must be < clip_max ({c_max})")
-        if (self.vllm_importance_sampling_correction and self.vllm_importance_sampling_mode.endswith("truncate")
-                and c_min is None and c_max is None):
-            raise ValueError("a *_truncate importance-sampling mode needs vllm_importance_sampling_clip_min or "
-                             "vllm_importance_sampling_clip_max")
-        if self.loss_type == "vespo" and self.vllm_importance_sampling_correction and \
-                not self.vllm_importance_sampling_mode.startswith("token"):
-            raise ValueError("loss_type vespo folds the rollout correction into its weight per token: set "
-                             "vllm_importance_sampling_mode to token_truncate or token_mask "
-                             f"(got {self.vllm_importance_sampling_mode}), or turn the correction off")
+        if (
+            self.vllm_importance_sampling_correction
+            and self.vllm_importance_sampling_mode.endswith("truncate")
+            and c_min is None
+            and c_max is None
+        ):
+            raise ValueError(
+                "a *_truncate importance-sampling mode needs vllm_importance_sampling_clip_min or "
+                "vllm_importance_sampling_clip_max"
+            )
+        if (
+            self.loss_type == "vespo"
+            and self.vllm_importance_sampling_correction
+            and not self.vllm_importance_sampling_mode.startswith("token")
+        ):
+            raise ValueError(
+                "loss_type vespo folds the rollout correction into its weight per token: set "
+                "vllm_importance_sampling_mode to token_truncate or token_mask "
+                f"(got {self.vllm_importance_sampling_mode}), or turn the correction off"
+            )
         if self.vllm_importance_sampling_correction and self.old_logprob_source == "behaviour":
-            raise ValueError("vllm_importance_sampling_correction needs old_logprob_source='recompute' (with "
-                             "'behaviour' the ratio already anchors on the engine's log-probs): set one of the two")
+            raise ValueError(
+                "vllm_importance_sampling_correction needs old_logprob_source='recompute' (with "
+                "'behaviour' the ratio already anchors on the engine's log-probs): set one of the two"
+            )
         if self.staleness_policy == "use" and not self.vllm_importance_sampling_correction:
-            raise ValueError("staleness_policy 'use' trains on batches staler than max_staleness and needs the rollout "
-                             "importance correction to cover the lag: set vllm_importance_sampling_correction: true")
+            raise ValueError(
+                "staleness_policy 'use' trains on batches staler than max_staleness and needs the rollout "
+                "importance correction to cover the lag: set vllm_importance_sampling_correction: true"
+            )
         if self.sync_ref_model and self.beta == 0:
             raise ValueError("sync_ref_model needs a reference model: set beta > 0, or sync_ref_model: false")
         if self.entropy_coef_min > self.entropy_coef_max:
@@ -154,8 +177,6 @@ class GRPOConfig(Batching):
         return self.epsilon_high if self.epsilon_high is not None else self.epsilon_low
 
 
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # assemble
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,13 +190,15 @@ def reference_spec(cfg) -> tuple[TeacherSpec, ...]:
 def assemble(batch, alg, reward_weights: list[float], seed: int):
     """Advantages on the whole generation batch (§2.2), the truncation mask (§6.3), N for the dapo normaliser, then
     the sample-level shuffle that spreads groups over slices and ranks (§1.2)."""
-    A, r = compute_advantages(batch.rewards, batch.group_id, torch.tensor(reward_weights), alg.scale_rewards,
-                              alg.multi_objective_aggregation)
+    A, r = compute_advantages(
+        batch.rewards, batch.group_id, torch.tensor(reward_weights), alg.scale_rewards, alg.multi_objective_aggregation
+    )
     mask = batch.completion_mask.clone()
     if alg.mask_truncated_completions:  # the row leaves the loss and N; its reward stayed in the group statistics
         mask[batch.truncated] = 0.0
-    batch = batch.replace(advantages=A.float(), completion_mask=mask,
-                          info={**batch.info, "num_items_in_batch": float(mask.sum())})
+    batch = batch.replace(
+        advantages=A.float(), completion_mask=mask, info={**batch.info, "num_items_in_batch": float(mask.sum())}
+    )
     gstd = group_nanstd(r, batch.group_id)
     stats = {"frac_reward_zero_std": float((torch.nan_to_num(gstd, nan=0.0) < 1e-6).float().mean())}
     perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed))
@@ -191,8 +214,14 @@ class GRPOObjective(Objective):
     def __init__(self, cfg, sched):
         super().__init__(cfg, sched)
         a = self.alg
-        self.entropy = AdaptiveEntropy(a.entropy_coef, a.entropy_target, a.entropy_coef_delta, a.entropy_coef_min,
-                                       a.entropy_coef_max, adaptive=a.use_adaptive_entropy)
+        self.entropy = AdaptiveEntropy(
+            a.entropy_coef,
+            a.entropy_target,
+            a.entropy_coef_delta,
+            a.entropy_coef_min,
+            a.entropy_coef_max,
+            adaptive=a.use_adaptive_entropy,
+        )
         self.coef = 0.0
         self.ent_sum = torch.zeros(2, dtype=torch.float64)
 
@@ -228,9 +257,14 @@ class GRPOObjective(Objective):
     def rollout_correction(self, old_logprobs: torch.Tensor, b) -> tuple[torch.Tensor, dict]:
         """rho = pi_old / pi_beh, truncated or masked (§5.3)."""
         a, d = self.alg, old_logprobs.device
-        return rollout_is_weights(old_logprobs, b.behaviour_logprobs.to(d), b.completion_mask.to(d),
-                                  a.vllm_importance_sampling_mode, a.vllm_importance_sampling_clip_min,
-                                  a.vllm_importance_sampling_clip_max)
+        return rollout_is_weights(
+            old_logprobs,
+            b.behaviour_logprobs.to(d),
+            b.completion_mask.to(d),
+            a.vllm_importance_sampling_mode,
+            a.vllm_importance_sampling_clip_min,
+            a.vllm_importance_sampling_clip_max,
+        )
 
     # -- one optimizer step --
     def begin_step(self, micro_batches) -> None:
@@ -257,18 +291,29 @@ class GRPOObjective(Objective):
         if self.old_from_step and alg.vllm_importance_sampling_correction:  # pi_old = sg[pi_theta] of this step
             is_weights, is_stats = self.rollout_correction(logp.detach().float(), mb)
         x = PolicyBatch(
-            logprobs_BT=logp, mask_BT=mask, advantages=self.advantages(mb, logits_BTV, logp),
-            old_logprobs_BT=_opt(mb.old_logprobs, d), behaviour_logprobs_BT=_opt(mb.behaviour_logprobs, d),
-            ref_logprobs_BT=_opt(mb.ref_logprobs, d), entropy_BT=entropy, entropy_mask_BT=ent_mask,
-            is_weights=is_weights)
-        scale = LossScale(GA=s.GA, S=s.S, P=s.P, max_completion_length=self.cfg.rollout.max_completion_length,
-                          num_items_in_batch=float(mb.info["num_items_in_batch"]), entropy_coef=self.coef)
+            logprobs_BT=logp,
+            mask_BT=mask,
+            advantages=self.advantages(mb, logits_BTV, logp),
+            old_logprobs_BT=_opt(mb.old_logprobs, d),
+            behaviour_logprobs_BT=_opt(mb.behaviour_logprobs, d),
+            ref_logprobs_BT=_opt(mb.ref_logprobs, d),
+            entropy_BT=entropy,
+            entropy_mask_BT=ent_mask,
+            is_weights=is_weights,
+        )
+        scale = LossScale(
+            GA=s.GA,
+            S=s.S,
+            P=s.P,
+            max_completion_length=self.cfg.rollout.max_completion_length,
+            num_items_in_batch=float(mb.info["num_items_in_batch"]),
+            entropy_coef=self.coef,
+        )
         loss, stats = policy_loss(alg, x, scale)
         stats.update(is_stats)
         stats["entropy"] = ("mean", float((entropy.detach() * mask).sum()), float(mask.sum()))
         m_eff = mask if ent_mask is None else ent_mask
-        self.ent_sum += torch.tensor([float((entropy.detach() * m_eff).sum()), float(m_eff.sum())],
-                                     dtype=torch.float64)
+        self.ent_sum += torch.tensor([float((entropy.detach() * m_eff).sum()), float(m_eff.sum())], dtype=torch.float64)
         return loss, stats
 
     def end_step(self) -> dict:
@@ -290,8 +335,10 @@ def metric_column(cfg) -> Optional[int]:
         return None
     names = [_reward_name(f) for f in cfg.reward.reward_funcs]
     if metric not in names:
-        raise ValueError(f"filter_groups.metric {metric!r} is not a reward function of this run: give 'reward' (the "
-                         f"weighted total) or one of {names}")
+        raise ValueError(
+            f"filter_groups.metric {metric!r} is not a reward function of this run: give 'reward' (the "
+            f"weighted total) or one of {names}"
+        )
     return names.index(metric)
 
 
@@ -303,8 +350,10 @@ def _reward_name(spec) -> str:
 def check_gdpo(cfg) -> None:
     """GDPO (``normalize_then_sum``) normalises each reward function on its own: it needs two or more."""
     if cfg.algorithm.multi_objective_aggregation == "normalize_then_sum" and len(cfg.reward.reward_funcs) < 2:
-        raise ValueError("multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one "
-                         "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize")
+        raise ValueError(
+            "multi_objective_aggregation normalize_then_sum (GDPO) needs >= 2 reward_funcs: add one "
+            "to reward.reward_funcs, or set algorithm.multi_objective_aggregation: sum_then_normalize"
+        )
 
 
 def refresh_reference(cfg, step: int, driver) -> None:
@@ -322,9 +371,11 @@ def refreshed_reference(cfg) -> list[str]:
 def staleness_warnings(cfg) -> list[str]:
     a = cfg.algorithm
     if a.max_staleness > 0 and a.old_logprob_source == "recompute" and not a.vllm_importance_sampling_correction:
-        return ["max_staleness > 0 with old_logprob_source: recompute and the rollout correction off: the lag between "
-                "the sampling weights and pi_old goes uncorrected (docs/staleness.md). Set "
-                "algorithm.vllm_importance_sampling_correction: true, or old_logprob_source: behaviour"]
+        return [
+            "max_staleness > 0 with old_logprob_source: recompute and the rollout correction off: the lag between "
+            "the sampling weights and pi_old goes uncorrected (docs/staleness.md). Set "
+            "algorithm.vllm_importance_sampling_correction: true, or old_logprob_source: behaviour"
+        ]
     return []
 
 

@@ -7,6 +7,7 @@ and, with ``single_step_decomposition``, the token mean over M of KL(p_S || p_T)
 R_t is detached (a reward signal; relay-rl default, see the spec). Every GRPO knob applies; G may be 1, which forces
 ``scale_rewards: none``; with no ``reward:`` section the reward is a constant 1.0, so A_i = 0.
 """
+
 from __future__ import annotations
 
 from typing import Literal

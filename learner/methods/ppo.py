@@ -12,6 +12,7 @@
 The policy and the critic are two DeepSpeed engines with their own optimizers (TRL steps one optimizer over both):
 each clips its own gradient norm.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -77,8 +78,10 @@ class PPOConfig(Batching):
         if mini is not None:
             S, GA = data.get("steps_per_generation"), data.get("gradient_accumulation_steps", 1)
             if S is not None and S != GA * mini:
-                raise ValueError(f"steps_per_generation ({S}) must be gradient_accumulation_steps * num_mini_batches "
-                                 f"({GA} * {mini} = {GA * mini}): set one of steps_per_generation and num_mini_batches")
+                raise ValueError(
+                    f"steps_per_generation ({S}) must be gradient_accumulation_steps * num_mini_batches "
+                    f"({GA} * {mini} = {GA * mini}): set one of steps_per_generation and num_mini_batches"
+                )
             if data.get("generation_batch_size") is not None:
                 raise ValueError("set num_mini_batches or generation_batch_size, not both")
             data["steps_per_generation"] = GA * mini
@@ -87,8 +90,10 @@ class PPOConfig(Batching):
     @model_validator(mode="after")
     def _rules(self):
         if self.stop_token_id is not None:
-            raise ValueError("stop_token_id is not supported: relay-rl's engines end a completion at EOS (stop_token "
-                             "'eos'); for other stops set rollout.stop (strings)")
+            raise ValueError(
+                "stop_token_id is not supported: relay-rl's engines end a completion at EOS (stop_token "
+                "'eos'); for other stops set rollout.stop (strings)"
+            )
         return self
 
 
@@ -100,8 +105,10 @@ def cross_section_aliases(data: dict) -> dict:
     if n is None:
         return data
     if rollout.get("max_completion_length") not in (None, n):
-        raise ValueError(f"algorithm.response_length ({n}) and rollout.max_completion_length "
-                         f"({rollout['max_completion_length']}) are one knob: set one")
+        raise ValueError(
+            f"algorithm.response_length ({n}) and rollout.max_completion_length "
+            f"({rollout['max_completion_length']}) are one knob: set one"
+        )
     return {**data, "rollout": {**rollout, "max_completion_length": n}}
 
 
@@ -135,8 +142,9 @@ class PPOObjective(Objective):
             scores -= a.missing_eos_penalty * shard.truncated.float()
         ref = shard.ref_logprobs * mask if shard.ref_logprobs is not None else old
         kl = ppo.kl_per_token(old, ref, a.kl_estimator) * mask
-        rewards, non_score = ppo.token_rewards(scores, kl, mask, a.kl_coef, whiten=a.whiten_rewards,
-                                               all_reduce=all_reduce_sum)
+        rewards, non_score = ppo.token_rewards(
+            scores, kl, mask, a.kl_coef, whiten=a.whiten_rewards, all_reduce=all_reduce_sum
+        )
         advantages, returns = ppo.gae(rewards, shard.values, mask, a.gamma, a.lam)
         advantages = ppo.masked_whiten(advantages, mask, all_reduce=all_reduce_sum)  # the whole generation batch
         shard.old_logprobs, shard.advantages, shard.returns = old, advantages, returns
@@ -191,8 +199,11 @@ class PPO(Family):
 
     def needs(self, cfg) -> Needs:
         """Rewards, the critic role, and the reference's log-probs (at the rollout temperature) unless kl_coef is 0."""
-        ref = (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0, model="policy"),) \
-            if cfg.algorithm.kl_coef > 0 else ()
+        ref = (
+            (TeacherSpec("reference", "sampled", temperature=cfg.rollout.temperature or 1.0, model="policy"),)
+            if cfg.algorithm.kl_coef > 0
+            else ()
+        )
         return Needs(rewards=True, teachers=ref, critic=CriticSpec(ValueObjective, value_model_path(cfg)))
 
     cross_section_aliases = staticmethod(cross_section_aliases)
@@ -203,17 +214,23 @@ class PPO(Family):
         c = cfg.cluster
         replicas = c.critic.replicas or c.learner.replicas
         if replicas != c.learner.replicas:
-            raise ValueError(f"cluster.critic.replicas ({replicas}) must equal cluster.learner.replicas "
-                             f"({c.learner.replicas}): critic rank i trains on learner rank i's rows (or leave it unset)")
+            raise ValueError(
+                f"cluster.critic.replicas ({replicas}) must equal cluster.learner.replicas "
+                f"({c.learner.replicas}): critic rank i trains on learner rank i's rows (or leave it unset)"
+            )
         if cfg.algorithm.value_model is None and cfg.reward is not None:
             models = [f for f in cfg.reward.reward_funcs if not isinstance(f, str) and f.name == "reward_model"]
             if len(models) > 1:
-                raise ValueError("the critic starts from the reward model, and reward.reward_funcs has "
-                                 f"{len(models)}: set algorithm.value_model (a path, or the policy's)")
+                raise ValueError(
+                    "the critic starts from the reward model, and reward.reward_funcs has "
+                    f"{len(models)}: set algorithm.value_model (a path, or the policy's)"
+                )
 
     def warnings(self, cfg) -> list[str]:
         a = cfg.algorithm
         if a.num_generations > 1:
-            return [f"ppo with num_generations {a.num_generations}: the critic is the baseline; more completions per "
-                    "prompt only widen the batch"]
+            return [
+                f"ppo with num_generations {a.num_generations}: the critic is the baseline; more completions per "
+                "prompt only widen the batch"
+            ]
         return []

@@ -13,6 +13,7 @@ fine-tune on it.
     then       SFT on it (``learner.methods.sft``): completion-only NLL; ``train.num_train_epochs`` sizes the run to
                the kept set (R1: 2 epochs)
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ from typing import Any, Literal, Optional, Union
 import torch
 from pydantic import Field, model_validator
 
-from relay_rl.learner.advantages import total_reward
 from relay_rl.batch import group_rows
 from relay_rl.errors import RunError
+from relay_rl.learner.advantages import total_reward
 from relay_rl.schema import Strict
 
 from .base import Needs
@@ -58,6 +59,7 @@ class RejectionSamplingConfig(SFTConfig):
     @model_validator(mode="after")
     def _filters_known(self):
         from relay_rl.reward_workers.filters import resolve_filter
+
         for i, f in enumerate(self.filters):
             if isinstance(f, str) and ":" in f:
                 continue  # an import path: imported when the run samples
@@ -71,10 +73,18 @@ class RejectionSamplingConfig(SFTConfig):
 def select(rows: list[dict], batch, alg, reward_weights, prompt_column: str, completion_column: str):
     """The kept samples of one scored batch (group id i = record i of ``rows``) and what became of the others."""
     from relay_rl.reward_workers.filters import resolve_filter
+
     filters = [resolve_filter(f if isinstance(f, str) else f.model_dump()) for f in alg.filters]
     r = total_reward(batch.rewards, reward_weights)
-    stats = {"sampled": len(batch), "below_threshold": 0, "duplicates": 0, "over_limit": 0, "kept": 0,
-             "prompts_kept": 0, **{f"filtered/{name}": 0 for name, _ in filters}}
+    stats = {
+        "sampled": len(batch),
+        "below_threshold": 0,
+        "duplicates": 0,
+        "over_limit": 0,
+        "kept": 0,
+        "prompts_kept": 0,
+        **{f"filtered/{name}": 0 for name, _ in filters},
+    }
     groups = group_rows(batch.group_id.tolist())
     kept = []
     for g, members in groups.items():
@@ -125,21 +135,34 @@ class RejectionSampling(SFT):
         records = data.select(range(min(len(data), a.num_prompts or len(data)))).to_list()
         weights = cfg.reward.reward_weights or [1.0] * len(cfg.reward.reward_funcs)
         kept, totals = [], {}
-        for start in tqdm(range(0, len(records), PROMPTS_PER_ROUND), desc="rejection sampling", unit="round",
-                          leave=False):
-            chunk = records[start:start + PROMPTS_PER_ROUND]
-            rows, stats = driver.sample_and_reduce(chunk, a.num_samples, cfg.train.seed + start, select, a, weights,
-                                                   cfg.data.prompt_column, cfg.data.completion_column)
+        for start in tqdm(
+            range(0, len(records), PROMPTS_PER_ROUND), desc="rejection sampling", unit="round", leave=False
+        ):
+            chunk = records[start : start + PROMPTS_PER_ROUND]
+            rows, stats = driver.sample_and_reduce(
+                chunk,
+                a.num_samples,
+                cfg.train.seed + start,
+                select,
+                a,
+                weights,
+                cfg.data.prompt_column,
+                cfg.data.completion_column,
+            )
             kept += rows
             totals = {k: totals.get(k, 0) + v for k, v in stats.items()}
         if not kept:
-            raise RunError(f"rejection sampling kept no sample of {totals['sampled']} ({totals}): lower "
-                           "algorithm.reward_threshold, sample more (num_samples), or check the reward functions")
+            raise RunError(
+                f"rejection sampling kept no sample of {totals['sampled']} ({totals}): lower "
+                "algorithm.reward_threshold, sample more (num_samples), or check the reward functions"
+            )
         path.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        log(f"[relay-rl] rejection sampling: kept {totals['kept']} of {totals['sampled']} samples "
+        log(
+            f"[relay-rl] rejection sampling: kept {totals['kept']} of {totals['sampled']} samples "
             f"({totals['prompts_kept']} of {len(records)} prompts); "
             + ", ".join(f"{k} {v}" for k, v in totals.items() if k not in ("sampled", "kept", "prompts_kept"))
-            + f"; written to {path}")
+            + f"; written to {path}"
+        )
         stats = {f"rejection_sampling/{k}": v for k, v in totals.items()}
         stats["rejection_sampling/kept_fraction"] = totals["kept"] / max(1, totals["sampled"])
         return datasets.Dataset.from_list(kept), stats

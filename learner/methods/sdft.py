@@ -10,6 +10,7 @@ self-distillation with no reward and no policy-gradient term.
     objective  L = (1/B) sum_i [sum_t D_t M'_t / max(1, sum_t M'_t)] / GA, M' = M without the first
                ``num_loss_tokens_to_skip`` completion tokens; D_t and the IS clip of ``self_distillation``
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -18,8 +19,16 @@ import torch
 from pydantic import Field, model_validator
 
 from .base import Batching, Family, Needs, Objective
-from .self_distillation import (SelfDistillationKnobs, check_template, distillation_loss, rewrite_prompt, sync_teacher,
-                                teacher_moves, teacher_spec, template_fields)
+from .self_distillation import (
+    SelfDistillationKnobs,
+    check_template,
+    distillation_loss,
+    rewrite_prompt,
+    sync_teacher,
+    teacher_moves,
+    teacher_spec,
+    template_fields,
+)
 
 
 class SDFTConfig(Batching, SelfDistillationKnobs):
@@ -61,7 +70,9 @@ def teacher_prompts(batch, cfg) -> tuple[list, torch.Tensor]:
     """Every row's teacher prompt; every row has its context."""
     tpl = cfg.algorithm.teacher_prompt_template
     rows = [{k: v[i] for k, v in batch.columns.items()} for i in range(len(batch))]
-    return [teacher_prompt(p, row, tpl) for p, row in zip(batch.prompts, rows)], torch.ones(len(batch), dtype=torch.bool)
+    return [teacher_prompt(p, row, tpl) for p, row in zip(batch.prompts, rows)], torch.ones(
+        len(batch), dtype=torch.bool
+    )
 
 
 def generation_prompts(cfg, records: list[dict]) -> list | None:

@@ -18,6 +18,7 @@ What differs from TRL 1.16: L_PG is relay-rl's GRPO loss unchanged (its dapo nor
 token count, KL, delta and the rollout correction apply); TRL's SDPO normalises its own dapo term as the micro-batch
 token mean and has none of those.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,14 +27,21 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from relay_rl.learner.advantages import total_reward
 from relay_rl.batch import group_rows
+from relay_rl.learner.advantages import total_reward
 
 from . import grpo
 from .base import Family, Needs
 from .grpo import GRPOConfig, GRPOObjective
-from .self_distillation import (SelfDistillationKnobs, check_template, distillation_loss, rewrite_prompt, sync_teacher,
-                                teacher_moves, teacher_spec)
+from .self_distillation import (
+    SelfDistillationKnobs,
+    check_template,
+    distillation_loss,
+    rewrite_prompt,
+    sync_teacher,
+    teacher_moves,
+    teacher_spec,
+)
 
 FEEDBACK_COLUMN = "privileged_context"
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -88,11 +96,17 @@ def teacher_prompts(batch, cfg) -> tuple[list, torch.Tensor]:
     feedback = batch.columns.get(FEEDBACK_COLUMN, [None] * len(batch))
     prompts, active = [], []
     for i, g in enumerate(batch.group_id.tolist()):
-        solved = [j for j in groups[g] if success[j] and not (a.dont_reprompt_on_self_success and j == i)] \
-            if a.use_successful_as_teacher else []
+        solved = (
+            [j for j in groups[g] if success[j] and not (a.dont_reprompt_on_self_success and j == i)]
+            if a.use_successful_as_teacher
+            else []
+        )
         has_feedback = isinstance(feedback[i], str) and feedback[i].strip() != ""
-        use_feedback = a.include_environment_feedback and has_feedback and \
-            not (a.environment_feedback_only_without_solution and solved)
+        use_feedback = (
+            a.include_environment_feedback
+            and has_feedback
+            and not (a.environment_feedback_only_without_solution and solved)
+        )
         if not solved and not use_feedback:
             prompts.append(batch.prompts[i])
             active.append(False)
@@ -104,9 +118,14 @@ def teacher_prompts(batch, cfg) -> tuple[list, torch.Tensor]:
                 demo = THINK_BLOCK.sub("", demo).strip()
             solution = a.solution_template.format(successful_previous_attempt=demo)
         fb = a.feedback_template.format(feedback_raw=feedback[i]) if use_feedback else ""
-        prompts.append(rewrite_prompt(batch.prompts[i],
-                                      lambda text: a.reprompt_template.format(prompt=text, solution=solution,
-                                                                              feedback=fb)))
+        prompts.append(
+            rewrite_prompt(
+                batch.prompts[i],
+                lambda text, solution=solution, fb=fb: a.reprompt_template.format(
+                    prompt=text, solution=solution, feedback=fb
+                ),
+            )
+        )
         active.append(True)
     return prompts, torch.tensor(active, dtype=torch.bool)
 

@@ -15,6 +15,7 @@ completion tokens. The pieces both families share:
     aggregation      L_distill = (1/B) sum_i [sum_t D_t M_t / max(1, sum_t M_t)] / GA, with M the loss mask (rows
                      without a teacher context: all zero, yet they count in B)
 """
+
 from __future__ import annotations
 
 import string
@@ -59,11 +60,15 @@ class SelfDistillationKnobs(Strict):
     @model_validator(mode="after")
     def _distillation_rules(self):
         if self.distillation_mode == "sampled_token" and self.distillation_alpha != 1.0:
-            raise ValueError(f"distillation_mode sampled_token is reverse KL only: it needs distillation_alpha 1.0 "
-                             f"(got {self.distillation_alpha}); or use full_logits / topk_logits")
+            raise ValueError(
+                f"distillation_mode sampled_token is reverse KL only: it needs distillation_alpha 1.0 "
+                f"(got {self.distillation_alpha}); or use full_logits / topk_logits"
+            )
         if self.distillation_mode == "topk_logits" and self.distillation_topk is None:
-            raise ValueError("distillation_mode topk_logits needs distillation_topk (the student's top-k tokens per "
-                             "position), e.g. 100")
+            raise ValueError(
+                "distillation_mode topk_logits needs distillation_topk (the student's top-k tokens per "
+                "position), e.g. 100"
+            )
         return self
 
 
@@ -78,15 +83,18 @@ def check_template(name: str, template: str, allowed: set[str] | None, required:
     try:
         fields = template_fields(template)
     except ValueError as e:
-        raise ValueError(f"{name} is not a valid template ({e}): write placeholders as {{name}} and a literal brace "
-                         "as {{ or }}") from None
+        raise ValueError(
+            f"{name} is not a valid template ({e}): write placeholders as {{name}} and a literal brace as {{{{ or }}}}"
+        ) from None
     for f in required:
         if f not in fields:
             raise ValueError(f"{name} must contain {{{f}}} (got {template!r})")
     bad = [f for f in fields if not f.isidentifier() or (allowed is not None and f not in allowed)]
     if bad:
-        raise ValueError(f"{name}: unknown placeholder {{{bad[0]}}} in {template!r}"
-                         + (f"; allowed: {', '.join('{' + a + '}' for a in sorted(allowed))}" if allowed else ""))
+        raise ValueError(
+            f"{name}: unknown placeholder {{{bad[0]}}} in {template!r}"
+            + (f"; allowed: {', '.join('{' + a + '}' for a in sorted(allowed))}" if allowed else "")
+        )
     return fields
 
 
@@ -94,8 +102,10 @@ def last_user_text(messages: list[dict]) -> str:
     """The text of a conversation's last message, which must be the user's (the turn a teacher prompt rewrites)."""
     last = messages[-1]
     if last.get("role") != "user":
-        raise ValueError(f"a teacher prompt rewrites the conversation's last user turn, but the last message has "
-                         f"role {last.get('role')!r}: prompts that end with an assistant prefill are not supported")
+        raise ValueError(
+            f"a teacher prompt rewrites the conversation's last user turn, but the last message has "
+            f"role {last.get('role')!r}: prompts that end with an assistant prefill are not supported"
+        )
     content = last.get("content", "")
     if isinstance(content, list):
         return " ".join(part.get("text", "") for part in content if part.get("type") == "text")
@@ -168,13 +178,15 @@ def per_token_divergence(alg, mb, logits_BTV: torch.Tensor, temperature: float) 
     student_BTV = scaled_log_softmax(logits_BTV, temperature)
     if alg.distillation_mode == "sampled_token":
         ids_BT1 = mb.completion_ids.to(d).unsqueeze(-1)
-        return sampled_token_divergence(student_BTV.gather(-1, ids_BT1).squeeze(-1),
-                                        mb.teacher_logprobs.to(d).to(student_BTV.dtype))
+        return sampled_token_divergence(
+            student_BTV.gather(-1, ids_BT1).squeeze(-1), mb.teacher_logprobs.to(d).to(student_BTV.dtype)
+        )
     teacher_BTV = mb.teacher_dist.to(d).to(student_BTV.dtype)
     if alg.distillation_mode == "full_logits":
         return generalized_jsd(student_BTV, teacher_BTV, alg.distillation_alpha)
-    return topk_divergence(student_BTV, teacher_BTV, alg.distillation_topk, alg.distillation_alpha,
-                           alg.distillation_add_tail)
+    return topk_divergence(
+        student_BTV, teacher_BTV, alg.distillation_topk, alg.distillation_alpha, alg.distillation_add_tail
+    )
 
 
 def is_clip_weight(student_logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, clip: float) -> torch.Tensor:
@@ -193,10 +205,13 @@ def distillation_loss(alg, mb, logits_BTV: torch.Tensor, temperature: float, mas
     D_BT = per_token_divergence(alg, mb, logits_BTV, temperature)
     if alg.distillation_is_clip is not None and mb.old_logprobs is not None:
         d = logits_BTV.device
-        logp_BT = scaled_log_softmax(logits_BTV, temperature).gather(
-            -1, mb.completion_ids.to(d).unsqueeze(-1)).squeeze(-1)
+        logp_BT = (
+            scaled_log_softmax(logits_BTV, temperature).gather(-1, mb.completion_ids.to(d).unsqueeze(-1)).squeeze(-1)
+        )
         D_BT = D_BT * is_clip_weight(logp_BT, mb.old_logprobs.to(d).to(logp_BT.dtype), alg.distillation_is_clip)
     loss = sequence_mean(D_BT, mask_BT) / GA
     n = float(mask_BT.sum())
-    return loss, {"self_distillation/distillation_loss": ("mean", float((D_BT.detach() * mask_BT).sum()), n),
-                  "self_distillation/loss_tokens": ("sum", n, 1.0)}
+    return loss, {
+        "self_distillation/distillation_loss": ("mean", float((D_BT.detach() * mask_BT).sum()), n),
+        "self_distillation/loss_tokens": ("sum", n, 1.0),
+    }

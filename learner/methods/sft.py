@@ -12,6 +12,7 @@
 SFT runs alone or as a stage (``stages:``): the kit's warm start, the R1 pipeline's cold start, rejection-sampling
 SFT (``rejection_sampling``, which extends this family).
 """
+
 from __future__ import annotations
 
 from typing import Literal

@@ -1,14 +1,15 @@
 """SSD, simple self-distillation (2604.01193; ALGORITHMS.md §8): the model fine-tuned on its own samples.
 
-    needs      the policy alone: no rewards (a reward section, if given, scores the samples for the metrics only),
-               no teacher
-    rollout    completions at the training rollout.temperature / top_k / top_p, from the current weights (as TRL's
-               trainer; the paper samples once from the initial model)
-    assemble   ``filter_empty``: a completion that is empty once stripped, or one line under 10 characters, is masked
-               out (it trains nothing and counts in no mean); then a row shuffle
-    objective  the token-mean NLL of the kept samples, -sum_t M_t log p(o_t) / sum_t M_t per micro-batch (no
-               temperature in the loss), /GA
+needs      the policy alone: no rewards (a reward section, if given, scores the samples for the metrics only),
+           no teacher
+rollout    completions at the training rollout.temperature / top_k / top_p, from the current weights (as TRL's
+           trainer; the paper samples once from the initial model)
+assemble   ``filter_empty``: a completion that is empty once stripped, or one line under 10 characters, is masked
+           out (it trains nothing and counts in no mean); then a row shuffle
+objective  the token-mean NLL of the kept samples, -sum_t M_t log p(o_t) / sum_t M_t per micro-batch (no
+           temperature in the loss), /GA
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -53,8 +54,9 @@ class SSDObjective(Objective):
         mask_BT = mb.completion_mask.to(logits_BTV.device)
         logp_BT, _ = token_logprobs(logits_BTV, mb.completion_ids.to(logits_BTV.device))  # temperature 1
         loss = nll(logp_BT, mask_BT)
-        return loss / self.sched.GA, {"ssd/nll": ("mean", float(loss.detach()) * float(mask_BT.sum()),
-                                                  float(mask_BT.sum()))}
+        return loss / self.sched.GA, {
+            "ssd/nll": ("mean", float(loss.detach()) * float(mask_BT.sum()), float(mask_BT.sum()))
+        }
 
 
 class SSD(Family):

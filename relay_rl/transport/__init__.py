@@ -7,6 +7,7 @@ actor) and a class per transport, named by ``rollout.weight_transport``:
     collective     a broadcast from learner rank 0 over a process group with the receivers (NCCL on GPU, gloo on CPU)
     ipc            colocated replicas read a handle to the rank's own memory (CUDA IPC on GPU, shared memory on CPU)
 """
+
 from __future__ import annotations
 
 from .base import Transport

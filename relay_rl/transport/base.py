@@ -10,9 +10,11 @@ Flags tell the driver how to order a sync: ``driver_waits`` (the driver waits fo
 receivers), ``rewrites_buffers`` (a sync reuses what the previous sync's receivers read: they must be done first),
 ``borrowed`` (what a receiver gets is the sender's memory, which changes after the sync: the engine copies it).
 """
+
 from __future__ import annotations
 
-from typing import ClassVar, Iterator
+from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 

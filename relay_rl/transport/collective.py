@@ -2,10 +2,11 @@
 (NCCL on GPUs, gloo on CPU machines, where it exercises the same code). Both sides walk the same bucket plan, so
 receivers allocate their buffers up front. The receivers must be idle for the broadcast, so with ``max_staleness`` >
 0 a sync waits for the generation in flight (and the driver waits for the broadcast)."""
+
 from __future__ import annotations
 
 import datetime
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -47,8 +48,9 @@ def init_group(host: str, port: int, world_size: int, rank: int, backend: str) -
     return dist.ProcessGroupGloo(store, rank, world_size, TIMEOUT)
 
 
-def broadcast_bucket(group, bucket: list[tuple[str, tuple, str]], tensors: dict[str, torch.Tensor] | None,
-                     device: torch.device) -> dict[str, torch.Tensor]:
+def broadcast_bucket(
+    group, bucket: list[tuple[str, tuple, str]], tensors: dict[str, torch.Tensor] | None, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Broadcast one bucket from rank 0 as one flat buffer per dtype; returns {name: tensor} on every rank."""
     out: dict[str, torch.Tensor] = {}
     for dtype_name in sorted({d for _, _, d in bucket}):

@@ -4,11 +4,12 @@ file on CPU. The weights never go through the object store, and on a GPU never t
 
 One buffer per bucket (and dtype) on each rank, reused by every sync: the receiver copies what it opens (the
 transport is ``borrowed``), and a sync waits for the previous sync's loads before it rewrites the buffers."""
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -32,6 +33,7 @@ class Ipc(Transport):
 
     def receive(self, handle_refs: list) -> Iterator[tuple[str, torch.Tensor]]:
         import ray
+
         for ref in handle_refs:
             yield from open_shared(ray.get(ref)).items()
 
@@ -48,6 +50,7 @@ def share_bucket(bucket: dict[str, torch.Tensor], buffers: dict, key: int) -> by
     from multiprocessing.reduction import ForkingPickler
 
     import torch.multiprocessing  # noqa: F401  (registers torch's tensor reductions with ForkingPickler)
+
     segments = []
     for dtype in sorted({t.dtype for t in bucket.values()}, key=str):
         items = [(n, t) for n, t in bucket.items() if t.dtype == dtype]
@@ -59,7 +62,7 @@ def share_bucket(bucket: dict[str, torch.Tensor], buffers: dict, key: int) -> by
             flat = buffers[(key, dtype)] = torch.empty(numel, dtype=dtype, device=items[0][1].device).share_memory_()
         index, start = [], 0
         for name, t in items:
-            flat[start:start + t.numel()].copy_(t.reshape(-1))
+            flat[start : start + t.numel()].copy_(t.reshape(-1))
             index.append((name, start, tuple(t.shape)))
             start += t.numel()
         segments.append((flat, index))
@@ -72,8 +75,11 @@ def release_shared(buffers: dict) -> None:
     """Drop ``share_bucket``'s buffers. On CPU each is a shared-memory file that torch unlinks once every handle given
     out has been opened and closed again; a handle that was never opened (its receiver died first) keeps the file.
     Such files are unlinked here, after this process has let go of them."""
-    files = [f"/dev/shm{flat.untyped_storage()._share_filename_cpu_()[1].decode()}" for flat in buffers.values()
-             if flat.device.type == "cpu"]
+    files = [
+        f"/dev/shm{flat.untyped_storage()._share_filename_cpu_()[1].decode()}"
+        for flat in buffers.values()
+        if flat.device.type == "cpu"
+    ]
     buffers.clear()  # torch unlinks what nobody else counts on
     for path in files:
         try:
@@ -86,8 +92,9 @@ def open_shared(handle: bytes) -> dict[str, torch.Tensor]:
     """The inverse of ``share_bucket``, in the receiving process: views of the sender's buffers (map, no copy).
     Copy what you keep: the sender rewrites them at its next sync."""
     import pickle
+
     out = {}
     for flat, index in pickle.loads(handle):
         for name, start, shape in index:
-            out[name] = flat[start:start + math.prod(shape)].view(shape)
+            out[name] = flat[start : start + math.prod(shape)].view(shape)
     return out

@@ -7,10 +7,11 @@ travels as its int16 bit pattern and is viewed back on arrival. Tensors that lie
 flat partitions, a gathered bucket) travel as one array: Ray serialises one array of N bytes about 1.5x faster than
 the same bytes as a hundred arrays.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ class ObjectStore(Transport):
 
     def send(self, rank: int, index: int, bucket: dict[str, torch.Tensor]):
         import ray
+
         return ray.put(to_arrays(bucket)) if rank == 0 else None
 
     def route(self, sent: list[list], replica: int, plan) -> list:
@@ -62,16 +64,24 @@ def to_arrays(bucket: dict[str, torch.Tensor]) -> dict:
 
 
 def _follows(prev: torch.Tensor, t: torch.Tensor) -> bool:
-    return (t.is_contiguous() and prev.is_contiguous() and t.dtype == prev.dtype and t.device == prev.device
-            and t.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr()
-            and t.data_ptr() == prev.data_ptr() + prev.numel() * prev.element_size())
+    return (
+        t.is_contiguous()
+        and prev.is_contiguous()
+        and t.dtype == prev.dtype
+        and t.device == prev.device
+        and t.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr()
+        and t.data_ptr() == prev.data_ptr() + prev.numel() * prev.element_size()
+    )
 
 
 def _segment(run: list[tuple[str, torch.Tensor]]) -> tuple[np.ndarray, list]:
     first = run[0][1]
     numel = sum(t.numel() for _, t in run)
-    span = first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (numel,)) if len(run) > 1 \
+    span = (
+        first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (numel,))
+        if len(run) > 1
         else first.reshape(-1)
+    )
     array, dtype = tensor_to_array(span)
     index, start = [], 0
     for name, t in run:
@@ -83,11 +93,12 @@ def _segment(run: list[tuple[str, torch.Tensor]]) -> tuple[np.ndarray, list]:
 def arrays_to_tensors(bucket: dict) -> dict[str, torch.Tensor]:
     """The inverse of ``to_arrays``: zero-copy tensor views of the object store's arrays."""
     from relay_rl.process import from_numpy
+
     out = {}
     for array, index in bucket[SEGMENTS_KEY]:
         flat = from_numpy(array)
         for name, start, shape, dtype in index:
-            t = flat[start:start + math.prod(shape)].view(shape)
+            t = flat[start : start + math.prod(shape)].view(shape)
             out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
     return out
 
@@ -96,6 +107,7 @@ def fetch_bucket(ref) -> dict:
     """A published bucket's arrays, once published: ``send``'s result comes back from the learner rank as the
     ObjectRef of what it put (a plain ObjectRef of arrays works too)."""
     import ray
+
     obj = ray.get(ref)
     return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
 

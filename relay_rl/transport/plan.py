@@ -1,5 +1,6 @@
 """The bucket plan: the learner's parameters in buckets of about ``bucket_bytes``, the same on every side of a sync
 (learner ranks, the driver, the receivers), so each side knows what bucket ``i`` holds before it arrives."""
+
 from __future__ import annotations
 
 import torch

@@ -6,10 +6,12 @@ Both start from the kit's weak warm start (held-out greedy accuracy ~0.5-0.6) wi
 1 DeepSpeed ZeRO-3 learner rank), batch (64 completions per step) and learning rate; GRPO learns from the kit's
 binary verifier (the quickstart's settings: 8 prompts x 8 completions, a group per prompt for its baseline),
 on-policy distillation from ``kit:teacher`` (>= 0.95 held-out) by the per-token reverse KL, each method in its own
-setting: one completion per prompt (64 prompts; ``--distill-generations``), as TRL's trainer samples. Reported: held-out greedy accuracy at every evaluation against optimizer steps and against
+setting: one completion per prompt (64 prompts; ``--distill-generations``), as TRL's trainer samples. Reported:
+held-out greedy accuracy at every evaluation against optimizer steps and against
 training seconds (the sum of step times, evaluations excluded), and the accuracy each reaches within ``--seconds``.
 The seed's claim (Thinking Machines' blog): on-policy distillation is more compute-efficient than RL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,23 +24,42 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-             "TOKENIZERS_PARALLELISM": "false"}.items():
+for k, v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "RAY_AUTH_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
     os.environ.setdefault(k, v)
 
-COMMON = ["cluster.learner.replicas=1", "cluster.learner.num_cpus=1", "algorithm.per_device_train_batch_size=64",
-          "algorithm.generation_batch_size=64", "train.lr_scheduler_type=constant", "train.warmup_steps=0",
-          "train.save_steps=null"]
+COMMON = [
+    "cluster.learner.replicas=1",
+    "cluster.learner.num_cpus=1",
+    "algorithm.per_device_train_batch_size=64",
+    "algorithm.generation_batch_size=64",
+    "train.lr_scheduler_type=constant",
+    "train.warmup_steps=0",
+    "train.save_steps=null",
+]
 
 
 def run(recipe: str, extra: list[str], steps: int, eval_every: int, lr: float) -> list[tuple[int, float, float]]:
     """[(step, training seconds so far, held-out accuracy)] at every evaluation."""
     from relay_rl.cluster.config import load_config
     from relay_rl.cluster.runner import train
+
     overlay = [] if recipe == "quickstart" else [str(ROOT / "deploy/overlays/kit.yaml")]
-    cfg = load_config(ROOT / f"deploy/recipes/{recipe}.yaml", [*overlay, *COMMON, f"train.max_steps={steps}",
-                                                               f"train.eval_steps={eval_every}",
-                                                               f"train.learning_rate={lr}", *extra])
+    cfg = load_config(
+        ROOT / f"deploy/recipes/{recipe}.yaml",
+        [
+            *overlay,
+            *COMMON,
+            f"train.max_steps={steps}",
+            f"train.eval_steps={eval_every}",
+            f"train.learning_rate={lr}",
+            *extra,
+        ],
+    )
     with tempfile.TemporaryDirectory() as out:
         train(cfg, output_dir=out)
         rows = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")]
@@ -67,13 +88,22 @@ def main() -> None:
     from relay_rl.cluster.config import KitConfig
     from relay_rl.cluster.kit.build import ensure_kit
     from relay_rl.cluster.runner import train
+
     ensure_kit(KitConfig(), train, parts=("teacher",))
-    curves = {"GRPO (kit verifier)": run("quickstart", [], a.steps, a.eval_every, a.lr),
-              "on-policy distillation (kit:teacher)": run("on_policy_distillation",
-                                                          [f"algorithm.num_generations={a.distill_generations}"],
-                                                          a.steps, a.eval_every, a.distill_lr or a.lr)}
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs; {a.steps} steps of 64 completions; "
-          f"lr {a.lr} (distillation {a.distill_lr or a.lr})")
+    curves = {
+        "GRPO (kit verifier)": run("quickstart", [], a.steps, a.eval_every, a.lr),
+        "on-policy distillation (kit:teacher)": run(
+            "on_policy_distillation",
+            [f"algorithm.num_generations={a.distill_generations}"],
+            a.steps,
+            a.eval_every,
+            a.distill_lr or a.lr,
+        ),
+    }
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs; {a.steps} steps of 64 completions; "
+        f"lr {a.lr} (distillation {a.distill_lr or a.lr})"
+    )
     for name, curve in curves.items():
         print(f"{name}: " + "  ".join(f"step {s} ({t:.0f}s) {acc:.3f}" for s, t, acc in curve))
         print(f"    best held-out accuracy within {a.seconds:.0f} training seconds: {within(curve, a.seconds):.3f}")

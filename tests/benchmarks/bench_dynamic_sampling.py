@@ -10,6 +10,7 @@ optimizer steps each). Wall seconds are the sum of the steps' own times (evaluat
 ``results.json``, a markdown table (``results.md``) and ``accuracy.png`` (accuracy against steps and seconds) to
 ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,19 @@ OVERLAYS = {"kit": ["kit.yaml"], "hard": ["kit.yaml", "kit_hard.yaml"]}
 def one_run(task: str, dynamic: bool, steps: int, eval_steps: int, seed: int) -> dict:
     from relay_rl.cluster.config import load_config
     from relay_rl.cluster.runner import train
-    cfg = load_config(ROOT / "deploy/recipes/dapo.yaml", [
-        *(str(ROOT / "deploy/overlays" / o) for o in OVERLAYS[task]),
-        f"algorithm.filter_groups.enable={str(dynamic).lower()}", f"train.max_steps={steps}",
-        f"train.eval_steps={eval_steps}", "train.save_steps=null", f"train.seed={seed}", "train.max_idle_steps=0"])
+
+    cfg = load_config(
+        ROOT / "deploy/recipes/dapo.yaml",
+        [
+            *(str(ROOT / "deploy/overlays" / o) for o in OVERLAYS[task]),
+            f"algorithm.filter_groups.enable={str(dynamic).lower()}",
+            f"train.max_steps={steps}",
+            f"train.eval_steps={eval_steps}",
+            "train.save_steps=null",
+            f"train.seed={seed}",
+            "train.max_idle_steps=0",
+        ],
+    )
     with tempfile.TemporaryDirectory() as out:
         train(cfg, output_dir=out, log=lambda m: None)
         rows = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")]
@@ -45,7 +55,9 @@ def one_run(task: str, dynamic: bool, steps: int, eval_steps: int, seed: int) ->
     steps_ = [r for r in rows if "loss" in r]
     admitted = [r for r in steps_ if "dynamic_sampling/rounds" in r]
     return {
-        "task": task, "dynamic_sampling": dynamic, "seed": seed,
+        "task": task,
+        "dynamic_sampling": dynamic,
+        "seed": seed,
         "curve": [(r["step"], round(seconds[r["step"]], 1), r["eval/accuracy"]) for r in rows if "eval/accuracy" in r],
         "frac_reward_zero_std_first": steps_[0].get("frac_reward_zero_std"),
         "rounds_mean": sum(r["dynamic_sampling/rounds"] for r in admitted) / len(admitted) if admitted else 1.0,
@@ -56,19 +68,26 @@ def one_run(task: str, dynamic: bool, steps: int, eval_steps: int, seed: int) ->
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| task | dynamic sampling | seed | held-out accuracy (step: accuracy @ wall seconds) | wall s | generated "
-             "samples | rounds per batch |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | dynamic sampling | seed | held-out accuracy (step: accuracy @ wall seconds) | wall s | generated "
+        "samples | rounds per batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         curve = ", ".join(f"{s}: {a:.3f} @ {w:.0f}" for s, w, a in r["curve"])
-        lines.append(f"| {r['task']} | {'on' if r['dynamic_sampling'] else 'off'} | {r['seed']} | {curve} | "
-                     f"{r['wall_s']:.0f} | {r['generated_samples']} | {r['rounds_mean']:.2f} |")
+        lines.append(
+            f"| {r['task']} | {'on' if r['dynamic_sampling'] else 'off'} | {r['seed']} | {curve} | "
+            f"{r['wall_s']:.0f} | {r['generated_samples']} | {r['rounds_mean']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in results:
         label = f"{r['task']}, dynamic sampling {'on' if r['dynamic_sampling'] else 'off'}, seed {r['seed']}"
@@ -95,7 +114,9 @@ def main() -> None:
     p.add_argument("--out", default="bench_dynamic_sampling")
     args = p.parse_args()
     import ray
+
     from relay_rl.cluster.runtime import init_ray
+
     init_ray(None, "bench", print)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

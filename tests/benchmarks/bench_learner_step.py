@@ -12,6 +12,7 @@
 (b) A full gather of every weight on 2 ZeRO-3 ranks: DeepSpeed's ``GatheredParameters`` against relay-rl's
     ``gather_partitions``, for the kit's model and for 48 layers of 1,024 x 1,024 (200 MiB). Median of 5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,27 +36,38 @@ def _port() -> int:
 
 
 def _init(rank: int, world: int, port: int):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     import torch
+
     torch.set_num_threads(1)
     import deepspeed
+
     deepspeed.init_distributed("gloo")
     return deepspeed, torch
 
 
 def _engine(deepspeed, model, micro_batch: int, zero: dict, bf16: bool = False):
-    cfg = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-           "zero_optimization": zero, "steps_per_print": 10**9, "bf16": {"enabled": bf16},
-           "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}}}
+    cfg = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "bf16": {"enabled": bf16},
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}},
+    }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     return engine
 
 
-def step_rank(rank: int, world: int, port: int, model_path: str, zero: dict, dtype: str, attn: str | None, steps: int,
-              out: str) -> None:
+def step_rank(
+    rank: int, world: int, port: int, model_path: str, zero: dict, dtype: str, attn: str | None, steps: int, out: str
+) -> None:
     deepspeed, torch = _init(rank, world, port)
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), attn_implementation=attn)
     engine = _engine(deepspeed, model, 64 // world, zero, bf16=dtype == "bfloat16")
     ids = torch.randint(0, 14, (64 // world, 13), generator=torch.Generator().manual_seed(rank))
@@ -74,13 +86,16 @@ def step_rank(rank: int, world: int, port: int, model_path: str, zero: dict, dty
     os._exit(0)  # skip interpreter teardown, which a thread left by DeepSpeed or gloo can abort
 
 
-def plain_rank(rank: int, world: int, port: int, model_path: str, dtype: str, attn: str | None, steps: int,
-               out: str) -> None:
+def plain_rank(
+    rank: int, world: int, port: int, model_path: str, dtype: str, attn: str | None, steps: int, out: str
+) -> None:
     """The raw baseline of (a): the same step in plain PyTorch in one process (``torch.optim.AdamW`` on the model's
     own parameters: in bfloat16 no float32 master copy), with no DeepSpeed and no process group."""
     import torch
+
     torch.set_num_threads(1)
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), attn_implementation=attn)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ids = torch.randint(0, 14, (64, 13), generator=torch.Generator().manual_seed(rank))
@@ -100,8 +115,10 @@ def plain_rank(rank: int, world: int, port: int, model_path: str, dtype: str, at
 def gather_rank(rank: int, world: int, port: int, model_path: str, layers: int, out: str) -> None:
     deepspeed, torch = _init(rank, world, port)
     from relay_rl.learner.gather import gather_partitions
+
     if model_path:
         from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     else:
         model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(layers)])
@@ -135,6 +152,7 @@ def spawn(fn, world: int, *args) -> object:
     import tempfile
 
     import torch.multiprocessing as mp
+
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         mp.spawn(fn, args=(world, _port(), *args, f.name), nprocs=world, join=True)
         return json.loads(Path(f.name).read_text())
@@ -147,31 +165,44 @@ def main():
     from relay_rl.cluster.config import KitConfig
     from relay_rl.cluster.kit.build import ensure_kit
     from relay_rl.cluster.runner import train
+
     model = str(ensure_kit(KitConfig(), train) / "warm_start")
 
     fp32 = ("float32", None)
-    steps = [("2 ranks, ZeRO-3, DeepSpeed's default persistence threshold", 2, {"stage": 3}, fp32),
-             ("2 ranks, ZeRO-3, threshold 0 (relay-rl on gloo)", 2,
-              {"stage": 3, "stage3_param_persistence_threshold": 0}, fp32),
-             ("2 ranks, ZeRO-2", 2, {"stage": 2}, fp32),
-             ("2 ranks, ZeRO-0", 2, {"stage": 0}, fp32),
-             ("1 rank, ZeRO-0", 1, {"stage": 0}, fp32),
-             ("1 rank, ZeRO-0, bfloat16, sdpa attention", 1, {"stage": 0}, ("bfloat16", "sdpa")),
-             ("1 rank, ZeRO-0, bfloat16, eager attention (cpu_fast.yaml)", 1, {"stage": 0}, ("bfloat16", "eager"))]
+    steps = [
+        ("2 ranks, ZeRO-3, DeepSpeed's default persistence threshold", 2, {"stage": 3}, fp32),
+        (
+            "2 ranks, ZeRO-3, threshold 0 (relay-rl on gloo)",
+            2,
+            {"stage": 3, "stage3_param_persistence_threshold": 0},
+            fp32,
+        ),
+        ("2 ranks, ZeRO-2", 2, {"stage": 2}, fp32),
+        ("2 ranks, ZeRO-0", 2, {"stage": 0}, fp32),
+        ("1 rank, ZeRO-0", 1, {"stage": 0}, fp32),
+        ("1 rank, ZeRO-0, bfloat16, sdpa attention", 1, {"stage": 0}, ("bfloat16", "sdpa")),
+        ("1 rank, ZeRO-0, bfloat16, eager attention (cpu_fast.yaml)", 1, {"stage": 0}, ("bfloat16", "eager")),
+    ]
     print(f"(a) one optimizer step of the kit's model, 64 x 13 tokens, one thread per rank ({os.cpu_count()} cores)")
     for name, world, zero, (dtype, attn) in steps:
         ms = 1000 * spawn(step_rank, world, model, zero, dtype, attn, a.steps)
         print(f"    {name:60} {ms:6.1f} ms")
-    for name, (dtype, attn) in [("baseline: plain PyTorch, 1 process, float32", fp32),
-                                ("baseline: plain PyTorch, 1 process, bfloat16, eager", ("bfloat16", "eager"))]:
+    for name, (dtype, attn) in [
+        ("baseline: plain PyTorch, 1 process, float32", fp32),
+        ("baseline: plain PyTorch, 1 process, bfloat16, eager", ("bfloat16", "eager")),
+    ]:
         ms = 1000 * spawn(plain_rank, 1, model, dtype, attn, a.steps)
         print(f"    {name:60} {ms:6.1f} ms")
     print("(b) a full gather on 2 ZeRO-3 ranks (median of 5)")
-    for name, path, layers in [("the kit's model (1M parameters, 46 tensors)", model, 0),
-                               ("48 x Linear(1024, 1024) (50M parameters, 200 MiB)", "", 48)]:
+    for name, path, layers in [
+        ("the kit's model (1M parameters, 46 tensors)", model, 0),
+        ("48 x Linear(1024, 1024) (50M parameters, 200 MiB)", "", 48),
+    ]:
         r = spawn(gather_rank, 2, path, layers)
-        print(f"    {name:52} GatheredParameters {1000 * r['GatheredParameters']:7.1f} ms | "
-              f"gather_partitions {1000 * r['gather_partitions']:7.1f} ms")
+        print(
+            f"    {name:52} GatheredParameters {1000 * r['GatheredParameters']:7.1f} ms | "
+            f"gather_partitions {1000 * r['gather_partitions']:7.1f} ms"
+        )
 
 
 if __name__ == "__main__":

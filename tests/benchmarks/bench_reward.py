@@ -28,6 +28,7 @@ baseline(s), 1 replica, 2 replicas, and 2 replicas with 1 rollout chunk (the pip
 one chunk is split between the two reward replicas). ``--rollout-chunks`` (default 2) is the number of rollout
 replicas the batch comes from in the other configurations.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-             "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
+for k, v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
     os.environ.setdefault(k, v)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # models, tokenizers, rows
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _word(i: int) -> str:
     """A distinct lowercase pseudo-word for every index (a, b, ..., z, aa, ab, ...)."""
@@ -67,13 +74,15 @@ def word_tokenizer(vocab: int):
     whitespace-separated word."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
     words = ["<pad>", "<eos>", "<unk>", *(_word(i) for i in range(vocab - 3))]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tok.add_special_tokens(["<pad>", "<eos>", "<unk>"])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
-                                   model_max_length=1024), words[3:]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", model_max_length=1024
+    ), words[3:]
 
 
 def ascii_tokenizer():
@@ -81,6 +90,7 @@ def ascii_tokenizer():
     enough for the kit's code task, not for the ``--slow`` programs)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
     vocab = ["<pad>", "<eos>", *(chr(c) for c in range(32, 127))]
     tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(vocab)}, unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -92,11 +102,22 @@ def ascii_tokenizer():
 def random_reward_model(out: Path, vocab: int, hidden: int, layers: int) -> tuple[str, list[str]]:
     import torch
     from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
     tok, words = word_tokenizer(vocab)
-    cfg = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128),
-                      head_dim=64, max_position_embeddings=512, tie_word_embeddings=False, num_labels=1,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 128),
+        head_dim=64,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     Qwen3ForSequenceClassification(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -116,6 +137,7 @@ def code_records(n_prompts: int, group: int, slow: int, seed: int = 0):
     right-as-an-expression, wrong (partial credit) and non-compiling programs; ``slow`` of them in the whole batch
     loop until the CPU limit kills them."""
     from relay_rl.cluster.kit.code_task import code_row
+
     rng = random.Random(seed)
     records, comps = [], []
     for _ in range(n_prompts):
@@ -134,7 +156,9 @@ def make_batch(records: list[dict], comps: list[list[str]], tokenizer, group_ids
     """A rollout ``Batch`` as ``RolloutWorker._batch`` builds it: prompts left-padded, completions right-padded and
     ended by EOS, the dataset's other columns repeated per completion."""
     import torch
+
     from relay_rl.batch import Batch
+
     rows = [(i, c) for i, cs in enumerate(comps) for c in cs]
     p_tok = [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in records]
     c_tok = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, c in rows]
@@ -144,15 +168,24 @@ def make_batch(records: list[dict], comps: list[list[str]], tokenizer, group_ids
     c_ids, c_mask = torch.full((N, tc), pad, dtype=torch.long), torch.zeros((N, tc))
     for r, (i, _) in enumerate(rows):
         p, c = p_tok[i], c_tok[r]
-        p_ids[r, tp - len(p):], p_mask[r, tp - len(p):] = torch.tensor(p), 1
-        c_ids[r, :len(c)], c_mask[r, :len(c)] = torch.tensor(c), 1.0
+        p_ids[r, tp - len(p) :], p_mask[r, tp - len(p) :] = torch.tensor(p), 1
+        c_ids[r, : len(c)], c_mask[r, : len(c)] = torch.tensor(c), 1.0
     other = [k for k in records[0] if k != "prompt"]
-    return Batch(prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
-                 behaviour_logprobs=torch.zeros((N, tc)), policy_version=torch.zeros(N, dtype=torch.long),
-                 mixed_version=torch.zeros(N, dtype=torch.bool),
-                 group_id=torch.tensor([group_ids[i] for i, _ in rows]), truncated=torch.zeros(N, dtype=torch.bool),
-                 prompts=[records[i]["prompt"] for i, _ in rows], completions=[c for _, c in rows],
-                 columns={k: [records[i][k] for i, _ in rows] for k in other}, info={"worker": 0})
+    return Batch(
+        prompt_ids=p_ids,
+        prompt_mask=p_mask,
+        completion_ids=c_ids,
+        completion_mask=c_mask,
+        behaviour_logprobs=torch.zeros((N, tc)),
+        policy_version=torch.zeros(N, dtype=torch.long),
+        mixed_version=torch.zeros(N, dtype=torch.bool),
+        group_id=torch.tensor([group_ids[i] for i, _ in rows]),
+        truncated=torch.zeros(N, dtype=torch.bool),
+        prompts=[records[i]["prompt"] for i, _ in rows],
+        completions=[c for _, c in rows],
+        columns={k: [records[i][k] for i, _ in rows] for k in other},
+        info={"worker": 0},
+    )
 
 
 def rollout_chunks(records, comps, tokenizer, R: int) -> list:
@@ -170,10 +203,13 @@ def rollout_chunks(records, comps, tokenizer, R: int) -> list:
 # the service side: reward actors and the pipeline's dispatch
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def service_config(reward_funcs: list, model_path: str, data_file: str, replicas: int, num_cpus: float | None):
     """A run config (the quickstart recipe without its kit) whose reward section is ``reward_funcs``."""
     import yaml
+
     from relay_rl.cluster.config import validate_dict
+
     raw = yaml.safe_load((ROOT / "deploy/recipes/quickstart.yaml").read_text())
     raw.pop("kit", None)
     raw["model"] = {"name_or_path": model_path}
@@ -188,12 +224,15 @@ class Service:
     """``replicas`` reward actors, started as ``cluster.pools.create_pools`` starts them, and a ``Pipeline`` whose
     ``_score`` (the service's dispatch) is called on pre-put chunks."""
 
-    def __init__(self, run_name: str, reward_funcs: list, model_path: str, data_file: str, replicas: int,
-                 num_cpus: float | None):
+    def __init__(
+        self, run_name: str, reward_funcs: list, model_path: str, data_file: str, replicas: int, num_cpus: float | None
+    ):
         import ray
+
         from relay_rl.cluster.config import resolve_schedule
         from relay_rl.cluster.pipeline import Pipeline
         from relay_rl.cluster.pools import PoolMaker, Pools
+
         self.cfg = service_config(reward_funcs, model_path, data_file, replicas, num_cpus)
         make = PoolMaker(self.cfg, run_name, model_path, None, model_path)
         t0 = time.perf_counter()
@@ -201,13 +240,16 @@ class Service:
         ray.get([a.ping.remote() for a in self.actors])
         self.start_s = time.perf_counter() - t0
         self.sched = resolve_schedule(self.cfg)
-        self.pipes = {n: Pipeline(self.cfg, self.sched, Pools(rollout=[], reward=self.actors[:n], learner=[]), None)
-                      for n in range(1, replicas + 1)}
+        self.pipes = {
+            n: Pipeline(self.cfg, self.sched, Pools(rollout=[], reward=self.actors[:n], learner=[]), None)
+            for n in range(1, replicas + 1)
+        }
         self.step = 0
 
     def score(self, refs: list, replicas: int) -> tuple[float, list]:
         """Seconds from dispatch until every scored chunk is back; the scored chunks."""
         import ray
+
         self.step += 1
         pipe = self.pipes[replicas]
         t0 = time.perf_counter()
@@ -216,6 +258,7 @@ class Service:
 
     def shutdown(self):
         import ray
+
         for a in self.actors:
             ray.kill(a, no_restart=True)
 
@@ -223,12 +266,17 @@ class Service:
 def _check(scored: list, name: str) -> dict:
     """Every chunk scored without errors; the scores' summary."""
     import torch
+
     errors = {k: v for b in scored for k, v in b.info.get("reward_errors", {}).items()}
     if errors:
         raise RuntimeError(f"{name}: reward errors {errors}")
     r = torch.cat([b.rewards[:, 0] for b in scored])
-    return {"rows": int(r.numel()), "nan": int(r.isnan().sum()), "mean": float(r.nanmean()),
-            "workers": sorted({b.info["reward_worker"] for b in scored})}
+    return {
+        "rows": int(r.numel()),
+        "nan": int(r.isnan().sum()),
+        "mean": float(r.nanmean()),
+        "workers": sorted({b.info["reward_worker"] for b in scored}),
+    }
 
 
 def _busy_s(scored: list) -> float:
@@ -244,6 +292,7 @@ def run_configs(service: Service, chunks: list, whole, baselines: dict, warm: di
     ``chunks``: the batch from ``--rollout-chunks`` rollout replicas; ``whole``: the same batch from one;
     ``warm``: a small call per baseline (first-call costs: imports, probes)."""
     import ray
+
     t0 = time.perf_counter()
     small = ray.put(whole.select(range(min(8, len(whole)))))
     for actor in service.actors:  # warm-up: every actor loads / probes what it needs once (a model, the sandbox)
@@ -251,6 +300,7 @@ def run_configs(service: Service, chunks: list, whole, baselines: dict, warm: di
     for fn in warm.values():
         fn()
     warm_s = time.perf_counter() - t0
+
     def put(c):  # (ref, groups in it): what ``Pipeline._score`` takes
         return ray.put(c), len(set(c.group_id.tolist()))
 
@@ -289,9 +339,11 @@ def run_configs(service: Service, chunks: list, whole, baselines: dict, warm: di
 # (a) reward model, (b) code execution
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def bench_rm(a, tmp: Path, data_file: str, threads: int) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     from relay_rl.reward_workers.reward_model import texts_for_reward_model
 
     t0 = time.perf_counter()
@@ -305,7 +357,9 @@ def bench_rm(a, tmp: Path, data_file: str, threads: int) -> dict:
     service = Service("bench-reward-rm", funcs, path, data_file, 2, a.num_cpus)
 
     # the raw engine: the same texts (in the service's row order), tokenizer + forward, same batch size and threads
-    texts = texts_for_reward_model(tok, [p for c in chunks for p in c.prompts], [x for c in chunks for x in c.completions])
+    texts = texts_for_reward_model(
+        tok, [p for c in chunks for p in c.prompts], [x for c in chunks for x in c.completions]
+    )
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     n_tokens = sum(len(ids) for ids in tok(texts)["input_ids"])
     setup_s = time.perf_counter() - t0 - service.start_s
@@ -314,25 +368,38 @@ def bench_rm(a, tmp: Path, data_file: str, threads: int) -> dict:
         torch.set_num_threads(threads)
         with torch.no_grad():
             for i in range(0, len(texts), a.rm_batch_size):
-                enc = tok(texts[i:i + a.rm_batch_size], return_tensors="pt", padding=True, truncation=True,
-                          max_length=1024)
+                enc = tok(
+                    texts[i : i + a.rm_batch_size], return_tensors="pt", padding=True, truncation=True, max_length=1024
+                )
                 model(**enc).logits[:, 0].tolist()
 
     def raw_small():
         torch.set_num_threads(threads)
         with torch.no_grad():
-            model(**tok(texts[:a.rm_batch_size], return_tensors="pt", padding=True))
+            model(**tok(texts[: a.rm_batch_size], return_tensors="pt", padding=True))
 
     try:
-        res, phases = run_configs(service, chunks, whole, {"raw forward": raw}, {"raw forward": raw_small},
-                                  a.repeats, a.rows)
+        res, phases = run_configs(
+            service, chunks, whole, {"raw forward": raw}, {"raw forward": raw_small}, a.repeats, a.rows
+        )
     finally:
         service.shutdown()
     n_params = sum(p.numel() for p in model.parameters())
-    return {"model": {"vocab": a.vocab, "hidden": a.hidden, "layers": a.layers, "parameters": n_params,
-                      "batch_size": a.rm_batch_size, "tokens_per_row": round(n_tokens / len(texts), 1)},
-            "setup_s": round(setup_s, 1), "actor_start_s": round(service.start_s, 1), **phases, "configs": res,
-            "baseline": "raw forward"}
+    return {
+        "model": {
+            "vocab": a.vocab,
+            "hidden": a.hidden,
+            "layers": a.layers,
+            "parameters": n_params,
+            "batch_size": a.rm_batch_size,
+            "tokens_per_row": round(n_tokens / len(texts), 1),
+        },
+        "setup_s": round(setup_s, 1),
+        "actor_start_s": round(service.start_s, 1),
+        **phases,
+        "configs": res,
+        "baseline": "raw forward",
+    }
 
 
 def bench_code(a, tmp: Path, data_file: str) -> dict:
@@ -345,18 +412,25 @@ def bench_code(a, tmp: Path, data_file: str) -> dict:
     records, comps = code_records(a.rows // a.group, a.group, a.slow)
     chunks = rollout_chunks(records, comps, tok, a.rollout_chunks)
     kwargs = {"template_column": "template", "mode": "fraction", "parallel": a.parallel, "cpu_s": a.cpu_s}
-    service = Service("bench-reward-code", [{"name": "code_tests", "kwargs": kwargs}], str(tok_dir), data_file, 2,
-                      a.num_cpus)
+    service = Service(
+        "bench-reward-code", [{"name": "code_tests", "kwargs": kwargs}], str(tok_dir), data_file, 2, a.num_cpus
+    )
 
     # in-process code_tests (the built-in, no Ray): serial (parallel=1) and with the actor's parallelism
     whole = rollout_chunks(records, comps, tok, 1)[0]
     fn_kwargs = {**whole.columns, "prompts": whole.prompts, "completions": whole.completions}
     _, serial_fn = resolve({"name": "code_tests", "kwargs": {**kwargs, "parallel": 1}}, tok)
     _, parallel_fn = resolve({"name": "code_tests", "kwargs": kwargs}, tok)
-    programs = len({(t.replace("{code}", c), tuple(ts)) for c, t, ts in
-                    zip(whole.completions, whole.columns["template"], whole.columns["tests"])})
-    baselines = {"serial sandbox (in-process)": lambda: serial_fn(**fn_kwargs),
-                 f"{a.parallel} sandboxes (in-process)": lambda: parallel_fn(**fn_kwargs)}
+    programs = len(
+        {
+            (t.replace("{code}", c), tuple(ts))
+            for c, t, ts in zip(whole.completions, whole.columns["template"], whole.columns["tests"])
+        }
+    )
+    baselines = {
+        "serial sandbox (in-process)": lambda: serial_fn(**fn_kwargs),
+        f"{a.parallel} sandboxes (in-process)": lambda: parallel_fn(**fn_kwargs),
+    }
     first = {k: v[:1] for k, v in fn_kwargs.items()}
     warm = {"serial": lambda: serial_fn(**first), "parallel": lambda: parallel_fn(**first)}
     setup_s = time.perf_counter() - t0 - service.start_s
@@ -366,37 +440,58 @@ def bench_code(a, tmp: Path, data_file: str) -> dict:
         service.shutdown()
     serial = res["serial sandbox (in-process)"]["completions_per_s"]
     cores = os.cpu_count() or 1
-    ideal = {f"{n} replica{'s' * (n > 1)}": {"sandboxes": n * a.parallel,
-                                             "completions_per_s": round(serial * n * a.parallel, 1),
-                                             "cpu_capped_completions_per_s": round(serial * min(n * a.parallel, cores), 1)}
-             for n in (1, 2)}
+    ideal = {
+        f"{n} replica{'s' * (n > 1)}": {
+            "sandboxes": n * a.parallel,
+            "completions_per_s": round(serial * n * a.parallel, 1),
+            "cpu_capped_completions_per_s": round(serial * min(n * a.parallel, cores), 1),
+        }
+        for n in (1, 2)
+    }
     scores = serial_fn(**fn_kwargs)
-    return {"parallel": a.parallel, "cpu_s": a.cpu_s, "slow_per_batch": a.slow, "distinct_programs": programs,
-            "pass_all": sum(s == 1.0 for s in scores), "pass_none": sum(s == 0.0 for s in scores),
-            "setup_s": round(setup_s, 1), "actor_start_s": round(service.start_s, 1), **phases, "configs": res,
-            "ideal": ideal,
-            "baseline": "serial sandbox (in-process)"}
+    return {
+        "parallel": a.parallel,
+        "cpu_s": a.cpu_s,
+        "slow_per_batch": a.slow,
+        "distinct_programs": programs,
+        "pass_all": sum(s == 1.0 for s in scores),
+        "pass_none": sum(s == 0.0 for s in scores),
+        "setup_s": round(setup_s, 1),
+        "actor_start_s": round(service.start_s, 1),
+        **phases,
+        "configs": res,
+        "ideal": ideal,
+        "baseline": "serial sandbox (in-process)",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def table(title: str, part: dict) -> list[str]:
     """Completions/s of each configuration, its median seconds, the busiest replica's seconds inside the actor, and
     its ratios to the baseline and to 1 replica."""
     res, base = part["configs"], part["configs"][part["baseline"]]["completions_per_s"]
     one = res["1 replica"]["completions_per_s"]
-    lines = [title, f"  {'configuration':<34}{'compl/s':>9}{'median s':>10}{'busy s':>8}{'x base':>8}"
-                    f"{'x 1 repl':>9}  replicas used"]
+    lines = [
+        title,
+        f"  {'configuration':<34}{'compl/s':>9}{'median s':>10}{'busy s':>8}{'x base':>8}"
+        f"{'x 1 repl':>9}  replicas used",
+    ]
     for name, r in res.items():
         service = "busiest_replica_in_actor_s" in r
         busy = f"{r['busiest_replica_in_actor_s']:>8.3f}" if service else " " * 8
         tail = f"{r['completions_per_s'] / one:>9.2f}  {r['workers']}" if service else ""
-        lines.append(f"  {name:<34}{r['completions_per_s']:>9.1f}{r['s']:>10.3f}{busy}"
-                     f"{r['completions_per_s'] / base:>8.2f}{tail}")
+        lines.append(
+            f"  {name:<34}{r['completions_per_s']:>9.1f}{r['s']:>10.3f}{busy}"
+            f"{r['completions_per_s'] / base:>8.2f}{tail}"
+        )
     for name, r in part.get("ideal", {}).items():
-        lines.append(f"  {'ideal, ' + name + ' (' + str(r['sandboxes']) + ' sandboxes)':<34}"
-                     f"{r['completions_per_s']:>9.1f}{'':>18}{r['completions_per_s'] / base:>8.2f}"
-                     f"   (capped at {os.cpu_count()} cores: {r['cpu_capped_completions_per_s']:.1f}/s)")
+        lines.append(
+            f"  {'ideal, ' + name + ' (' + str(r['sandboxes']) + ' sandboxes)':<34}"
+            f"{r['completions_per_s']:>9.1f}{'':>18}{r['completions_per_s'] / base:>8.2f}"
+            f"   (capped at {os.cpu_count()} cores: {r['cpu_capped_completions_per_s']:.1f}/s)"
+        )
     return lines
 
 
@@ -406,10 +501,18 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64, help="completions per generation batch")
     ap.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rollout-chunks", type=int, default=2,
-                    help="rollout replicas the batch comes from (chunks the pipeline sends to the reward pool)")
-    ap.add_argument("--num-cpus", type=float, default=None,
-                    help="num_cpus per reward actor (default: the reward pool's default, cluster.reward.num_cpus)")
+    ap.add_argument(
+        "--rollout-chunks",
+        type=int,
+        default=2,
+        help="rollout replicas the batch comes from (chunks the pipeline sends to the reward pool)",
+    )
+    ap.add_argument(
+        "--num-cpus",
+        type=float,
+        default=None,
+        help="num_cpus per reward actor (default: the reward pool's default, cluster.reward.num_cpus)",
+    )
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
@@ -424,6 +527,7 @@ def main() -> None:
 
     import ray
     import torch
+
     from relay_rl.cluster.config import ClusterSpec
     from relay_rl.process import configure_worker, default_env
 
@@ -432,13 +536,27 @@ def main() -> None:
     threads = max(1, int(num_cpus))  # what Ray sets OMP_NUM_THREADS (torch's threads) to in an actor of num_cpus
     load0 = os.getloadavg()
     t_start = time.perf_counter()
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, namespace="relay-rl-bench",
-             runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-              "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-              "rows": a.rows, "group": a.group, "repeats": a.repeats, "rollout_chunks": a.rollout_chunks,
-              "reward_num_cpus": num_cpus, "torch_threads_per_actor": threads, "load_avg_before": load0}
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        namespace="relay-rl-bench",
+        runtime_env={"env_vars": {**default_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+    )
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "rows": a.rows,
+        "group": a.group,
+        "repeats": a.repeats,
+        "rollout_chunks": a.rollout_chunks,
+        "reward_num_cpus": num_cpus,
+        "torch_threads_per_actor": threads,
+        "load_avg_before": load0,
+    }
     lines = []
     try:
         with tempfile.TemporaryDirectory(prefix="relay-bench-reward-") as d:
@@ -448,28 +566,38 @@ def main() -> None:
             if "rm" in a.parts:
                 report["reward_model"] = rm = bench_rm(a, tmp, data_file, threads)
                 m = rm["model"]
-                lines += table(f"(a) reward_model: {a.rows} completions, ~{m['tokens_per_row']:.0f} tokens each, "
-                               f"Qwen3 classifier {m['parameters'] / 1e6:.1f}M params (vocab {m['vocab']}, hidden "
-                               f"{m['hidden']}, {m['layers']} layers), batch {m['batch_size']}, {threads} torch "
-                               f"thread(s) per actor and baseline", rm)
+                lines += table(
+                    f"(a) reward_model: {a.rows} completions, ~{m['tokens_per_row']:.0f} tokens each, "
+                    f"Qwen3 classifier {m['parameters'] / 1e6:.1f}M params (vocab {m['vocab']}, hidden "
+                    f"{m['hidden']}, {m['layers']} layers), batch {m['batch_size']}, {threads} torch "
+                    f"thread(s) per actor and baseline",
+                    rm,
+                )
             if "code" in a.parts:
                 report["code_tests"] = code = bench_code(a, tmp, data_file)
-                lines += table(f"(b) code_tests: {a.rows} completions ({code['distinct_programs']} distinct "
-                               f"programs; {code['pass_all']} pass all, {code['pass_none']} pass none; {a.slow} "
-                               f"slow), parallel={a.parallel} sandboxes per actor", code)
+                lines += table(
+                    f"(b) code_tests: {a.rows} completions ({code['distinct_programs']} distinct "
+                    f"programs; {code['pass_all']} pass all, {code['pass_none']} pass none; {a.slow} "
+                    f"slow), parallel={a.parallel} sandboxes per actor",
+                    code,
+                )
     finally:
         ray.shutdown()
     report["load_avg_after"] = os.getloadavg()
     report["total_s"] = round(time.perf_counter() - t_start, 1)
-    print(f"\nmachine: {report['machine']}; load average before {load0[0]:.2f}, after "
-          f"{report['load_avg_after'][0]:.2f}; {a.rollout_chunks} rollout chunks; reward actors num_cpus={num_cpus}; "
-          f"medians of {a.repeats}; total {report['total_s']:.0f}s")
+    print(
+        f"\nmachine: {report['machine']}; load average before {load0[0]:.2f}, after "
+        f"{report['load_avg_after'][0]:.2f}; {a.rollout_chunks} rollout chunks; reward actors num_cpus={num_cpus}; "
+        f"medians of {a.repeats}; total {report['total_s']:.0f}s"
+    )
     print("\n".join(lines))
     for key in ("reward_model", "code_tests"):
         if key in report:
             r = report[key]
-            print(f"{key} phases: setup {r['setup_s']}s, actors up {r['actor_start_s']}s, warm-up {r['warm_up_s']}s, "
-                  f"timed {r['timed_s']}s")
+            print(
+                f"{key} phases: setup {r['setup_s']}s, actors up {r['actor_start_s']}s, warm-up {r['warm_up_s']}s, "
+                f"timed {r['timed_s']}s"
+            )
     print(json.dumps(report))
     if a.out:
         Path(a.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -16,6 +16,7 @@ Prints, per configuration, the median samples/s (training loop only: set-up excl
 TRL's float32 run and to TRL's bf16 run, the held-out greedy accuracy after the same steps, and relay-rl's time per
 phase.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-             "WANDB_DISABLED": "true", "TOKENIZERS_PARALLELISM": "false"}.items():
+for k, v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "RAY_AUTH_MODE": "disabled",
+    "WANDB_DISABLED": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
     os.environ.setdefault(k, v)
 
 
@@ -49,8 +55,10 @@ def run_trl(kit_root: Path, steps: int, seed: int, bf16: bool = False) -> dict:
     eos = tok.eos_token_id
 
     def arithmetic_exact(completion_ids, answer, **kwargs):  # the same verifier as relay-rl's built-in
-        return [1.0 if list(ids) == tok(a, add_special_tokens=False)["input_ids"] + [eos] else 0.0
-                for ids, a in zip(completion_ids, answer)]
+        return [
+            1.0 if list(ids) == tok(a, add_special_tokens=False)["input_ids"] + [eos] else 0.0
+            for ids, a in zip(completion_ids, answer)
+        ]
 
     class LoopTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -63,17 +71,43 @@ def run_trl(kit_root: Path, steps: int, seed: int, bf16: bool = False) -> dict:
     timer = LoopTimer()
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=bf16, per_device_train_batch_size=64, gradient_accumulation_steps=1,
-            num_generations=8, max_completion_length=5, temperature=1.0, learning_rate=3e-5,
-            lr_scheduler_type="constant", beta=0.0, loss_type="dapo", scale_rewards="group", max_steps=steps,
-            logging_steps=10, save_strategy="no", report_to="none", seed=seed, gradient_checkpointing=False,
-            dataloader_num_workers=0, disable_tqdm=True)
-        trainer = GRPOTrainer(model=model, reward_funcs=arithmetic_exact, args=cfg, train_dataset=train,
-                              processing_class=tok, callbacks=[timer])
+            output_dir=out,
+            use_cpu=True,
+            bf16=bf16,
+            per_device_train_batch_size=64,
+            gradient_accumulation_steps=1,
+            num_generations=8,
+            max_completion_length=5,
+            temperature=1.0,
+            learning_rate=3e-5,
+            lr_scheduler_type="constant",
+            beta=0.0,
+            loss_type="dapo",
+            scale_rewards="group",
+            max_steps=steps,
+            logging_steps=10,
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            gradient_checkpointing=False,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=arithmetic_exact,
+            args=cfg,
+            train_dataset=train,
+            processing_class=tok,
+            callbacks=[timer],
+        )
         trainer.train()
     loop_s = timer.t1 - timer.t0
-    return {"samples_per_s": (steps - 1) * 64 / loop_s, "loop_s": loop_s,
-            "eval_accuracy": greedy_accuracy(model, tok, test)}
+    return {
+        "samples_per_s": (steps - 1) * 64 / loop_s,
+        "loop_s": loop_s,
+        "eval_accuracy": greedy_accuracy(model, tok, test),
+    }
 
 
 BEST = [str(ROOT / "deploy/overlays/cpu_fast.yaml")]
@@ -84,19 +118,32 @@ def run_relay(steps: int, seed: int, overrides: list[str], engine: str = "hf") -
     from relay_rl.cluster.config import load_config
     from relay_rl.cluster.runner import train
 
-    cfg = load_config(ROOT / "deploy/recipes/quickstart.yaml", [
-        f"train.max_steps={steps}", f"train.seed={seed}", f"train.eval_steps={steps}", f"rollout.engine={engine}",
-        "train.learning_rate=3e-5", "train.lr_scheduler_type=constant", *overrides])
+    cfg = load_config(
+        ROOT / "deploy/recipes/quickstart.yaml",
+        [
+            f"train.max_steps={steps}",
+            f"train.seed={seed}",
+            f"train.eval_steps={steps}",
+            f"rollout.engine={engine}",
+            "train.learning_rate=3e-5",
+            "train.lr_scheduler_type=constant",
+            *overrides,
+        ],
+    )
     with tempfile.TemporaryDirectory() as out:
         res = train(cfg, output_dir=out, log=lambda m: None)
         rows = [json.loads(line) for line in open(Path(out) / "metrics.jsonl")]
     steps_rows = [r for r in rows if "loss" in r][1:]  # the first step is warm-up on both sides
     loop_s = sum(r["timing/step_s"] for r in steps_rows)
-    return {"samples_per_s": len(steps_rows) * 64 / loop_s, "loop_s": loop_s, "eval_accuracy": res.get("eval/accuracy"),
-            "generate_s": sum(r["timing/generate_s"] for r in steps_rows) / len(steps_rows),
-            "train_s": sum(r["timing/train_s"] for r in steps_rows) / len(steps_rows),
-            "sync_s": sum(r["timing/sync_s"] for r in steps_rows) / len(steps_rows),
-            "step_s": loop_s / len(steps_rows)}
+    return {
+        "samples_per_s": len(steps_rows) * 64 / loop_s,
+        "loop_s": loop_s,
+        "eval_accuracy": res.get("eval/accuracy"),
+        "generate_s": sum(r["timing/generate_s"] for r in steps_rows) / len(steps_rows),
+        "train_s": sum(r["timing/train_s"] for r in steps_rows) / len(steps_rows),
+        "sync_s": sum(r["timing/sync_s"] for r in steps_rows) / len(steps_rows),
+        "step_s": loop_s / len(steps_rows),
+    }
 
 
 def main():
@@ -112,27 +159,39 @@ def main():
     from relay_rl.cluster.config import KitConfig
     from relay_rl.cluster.kit.build import ensure_kit
     from relay_rl.cluster.runner import train
+
     kit_root = ensure_kit(KitConfig(), train)
-    runs = {"TRL GRPOTrainer": lambda: run_trl(kit_root, a.steps, a.seed),
-            "TRL bf16": lambda: run_trl(kit_root, a.steps, a.seed, bf16=True),
-            "relay-rl quickstart": lambda: run_relay(a.steps, a.seed, [], a.engine),
-            "relay-rl best": lambda: run_relay(a.steps, a.seed, BEST, a.engine)}
+    runs = {
+        "TRL GRPOTrainer": lambda: run_trl(kit_root, a.steps, a.seed),
+        "TRL bf16": lambda: run_trl(kit_root, a.steps, a.seed, bf16=True),
+        "relay-rl quickstart": lambda: run_relay(a.steps, a.seed, [], a.engine),
+        "relay-rl best": lambda: run_relay(a.steps, a.seed, BEST, a.engine),
+    }
     results = {name: [] for name in runs}
     for _ in range(a.repeats):  # alternate, so that every side sees the same machine state
         for name, run in runs.items():
             results[name].append(run())
     import torch
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          + ("no GPU" if not torch.cuda.is_available() else f"GPU {torch.cuda.get_device_name()}")
-          + f"; {a.steps} steps, medians of {a.repeats}")
+
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        + ("no GPU" if not torch.cuda.is_available() else f"GPU {torch.cuda.get_device_name()}")
+        + f"; {a.steps} steps, medians of {a.repeats}"
+    )
     trl = statistics.median(r["samples_per_s"] for r in results["TRL GRPOTrainer"])
     trl_bf16 = statistics.median(r["samples_per_s"] for r in results["TRL bf16"])
     print(f"{'':22}{'samples/s':>11}{'x TRL':>8}{'x TRL bf16':>12}{'held-out acc':>14}   relay-rl per step (s)")
     for name, rs in results.items():
         sps = statistics.median(r["samples_per_s"] for r in rs)
         acc = statistics.median(r["eval_accuracy"] for r in rs)
-        phases = "" if name.startswith("TRL") else "   " + ", ".join(
-            f"{k} {statistics.median(r[k + '_s'] for r in rs):.3f}" for k in ("generate", "train", "sync", "step"))
+        phases = (
+            ""
+            if name.startswith("TRL")
+            else "   "
+            + ", ".join(
+                f"{k} {statistics.median(r[k + '_s'] for r in rs):.3f}" for k in ("generate", "train", "sync", "step")
+            )
+        )
         print(f"{name:22}{sps:>11.1f}{sps / trl:>8.2f}{sps / trl_bf16:>12.2f}{acc:>14.3f}{phases}")
     print(json.dumps({"steps": a.steps, "repeats": a.repeats, "runs": results}))
 

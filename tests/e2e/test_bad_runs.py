@@ -1,6 +1,7 @@
 """The bad-input corpus, run-time half: faults that only show once the pools run, through the real CLI on the
 shared Ray cluster. Each asserts the exit code, the message, that no traceback reached the console, and that the run
 went on (or stopped cleanly) with what it wrote kept."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,18 @@ from relay_rl.cluster.cli import main
 from tests.conftest import quickstart_dict
 
 FNS = "tests.integration.reward_fns"
-SMALL = {"algorithm": {"name": "grpo", "num_generations": 4, "per_device_train_batch_size": 8,
-                       "gradient_accumulation_steps": 1, "beta": 0.0, "loss_type": "dapo",
-                       "vllm_importance_sampling_correction": False},
-         "cluster": {"learner": {"replicas": 1, "num_cpus": 1}}}
+SMALL = {
+    "algorithm": {
+        "name": "grpo",
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "beta": 0.0,
+        "loss_type": "dapo",
+        "vllm_importance_sampling_correction": False,
+    },
+    "cluster": {"learner": {"replicas": 1, "num_cpus": 1}},
+}
 
 
 def run(tmp_path, capsys, reward: dict, train: dict, *extra) -> tuple[int, str, list[dict]]:
@@ -35,6 +44,7 @@ def run(tmp_path, capsys, reward: dict, train: dict, *extra) -> tuple[int, str, 
 
 def _run_actors_gone(run_prefix: str = "quickstart-") -> bool:
     import ray
+
     for _ in range(50):
         alive = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(run_prefix)]
         if not alive:
@@ -44,17 +54,33 @@ def _run_actors_gone(run_prefix: str = "quickstart-") -> bool:
 
 
 def test_bad_scores_are_that_functions_error_and_the_run_goes_on(ray_cluster, kit, tmp_path, capsys):
-    funcs = ["arithmetic_exact", *(f"{FNS}:{n}" for n in ("words", "inf_score", "nan_score", "wrong_length",
-                                                           "numpy_scores", "tensor_scores"))]
-    code, console, steps = run(tmp_path, capsys, {"reward_funcs": funcs, "max_consecutive_failures": 50},
-                               {"max_steps": 2}, "train.seed=1", "rollout.max_prompt_length=4")  # after --output
+    funcs = [
+        "arithmetic_exact",
+        *(f"{FNS}:{n}" for n in ("words", "inf_score", "nan_score", "wrong_length", "numpy_scores", "tensor_scores")),
+    ]
+    code, console, steps = run(
+        tmp_path,
+        capsys,
+        {"reward_funcs": funcs, "max_consecutive_failures": 50},
+        {"max_steps": 2},
+        "train.seed=1",
+        "rollout.max_prompt_length=4",
+    )  # after --output
     assert code == 0, console
     assert "are truncated to their last tokens" in console
     assert all(r["prompts/truncated"] == 2 for r in steps)  # both prompts of every batch (8 completions, G = 4)
     assert [r["step"] for r in steps] == [1, 2]
-    for text in ("words failed", "returned str 'good' as a score", "inf_score failed", "returned inf as a score",
-                 "nan_score failed", "returned nan as a score", "wrong_length failed", "returned 1 scores for 8 completions",
-                 "(row 0: completion"):
+    for text in (
+        "words failed",
+        "returned str 'good' as a score",
+        "inf_score failed",
+        "returned inf as a score",
+        "nan_score failed",
+        "returned nan as a score",
+        "wrong_length failed",
+        "returned 1 scores for 8 completions",
+        "(row 0: completion",
+    ):
         assert text in console, text
     assert "numpy_scores failed" not in console and "tensor_scores failed" not in console
     for name in ("words", "inf_score", "nan_score", "wrong_length"):
@@ -66,8 +92,9 @@ def test_bad_scores_are_that_functions_error_and_the_run_goes_on(ray_cluster, ki
 
 
 def test_a_run_with_nothing_to_score_stops_cleanly(ray_cluster, kit, tmp_path, capsys):
-    code, console, steps = run(tmp_path, capsys, {"reward_funcs": [f"{FNS}:all_none"]},
-                               {"max_steps": 8, "max_idle_steps": 2})
+    code, console, steps = run(
+        tmp_path, capsys, {"reward_funcs": [f"{FNS}:all_none"]}, {"max_steps": 8, "max_idle_steps": 2}
+    )
     assert code == 3, console
     assert "no completion could be scored" in console
     assert "relay-rl: nothing was learned for 2 steps in a row" in console
@@ -80,8 +107,13 @@ def test_a_run_with_nothing_to_score_stops_cleanly(ray_cluster, kit, tmp_path, c
 def test_groups_without_reward_variance_are_warned_about(ray_cluster, kit, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "metrics.jsonl").write_text('{"step": 99, "loss": 0}\n')  # an earlier run: --overwrite
-    code, console, steps = run(tmp_path, capsys, {"reward_funcs": [f"{FNS}:constant_one"]},
-                               {"max_steps": 5, "max_idle_steps": 0}, "--overwrite")
+    code, console, steps = run(
+        tmp_path,
+        capsys,
+        {"reward_funcs": [f"{FNS}:constant_one"]},
+        {"max_steps": 5, "max_idle_steps": 0},
+        "--overwrite",
+    )
     assert code == 0, console
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]  # the earlier run's rows are gone
     assert "warning: for 5 steps, 100% of the groups got identical rewards" in console
@@ -94,6 +126,7 @@ def test_ctrl_c_stops_the_pools_and_keeps_what_was_written(ray_cluster, kit, tmp
     CLI's handler also flags the stop for the next step boundary, should the KeyboardInterrupt be lost."""
     import signal
     import threading
+
     sent, done = [], threading.Event()
 
     def user():

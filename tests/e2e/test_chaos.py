@@ -2,6 +2,7 @@
 actor twice (SIGKILL, by pid) at steps drawn at random; the run finishes, the learner group is restarted from the
 newest checkpoint, every generation batch is trained on exactly S x mu micro-steps or counted as dropped, and the
 held-out accuracy is within 0.1 of the same run undisturbed (64 prompts)."""
+
 from __future__ import annotations
 
 import json
@@ -60,10 +61,14 @@ class Chaos(threading.Thread):
 
 def test_a_run_survives_killed_learner_rollout_and_reward_actors(ray_cluster, kit, tmp_path, capsys):
     rng = random.Random(7)
-    plan = [(rng.randint(4, 6), "/learner-1"), *[(s, "/rollout-0") for s in sorted(rng.sample(range(2, 12), 2))],
-            *[(s, "/reward-0") for s in sorted(rng.sample(range(2, 12), 2))]]
-    raw = quickstart_dict(train={"max_steps": 14, "save_steps": 3, "eval_steps": 14, "seed": 0},
-                          data={"eval_limit": 64})
+    plan = [
+        (rng.randint(4, 6), "/learner-1"),
+        *[(s, "/rollout-0") for s in sorted(rng.sample(range(2, 12), 2))],
+        *[(s, "/reward-0") for s in sorted(rng.sample(range(2, 12), 2))],
+    ]
+    raw = quickstart_dict(
+        train={"max_steps": 14, "save_steps": 3, "eval_steps": 14, "seed": 0}, data={"eval_limit": 64}
+    )
     calm = train(validate_dict(raw), output_dir=str(tmp_path / "calm"))  # the undisturbed run, side by side
     tmp_path = tmp_path / "chaos"
     capsys.readouterr()

@@ -8,6 +8,7 @@ reward actor, 2 ZeRO-3 ranks. With max_staleness 0 and fixed seeds a run repeats
 sampler, so another eval schedule is another run). On the development machine this run went 0.560 -> 0.650; with
 an evaluation every 8 steps the pass rate read 0.560, 0.610, 0.650, 0.655, 0.685, 0.705 (step 40).
 """
+
 import json
 
 import pytest

@@ -2,6 +2,7 @@
 without reward variance, the ledger balances with the dropped groups in it, the learner's batch shape unchanged,
 max_num_gen_batches honoured (fill or error), k = 0 reproducible, and with max_staleness, several rollout replicas
 and the drop / use staleness policies."""
+
 import pytest
 
 from relay_rl.cluster.config import resolve_schedule
@@ -19,8 +20,9 @@ def _check(cfg, steps, ledger):
     assert ledger["pipeline/filtered_samples"] == sum(filtered.values())
     # a step reports what dynamic sampling left out of the batches it admitted (a batch dropped as too stale counts
     # whole in the ledger)
-    assert sum(filtered.get(g, 0) for g in ledger["admitted"]) == \
-        sum(r.get("dynamic_sampling/dropped_samples", 0) for r in steps)
+    assert sum(filtered.get(g, 0) for g in ledger["admitted"]) == sum(
+        r.get("dynamic_sampling/dropped_samples", 0) for r in steps
+    )
     for r in steps:  # the learner sees the shape it sees without dynamic sampling
         assert r["samples"] == sched.B * sched.P * sched.GA == sum(r["staleness/hist"].values())
     return sched
@@ -37,22 +39,31 @@ def test_admitted_groups_all_carry_a_gradient_and_the_ledger_balances(ray_cluste
 
 
 def test_max_num_gen_batches_fills_with_tied_groups_or_stops(ray_cluster, kit, tmp_path):
-    cfg, steps, ledger = run(tmp_path / "fill", steps=2, reward=CONSTANT,
-                             algorithm={"filter_groups": {"enable": True, "max_num_gen_batches": 2}})
+    cfg, steps, ledger = run(
+        tmp_path / "fill",
+        steps=2,
+        reward=CONSTANT,
+        algorithm={"filter_groups": {"enable": True, "max_num_gen_batches": 2}},
+    )
     sched = _check(cfg, steps, ledger)
     groups = sched.prompts_per_generation
     for r in steps:
         assert r["dynamic_sampling/rounds"] == 2 and r["dynamic_sampling/filled_groups"] == groups
         assert r["dynamic_sampling/dropped_groups"] == groups and r["frac_reward_zero_std"] == 1.0
     with pytest.raises(RunError, match="0 of the .* groups .* after 2 rounds"):
-        run(tmp_path / "error", steps=2, reward=CONSTANT, algorithm={
-            "filter_groups": {"enable": True, "max_num_gen_batches": 2, "when_exhausted": "error"}})
+        run(
+            tmp_path / "error",
+            steps=2,
+            reward=CONSTANT,
+            algorithm={"filter_groups": {"enable": True, "max_num_gen_batches": 2, "when_exhausted": "error"}},
+        )
 
 
 def test_k0_runs_with_dynamic_sampling_are_reproducible(ray_cluster, kit, tmp_path):
     def metrics(sub):
         _, steps, _ = run(tmp_path / sub, steps=3, algorithm=ON)
         return [{k: v for k, v in r.items() if not k.startswith(("timing/", "tokens_per_s", "sync/"))} for r in steps]
+
     assert metrics("a") == metrics("b")
 
 
@@ -63,8 +74,13 @@ def test_with_stale_batches_and_two_rollout_replicas(ray_cluster, kit, tmp_path,
     algorithm = {**ON, "max_staleness": 1, "staleness_policy": policy, "vllm_importance_sampling_correction": True}
     if policy != "wait":
         algorithm.update(max_staleness=0, max_inflight_generations=3)
-    cfg, steps, ledger = run(tmp_path, steps=6, reward=SLOW_ROLLOUT, algorithm=algorithm,
-                             cluster={"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 2}})
+    cfg, steps, ledger = run(
+        tmp_path,
+        steps=6,
+        reward=SLOW_ROLLOUT,
+        algorithm=algorithm,
+        cluster={"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 2}},
+    )
     _check(cfg, steps, ledger)
     if policy == "wait":
         assert all(r["staleness/max"] <= 1 for r in steps)

@@ -5,6 +5,7 @@ overrides; it must succeed and write its metrics. While it runs, the Ray dashboa
 shows the run's actors (a screenshot is saved in ``test-artifacts/``), and the cluster's state API lists the pools as
 named actors.
 """
+
 import json
 import os
 import shutil
@@ -26,13 +27,23 @@ def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if found := shutil.which(name):
             return found
-    pytest.fail("the dashboard test needs Chromium: `sudo apt-get install -y chromium` (Debian/Ubuntu), as .ci/run does")
+    pytest.fail(
+        "the dashboard test needs Chromium: `sudo apt-get install -y chromium` (Debian/Ubuntu), as .ci/run does"
+    )
 
 
 def open_in_chromium(url: str, screenshot: Path | None = None) -> str:
     """The page's DOM after its scripts ran (``--dump-dom``), or a PNG of it; a real headless browser."""
-    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-            "--window-size=1600,1000", "--virtual-time-budget=15000"]
+    args = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=15000",
+    ]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     res = subprocess.run([*args, url], capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -48,22 +59,51 @@ def free_port() -> int:
 @pytest.fixture()
 def head(tmp_path, kit):
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
     # --block keeps `ray start` in the foreground; terminating it stops exactly this head's processes (`ray stop`
     # would stop every Ray cluster on the machine, the test session's own included)
     # its own agent ports too: the test session's cluster may hold the defaults
-    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
-    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash}", "--num-cpus=4", "--disable-usage-stats", *ports],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ports = [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
+    head = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=4",
+            "--disable-usage-stats",
+            *ports,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
-        while subprocess.run(["ray", "job", "list", "--address", f"http://127.0.0.1:{dash}"], env=env,
-                             capture_output=True, timeout=60).returncode != 0:
+        while (
+            subprocess.run(
+                ["ray", "job", "list", "--address", f"http://127.0.0.1:{dash}"],
+                env=env,
+                capture_output=True,
+                timeout=60,
+            ).returncode
+            != 0
+        ):
             assert head.poll() is None and time.time() < deadline, "the head did not come up"
             time.sleep(2)
         yield {"env": env, "address": f"http://127.0.0.1:{dash}"}
@@ -78,13 +118,36 @@ def head(tmp_path, kit):
 def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
     env, address = head["env"], head["address"]
     out = tmp_path / "job-run"
-    runtime_env = {"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "RELAY_RL_CACHE")
-                                if k in os.environ}}
-    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait",
-           "--submission-id", "jobtest", "--runtime-env-json", json.dumps(runtime_env), "--",
-           "python", "-m", "cluster.launch", "deploy/recipes/quickstart.yaml",
-           "train.max_steps=4", "train.eval_steps=2", "cluster.learner.replicas=2", "name=jobtest",
-           "--output", str(out)]
+    runtime_env = {
+        "env_vars": {
+            k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "RELAY_RL_CACHE") if k in os.environ
+        }
+    }
+    cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(ROOT),
+        "--no-wait",
+        "--submission-id",
+        "jobtest",
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        "-m",
+        "cluster.launch",
+        "deploy/recipes/quickstart.yaml",
+        "train.max_steps=4",
+        "train.eval_steps=2",
+        "cluster.learner.replicas=2",
+        "name=jobtest",
+        "--output",
+        str(out),
+    ]
     t0 = time.time()
     while True:  # a fresh head takes a few seconds to register its job agent
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -108,6 +171,7 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
     assert shot.stat().st_size > 20_000, "the screenshot is blank"
 
     from ray.job_submission import JobStatus, JobSubmissionClient
+
     jobs = JobSubmissionClient(address)
     while not (status := jobs.get_job_status("jobtest")).is_terminal():
         assert time.time() - t0 < 600, status
@@ -121,8 +185,13 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
     assert (out / "final" / "model.safetensors").is_file() and (out / "reward_curve.png").is_file()
 
     # the dashboard's state API lists the run's pools as named actors
-    listed = subprocess.run(["ray", "list", "actors", "--address", address, "--detail", "--format", "json",
-                             "--limit", "1000"], env=env, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        ["ray", "list", "actors", "--address", address, "--detail", "--format", "json", "--limit", "1000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr
     names = {a.get("name") for a in json.loads(listed.stdout)}
     for pool in ("rollout-0", "reward-0", "learner-0", "learner-1"):
@@ -131,6 +200,7 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
 
 
 def _job_logs(env, address) -> str:
-    res = subprocess.run(["ray", "job", "logs", "--address", address, "jobtest"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        ["ray", "job", "logs", "--address", address, "jobtest"], env=env, capture_output=True, text=True, timeout=120
+    )
     return (res.stdout + res.stderr)[-4000:]

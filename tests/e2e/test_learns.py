@@ -3,6 +3,7 @@
 Everything is real: the kit's warm start, the HF rollout engine, the reward actor, 2 DeepSpeed ZeRO-3 ranks over
 gloo, weight syncs through the object store. The run writes every output a user gets.
 """
+
 import json
 
 import pytest
@@ -24,8 +25,17 @@ def test_quickstart_learns(ray_cluster, kit, tmp_path):
     assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
     assert sorted(evals) == [0, 50, 100]
     for r in steps:  # the per-step record promised in the README
-        for key in ("policy_version", "reward/mean", "reward/std", "loss", "staleness/max", "timing/generate_s",
-                    "timing/train_s", "timing/sync_s", "tokens_per_s"):
+        for key in (
+            "policy_version",
+            "reward/mean",
+            "reward/std",
+            "loss",
+            "staleness/max",
+            "timing/generate_s",
+            "timing/train_s",
+            "timing/sync_s",
+            "tokens_per_s",
+        ):
             assert key in r, key
         assert r["staleness/max"] == 0 and r["policy_version"] == r["step"]
 
@@ -40,7 +50,9 @@ def test_quickstart_learns(ray_cluster, kit, tmp_path):
 
     # the final checkpoint is a plain HF model that transformers loads and that solves as well as the eval said
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from relay_rl.cluster.kit.train_sft import greedy_accuracy
+
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     tok = AutoTokenizer.from_pretrained(tmp_path / "final")
     test_rows = [json.loads(line) for line in open(kit["root"] / "test.jsonl")]
@@ -53,9 +65,12 @@ def test_cpu_fast_overlay_learns(ray_cluster, kit, tmp_path):
     generates one version ahead. It must learn as the quickstart does."""
     from relay_rl.cluster.config import load_config
     from tests.conftest import RECIPES
+
     steps = 100
-    cfg = load_config(RECIPES / "quickstart.yaml", [str(RECIPES.parent / "overlays" / "cpu_fast.yaml"),
-                                                    f"train.max_steps={steps}", f"train.eval_steps={steps}"])
+    cfg = load_config(
+        RECIPES / "quickstart.yaml",
+        [str(RECIPES.parent / "overlays" / "cpu_fast.yaml"), f"train.max_steps={steps}", f"train.eval_steps={steps}"],
+    )
     lines = []
     train(cfg, output_dir=str(tmp_path), log=lines.append)
     assert any("learner x1 (DeepSpeed ZeRO-0, gloo, bfloat16, eager attention" in line for line in lines), lines

@@ -4,6 +4,7 @@ held-out accuracy with the verifier reward, and a run resumed from a checkpoint 
 batch (num_ppo_epochs passes) must repeat the uninterrupted run's policy and critic numbers exactly. With the kit's
 trained reward model in place of the verifier (deploy/recipes/ppo_reward_model.yaml + deploy/overlays/
 kit_reward_model.yaml) it runs end to end and keeps the reward model's held-out reward."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,14 @@ from relay_rl.cluster.config import load_config
 from relay_rl.cluster.runner import train
 from tests.conftest import RECIPES, ROOT
 
-KIT = [str(ROOT / "deploy" / "overlays" / "kit.yaml"), "algorithm.generation_batch_size=null",
-       "algorithm.missing_eos_penalty=null", "rollout.temperature=1.0",
-       "train.learning_rate=5e-5", "algorithm.num_generations=1"]
+KIT = [
+    str(ROOT / "deploy" / "overlays" / "kit.yaml"),
+    "algorithm.generation_batch_size=null",
+    "algorithm.missing_eos_penalty=null",
+    "rollout.temperature=1.0",
+    "train.learning_rate=5e-5",
+    "algorithm.num_generations=1",
+]
 
 
 def ppo_config(*overrides: str, recipe: str = "ppo.yaml", overlays: tuple = ()):
@@ -29,8 +35,12 @@ def _rows(out) -> list[dict]:
 
 def test_ppo_learns_the_kit_task(ray_cluster, kit, tmp_path):
     steps = 32
-    cfg = ppo_config("reward.reward_funcs=[arithmetic_exact]", "algorithm.per_device_train_batch_size=32",
-                     f"train.max_steps={steps}", f"train.eval_steps={steps}")
+    cfg = ppo_config(
+        "reward.reward_funcs=[arithmetic_exact]",
+        "algorithm.per_device_train_batch_size=32",
+        f"train.max_steps={steps}",
+        f"train.eval_steps={steps}",
+    )
     assert cfg.algorithm.num_ppo_epochs == 4 and cfg.cluster.learner.replicas == 2
     train(cfg, output_dir=str(tmp_path))
     rows = _rows(tmp_path)
@@ -41,11 +51,23 @@ def test_ppo_learns_the_kit_task(ray_cluster, kit, tmp_path):
     assert max(r["staleness/max"] for r in records) == 3 and all(r["staleness/max"] <= 3 for r in records)
     admitted = [r for r in records if "objective/kl" in r]
     assert len(admitted) == steps // 4  # PPO's rollout metrics, once per generation batch
-    for key in ("objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
-                "val/num_eos_tokens"):
+    for key in (
+        "objective/kl",
+        "objective/entropy",
+        "objective/non_score_reward",
+        "objective/rlhf_reward",
+        "val/num_eos_tokens",
+    ):
         assert all(key in r for r in admitted), key
-    for key in ("policy/approxkl_avg", "policy/clipfrac_avg", "val/clipfrac_avg", "loss/policy_avg",
-                "loss/value_avg", "critic/grad_norm", "replicas/critic"):
+    for key in (
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "val/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "critic/grad_norm",
+        "replicas/critic",
+    ):
         assert all(key in r for r in records), key
     assert records[-1]["replicas/critic"] == 2
     # the critic learns the returns: its loss falls from the first generation batch to the last
@@ -56,9 +78,14 @@ def test_ppo_learns_the_kit_task(ray_cluster, kit, tmp_path):
 
 def test_ppo_raises_the_kit_reward_models_reward(ray_cluster, kit, tmp_path):
     steps = 32
-    cfg = ppo_config("algorithm.per_device_train_batch_size=32", f"train.max_steps={steps}",
-                     f"train.eval_steps={steps}", "algorithm.value_model=kit:warm_start", recipe="ppo_reward_model.yaml",
-                     overlays=(str(ROOT / "deploy" / "overlays" / "kit_reward_model.yaml"),))
+    cfg = ppo_config(
+        "algorithm.per_device_train_batch_size=32",
+        f"train.max_steps={steps}",
+        f"train.eval_steps={steps}",
+        "algorithm.value_model=kit:warm_start",
+        recipe="ppo_reward_model.yaml",
+        overlays=(str(ROOT / "deploy" / "overlays" / "kit_reward_model.yaml"),),
+    )
     rm = cfg.reward.reward_funcs[0]
     assert rm.name == "reward_model" and rm.kwargs["model"] == "kit:reward_model"
     train(cfg, output_dir=str(tmp_path))
@@ -80,15 +107,31 @@ def test_ppo_raises_the_kit_reward_models_reward(ray_cluster, kit, tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, kit, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo_resume") / "a"
-    cfg = ppo_config("reward.reward_funcs=[arithmetic_exact]", "algorithm.per_device_train_batch_size=8",
-                     "train.max_steps=4", "train.save_steps=2", "train.eval_steps=null",
-                     "cluster.learner.replicas=1", "cluster.learner.num_cpus=1")  # 1 + 1 ranks: what resume needs
+    cfg = ppo_config(
+        "reward.reward_funcs=[arithmetic_exact]",
+        "algorithm.per_device_train_batch_size=8",
+        "train.max_steps=4",
+        "train.save_steps=2",
+        "train.eval_steps=null",
+        "cluster.learner.replicas=1",
+        "cluster.learner.num_cpus=1",
+    )  # 1 + 1 ranks: what resume needs
     train(cfg, output_dir=str(out))
     return cfg, out
 
 
-COMPARED = ("loss", "loss/policy_avg", "grad_norm", "policy/clipfrac_avg", "policy/approxkl_avg", "loss/value_avg",
-            "val/vpred", "critic/grad_norm", "critic/learning_rate", "staleness/max")
+COMPARED = (
+    "loss",
+    "loss/policy_avg",
+    "grad_norm",
+    "policy/clipfrac_avg",
+    "policy/approxkl_avg",
+    "loss/value_avg",
+    "val/vpred",
+    "critic/grad_norm",
+    "critic/learning_rate",
+    "staleness/max",
+)
 
 
 def test_a_resumed_ppo_run_restores_the_critic_exactly(uninterrupted, tmp_path):

@@ -4,6 +4,7 @@ which holds the reference's weights and never syncs), the kit's verifier judges 
 reference pool scores log pi_ref, one DeepSpeed ZeRO-3 learner rank over gloo. Both must raise held-out accuracy.
 (A run judged by the kit's reward model: tests/e2e/test_recipes.py runs both recipes through
 deploy/overlays/kit_reward_model.yaml.)"""
+
 import json
 
 import pytest
@@ -17,10 +18,19 @@ STEPS = 120
 
 
 def _run(recipe: str, tmp_path, *overrides):
-    cfg = load_config(RECIPES / recipe, [str(OVERLAYS / "kit.yaml"), str(OVERLAYS / "kit_preference.yaml"),
-                                         "cluster.learner.replicas=1", "cluster.learner.num_cpus=1",
-                                         "train.save_steps=null", f"train.max_steps={STEPS}",
-                                         f"train.eval_steps={STEPS}", *overrides])
+    cfg = load_config(
+        RECIPES / recipe,
+        [
+            str(OVERLAYS / "kit.yaml"),
+            str(OVERLAYS / "kit_preference.yaml"),
+            "cluster.learner.replicas=1",
+            "cluster.learner.num_cpus=1",
+            "train.save_steps=null",
+            f"train.max_steps={STEPS}",
+            f"train.eval_steps={STEPS}",
+            *overrides,
+        ],
+    )
     train(cfg, output_dir=str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r], {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
@@ -40,8 +50,18 @@ def test_online_dpo_raises_held_out_accuracy_with_stale_pairs(ray_cluster, kit, 
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     assert evals[STEPS] >= evals[0] + 0.08, evals  # measured: 0.510 -> 0.685 (and 0.685 synchronous)
     assert max(r["staleness/max"] for r in records) == 2 and all(r["staleness/max"] <= 2 for r in records)
-    for key in ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
-                "rewards/accuracies", "beta", "pairs/tied", "pairs/without_preference", "val/contain_eos_token"):
+    for key in (
+        "logps/chosen",
+        "logps/rejected",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "beta",
+        "pairs/tied",
+        "pairs/without_preference",
+        "val/contain_eos_token",
+    ):
         assert all(key in r for r in records), key
     assert all(r["beta"] == pytest.approx(0.1) for r in records)
     _ledger_balances(records)
@@ -67,12 +87,23 @@ def test_a_pairwise_judge_on_the_judge_pool_picks_the_pairs(ray_cluster, kit, tm
     which is better; tests/integration/test_judge.py checks the verdicts): the judge pool starts, both rows of every
     pair reach the same reward call (XPO's two come from two pools and are joined first), the pairs are judged."""
     from tests.integration.test_judge import pair_spec
+
     spec = json.dumps([pair_spec("kit:warm_start")]).replace(" ", "")
-    cfg = load_config(RECIPES / recipe, [str(OVERLAYS / "kit.yaml"), str(OVERLAYS / "kit_preference.yaml"),
-                                         "cluster.learner.replicas=1", "cluster.learner.num_cpus=1",
-                                         "cluster.judge.num_cpus=0.25", "cluster.reward.replicas=2",
-                                         "train.save_steps=null", "train.max_steps=2", "train.eval_steps=null",
-                                         f"reward.reward_funcs={spec}"])
+    cfg = load_config(
+        RECIPES / recipe,
+        [
+            str(OVERLAYS / "kit.yaml"),
+            str(OVERLAYS / "kit_preference.yaml"),
+            "cluster.learner.replicas=1",
+            "cluster.learner.num_cpus=1",
+            "cluster.judge.num_cpus=0.25",
+            "cluster.reward.replicas=2",
+            "train.save_steps=null",
+            "train.max_steps=2",
+            "train.eval_steps=null",
+            f"reward.reward_funcs={spec}",
+        ],
+    )
     train(cfg, output_dir=str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     records = [r for r in rows if "loss" in r]

@@ -2,6 +2,7 @@
 that did not stop (2 DeepSpeed ZeRO-3 ranks: optimizer partitions, LR schedule, sampler position, ledger, RNG).
 A checkpoint whose save did not finish is never taken for a complete one; a checkpoint of another run shape is
 refused before any actor starts."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,21 @@ from relay_rl.cluster.cli import main
 from relay_rl.errors import ConfigError
 from tests.conftest import quickstart_dict
 
-COMPARED = ("loss", "policy_loss", "reward/mean", "reward/std", "grad_norm", "learning_rate", "entropy",
-            "completions/mean_length", "rewards/arithmetic_exact/mean", "policy_version", "staleness/max",
-            "pipeline/generated_samples", "pipeline/admitted_samples")
+COMPARED = (
+    "loss",
+    "policy_loss",
+    "reward/mean",
+    "reward/std",
+    "grad_norm",
+    "learning_rate",
+    "entropy",
+    "completions/mean_length",
+    "rewards/arithmetic_exact/mean",
+    "policy_version",
+    "staleness/max",
+    "pipeline/generated_samples",
+    "pipeline/admitted_samples",
+)
 
 
 def _rows(out) -> list[dict]:
@@ -27,10 +40,11 @@ def _rows(out) -> list[dict]:
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, kit, tmp_path_factory):
     d = tmp_path_factory.mktemp("resume")
-    raw = quickstart_dict(train={"max_steps": 4, "save_steps": 2, "eval_steps": 2, "seed": 0,
-                                 "learning_rate": 5e-5},
-                          rollout={"max_completion_length": 5, "max_prompt_length": 16},
-                          data={"eval_limit": 32})
+    raw = quickstart_dict(
+        train={"max_steps": 4, "save_steps": 2, "eval_steps": 2, "seed": 0, "learning_rate": 5e-5},
+        rollout={"max_completion_length": 5, "max_prompt_length": 16},
+        data={"eval_limit": 32},
+    )
     raw["algorithm"] = {**raw["algorithm"], "per_device_train_batch_size": 16}
     run = d / "run.yaml"
     run.write_text(yaml.safe_dump(raw))
@@ -51,8 +65,12 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(uninterrupted, caps
     for step in (3, 4):
         assert all(steps_a[step].get(k) is not None for k in ("loss", "grad_norm", "reward/mean", "learning_rate"))
         for key in COMPARED:
-            assert steps_b[step].get(key) == steps_a[step].get(key), (step, key, steps_a[step].get(key),
-                                                                       steps_b[step].get(key))
+            assert steps_b[step].get(key) == steps_a[step].get(key), (
+                step,
+                key,
+                steps_a[step].get(key),
+                steps_b[step].get(key),
+            )
     evals_a = [(r["step"], r["eval/accuracy"]) for r in rows_a if "eval/accuracy" in r]
     evals_b = [(r["step"], r["eval/accuracy"]) for r in rows_b if "eval/accuracy" in r]
     assert evals_b == evals_a and [s for s, _ in evals_a] == [0, 2, 4]
@@ -80,10 +98,20 @@ def test_resume_bad_input_is_refused_before_any_actor(uninterrupted, tmp_path, c
     cases = [
         (["--resume", "auto", "--output", str(tmp_path / "empty")], "holds no complete checkpoint"),
         (["--resume", str(tmp_path / "nowhere")], "does not exist"),
-        (["--resume", str(a / "checkpoint-2"), "algorithm.per_device_train_batch_size=8",
-          "--output", str(tmp_path / "x")], "the batch shape differs: B = 8 now, 16 in the checkpoint"),
-        (["--resume", str(a / "checkpoint-2"), "cluster.learner.replicas=1", "--output", str(tmp_path / "y")],
-         "cluster.learner.replicas is 1, the checkpoint has 2 ranks"),
+        (
+            [
+                "--resume",
+                str(a / "checkpoint-2"),
+                "algorithm.per_device_train_batch_size=8",
+                "--output",
+                str(tmp_path / "x"),
+            ],
+            "the batch shape differs: B = 8 now, 16 in the checkpoint",
+        ),
+        (
+            ["--resume", str(a / "checkpoint-2"), "cluster.learner.replicas=1", "--output", str(tmp_path / "y")],
+            "cluster.learner.replicas is 1, the checkpoint has 2 ranks",
+        ),
         (["--resume", str(a / "checkpoint-4"), "--output", str(tmp_path / "z")], "nothing is left to train"),
     ]
     for extra, text in cases:
@@ -121,10 +149,23 @@ def test_a_driver_killed_while_writing_a_checkpoint_leaves_the_previous_one_usab
     import ray
 
     from tests.conftest import ROOT
+
     out, log = tmp_path / "killed", tmp_path / "driver.log"
-    driver = subprocess.Popen([sys.executable, "-c", KILLED_DRIVER, "train", str(uninterrupted["run"]),
-                               f"cluster.address={ray.get_runtime_context().gcs_address}", "--output", str(out)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLED_DRIVER,
+            "train",
+            str(uninterrupted["run"]),
+            f"cluster.address={ray.get_runtime_context().gcs_address}",
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
     deadline = time.time() + 400
     while not (out / "paused").exists():
         assert driver.poll() is None, log.read_text()[-3000:]

@@ -1,6 +1,7 @@
 """Pools resized while the run goes on: rollout 1 -> 2 -> 1 and reward 1 -> 2 in one run, through the real
 ``relay-rl scale`` command (a separate process joining the run's Ray cluster) and the run's control actor; requests
 that cannot be met are refused with a message and the run goes on."""
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,24 @@ def _step(path: Path) -> int:
 
 def _scale(out: Path, *args) -> tuple[int, str]:
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    p = subprocess.run([sys.executable, "-m", "relay_rl", "scale", str(out), *map(str, args)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "relay_rl", "scale", str(out), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return p.returncode, p.stdout + p.stderr
 
 
 def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_path, capsys):
     slow = {"name": "tests.integration.reward_fns:slow_exact", "kwargs": {"delay_s": 0.4}}  # a run that lasts
-    raw = quickstart_dict(train={"max_steps": 40, "eval_steps": None, "seed": 0}, reward={"reward_funcs": [slow]},
-                          cluster={"learner": {"replicas": 1, "num_cpus": 1}})
+    raw = quickstart_dict(
+        train={"max_steps": 40, "eval_steps": None, "seed": 0},
+        reward={"reward_funcs": [slow]},
+        cluster={"learner": {"replicas": 1, "num_cpus": 1}},
+    )
     answers: dict = {}
 
     def operator():
@@ -83,11 +93,19 @@ def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_pat
     # panel of the Grafana dashboard reads one of them
     run = json.loads((tmp_path / "run.json").read_text())["run"]
     text = _prometheus("ray_relay_rl_replicas")
-    for name, pool in (("relay_rl_loss", "learner"), ("relay_rl_replicas", "rollout"), ("relay_rl_reward_mean", "reward"),
-                       ("relay_rl_tokens_per_s", "rollout"), ("relay_rl_sync_bytes", "rollout")):
-        assert any(line.startswith(f"ray_{name}{{") and f'run="{run}"' in line and f'pool="{pool}"' in line
-                   for line in text.splitlines()), (name, pool)
+    for name, pool in (
+        ("relay_rl_loss", "learner"),
+        ("relay_rl_replicas", "rollout"),
+        ("relay_rl_reward_mean", "reward"),
+        ("relay_rl_tokens_per_s", "rollout"),
+        ("relay_rl_sync_bytes", "rollout"),
+    ):
+        assert any(
+            line.startswith(f"ray_{name}{{") and f'run="{run}"' in line and f'pool="{pool}"' in line
+            for line in text.splitlines()
+        ), (name, pool)
     from relay_rl.cluster.metrics import MetricsLog
+
     defined = {f"ray_{name}" for name, _ in MetricsLog.GAUGES.values()}
     exported = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_relay_rl_")}
     assert len(exported) >= 12 and exported <= defined, exported - defined
@@ -98,6 +116,7 @@ def test_rollout_and_reward_pools_resized_during_a_run(ray_cluster, kit, tmp_pat
 def _prometheus(wanted: str, timeout_s: float = 60) -> str:
     """The metrics text of the nodes' Prometheus endpoints, once ``wanted`` appears (Ray flushes every few s)."""
     import urllib.request
+
     deadline, text = time.time() + timeout_s, ""
     while time.time() < deadline:
         text = ""

@@ -5,6 +5,7 @@ NCCL, and colocated runs (learner and vLLM sharing the GPU, sleep/wake, weights 
 
 Environment knobs for minimal GPU images: RELAY_RL_VLLM_ATTENTION_BACKEND (e.g. TRITON_ATTN).
 """
+
 import json
 import os
 from pathlib import Path
@@ -25,23 +26,36 @@ BACKEND = os.environ.get("RELAY_RL_VLLM_ATTENTION_BACKEND")
 def engines(kit):
     from relay_rl.rollout_workers.hf_engine import HFEngine
     from relay_rl.rollout_workers.vllm_engine import VLLMEngine
-    v = VLLMEngine(kit["warm_start"], dtype="float32", max_model_len=64, enforce_eager=True, seed=0,
-                   gpu_memory_utilization=0.3, attention_backend=BACKEND)
+
+    v = VLLMEngine(
+        kit["warm_start"],
+        dtype="float32",
+        max_model_len=64,
+        enforce_eager=True,
+        seed=0,
+        gpu_memory_utilization=0.3,
+        attention_backend=BACKEND,
+    )
     hf = HFEngine(kit["warm_start"], dtype="float32", device="cuda")
     return v, hf, [hf.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
 
 
 def test_vllm_gpu_logprobs_match_transformers(engines):
     from relay_rl.learner.logprobs import completion_logprobs
+
     v, hf, ids = engines
     outs = v.generate(ids, SamplingParams(n=4, temperature=0.7, max_tokens=5, seed=3))
     worst = 0.0
     for p, comps in zip(ids, outs):
         for c in comps:
-            lp, _ = completion_logprobs(hf.model, torch.tensor([p], device="cuda"),
-                                        torch.ones(1, len(p), dtype=torch.long, device="cuda"),
-                                        torch.tensor([c.token_ids], device="cuda"),
-                                        torch.ones(1, len(c.token_ids), device="cuda"), 0.7)
+            lp, _ = completion_logprobs(
+                hf.model,
+                torch.tensor([p], device="cuda"),
+                torch.ones(1, len(p), dtype=torch.long, device="cuda"),
+                torch.tensor([c.token_ids], device="cuda"),
+                torch.ones(1, len(c.token_ids), device="cuda"),
+                0.7,
+            )
             worst = max(worst, (lp[0].cpu() - torch.tensor(c.logprobs)).abs().max().item())
     assert worst < 2e-3, worst  # TF32 / kernel differences on GPU
 
@@ -68,14 +82,26 @@ def test_zero3_nccl_step_and_colocated_run(ray_cluster, kit, tmp_path, transport
     IPC (vLLM copies straight from the learner rank's GPU memory)."""
     from relay_rl.cluster.config import validate_dict
     from relay_rl.cluster.runner import train
+
     raw = quickstart_dict(
-        rollout={"engine": "vllm", "weight_transport": transport,
-                 "vllm": {"enforce_eager": True, "gpu_memory_utilization": 0.3, "enable_sleep_mode": True,
-                          "attention_backend": BACKEND}},
+        rollout={
+            "engine": "vllm",
+            "weight_transport": transport,
+            "vllm": {
+                "enforce_eager": True,
+                "gpu_memory_utilization": 0.3,
+                "enable_sleep_mode": True,
+                "attention_backend": BACKEND,
+            },
+        },
         algorithm={"per_device_train_batch_size": 64},
         train={"max_steps": 20, "eval_steps": 10, "zero_stage": 3},
-        cluster={"colocate": True, "learner": {"replicas": 1, "num_gpus": 0.5, "num_cpus": 1},
-                 "rollout": {"replicas": 1, "num_gpus": 0.5, "num_cpus": 1}})
+        cluster={
+            "colocate": True,
+            "learner": {"replicas": 1, "num_gpus": 0.5, "num_cpus": 1},
+            "rollout": {"replicas": 1, "num_gpus": 0.5, "num_cpus": 1},
+        },
+    )
     result = train(validate_dict(raw), output_dir=str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
@@ -88,5 +114,8 @@ def test_zero3_nccl_step_and_colocated_run(ray_cluster, kit, tmp_path, transport
     out = os.environ.get("OUT")  # device_check.sh keeps the timings
     if out:
         (Path(out) / f"gpu_timings_{transport}.json").write_text(
-            json.dumps({k: steps[-1][k] for k in steps[-1] if k.startswith(("timing/", "sync/"))}))
-    (tmp_path / "gpu_timings.json").write_text(json.dumps({k: steps[-1][k] for k in steps[-1] if k.startswith("timing/")}))
+            json.dumps({k: steps[-1][k] for k in steps[-1] if k.startswith(("timing/", "sync/"))})
+        )
+    (tmp_path / "gpu_timings.json").write_text(
+        json.dumps({k: steps[-1][k] for k in steps[-1] if k.startswith("timing/")})
+    )

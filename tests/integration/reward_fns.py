@@ -1,4 +1,5 @@
 """User reward functions for the reward-worker tests (imported by the actor through their import path)."""
+
 import asyncio
 import time
 
@@ -54,15 +55,19 @@ def uses_columns(completions, answer, trainer_state, log_metric, log_extra, **kw
 def kill_rollout_once(marker: str):
     """A factory: a reward that crashes the run's rollout actor once, at generation 3 (the controller must restart it,
     resync it and redo the batch)."""
+
     def reward(completions, trainer_state, **kwargs):
         import os
+
         import ray
+
         if trainer_state.get("global_step") == 3 and not os.path.exists(marker):
             open(marker, "w").close()
             for a in ray.util.list_named_actors(all_namespaces=True):
                 if a["name"].endswith("/rollout-0"):
                     ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
         return [0.0] * len(completions)
+
     return reward
 
 
@@ -70,11 +75,13 @@ def slow_exact(tokenizer=None, delay_s: float = 0.3):
     """A factory: the kit's exact-answer verifier, deliberately slow (a slow rollout side)."""
     from relay_rl.cluster.kit.task import build_tokenizer
     from relay_rl.reward_workers.verifiers import make_arithmetic_exact
+
     exact = make_arithmetic_exact(build_tokenizer())
 
     def reward(completion_ids, answer, **kwargs):
         time.sleep(delay_s)
         return exact(completion_ids=completion_ids, answer=answer)
+
     return reward
 
 
@@ -93,11 +100,13 @@ def nan_score(completions, **kwargs):
 
 def numpy_scores(completions, **kwargs):
     import numpy as np
+
     return np.linspace(0.0, 1.0, len(completions), dtype=np.float32)
 
 
 def tensor_scores(completions, **kwargs):
     import torch
+
     return torch.arange(len(completions), dtype=torch.float64) % 2
 
 
@@ -111,12 +120,15 @@ def constant_one(completions, **kwargs):
 
 def interrupt_driver(pid: int, at_step: int):
     """A factory: a reward that sends SIGINT (Ctrl-C) to the driver when generation ``at_step`` is scored."""
+
     def reward(completions, trainer_state, **kwargs):
         import os
         import signal
+
         if trainer_state.get("global_step") == at_step:
             os.kill(pid, signal.SIGINT)
         return [0.0] * len(completions)
+
     return reward
 
 

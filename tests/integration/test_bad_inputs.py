@@ -5,6 +5,7 @@ itself is the point) and asserts the outcome: the exit code, that the ``relay-rl
 that no traceback reaches the console. Every case here fails before any actor starts. Run-time faults (bad scores,
 a run with nothing to learn, Ctrl-C) are in tests/e2e/test_bad_runs.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from relay_rl.cluster.cli import main, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
-REWARDS = '''
+REWARDS = """
 import math
 
 def exact(completions, answer, **kwargs):
@@ -42,7 +43,7 @@ def factory(scale):
     return scaled
 
 NOT_A_FUNCTION = 3
-'''
+"""
 
 RUN = """\
 name: mine
@@ -62,6 +63,7 @@ def user(tmp_path_factory):
     the run files live (relative paths and the reward import resolve from there)."""
     from relay_rl.cluster.config import KitConfig
     from relay_rl.cluster.kit.task import build_model, build_tokenizer
+
     d = tmp_path_factory.mktemp("user")
     tok = build_tokenizer()
     build_model(KitConfig(), tok).save_pretrained(d / "model")
@@ -150,8 +152,12 @@ def test_binary_run_file(user, capsys):
 
 
 def test_yaml_syntax_error(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"train: {max_steps: 2,": "train: {max_steps: [2,"}),
-        expect=["not valid YAML"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"train: {max_steps: 2,": "train: {max_steps: [2,"}),
+        expect=["not valid YAML"],
+    )
 
 
 def test_yaml_not_a_mapping(user, capsys):
@@ -159,13 +165,21 @@ def test_yaml_not_a_mapping(user, capsys):
 
 
 def test_duplicate_section(user, capsys):
-    bad(capsys, "validate", run_file(user, RUN + "reward: {reward_funcs: [arithmetic_exact]}\n"),
-        expect=["'reward' is given twice", "first at line 4"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, RUN + "reward: {reward_funcs: [arithmetic_exact]}\n"),
+        expect=["'reward' is given twice", "first at line 4"],
+    )
 
 
 def test_unknown_field_names_line_and_allowed(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"max_steps": "max_stepz"}),
-        expect=["unknown field 'max_stepz'", "allowed here:", ":7"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"max_steps": "max_stepz"}),
+        expect=["unknown field 'max_stepz'", "allowed here:", ":7"],
+    )
 
 
 def test_wrong_type(user, capsys):
@@ -189,7 +203,13 @@ def test_knob_of_another_family(user, capsys):
 
 
 def test_zero_steps(user, capsys):
-    bad(capsys, "validate", run_file(user), "train.max_steps=0", expect=["train.max_steps", "greater than or equal to 1"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "train.max_steps=0",
+        expect=["train.max_steps", "greater than or equal to 1"],
+    )
 
 
 def test_greedy_sampling_with_several_generations(user, capsys):
@@ -202,14 +222,26 @@ def test_batch_that_does_not_hold_whole_groups(user, capsys):
 
 @pytest.mark.parametrize("family", ["online_dpo", "xpo"])
 def test_preference_family_without_pairs(user, capsys, family):
-    bad(capsys, "validate", run_file(user), f"algorithm.name={family}",
-        expect=[f"algorithm {family} judges pairs: num_generations must be 2 (got 4)", "set algorithm.num_generations"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        f"algorithm.name={family}",
+        expect=[f"algorithm {family} judges pairs: num_generations must be 2 (got 4)", "set algorithm.num_generations"],
+    )
 
 
 @pytest.mark.parametrize("knob", ["beta", "alpha"])
 def test_preference_schedule_that_is_empty(user, capsys, knob):
-    bad(capsys, "validate", run_file(user), "algorithm.name=xpo", "algorithm.num_generations=2", f"algorithm.{knob}=[]",
-        expect=[f"{knob}: the schedule is empty"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "algorithm.name=xpo",
+        "algorithm.num_generations=2",
+        f"algorithm.{knob}=[]",
+        expect=[f"{knob}: the schedule is empty"],
+    )
 
 
 def test_nan_reward_weight(user, capsys):
@@ -225,14 +257,24 @@ def test_kit_path_without_kit_section(user, capsys):
 
 
 def test_distillation_without_teacher(user, capsys):
-    bad(capsys, "validate", run_file(user), "algorithm.name=on_policy_distillation", "algorithm.num_generations=1",
-        expect=["learns from a teacher model"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "algorithm.name=on_policy_distillation",
+        "algorithm.num_generations=1",
+        expect=["learns from a teacher model"],
+    )
 
 
 # models ---------------------------------------------------------------------------------------------------------
 def test_model_path_missing(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"./model": "./my_model"}),
-        expect=["model.name_or_path: no such folder", str(user / "my_model")])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"./model": "./my_model"}),
+        expect=["model.name_or_path: no such folder", str(user / "my_model")],
+    )
 
 
 def test_model_folder_without_config(user, capsys):
@@ -245,15 +287,26 @@ def test_model_vocabulary_smaller_than_tokenizer(user, capsys):
 
 def test_teacher_path_missing(user, capsys):
     run = run_file(user, RUN + "teacher: {name_or_path: ./teacher}\n")
-    bad(capsys, "validate", run, "algorithm.name=on_policy_distillation", "algorithm.num_generations=1",
-        expect=["teacher.name_or_path: no such folder"])
+    bad(
+        capsys,
+        "validate",
+        run,
+        "algorithm.name=on_policy_distillation",
+        "algorithm.num_generations=1",
+        expect=["teacher.name_or_path: no such folder"],
+    )
 
 
 def test_prompts_cut_to_the_budget_still_beyond_positions(user, capsys):
     _jsonl(user / "long40.jsonl", [{"prompt": "1" * 40 + "+1=", "answer": "2"}])
-    bad(capsys, "validate", run_file(user, **{"./train.jsonl": "./long40.jsonl"}), "rollout.max_prompt_length=60",
-        "rollout.max_completion_length=30", expect=["row 0", "cannot fit the model's 64 positions",
-                                                    "max_prompt_length <= 34"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"./train.jsonl": "./long40.jsonl"}),
+        "rollout.max_prompt_length=60",
+        "rollout.max_completion_length=30",
+        expect=["row 0", "cannot fit the model's 64 positions", "max_prompt_length <= 34"],
+    )
 
 
 def test_completion_alone_beyond_positions(user, capsys):
@@ -263,15 +316,26 @@ def test_completion_alone_beyond_positions(user, capsys):
 def test_prompts_that_cannot_fit_without_a_budget(user, capsys):
     rows = [{"prompt": "1" * 70 + "+1=", "answer": "2"}]
     _jsonl(user / "long.jsonl", rows)
-    bad(capsys, "validate", run_file(user, **{"./train.jsonl": "./long.jsonl"}), "rollout.max_prompt_length=null",
-        expect=["row 0", "cannot fit the model's 64 positions"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"./train.jsonl": "./long.jsonl"}),
+        "rollout.max_prompt_length=null",
+        expect=["row 0", "cannot fit the model's 64 positions"],
+    )
 
 
 def test_overlong_prompts_error_and_drop(user, capsys):
     rows = [{"prompt": "12+3=", "answer": "15"}, {"prompt": "1" * 30 + "+1=", "answer": "2"}]
     _jsonl(user / "some_long.jsonl", rows)
     run = run_file(user, **{"./train.jsonl": "./some_long.jsonl"})
-    bad(capsys, "validate", run, "rollout.overlong_prompts=error", expect=["row 1", "more than rollout.max_prompt_length"])
+    bad(
+        capsys,
+        "validate",
+        run,
+        "rollout.overlong_prompts=error",
+        expect=["row 1", "more than rollout.max_prompt_length"],
+    )
     code, console = cli(capsys, "validate", run, "rollout.overlong_prompts=drop")
     assert code == 0 and "dropped 1 of 2 prompts" in console
     code, console = cli(capsys, "validate", run)
@@ -280,8 +344,12 @@ def test_overlong_prompts_error_and_drop(user, capsys):
 
 # data -----------------------------------------------------------------------------------------------------------
 def test_data_file_missing(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"./train.jsonl": "./trian.jsonl"}),
-        expect=["data.train: cannot load", str(user / "trian.jsonl")])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"./train.jsonl": "./trian.jsonl"}),
+        expect=["data.train: cannot load", str(user / "trian.jsonl")],
+    )
 
 
 def test_data_file_not_json(user, capsys):
@@ -290,12 +358,20 @@ def test_data_file_not_json(user, capsys):
 
 
 def test_prompt_column_missing(user, capsys):
-    bad(capsys, "validate", run_file(user), "data.prompt_column=question",
-        expect=["has no column 'question'", "columns: prompt, answer"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "data.prompt_column=question",
+        expect=["has no column 'question'", "columns: prompt, answer"],
+    )
 
 
-@pytest.mark.parametrize("value,what", [(None, "null"), (42, "int"), (["12+3="], "a list of chat messages")],
-                         ids=["null", "number", "list_of_strings"])
+@pytest.mark.parametrize(
+    "value,what",
+    [(None, "null"), (42, "int"), (["12+3="], "a list of chat messages")],
+    ids=["null", "number", "list_of_strings"],
+)
 def test_prompts_that_are_not_text(user, capsys, value, what):
     path = _jsonl(user / f"bad_{what.split()[0]}.jsonl", [{"prompt": value, "answer": "1"}])
     bad(capsys, "validate", run_file(user, **{"./train.jsonl": str(path)}), expect=["data.train: row 0", what])
@@ -308,44 +384,80 @@ def test_empty_dataset(user, capsys):
 
 def test_chat_prompts_without_chat_template(user, capsys):
     path = _jsonl(user / "chat.jsonl", [{"prompt": [{"role": "user", "content": "12+3="}], "answer": "15"}])
-    bad(capsys, "validate", run_file(user, **{"./train.jsonl": str(path)}),
-        expect=["chat messages", "has no chat template"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"./train.jsonl": str(path)}),
+        expect=["chat messages", "has no chat template"],
+    )
 
 
 def test_dataset_completions_missing_for_gkd(user, capsys):
     run = run_file(user, RUN + "teacher: {name_or_path: ./model}\n")
-    bad(capsys, "validate", run, "algorithm.name=gkd", "algorithm.num_generations=1", "algorithm.lmbda=0.5",
-        expect=["data.completion_column", "no column 'completion'"])
+    bad(
+        capsys,
+        "validate",
+        run,
+        "algorithm.name=gkd",
+        "algorithm.num_generations=1",
+        "algorithm.lmbda=0.5",
+        expect=["data.completion_column", "no column 'completion'"],
+    )
 
 
 def test_rejection_sampling_needs_prompts_only(user, capsys):
     """It writes the completions it trains on: data.train's prompts are enough."""
-    code, console = cli(capsys, "validate", run_file(user), "algorithm.name=rejection_sampling",
-                        "algorithm.num_generations=1")
+    code, console = cli(
+        capsys, "validate", run_file(user), "algorithm.name=rejection_sampling", "algorithm.num_generations=1"
+    )
     assert code == 0 and "algorithm rejection_sampling" in console, console
 
 
 def test_sft_without_the_completion_column(user, capsys):
-    bad(capsys, "validate", run_file(user), "algorithm.name=sft", "algorithm.num_generations=1",
-        expect=["data.completion_column", "no column 'completion'", "algorithm sft trains on dataset completions"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "algorithm.name=sft",
+        "algorithm.num_generations=1",
+        expect=["data.completion_column", "no column 'completion'", "algorithm sft trains on dataset completions"],
+    )
 
 
 # self-distillation and stages ------------------------------------------------------------------------------------
 def test_sdft_on_data_without_privileged_context(user, capsys):
-    bad(capsys, "validate", run_file(user), "algorithm.name=sdft", "algorithm.distillation_mode=full_logits",
-        expect=["data.train", "privileged_context", "teacher_prompt_template", "columns: prompt, answer"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "algorithm.name=sdft",
+        "algorithm.distillation_mode=full_logits",
+        expect=["data.train", "privileged_context", "teacher_prompt_template", "columns: prompt, answer"],
+    )
 
 
 def test_sdpo_feedback_on_data_without_privileged_context(user, capsys):
-    bad(capsys, "validate", run_file(user), "algorithm.name=sdpo", "algorithm.include_environment_feedback=true",
-        expect=["privileged_context", "include_environment_feedback"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "algorithm.name=sdpo",
+        "algorithm.include_environment_feedback=true",
+        expect=["privileged_context", "include_environment_feedback"],
+    )
 
 
 @pytest.mark.parametrize("knob", ["reprompt_template", "teacher_prompt_template"])
 def test_teacher_template_without_the_prompt(user, capsys, knob):
     family = "sdpo" if knob == "reprompt_template" else "sdft"
-    bad(capsys, "validate", run_file(user), f"algorithm.name={family}", f"algorithm.{knob}='{{solution}} again'",
-        expect=["algorithm", f"{knob} must contain {{prompt}}"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        f"algorithm.name={family}",
+        f"algorithm.{knob}='{{solution}} again'",
+        expect=["algorithm", f"{knob} must contain {{prompt}}"],
+    )
 
 
 STAGED = RUN.replace("algorithm: {num_generations: 4, per_device_train_batch_size: 8}\n", "")
@@ -361,14 +473,26 @@ def test_stages_whose_model_changes(user, capsys):
             model: {name_or_path: ./small_vocab}
             algorithm: {num_generations: 4, per_device_train_batch_size: 8}
         """)
-    console = bad(capsys, "validate", run_file(user, text), expect=[
-        "stages.rl.model.name_or_path", "differs from the run's model", "the model and its tokenizer are set once"])
+    console = bad(
+        capsys,
+        "validate",
+        run_file(user, text),
+        expect=[
+            "stages.rl.model.name_or_path",
+            "differs from the run's model",
+            "the model and its tokenizer are set once",
+        ],
+    )
     assert ".yaml:13:" in console  # the line of the stage's model
 
 
 def test_a_staged_file_with_a_top_level_algorithm(user, capsys):
-    bad(capsys, "validate", run_file(user, RUN + "stages:\n  - name: a\n    algorithm: {name: sft}\n"),
-        expect=[".yaml:5: algorithm: a staged run file sets algorithm: in each stage"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, RUN + "stages:\n  - name: a\n    algorithm: {name: sft}\n"),
+        expect=[".yaml:5: algorithm: a staged run file sets algorithm: in each stage"],
+    )
 
 
 def test_a_stage_with_a_bad_field(user, capsys):
@@ -378,71 +502,116 @@ def test_a_stage_with_a_bad_field(user, capsys):
 
 def test_a_later_stage_checked_before_any_actor(user, capsys):
     """Every stage's pre-flight runs first: a bad reward function in the last stage fails before the first starts."""
-    text = STAGED + ("stages:\n  - name: a\n    algorithm: {name: sft}\n"
-                     "    data: {completion_column: answer}\n"
-                     "  - name: b\n    algorithm: {num_generations: 4, per_device_train_batch_size: 8}\n"
-                     "    reward: {reward_funcs: [my_rewards:nope]}\n")
+    text = STAGED + (
+        "stages:\n  - name: a\n    algorithm: {name: sft}\n"
+        "    data: {completion_column: answer}\n"
+        "  - name: b\n    algorithm: {num_generations: 4, per_device_train_batch_size: 8}\n"
+        "    reward: {reward_funcs: [my_rewards:nope]}\n"
+    )
     bad(capsys, "train", run_file(user, text), "--output", user / "staged_out", expect=["has no 'nope'"])
     assert not (user / "staged_out" / "a").exists()
 
 
 # reward functions -----------------------------------------------------------------------------------------------
 def test_misspelled_reward_function(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "my_rewards:exactt"}),
-        expect=["reward.reward_funcs[0]", "has no 'exactt'", "did you mean my_rewards:exact?"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "my_rewards:exactt"}),
+        expect=["reward.reward_funcs[0]", "has no 'exactt'", "did you mean my_rewards:exact?"],
+    )
 
 
 def test_reward_module_missing(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "my_rewardz:exact"}),
-        expect=["module 'my_rewardz' cannot be imported"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "my_rewardz:exact"}),
+        expect=["module 'my_rewardz' cannot be imported"],
+    )
 
 
 def test_reward_module_that_fails_on_import(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "broken_rewards:f"}),
-        expect=["cannot be imported (ZeroDivisionError"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "broken_rewards:f"}),
+        expect=["cannot be imported (ZeroDivisionError"],
+    )
 
 
 def test_unknown_builtin_reward(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "arithmetic_exat"}),
-        expect=["unknown reward function 'arithmetic_exat'", "did you mean 'arithmetic_exact'?"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "arithmetic_exat"}),
+        expect=["unknown reward function 'arithmetic_exat'", "did you mean 'arithmetic_exact'?"],
+    )
 
 
 def test_reward_that_is_not_a_function(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "my_rewards:NOT_A_FUNCTION"}),
-        expect=["is a int, not a function"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "my_rewards:NOT_A_FUNCTION"}),
+        expect=["is a int, not a function"],
+    )
 
 
 def test_reward_signature_without_kwargs(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "my_rewards:no_kwargs"}),
-        expect=["does not accept the keyword(s) prompts", "add **kwargs"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "my_rewards:no_kwargs"}),
+        expect=["does not accept the keyword(s) prompts", "add **kwargs"],
+    )
 
 
 def test_reward_with_positional_only_parameters(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "my_rewards:positional_only"}),
-        expect=["positional-only"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "my_rewards:positional_only"}),
+        expect=["positional-only"],
+    )
 
 
 def test_reward_that_needs_a_missing_column(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "my_rewards:needs_solution"}),
-        expect=["needs the dataset column(s) solution", "data.train lacks"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "my_rewards:needs_solution"}),
+        expect=["needs the dataset column(s) solution", "data.train lacks"],
+    )
 
 
 def test_builtin_verifier_without_its_column(user, capsys):
     _jsonl(user / "no_answer.jsonl", [{"prompt": "12+3="}])
-    bad(capsys, "validate", run_file(user, **{"./train.jsonl": "./no_answer.jsonl",
-                                               "my_rewards:exact": "arithmetic_exact"}),
-        expect=["arithmetic_exact needs the dataset column(s) answer"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"./train.jsonl": "./no_answer.jsonl", "my_rewards:exact": "arithmetic_exact"}),
+        expect=["arithmetic_exact needs the dataset column(s) answer"],
+    )
 
 
 def test_code_reward_on_a_dataset_without_tests(user, capsys):
-    bad(capsys, "validate", run_file(user, **{"my_rewards:exact": "code_tests"}),
-        expect=["code_tests needs the dataset column(s) tests", "data.train lacks"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"my_rewards:exact": "code_tests"}),
+        expect=["code_tests needs the dataset column(s) tests", "data.train lacks"],
+    )
 
 
 def test_judge_template_without_the_completion(user, capsys):
     judge = "[{name: llm_judge, kwargs: {model: some/judge, chat: false, template: 'Grade {prompt}'}}]"
-    bad(capsys, "validate", run_file(user, **{"[my_rewards:exact]": judge}),
-        expect=["llm_judge", "no {completion} field"])
+    bad(
+        capsys,
+        "validate",
+        run_file(user, **{"[my_rewards:exact]": judge}),
+        expect=["llm_judge", "no {completion} field"],
+    )
 
 
 def test_reward_factory_with_wrong_kwargs(user, capsys):
@@ -459,8 +628,14 @@ def test_a_run_folder_that_holds_a_run_is_refused(user, capsys, tmp_path):
 
 def _console(*argv, env=None, timeout=120) -> tuple[int, str, float]:
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "relay_rl", *map(str, argv)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    p = subprocess.run(
+        [sys.executable, "-m", "relay_rl", *map(str, argv)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     return p.returncode, p.stdout + p.stderr, time.time() - t0
 
 
@@ -474,7 +649,8 @@ def test_console_of_a_real_process(user, tmp_path):
     code, console, took = _console("train", run_file(user), "cluster.address=127.0.0.1:9", "--output", tmp_path / "a")
     assert code == 2 and "nothing answers at 127.0.0.1:9" in console and "Traceback" not in console, console
     assert took < 60
-    code, console, took = _console("train", run_file(user), "--output", tmp_path / "b",
-                                   env={"RAY_ADDRESS": "127.0.0.1:9"})
+    code, console, took = _console(
+        "train", run_file(user), "--output", tmp_path / "b", env={"RAY_ADDRESS": "127.0.0.1:9"}
+    )
     assert code == 2 and "$RAY_ADDRESS" in console and "Traceback" not in console and took < 60, console
     assert not (tmp_path / "b" / "metrics.jsonl").exists()

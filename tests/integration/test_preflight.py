@@ -1,11 +1,12 @@
 """Checks before anything waits: pools the cluster cannot host, and data that cannot load, fail at once with the field
 to change (on the automatic local cluster); a remote cluster that may still grow gets a warning instead."""
+
 import pytest
 
-from relay_rl.errors import ConfigError
 from relay_rl.cluster.config import validate_dict
 from relay_rl.cluster.data import load_data
 from relay_rl.cluster.pools import check_resources
+from relay_rl.errors import ConfigError
 from tests.conftest import quickstart_dict
 
 
@@ -29,10 +30,20 @@ def test_too_many_cpus_in_all_and_colocated_bundles(ray_cluster):
     cfg = validate_dict(quickstart_dict(cluster={"reward": {"replicas": 40, "num_cpus": 1}}))
     with pytest.raises(ConfigError, match="the pools need 41.5 CPU in all; the cluster has 8"):
         check_resources(cfg, fixed=True)
-    colocated = validate_dict(quickstart_dict(cluster={"colocate": True, "learner": {"replicas": 2, "num_cpus": 6},
-                                                       "rollout": {"replicas": 2, "num_cpus": 3}}))
-    with pytest.raises(ConfigError, match=r"cluster.learner: each rank \(with its colocated rollout replica\) needs "
-                                          r"CPU 9; no node has that"):
+    colocated = validate_dict(
+        quickstart_dict(
+            cluster={
+                "colocate": True,
+                "learner": {"replicas": 2, "num_cpus": 6},
+                "rollout": {"replicas": 2, "num_cpus": 3},
+            }
+        )
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"cluster.learner: each rank \(with its colocated rollout replica\) needs "
+        r"CPU 9; no node has that",
+    ):
         check_resources(colocated, fixed=True)
 
 

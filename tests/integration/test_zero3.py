@@ -4,9 +4,9 @@ The 2-rank learner trains on a generation batch cut into 2 shards; a plain trans
 computes the same dapo loss on the whole batch in one process. After the step the gathered weights must be
 identical on both ranks and equal to the reference within tolerance.
 """
+
 import copy
 
-import pytest
 import torch
 
 from relay_rl.batch import Batch
@@ -34,10 +34,19 @@ def synthetic_batch(tokenizer, n_prompts=4, G=4, seed=0) -> Batch:
     rewards = torch.rand(N, 1, generator=g).round()
     gid = torch.arange(n_prompts).repeat_interleave(G)
     A, _ = compute_advantages(rewards, gid, torch.ones(1))
-    return Batch(prompt_ids=p_ids, prompt_mask=torch.ones_like(p_ids), completion_ids=c_ids, completion_mask=c_mask,
-                 behaviour_logprobs=torch.zeros(N, Tc), policy_version=torch.zeros(N, dtype=torch.long),
-                 group_id=gid, truncated=torch.zeros(N, dtype=torch.bool), rewards=rewards, advantages=A.float(),
-                 info={"num_items_in_batch": float(c_mask.sum())})
+    return Batch(
+        prompt_ids=p_ids,
+        prompt_mask=torch.ones_like(p_ids),
+        completion_ids=c_ids,
+        completion_mask=c_mask,
+        behaviour_logprobs=torch.zeros(N, Tc),
+        policy_version=torch.zeros(N, dtype=torch.long),
+        group_id=gid,
+        truncated=torch.zeros(N, dtype=torch.bool),
+        rewards=rewards,
+        advantages=A.float(),
+        info={"num_items_in_batch": float(c_mask.sum())},
+    )
 
 
 def test_zero3_two_ranks_match_single_process_reference(ray_cluster, kit):
@@ -47,17 +56,28 @@ def test_zero3_two_ranks_match_single_process_reference(ray_cluster, kit):
     from relay_rl.learner.actor import LearnerRank
 
     raw = quickstart_dict(
-        algorithm={"per_device_train_batch_size": 8, "num_generations": 4,
-                   "vllm_importance_sampling_correction": False},
-        train={"learning_rate": LR, "lr_scheduler_type": "constant", "zero_stage": 3, "max_grad_norm": 0.0,
-               "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},  # really partition
-        cluster={"learner": {"replicas": 2, "num_cpus": 1}})
+        algorithm={
+            "per_device_train_batch_size": 8,
+            "num_generations": 4,
+            "vllm_importance_sampling_correction": False,
+        },
+        train={
+            "learning_rate": LR,
+            "lr_scheduler_type": "constant",
+            "zero_stage": 3,
+            "max_grad_norm": 0.0,
+            "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}},
+        },  # really partition
+        cluster={"learner": {"replicas": 2, "num_cpus": 1}},
+    )
     cfg = validate_dict(raw)
     tok = AutoTokenizer.from_pretrained(kit["warm_start"])
     batch = synthetic_batch(tok)
 
-    ranks = [ray.remote(LearnerRank).options(num_cpus=1).remote(i, 2, cfg.model_dump(mode="json"), kit["warm_start"])
-             for i in range(2)]
+    ranks = [
+        ray.remote(LearnerRank).options(num_cpus=1).remote(i, 2, cfg.model_dump(mode="json"), kit["warm_start"])
+        for i in range(2)
+    ]
     addr, port = ray.get(ranks[0].rendezvous.remote())
     infos = ray.get([r.setup.remote(addr, port) for r in ranks])
     assert [i["zero_stage"] for i in infos] == [3, 3]
@@ -76,12 +96,14 @@ def test_zero3_two_ranks_match_single_process_reference(ray_cluster, kit):
     for name, a in before[0].items():  # ZeRO-3 loaded the same weights
         torch.testing.assert_close(torch.from_numpy(a), init[name], rtol=0, atol=0)
     opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    logp, ent = completion_logprobs(ref, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                    batch.completion_mask, with_entropy=True)
-    loss, _ = policy_loss(cfg.algorithm, PolicyBatch(logprobs_BT=logp, mask_BT=batch.completion_mask,
-                                                     advantages=batch.advantages, entropy_BT=ent),
-                          LossScale(GA=1, S=1, P=1, max_completion_length=5,
-                                    num_items_in_batch=batch.info["num_items_in_batch"]))
+    logp, ent = completion_logprobs(
+        ref, batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, with_entropy=True
+    )
+    loss, _ = policy_loss(
+        cfg.algorithm,
+        PolicyBatch(logprobs_BT=logp, mask_BT=batch.completion_mask, advantages=batch.advantages, entropy_BT=ent),
+        LossScale(GA=1, S=1, P=1, max_completion_length=5, num_items_in_batch=batch.info["num_items_in_batch"]),
+    )
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in ref.named_parameters()}
     opt.step()
@@ -94,8 +116,9 @@ def test_zero3_two_ranks_match_single_process_reference(ray_cluster, kit):
         # those elements may move by up to 2 lr; everywhere else the two steps agree to 1% of lr
         clear = grads[name].abs() > 1e-6
         clear_n, total_n = clear_n + int(clear.sum()), total_n + clear.numel()
-        torch.testing.assert_close(w0[clear], p.detach()[clear], rtol=1e-5, atol=LR * 1e-2,
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            w0[clear], p.detach()[clear], rtol=1e-5, atol=LR * 1e-2, msg=lambda m, name=name: f"{name}: {m}"
+        )
         assert (w0 - p.detach()).abs().max() <= 2 * LR + 1e-7, name
         moved += int((w0 - init[name]).abs().max() > LR / 2)
     assert moved >= len(after[0]) - 2, "the step did not change the weights"

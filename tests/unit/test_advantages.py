@@ -6,6 +6,7 @@ n <= 1 -> NaN, final NaN -> 0). It is compared with ``learner.advantages.compute
 (several groups, scattered NaNs, an unscorable row, a group with a single scorable row, an all-equal group, shuffled
 and non-contiguous group ids); then every §12 "Advantages" property is checked on hand-made inputs.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,9 @@ def ref_advantages(R, gid, w, scale="group", agg="sum_then_normalize"):
                 z[i][k] = (R[i][k] - _nanmean(col)) / (_nanstd(col) + EPS_A)
         # NaN z terms (a None entry, or a group column with <= 1 value) are skipped as in step 1 of the default mode;
         # r_i is NaN only for an unscorable row (TRL 1.16's reading: nansum, then unscorable rows -> NaN).
-        r = [math.nan if unscorable[i] else sum(wk * x for wk, x in zip(w, z[i]) if not math.isnan(x))
-             for i in range(N)]
+        r = [
+            math.nan if unscorable[i] else sum(wk * x for wk, x in zip(w, z[i]) if not math.isnan(x)) for i in range(N)
+        ]
         m, s = _nanmean(r), _nanstd(r)
         A = [(x - m) / (s + EPS_A) for x in r]
     A = [0.0 if math.isnan(a) else a for a in A]
@@ -82,10 +84,10 @@ def random_rewards(seed, G=4, groups=6, K=3, p_nan=0.2, shuffle=True, special=Tr
     N = G * groups
     R = torch.randn(N, K, generator=g, dtype=F64) * 2 + torch.rand(K, generator=g, dtype=F64)
     R[torch.rand(N, K, generator=g, dtype=F64) < p_nan] = math.nan
-    R[G:2 * G] = 0.5  # an all-equal group
+    R[G : 2 * G] = 0.5  # an all-equal group
     if special:
         R[1] = math.nan  # an unscorable row
-        R[2 * G + 1:3 * G] = math.nan  # a group with a single scorable row
+        R[2 * G + 1 : 3 * G] = math.nan  # a group with a single scorable row
     gid = torch.arange(groups).repeat_interleave(G) * 7 + 3  # non-contiguous labels
     if shuffle:  # group ids are labels: rows need not be consecutive
         perm = torch.randperm(N, generator=g)
@@ -103,9 +105,16 @@ def assert_close(a, b, rtol=1e-9, atol=1e-12):
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("scale,agg", [("group", "sum_then_normalize"), ("batch", "sum_then_normalize"),
-                                       ("none", "sum_then_normalize"), ("group", "normalize_then_sum"),
-                                       ("none", "normalize_then_sum")])
+@pytest.mark.parametrize(
+    "scale,agg",
+    [
+        ("group", "sum_then_normalize"),
+        ("batch", "sum_then_normalize"),
+        ("none", "sum_then_normalize"),
+        ("group", "normalize_then_sum"),
+        ("none", "normalize_then_sum"),
+    ],
+)
 def test_matches_reference(seed, shuffle, scale, agg):
     R, gid, w = random_rewards(seed, shuffle=shuffle)
     A, r = compute_advantages(R, gid, w, scale, agg)
@@ -137,8 +146,9 @@ def test_unknown_options_raise():
 # ----------------------------------------------------------------------------------------------------------------
 def test_two_completions_group_scaling():
     """G=2, rewards [0, 1], group scaling: A = ±0.5/(sqrt(0.5) + 1e-4) = ±0.7070068."""
-    A, r = compute_advantages(torch.tensor([[0.0], [1.0]], dtype=F64), torch.tensor([0, 0]),
-                              torch.tensor([1.0], dtype=F64), "group")
+    A, r = compute_advantages(
+        torch.tensor([[0.0], [1.0]], dtype=F64), torch.tensor([0, 0]), torch.tensor([1.0], dtype=F64), "group"
+    )
     assert_close(A, torch.tensor([-0.7070068, 0.7070068], dtype=F64), rtol=0, atol=5e-8)
     assert_close(A, torch.tensor([-0.5, 0.5], dtype=F64) / (math.sqrt(0.5) + 1e-4))
     assert_close(r, torch.tensor([0.0, 1.0], dtype=F64))
@@ -169,8 +179,15 @@ def test_batch_scaling_keeps_group_mean_divides_by_batch_std():
     assert not torch.allclose(A, A_group)  # the divisor really is the batch's, not the group's
 
 
-@pytest.mark.parametrize("scale,agg", [("group", "sum_then_normalize"), ("batch", "sum_then_normalize"),
-                                       ("none", "sum_then_normalize"), ("group", "normalize_then_sum")])
+@pytest.mark.parametrize(
+    "scale,agg",
+    [
+        ("group", "sum_then_normalize"),
+        ("batch", "sum_then_normalize"),
+        ("none", "sum_then_normalize"),
+        ("group", "normalize_then_sum"),
+    ],
+)
 def test_unscorable_row_is_zero_and_invisible(scale, agg):
     R, gid, w = random_rewards(5, p_nan=0.0, shuffle=False, special=False)
     R[9] = math.nan  # unscorable (all K functions returned None)

@@ -1,10 +1,11 @@
 """Run-file validation: good files load; bad ones fail before anything starts, naming file, field, line, options."""
+
 import textwrap
 
 import pytest
 
-from relay_rl.errors import ConfigError
 from relay_rl.cluster.config import load_config, resolve_schedule
+from relay_rl.errors import ConfigError
 from tests.conftest import RECIPES
 
 
@@ -31,8 +32,9 @@ cluster:
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_validates(recipe):
     from relay_rl.cluster.config import StagedConfig
+
     cfg = load_config(recipe)
-    for run in ([s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]):  # a staged file: each stage
+    for run in [s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]:  # a staged file: each stage
         resolve_schedule(run)
 
 
@@ -63,17 +65,26 @@ def test_wrong_value_shows_allowed_values(tmp_path):
 
 
 def test_attn_implementation_is_checked_where_it_is_written(tmp_path):
-    p = write(tmp_path, GOOD.replace('model: {name_or_path: "kit:warm_start"}',
-                                     'model: {name_or_path: "kit:warm_start", attn_implementation: fast}'))
+    p = write(
+        tmp_path,
+        GOOD.replace(
+            'model: {name_or_path: "kit:warm_start"}',
+            'model: {name_or_path: "kit:warm_start", attn_implementation: fast}',
+        ),
+    )
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)
     assert "model.attn_implementation" in msg and "'fast'" in msg and "eager" in msg and f"{p}:3" in msg
-    cfg = load_config(write(tmp_path, GOOD), ["model.attn_implementation=eager",
-                                              "teacher.name_or_path=kit:teacher",
-                                              "teacher.attn_implementation=kernels-community/flash-attn"])
-    assert (cfg.model.attn_implementation, cfg.teacher.attn_implementation) == ("eager",
-                                                                                "kernels-community/flash-attn")
+    cfg = load_config(
+        write(tmp_path, GOOD),
+        [
+            "model.attn_implementation=eager",
+            "teacher.name_or_path=kit:teacher",
+            "teacher.attn_implementation=kernels-community/flash-attn",
+        ],
+    )
+    assert (cfg.model.attn_implementation, cfg.teacher.attn_implementation) == ("eager", "kernels-community/flash-attn")
     assert load_config(write(tmp_path, GOOD)).model.attn_implementation is None  # transformers' default
 
 
@@ -111,22 +122,28 @@ def test_batch_rules(tmp_path):
     with pytest.raises(ConfigError, match="whole groups"):
         load_config(write(tmp_path, GOOD.replace("num_generations: 8", "num_generations: 5")))
     with pytest.raises(ConfigError, match="not both"):
-        load_config(write(tmp_path, GOOD + "  steps_per_generation: 2\n  generation_batch_size: 32\n"
-                          .replace("  steps", "  steps")), ["algorithm.steps_per_generation=2",
-                                                             "algorithm.generation_batch_size=32"])
+        load_config(
+            write(
+                tmp_path,
+                GOOD + "  steps_per_generation: 2\n  generation_batch_size: 32\n".replace("  steps", "  steps"),
+            ),
+            ["algorithm.steps_per_generation=2", "algorithm.generation_batch_size=32"],
+        )
     with pytest.raises(ConfigError, match="divisible by per_device_train_batch_size"):
         load_config(write(tmp_path, GOOD), ["algorithm.generation_batch_size=24"])
     with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
-        load_config(write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=2",
-                                            "algorithm.steps_per_generation=3"])
+        load_config(
+            write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=2", "algorithm.steps_per_generation=3"]
+        )
     cfg = load_config(write(tmp_path, GOOD), ["algorithm.generation_batch_size=64"])
     s = resolve_schedule(cfg)
     assert (s.S, s.K, s.admission_version(1), s.admission_version(2)) == (4, 4, 4, 8)
     cfg = load_config(write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=4"])
     s = resolve_schedule(cfg)  # S = GA = 4: one generation per step
     assert (s.S, s.K, s.admission_version(3)) == (4, 1, 3)
-    cfg = load_config(write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=4",
-                                              "algorithm.steps_per_generation=2"])
+    cfg = load_config(
+        write(tmp_path, GOOD), ["algorithm.gradient_accumulation_steps=4", "algorithm.steps_per_generation=2"]
+    )
     s = resolve_schedule(cfg)  # two generation batches per optimizer step
     assert (s.K, s.admission_version(1), s.admission_version(2), s.batches_needed(3)) == (0.5, 0, 1, 6)
 
@@ -135,7 +152,10 @@ def test_overrides_parse_yaml_and_are_validated(tmp_path):
     p = write(tmp_path, GOOD)
     cfg = load_config(p, ["train.max_steps=7", "rollout.top_k=20", "reward.reward_weights=[2.0]"])
     assert (cfg.train.max_steps, cfg.rollout.top_k, cfg.reward.reward_weights) == (7, 20, [2.0])
-    with pytest.raises(ConfigError, match=r"train.max_stepz: unknown field.*command-line override|command-line override.*train.max_stepz"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.max_stepz: unknown field.*command-line override|command-line override.*train.max_stepz",
+    ):
         load_config(p, ["train.max_stepz=3"])
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_config(p, ["train.max_steps"])
@@ -155,8 +175,10 @@ def test_cross_field_rules_say_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match=r"weight_transport: ipc .* set cluster.colocate: true"):
         load_config(write(tmp_path, GOOD), ["rollout.weight_transport=ipc"])
     with pytest.raises(ConfigError, match="partial_rollouts needs weight_transport: object_store"):
-        load_config(write(tmp_path, GOOD), ["rollout.weight_transport=ipc", "cluster.colocate=true",
-                                            "rollout.partial_rollouts=true"])
+        load_config(
+            write(tmp_path, GOOD),
+            ["rollout.weight_transport=ipc", "cluster.colocate=true", "rollout.partial_rollouts=true"],
+        )
     colocated = load_config(write(tmp_path, GOOD), ["rollout.weight_transport=ipc", "cluster.colocate=true"])
     assert colocated.rollout.weight_transport == "ipc"
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -167,6 +189,7 @@ def test_cross_field_rules_say_what_to_do(tmp_path):
 
 def test_cli_validate_exit_codes(tmp_path, capsys):
     from relay_rl.cluster.cli import main
+
     lengths = ["rollout.max_prompt_length=16", "rollout.max_completion_length=5"]  # the kit model has 64 positions
     assert main(["validate", str(write(tmp_path, GOOD)), *lengths]) == 0
     assert "# valid." in capsys.readouterr().out
@@ -178,21 +201,31 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
 OVERLAY = RECIPES.parent / "overlays" / "kit.yaml"
 
 
-@pytest.mark.parametrize("recipe", sorted(p for p in RECIPES.glob("*.yaml") if "\nstages:" not in p.read_text()),
-                         ids=lambda p: p.stem)  # the staged R1 pipeline has its own overlay (tests/unit/test_stages.py)
+@pytest.mark.parametrize(
+    "recipe", sorted(p for p in RECIPES.glob("*.yaml") if "\nstages:" not in p.read_text()), ids=lambda p: p.stem
+)  # the staged R1 pipeline has its own overlay (tests/unit/test_stages.py)
 def test_kit_overlay_keeps_the_papers_method_knobs(recipe):
     paper = load_config(recipe)
     two_rewards = ["reward.reward_funcs=[arithmetic_exact,think_format]"] if recipe.stem == "gdpo" else []
     pairs = paper.algorithm.name in ("online_dpo", "xpo")  # their own overlay after kit.yaml: G = 2, 64 per batch
-    cfg = load_config(recipe, [str(OVERLAY), *([str(OVERLAY.parent / "kit_preference.yaml")] if pairs else []),
-                               *two_rewards])
+    cfg = load_config(
+        recipe, [str(OVERLAY), *([str(OVERLAY.parent / "kit_preference.yaml")] if pairs else []), *two_rewards]
+    )
     assert cfg.model.name_or_path == "kit:warm_start" and cfg.data.train == "kit:train"
     assert cfg.reward.reward_funcs[0] == "arithmetic_exact"
-    sizes = {"num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
-             "generation_batch_size", "steps_per_generation", *(["drop_ties"] if pairs else [])}
+    sizes = {
+        "num_generations",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "generation_batch_size",
+        "steps_per_generation",
+        *(["drop_ties"] if pairs else []),
+    }
     assert cfg.algorithm.model_dump(exclude=sizes) == paper.algorithm.model_dump(exclude=sizes)
     s = resolve_schedule(cfg)
-    assert (s.P, s.generation_batch_size, s.K) == ((2, 64, 1) if pairs else (2, 256, 4 * paper.algorithm.num_iterations))
+    assert (s.P, s.generation_batch_size, s.K) == (
+        (2, 64, 1) if pairs else (2, 256, 4 * paper.algorithm.num_iterations)
+    )
 
 
 def test_overlay_then_overrides_in_order_and_errors_name_the_overlay(tmp_path):
@@ -203,16 +236,25 @@ def test_overlay_then_overrides_in_order_and_errors_name_the_overlay(tmp_path):
         load_config(p, [str(layer)])
     assert f"{layer}:5: algorithm.loss_type" in str(e.value)
     cfg = load_config(p, [str(layer), "algorithm.loss_type=grpo", "train.max_steps=3"])
-    assert (cfg.train.max_steps, cfg.algorithm.num_generations, cfg.algorithm.per_device_train_batch_size,
-            cfg.algorithm.loss_type) == (3, 4, 8, "grpo")  # sections merge key by key; later layers win
+    assert (
+        cfg.train.max_steps,
+        cfg.algorithm.num_generations,
+        cfg.algorithm.per_device_train_batch_size,
+        cfg.algorithm.loss_type,
+    ) == (3, 4, 8, "grpo")  # sections merge key by key; later layers win
     with pytest.raises(ConfigError, match="no such overlay file"):
         load_config(p, [str(tmp_path / "missing.yaml")])
 
 
 def test_cli_train_reports_a_model_that_cannot_load_before_any_pool(tmp_path, capsys):
     from relay_rl.cluster.cli import main
-    run = write(tmp_path, GOOD.replace("kit: {}\n", "").replace('"kit:warm_start"', f'"{tmp_path}/model"')
-                .replace('data: {train: "kit:train", eval: "kit:test"}', f'data: {{train: "{tmp_path}/nope.jsonl"}}'))
+
+    run = write(
+        tmp_path,
+        GOOD.replace("kit: {}\n", "")
+        .replace('"kit:warm_start"', f'"{tmp_path}/model"')
+        .replace('data: {train: "kit:train", eval: "kit:test"}', f'data: {{train: "{tmp_path}/nope.jsonl"}}'),
+    )
     assert main(["train", str(run), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "relay-rl: model.name_or_path: no such folder" in err and f"{tmp_path}/model" in err

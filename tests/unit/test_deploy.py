@@ -1,6 +1,7 @@
 """deploy/ checked offline: the KubeRay manifests against KubeRay's CRD schemas (tests/unit/data/kuberay/), the
 cluster launcher file against the schema in the Ray wheel, the recipes' pools against the node groups that host
 them, the Dockerfile's install against the README's, and token auth wherever Ray listens beyond loopback."""
+
 import copy
 import gzip
 import importlib.util
@@ -8,11 +9,11 @@ import json
 import math
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
 from relay_rl.cluster.config import load_config
@@ -43,8 +44,9 @@ def crd_validator(crd: str):
 # ----------------------------------------------------------------------------------------------------------------
 def test_manifests_validate_against_the_kuberay_crds():
     for crd, manifest in (("rayclusters", RAYCLUSTER), ("rayjobs", RAYJOB)):
-        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-                  for e in crd_validator(crd).iter_errors(manifest)]
+        errors = [
+            f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in crd_validator(crd).iter_errors(manifest)
+        ]
         assert errors == [], f"{crd}: {errors}"
     assert RAYCLUSTER["apiVersion"] == RAYJOB["apiVersion"] == "ray.io/v1"
     assert (RAYCLUSTER["kind"], RAYJOB["kind"]) == ("RayCluster", "RayJob")
@@ -120,6 +122,7 @@ def quantity(q) -> float:
 
 def kuberay_groups(spec: dict) -> dict:
     """name -> (what one pod gives Ray: CPU, GPU and custom resources; the most pods)."""
+
     def gives(group):
         (ray_container,) = [c for c in group["template"]["spec"]["containers"] if c["name"].startswith("ray-")]
         limits = ray_container["resources"]["limits"]
@@ -130,15 +133,20 @@ def kuberay_groups(spec: dict) -> dict:
         if "resources" in params:  # KubeRay's form: a JSON object inside a quoted string
             have.update(json.loads(params["resources"].strip().strip('"').replace('\\"', '"')))
         return have
+
     groups = {"(head)": (gives(spec["headGroupSpec"]), 1)}
     groups.update({g["groupName"]: (gives(g), g["maxReplicas"]) for g in spec["workerGroupSpecs"]})
     return groups
 
 
 def launcher_groups(cfg: dict) -> dict:
-    return {("(head)" if name == cfg["head_node_type"] else name):
-            ({"CPU": 0, "GPU": 0, **t["resources"]}, 1 if name == cfg["head_node_type"] else t["max_workers"])
-            for name, t in cfg["available_node_types"].items()}
+    return {
+        ("(head)" if name == cfg["head_node_type"] else name): (
+            {"CPU": 0, "GPU": 0, **t["resources"]},
+            1 if name == cfg["head_node_type"] else t["max_workers"],
+        )
+        for name, t in cfg["available_node_types"].items()
+    }
 
 
 def started_pools(cfg) -> list:
@@ -162,7 +170,7 @@ def placement_problems(cfg, groups: dict) -> list[str]:
         if len(spec.resources) != 1:
             problems.append(f"{pool}: pin it with one custom resource (has {spec.resources})")
             continue
-        (label, _), = spec.resources.items()
+        ((label, _),) = spec.resources.items()
         hosts = [name for name, (have, _) in groups.items() if have.get(label, 0) > 0]
         if len(hosts) != 1:
             problems.append(f"{pool}: {label} is advertised by {hosts or 'no group'}, not exactly one")
@@ -176,8 +184,9 @@ def placement_problems(cfg, groups: dict) -> list[str]:
             problems.append(f"{pool}: one actor needs {need}; a {name} pod gives {have}")
             continue
         pods[name] += math.ceil(spec.replicas / per_pod)
-    problems += [f"group {name}: needs {n} pods, at most {groups[name][1]}" for name, n in pods.items()
-                 if n > groups[name][1]]
+    problems += [
+        f"group {name}: needs {n} pods, at most {groups[name][1]}" for name, n in pods.items() if n > groups[name][1]
+    ]
     return problems
 
 
@@ -203,8 +212,9 @@ def test_the_rayjob_runs_a_recipe_with_the_pools_overlay():
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.stem)
 def test_every_gpu_recipe_fits_the_node_groups(recipe):
     from relay_rl.cluster.config import StagedConfig
+
     cfg = load_config(recipe, [str(POOLS)])
-    for run in ([s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]):  # a staged file: each stage
+    for run in [s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]:  # a staged file: each stage
         assert placement_problems(run, kuberay_groups(RAYCLUSTER["spec"])) == []
         assert placement_problems(run, launcher_groups(LAUNCHER)) == []
 
@@ -218,8 +228,10 @@ def test_the_head_hosts_no_pool_and_both_files_use_the_same_labels():
 
 
 def test_placement_check_catches_what_does_not_fit():
-    cfg = load_config(entrypoint_files()[0], [str(POOLS), "cluster.rollout.replicas=40",
-                                              "cluster.learner.num_gpus=16", "cluster.reward.resources={}"])
+    cfg = load_config(
+        entrypoint_files()[0],
+        [str(POOLS), "cluster.rollout.replicas=40", "cluster.learner.num_gpus=16", "cluster.reward.resources={}"],
+    )
     problems = placement_problems(cfg, kuberay_groups(RAYCLUSTER["spec"]))
     assert any(p.startswith("group rollout: needs 5 pods") for p in problems), problems
     assert any(p.startswith("learner: one actor needs") for p in problems), problems
@@ -258,7 +270,7 @@ def dockerfile_installs() -> list[list[str]]:
 
 def test_the_dockerfile_and_the_launcher_install_as_the_readme_says():
     readme = readme_gpu_installs()
-    assert readme and any('.[vllm]' in words for words in readme), readme
+    assert readme and any(".[vllm]" in words for words in readme), readme
     assert dockerfile_installs() == readme
     assert pip_installs(LAUNCHER["setup_commands"]) == readme
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -318,11 +330,13 @@ def launcher_auth_problems(cfg: dict) -> list[str]:
         words = shlex.split(cmd)
         if "ray" not in words or words[words.index("ray") + 1] != "start":
             continue
-        env = words[:words.index("ray")]
+        env = words[: words.index("ray")]
         host = next((w.split("=", 1)[1] for w in words if w.startswith("--dashboard-host=")), "127.0.0.1")
         if "RAY_AUTH_MODE=token" not in env:
-            problems.append(f"{cmd!r}: without RAY_AUTH_MODE=token"
-                            + (f" while the dashboard listens on {host}" if host not in LOOPBACK else ""))
+            problems.append(
+                f"{cmd!r}: without RAY_AUTH_MODE=token"
+                + (f" while the dashboard listens on {host}" if host not in LOOPBACK else "")
+            )
     return problems
 
 

@@ -1,15 +1,18 @@
 """Distillation families in the run file: the union by ``name``, TRL's defaults, and bad input that fails before any
 actor starts, naming the field (and both models for a vocabulary mismatch)."""
+
 import pytest
 
-from relay_rl.errors import ConfigError
 from relay_rl.cluster.config import validate_dict
 from relay_rl.cluster.preflight import check_teacher
+from relay_rl.errors import ConfigError
 from tests.conftest import quickstart_dict
 
 
 def distill(algorithm: dict, **sections) -> dict:
-    return quickstart_dict(algorithm=None, teacher={"name_or_path": "kit:teacher"}, **sections) | {"algorithm": algorithm}
+    return quickstart_dict(algorithm=None, teacher={"name_or_path": "kit:teacher"}, **sections) | {
+        "algorithm": algorithm
+    }
 
 
 def test_union_selects_the_family_with_trls_defaults():
@@ -56,6 +59,7 @@ def test_missing_teacher_and_other_rules():
 def other_tokenizer_teacher(kit, tmp_path_factory):
     """A tiny untrained model with the digit-pair tokenizer (114 tokens)."""
     from relay_rl.cluster.kit.task import build_model, build_pair_tokenizer
+
     tok = build_pair_tokenizer()
     model = build_model(kit["cfg"], tok)
     path = tmp_path_factory.mktemp("pairs")

@@ -18,6 +18,7 @@ small vocabulary (numpy only for log-softmax and random draws):
 
 No Ray, no model, no process group (``all_reduce_sum`` is the identity at world size 1; P = 2 is simulated).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,13 @@ from relay_rl.batch import Batch
 from relay_rl.cluster.config import resolve_schedule, validate_dict
 from relay_rl.learner.divergences import TAIL_MIN, generalized_jsd, kl, log_tail, topk_support
 from relay_rl.learner.methods.base import DATASET, POLICY, TEACHER
-from relay_rl.learner.methods.distill import DistillObjective, Distillation, GKDConfig, GOLDConfig, OnPolicyDistillationConfig
+from relay_rl.learner.methods.distill import (
+    Distillation,
+    DistillObjective,
+    GKDConfig,
+    GOLDConfig,
+    OnPolicyDistillationConfig,
+)
 from relay_rl.learner.methods.minillm import MiniLLMObjective, reward_to_go
 from tests.conftest import quickstart_dict
 
@@ -108,18 +115,32 @@ def rand_logp(rng, *shape, scale=2.0) -> np.ndarray:
     return np_log_softmax(rng.normal(0.0, scale, size=shape))
 
 
-def make_batch(mask, *, teacher_dist=None, teacher_dist_ids=None, teacher_logprobs=None, completion_ids=None,
-               advantages=None, V=5, seed=0, mask_dtype=torch.float32) -> Batch:
+def make_batch(
+    mask,
+    *,
+    teacher_dist=None,
+    teacher_dist_ids=None,
+    teacher_logprobs=None,
+    completion_ids=None,
+    advantages=None,
+    V=5,
+    seed=0,
+    mask_dtype=torch.float32,
+) -> Batch:
     mask = torch.as_tensor(np.asarray(mask, dtype=np.float64)).to(mask_dtype)
     N, Tc = mask.shape
     g = torch.Generator().manual_seed(seed)
     if completion_ids is None:
         completion_ids = torch.randint(0, V, (N, Tc), generator=g)
     return Batch(
-        prompt_ids=torch.ones(N, 2, dtype=torch.long), prompt_mask=torch.ones(N, 2, dtype=torch.long),
-        completion_ids=torch.as_tensor(completion_ids, dtype=torch.long), completion_mask=mask,
-        behaviour_logprobs=torch.full((N, Tc), float("nan")), policy_version=torch.zeros(N, dtype=torch.long),
-        group_id=torch.arange(N, dtype=torch.long), truncated=torch.zeros(N, dtype=torch.bool),
+        prompt_ids=torch.ones(N, 2, dtype=torch.long),
+        prompt_mask=torch.ones(N, 2, dtype=torch.long),
+        completion_ids=torch.as_tensor(completion_ids, dtype=torch.long),
+        completion_mask=mask,
+        behaviour_logprobs=torch.full((N, Tc), float("nan")),
+        policy_version=torch.zeros(N, dtype=torch.long),
+        group_id=torch.arange(N, dtype=torch.long),
+        truncated=torch.zeros(N, dtype=torch.bool),
         advantages=None if advantages is None else torch.as_tensor(advantages, dtype=torch.float32),
         teacher_logprobs=None if teacher_logprobs is None else torch.as_tensor(teacher_logprobs, dtype=F64),
         teacher_dist=None if teacher_dist is None else torch.as_tensor(teacher_dist, dtype=F64),
@@ -129,8 +150,11 @@ def make_batch(mask, *, teacher_dist=None, teacher_dist_ids=None, teacher_logpro
 
 
 def make_cfg(algorithm: dict, *, temperature=0.5, replicas=1):
-    raw = quickstart_dict(teacher={"name_or_path": "kit:teacher"}, rollout={"temperature": temperature},
-                          cluster={"learner": {"replicas": replicas, "num_cpus": 0.5}})
+    raw = quickstart_dict(
+        teacher={"name_or_path": "kit:teacher"},
+        rollout={"temperature": temperature},
+        cluster={"learner": {"replicas": replicas, "num_cpus": 0.5}},
+    )
     raw["algorithm"] = algorithm  # replaced whole: the GRPO knobs of the quickstart are not distillation knobs
     cfg = validate_dict(raw)
     return cfg, resolve_schedule(cfg)
@@ -283,9 +307,11 @@ def test_topk_tail_gradient_wrt_student_logits():
     ids, tK = teacher_topk(rand_logp(rng, 2, 2, V), k)
     ids_t, tK_t = torch.tensor(ids), torch.tensor(tK)
     for add_tail in (False, True):
-        def f(z_):
+
+        def f(z_, add_tail=add_tail):
             sK, tK2 = topk_support(torch.log_softmax(z_, -1), tK_t, ids_t, add_tail)
             return generalized_jsd(sK, tK2, 0.3)
+
         assert torch.autograd.gradcheck(f, (z,), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
@@ -309,7 +335,9 @@ def test_loss_temperature_placement(alg, tau):
     cfg, sched = make_cfg(alg, temperature=0.5)
     beta = cfg.algorithm.beta
     assert sched.P == 1 and sched.GA == 1
-    assert Distillation().needs(cfg).teachers[0].temperature == tau  # the teacher serves its log-probs at the loss temperature
+    assert (
+        Distillation().needs(cfg).teachers[0].temperature == tau
+    )  # the teacher serves its log-probs at the loss temperature
     rng = np.random.default_rng(12)
     V = 5
     logits = rng.normal(0.0, 1.5, size=(2, 3, V))
@@ -336,8 +364,13 @@ def test_loss_temperature_placement(alg, tau):
 def test_loss_topk_through_objective(add_tail):
     """On-policy distillation served top-k (loss_top_k 3): the objective equals the loop reference on the teacher's
     ids, with the student at logits / T."""
-    alg = {"name": "on_policy_distillation", "per_device_train_batch_size": 2, "loss_top_k": 3,
-           "loss_add_tail": add_tail, "beta": 0.5}
+    alg = {
+        "name": "on_policy_distillation",
+        "per_device_train_batch_size": 2,
+        "loss_top_k": 3,
+        "loss_add_tail": add_tail,
+        "beta": 0.5,
+    }
     cfg, sched = make_cfg(alg, temperature=0.5)
     assert Distillation().needs(cfg).teachers[0].output == "topk" and Distillation().needs(cfg).teachers[0].top_k == 3
     rng = np.random.default_rng(13)
@@ -391,8 +424,9 @@ def _global_token_mean(items, beta, T=1.0):
 
 def test_step_normaliser_one_rank_ga_micro_batches():
     """P = 1, GA = 4: the step objective sum_mb L_mb is the global token mean of D over the step."""
-    cfg, sched = make_cfg({"name": "gkd", "per_device_train_batch_size": 3, "gradient_accumulation_steps": 4,
-                           "beta": 0.3})
+    cfg, sched = make_cfg(
+        {"name": "gkd", "per_device_train_batch_size": 3, "gradient_accumulation_steps": 4, "beta": 0.3}
+    )
     assert (sched.P, sched.GA) == (1, 4)
     items = _micro_batches()
     obj = DistillObjective(cfg, sched)
@@ -410,8 +444,9 @@ def test_step_normaliser_two_ranks(how):
     N_step from ``begin_step`` called with the micro-batches of both ranks (what the all-reduce of the rank-local
     counts gives). ``explicit_step_tokens``: ``begin_step`` with the rank's own micro-batches, then ``step_tokens``
     set to the global count by hand. The average over ranks of each rank's sum_mb L_mb is the global token mean."""
-    cfg, sched = make_cfg({"name": "gkd", "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2,
-                           "beta": 0.5}, replicas=2)
+    cfg, sched = make_cfg(
+        {"name": "gkd", "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2, "beta": 0.5}, replicas=2
+    )
     assert (sched.P, sched.GA) == (2, 2)
     items = _micro_batches()
     ranks = [items[0:2], items[2:4]]  # rank 1 holds the all-padding micro-batch
@@ -488,14 +523,24 @@ def test_reward_to_go_against_loop_reference(gamma, normalize):
     R = rng.normal(size=(4, 6))
     M = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=np.float64)
     got = reward_to_go(torch.tensor(R), torch.tensor(M), gamma, normalize)
-    np.testing.assert_allclose(got.numpy(), ref_reward_to_go(R.tolist(), M.tolist(), gamma, normalize),
-                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        got.numpy(), ref_reward_to_go(R.tolist(), M.tolist(), gamma, normalize), rtol=1e-12, atol=1e-14
+    )
 
 
 def _minillm(kd_temperature=2.0, gamma=0.5, normalize=True, single=True, GA=1, rkl=True):
-    alg = {"name": "minillm", "num_generations": 2, "per_device_train_batch_size": 2, "gradient_accumulation_steps": GA,
-           "kd_temperature": kd_temperature, "gamma": gamma, "length_normalization": normalize,
-           "single_step_decomposition": single, "rkl_advantage": rkl, "vllm_importance_sampling_correction": False}
+    alg = {
+        "name": "minillm",
+        "num_generations": 2,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": GA,
+        "kd_temperature": kd_temperature,
+        "gamma": gamma,
+        "length_normalization": normalize,
+        "single_step_decomposition": single,
+        "rkl_advantage": rkl,
+        "vllm_importance_sampling_correction": False,
+    }
     cfg, sched = make_cfg(alg, temperature=0.5)
     return MiniLLMObjective(cfg, sched)
 
@@ -547,8 +592,10 @@ def test_minillm_advantage_float64_logits_float32_mask():
     try:
         got = obj.advantages(mb, z, torch.zeros(2, 3, dtype=F64))
     except RuntimeError as e:
-        pytest.fail("BUG (learner/methods/minillm.py reward_to_go): with length_normalization, a float32 "
-                    f"completion_mask and float64 R_t (float64 logits), `mask_BT @ W_TT.T` raises: {e}")
+        pytest.fail(
+            "BUG (learner/methods/minillm.py reward_to_go): with length_normalization, a float32 "
+            f"completion_mask and float64 R_t (float64 logits), `mask_BT @ W_TT.T` raises: {e}"
+        )
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
 
 
@@ -560,8 +607,10 @@ def test_reward_to_go_mixed_dtypes():
     try:
         got = reward_to_go(R, M, 0.5, True)
     except RuntimeError as e:
-        pytest.fail("BUG (learner/methods/minillm.py reward_to_go): normalize=True with R float64 and mask float32 "
-                    f"raises instead of promoting: {e}")
+        pytest.fail(
+            "BUG (learner/methods/minillm.py reward_to_go): normalize=True with R float64 and mask float32 "
+            f"raises instead of promoting: {e}"
+        )
     np.testing.assert_allclose(got.numpy()[0], [2.75 / 1.75, 3.5 / 1.5, 3.0], rtol=1e-6)
 
 
@@ -608,4 +657,6 @@ def test_sources_deterministic_per_seed():
     a, b = Distillation().sources(alg, 64, 123), Distillation().sources(alg, 64, 123)
     assert a == b
     assert Distillation().sources(alg, 64, 124) != a  # another seed, another draw (probability 2^-64 of equality)
-    assert Distillation().sources(alg, 10, 123) == a[:10]  # the draw of micro-batch m does not depend on how many follow
+    assert (
+        Distillation().sources(alg, 10, 123) == a[:10]
+    )  # the draw of micro-batch m does not depend on how many follow

@@ -2,6 +2,7 @@
 the sigmoid and IPO losses and their gradients, the pair selection (ties, None scores, the missing-EOS penalty, XPO's
 policy sample first), the XPO bonus (alpha 0 is online DPO on the same pair), the beta / alpha schedules, and the
 config rules. No Ray, no model."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from relay_rl.batch import Batch
-from relay_rl.errors import ConfigError
 from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.errors import ConfigError
 from relay_rl.learner.methods.dpo import PreferenceObjective, assemble, choose, dpo_loss, scheduled
 from tests.conftest import quickstart_dict
 
@@ -55,8 +56,18 @@ def test_ipo_is_minimised_at_one_over_two_beta():
     assert float(grid[dpo_loss(grid, beta, "ipo").argmin()]) == pytest.approx(1 / (2 * beta), abs=1e-3)
 
 
-@pytest.mark.parametrize("first, second, want", [(1.0, 0.0, 0), (0.0, 1.0, 1), (0.5, 0.5, 0), (math.nan, 0.0, 1),
-                                                 (0.0, math.nan, 0), (math.nan, math.nan, None), (-3.0, math.nan, 0)])
+@pytest.mark.parametrize(
+    "first, second, want",
+    [
+        (1.0, 0.0, 0),
+        (0.0, 1.0, 1),
+        (0.5, 0.5, 0),
+        (math.nan, 0.0, 1),
+        (0.0, math.nan, 0),
+        (math.nan, math.nan, None),
+        (-3.0, math.nan, 0),
+    ],
+)
 def test_choice_with_ties_and_none(first, second, want):
     assert choose(first, second) == want
 
@@ -70,19 +81,25 @@ def test_schedules():
 # ----------------------------------------------------------------------------------------------------------------
 def pairs_batch(rewards, truncated=None, frozen=None, groups=None):
     n = len(rewards)
-    return Batch(prompt_ids=torch.ones(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1, dtype=torch.long),
-                 completion_ids=torch.arange(n).unsqueeze(1), completion_mask=torch.ones(n, 1),
-                 behaviour_logprobs=torch.zeros(n, 1), policy_version=torch.zeros(n, dtype=torch.long),
-                 group_id=torch.tensor(groups or [i // 2 for i in range(n)]),
-                 truncated=torch.tensor(truncated or [False] * n),
-                 frozen_sample=torch.tensor(frozen or [False] * n),
-                 rewards=torch.tensor(rewards, dtype=torch.float32).unsqueeze(1), completions=[str(i) for i in range(n)])
+    return Batch(
+        prompt_ids=torch.ones(n, 1, dtype=torch.long),
+        prompt_mask=torch.ones(n, 1, dtype=torch.long),
+        completion_ids=torch.arange(n).unsqueeze(1),
+        completion_mask=torch.ones(n, 1),
+        behaviour_logprobs=torch.zeros(n, 1),
+        policy_version=torch.zeros(n, dtype=torch.long),
+        group_id=torch.tensor(groups or [i // 2 for i in range(n)]),
+        truncated=torch.tensor(truncated or [False] * n),
+        frozen_sample=torch.tensor(frozen or [False] * n),
+        rewards=torch.tensor(rewards, dtype=torch.float32).unsqueeze(1),
+        completions=[str(i) for i in range(n)],
+    )
 
 
 def test_assemble_orders_chosen_then_rejected_and_drops_pairs_without_preference():
     b = pairs_batch([0.0, 1.0, 1.0, 1.0, math.nan, math.nan, math.nan, 0.2])
     out, stats = assemble(b, cfg_of().algorithm, [1.0], seed=0)
-    pairs = {tuple(out.completions[i:i + 2]): tuple(out.preference[i:i + 2].tolist()) for i in range(0, 8, 2)}
+    pairs = {tuple(out.completions[i : i + 2]): tuple(out.preference[i : i + 2].tolist()) for i in range(0, 8, 2)}
     assert pairs == {("1", "0"): (1.0, -1.0), ("2", "3"): (1.0, -1.0), ("4", "5"): (0.0, 0.0), ("7", "6"): (1.0, -1.0)}
     assert stats["pairs/without_preference"] == 0.25 and stats["pairs/tied"] == 0.25
 
@@ -90,7 +107,7 @@ def test_assemble_orders_chosen_then_rejected_and_drops_pairs_without_preference
 def test_drop_ties_leaves_tied_pairs_out():
     b = pairs_batch([1.0, 1.0, 0.0, 0.0, 0.0, 1.0, math.nan, 0.0], frozen=[False, True] * 4)
     out, stats = assemble(b, cfg_of("xpo", drop_ties=True).algorithm, [1.0], seed=0)
-    pairs = {tuple(out.completions[i:i + 2]): tuple(out.preference[i:i + 2].tolist()) for i in range(0, 8, 2)}
+    pairs = {tuple(out.completions[i : i + 2]): tuple(out.preference[i : i + 2].tolist()) for i in range(0, 8, 2)}
     assert pairs == {("0", "1"): (0.0, 0.0), ("2", "3"): (0.0, 0.0), ("5", "4"): (1.0, -1.0), ("7", "6"): (1.0, -1.0)}
     assert stats["pairs/tied"] == 0.5 and stats["pairs/without_preference"] == 0.5
     out, stats = assemble(b, cfg_of("xpo").algorithm, [1.0], seed=0)  # TRL's rule: the policy's sample wins ties
@@ -129,16 +146,19 @@ class MB:
 def _mb(epoch=0):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 6, (4, 3), generator=g)
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1.]], dtype=F64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1.0]], dtype=F64)
     ref = -torch.rand(4, 3, generator=g, dtype=F64)
-    return MB(ids, mask, ref, torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=F64),
-              torch.tensor([False, True, True, False]), epoch)
+    return MB(
+        ids, mask, ref, torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=F64), torch.tensor([False, True, True, False]), epoch
+    )
 
 
 def reference(logits, mb, beta, loss_type, alpha=None):
     """§9 by loops: sequence sums of log softmax at T = 1, h per pair, the loss averaged over the pairs."""
     lp = logits - torch.logsumexp(logits, -1, keepdim=True)
-    seq = [sum(float(lp[i, t, mb.completion_ids[i, t]]) for t in range(3) if mb.completion_mask[i, t]) for i in range(4)]
+    seq = [
+        sum(float(lp[i, t, mb.completion_ids[i, t]]) for t in range(3) if mb.completion_mask[i, t]) for i in range(4)
+    ]
     ref = [float((mb.ref_logprobs[i] * mb.completion_mask[i]).sum()) for i in range(4)]
     total = 0.0
     for p in (0, 2):
@@ -167,7 +187,7 @@ def test_objective_against_the_reference(loss_type):
     seq = (lp.gather(-1, mb.completion_ids.unsqueeze(-1)).squeeze(-1) * mb.completion_mask).sum(-1)
     refs = (mb.ref_logprobs * mb.completion_mask).sum(-1)
     h = (seq[0::2] - refs[0::2]) - (seq[1::2] - refs[1::2])
-    want = (dpo_loss(h, 0.3, loss_type).mean() / 2)
+    want = dpo_loss(h, 0.3, loss_type).mean() / 2
     (g_ref,) = torch.autograd.grad(want, ref_logits)
     assert torch.allclose(g, g_ref, atol=1e-12)
 
@@ -191,22 +211,27 @@ def test_a_pair_without_preference_adds_nothing():
     mb.preference = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=F64)
     loss, stats = obj.loss(mb, logits)
     lp = logits - torch.logsumexp(logits, -1, keepdim=True)
-    seq = [(lp[i].gather(-1, mb.completion_ids[i].unsqueeze(-1)).squeeze(-1) * mb.completion_mask[i]).sum() for i in (0, 1)]
+    seq = [
+        (lp[i].gather(-1, mb.completion_ids[i].unsqueeze(-1)).squeeze(-1) * mb.completion_mask[i]).sum() for i in (0, 1)
+    ]
     refs = [(mb.ref_logprobs[i] * mb.completion_mask[i]).sum() for i in (0, 1)]
     h = float((seq[0] - refs[0]) - (seq[1] - refs[1]))
     assert float(loss) == pytest.approx(math.log(1 + math.exp(-0.1 * h)), rel=1e-10)
     assert stats["logps/chosen"][2] == 1.0
 
 
-@pytest.mark.parametrize("algorithm, message", [
-    ({"name": "online_dpo", "num_generations": 8}, "num_generations must be 2"),
-    ({"name": "xpo", "num_generations": 4}, "num_generations must be 2"),
-    ({"name": "online_dpo", "beta": []}, "beta: the schedule is empty"),
-    ({"name": "xpo", "alpha": []}, "alpha: the schedule is empty"),
-    ({"name": "online_dpo", "beta": [0.1, -1]}, "beta: every value must be a positive number"),
-    ({"name": "online_dpo", "per_device_train_batch_size": 3}, "must be even"),
-    ({"name": "online_dpo", "loss_type": "hinge"}, "loss_type"),
-])
+@pytest.mark.parametrize(
+    "algorithm, message",
+    [
+        ({"name": "online_dpo", "num_generations": 8}, "num_generations must be 2"),
+        ({"name": "xpo", "num_generations": 4}, "num_generations must be 2"),
+        ({"name": "online_dpo", "beta": []}, "beta: the schedule is empty"),
+        ({"name": "xpo", "alpha": []}, "alpha: the schedule is empty"),
+        ({"name": "online_dpo", "beta": [0.1, -1]}, "beta: every value must be a positive number"),
+        ({"name": "online_dpo", "per_device_train_batch_size": 3}, "must be even"),
+        ({"name": "online_dpo", "loss_type": "hinge"}, "loss_type"),
+    ],
+)
 def test_config_errors(algorithm, message):
     raw = quickstart_dict(algorithm=None)
     raw["algorithm"] = algorithm

@@ -1,15 +1,15 @@
 """DAPO's dynamic sampling: which groups carry a gradient, which the batch keeps, what is counted, the settings."""
+
 import math
 
 import pytest
 import torch
 
 from relay_rl.batch import Batch
-from relay_rl.errors import ConfigError
 from relay_rl.cluster.config import validate_dict
-from relay_rl.cluster.ledger import Ledger
 from relay_rl.cluster.dynamic_sampling import choose_groups, enough, group_verdicts, next_round_size, select_groups
-from relay_rl.errors import RunError
+from relay_rl.cluster.ledger import Ledger
+from relay_rl.errors import ConfigError, RunError
 from tests.conftest import quickstart_dict
 
 nan = math.nan
@@ -17,11 +17,18 @@ nan = math.nan
 
 def scored(rewards, groups):
     n = len(groups)
-    return Batch(prompt_ids=torch.ones(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1, dtype=torch.long),
-                 completion_ids=torch.arange(n).unsqueeze(1), completion_mask=torch.ones(n, 1),
-                 behaviour_logprobs=torch.zeros(n, 1), policy_version=torch.zeros(n, dtype=torch.long),
-                 group_id=torch.tensor(groups), truncated=torch.zeros(n, dtype=torch.bool),
-                 rewards=torch.tensor(rewards, dtype=torch.float32), completions=[str(i) for i in range(n)])
+    return Batch(
+        prompt_ids=torch.ones(n, 1, dtype=torch.long),
+        prompt_mask=torch.ones(n, 1, dtype=torch.long),
+        completion_ids=torch.arange(n).unsqueeze(1),
+        completion_mask=torch.ones(n, 1),
+        behaviour_logprobs=torch.zeros(n, 1),
+        policy_version=torch.zeros(n, dtype=torch.long),
+        group_id=torch.tensor(groups),
+        truncated=torch.zeros(n, dtype=torch.bool),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        completions=[str(i) for i in range(n)],
+    )
 
 
 def test_a_group_varies_when_two_scorable_rows_differ():
@@ -41,10 +48,16 @@ def test_the_first_varied_groups_in_round_order_and_the_surplus_cut_whole():
     rounds = [[(0, True, 4), (1, False, 4), (2, True, 4)], [(10, False, 4), (11, True, 4), (12, True, 4)]]
     c = choose_groups(rounds, need=3, when_exhausted="fill")
     assert c.groups == [0, 2, 11]
-    assert c.stats == {"dynamic_sampling/rounds": 2, "dynamic_sampling/generated_groups": 6,
-                       "dynamic_sampling/dropped_groups": 3, "dynamic_sampling/tied_groups": 2,
-                       "dynamic_sampling/surplus_groups": 1, "dynamic_sampling/filled_groups": 0,
-                       "dynamic_sampling/kept_group_ratio": 4 / 6, "dynamic_sampling/dropped_samples": 12}
+    assert c.stats == {
+        "dynamic_sampling/rounds": 2,
+        "dynamic_sampling/generated_groups": 6,
+        "dynamic_sampling/dropped_groups": 3,
+        "dynamic_sampling/tied_groups": 2,
+        "dynamic_sampling/surplus_groups": 1,
+        "dynamic_sampling/filled_groups": 0,
+        "dynamic_sampling/kept_group_ratio": 4 / 6,
+        "dynamic_sampling/dropped_samples": 12,
+    }
 
 
 def test_exhausted_rounds_fill_with_tied_groups_or_stop():
@@ -83,9 +96,13 @@ def test_the_ledger_counts_filtered_samples_as_dropped():
     ledger.admitted(Gen(1, 0, 0), 1)
     ledger.dropped(Gen(2, 0, 0), lag=2)  # too stale: all of its 128 samples
     c = ledger.counters()
-    assert c == {"pipeline/generated_samples": 384, "pipeline/admitted_samples": 128,
-                 "pipeline/dropped_samples": 256, "pipeline/filtered_samples": 192,
-                 "pipeline/stale_used_samples": 0}
+    assert c == {
+        "pipeline/generated_samples": 384,
+        "pipeline/admitted_samples": 128,
+        "pipeline/dropped_samples": 256,
+        "pipeline/filtered_samples": 192,
+        "pipeline/stale_used_samples": 0,
+    }
     restored = Ledger()
     restored.restore(ledger.state())
     assert restored.counters() == c
@@ -108,5 +125,6 @@ def test_settings():
 def test_the_dapo_recipe_turns_it_on():
     from relay_rl.cluster.config import load_config
     from tests.conftest import RECIPES
+
     fg = load_config(RECIPES / "dapo.yaml").algorithm.filter_groups
     assert fg.enable and fg.metric == "reward" and fg.max_num_gen_batches == 10 and fg.when_exhausted == "fill"

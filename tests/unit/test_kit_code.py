@@ -1,6 +1,7 @@
 """The kit's code task (cluster/kit_code.py): rows made from the kit's splits, reachable as ``kit:code_train`` /
 ``kit:code_test``, whose tests pass for the right value and give partial credit otherwise. Runs on the split files
 alone (no model is built), with the real sandbox scoring the programs."""
+
 import json
 import os
 
@@ -8,8 +9,8 @@ import pytest
 
 from relay_rl.cluster.config import KitConfig
 from relay_rl.cluster.data import load_prompts
-from relay_rl.cluster.kit.task import make_task
 from relay_rl.cluster.kit.code_task import DATA_FILES, TEMPLATE, build_code_task, ensure_kit_data
+from relay_rl.cluster.kit.task import make_task
 from relay_rl.reward_workers.registry import resolve
 
 
@@ -32,9 +33,16 @@ def test_rows_follow_the_splits_and_files_are_rewritten_only_when_stale(kit_file
     assert len(files["code_train"].read_text().splitlines()) == len(splits["train"])
     a, b = map(int, test[0]["prompt"][:-1].split("+"))
     s = a + b
-    assert test[0] == {**splits["test"][0], "template": TEMPLATE,
-                       "tests": [f"assert f() == {s}", f"assert f() % 10 == {s % 10}",
-                                 f"assert f() // 10 % 10 == {s // 10 % 10}", f"assert len(str(f())) == {len(str(s))}"]}
+    assert test[0] == {
+        **splits["test"][0],
+        "template": TEMPLATE,
+        "tests": [
+            f"assert f() == {s}",
+            f"assert f() % 10 == {s % 10}",
+            f"assert f() // 10 % 10 == {s // 10 % 10}",
+            f"assert len(str(f())) == {len(str(s))}",
+        ],
+    }
 
     os.utime(files["code_test"], (1, 1))
     build_code_task(tmp_path)  # same content: left alone
@@ -54,8 +62,8 @@ def test_the_tests_score_the_value_and_give_partial_credit(kit_files, tmp_path):
     row = rows.get("12+34=") or next(iter(rows.values()))
     a, b = map(int, row["prompt"][:-1].split("+"))
     s = a + b
-    right, expr = str(s), f"{s - 6}+6"                            # a value or an expression: code, run
-    near = str(s + 10 if s // 10 % 10 != 9 else s - 10)           # the ones digit and the length right
+    right, expr = str(s), f"{s - 6}+6"  # a value or an expression: code, run
+    near = str(s + 10 if s // 10 % 10 != 9 else s - 10)  # the ones digit and the length right
     completions = [right, expr, near, right + "=", "", str(s) * 2]
     _, reward = resolve({"name": "code_tests", "kwargs": {"template_column": "template"}}, None)
     n = len(completions)

@@ -2,6 +2,7 @@
 reused. Its held-out pairwise accuracy is measured again through the ``reward_model`` reward function, the path a
 run scores with, so a wrong part.json, a save that loses the head or a text format that differs from training fails
 here."""
+
 from __future__ import annotations
 
 import json
@@ -12,21 +13,51 @@ import pytest
 
 # the teachers' settings as their cached builds recorded them: a change here rebuilds every cached teacher
 TEACHER_SETTINGS = {
-    "teacher": {"tokenizer": "char", "seed_offset": 1, "hidden_size": 128, "num_hidden_layers": 4,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 512,
-                "max_position_embeddings": 64, "learning_rate": 0.003, "min_lr_ratio": 0.1, "batch_size": 128,
-                "warmup_steps": 50, "max_steps": 900, "eval_every": 50, "target_dev_accuracy": 0.98, "min_steps": 300},
-    "teacher_pairs": {"tokenizer": "pairs", "seed_offset": 2, "hidden_size": 192, "num_hidden_layers": 2,
-                      "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 768,
-                      "max_position_embeddings": 64, "learning_rate": 0.003, "min_lr_ratio": 0.1, "batch_size": 128,
-                      "warmup_steps": 50, "max_steps": 3000, "eval_every": 100, "target_dev_accuracy": 0.98,
-                      "min_steps": 0},
+    "teacher": {
+        "tokenizer": "char",
+        "seed_offset": 1,
+        "hidden_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "intermediate_size": 512,
+        "max_position_embeddings": 64,
+        "learning_rate": 0.003,
+        "min_lr_ratio": 0.1,
+        "batch_size": 128,
+        "warmup_steps": 50,
+        "max_steps": 900,
+        "eval_every": 50,
+        "target_dev_accuracy": 0.98,
+        "min_steps": 300,
+    },
+    "teacher_pairs": {
+        "tokenizer": "pairs",
+        "seed_offset": 2,
+        "hidden_size": 192,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "intermediate_size": 768,
+        "max_position_embeddings": 64,
+        "learning_rate": 0.003,
+        "min_lr_ratio": 0.1,
+        "batch_size": 128,
+        "warmup_steps": 50,
+        "max_steps": 3000,
+        "eval_every": 100,
+        "target_dev_accuracy": 0.98,
+        "min_steps": 0,
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def rm(kit):
     from tests.conftest import build_kit
+
     root = build_kit(kit["cfg"], parts=("reward_model",))
     return {"cfg": kit["cfg"], "root": root, "path": str(root / "reward_model")}
 
@@ -36,8 +67,9 @@ def _rows(root, split):
 
 
 def test_part_json_records_a_good_held_out_accuracy(rm):
-    from relay_rl.cluster.kit.parts import KIT_PARTS, NEGATIVE_KINDS, PART_KEYS
     from relay_rl.cluster.kit.build import kit_part_summary
+    from relay_rl.cluster.kit.parts import KIT_PARTS, NEGATIVE_KINDS, PART_KEYS
+
     summary = kit_part_summary(rm["cfg"], "reward_model")
     assert set(summary) >= set(PART_KEYS)
     assert summary["test_accuracy"] >= 0.9, summary
@@ -50,9 +82,10 @@ def test_part_json_records_a_good_held_out_accuracy(rm):
 def test_the_reward_function_ranks_correct_above_wrong_on_held_out_prompts(rm):
     """Through ``{name: reward_model, kwargs: {model: <kit>/reward_model}}`` (batched, left padded): the same pairs
     as part.json's, the same accuracy; and a fresh set of wrong completions is ranked as well."""
-    from relay_rl.cluster.kit.parts import KIT_PARTS, reward_pairs
     from relay_rl.cluster.kit.build import kit_part_summary
+    from relay_rl.cluster.kit.parts import KIT_PARTS, reward_pairs
     from relay_rl.reward_workers.registry import resolve
+
     _, fn = resolve({"name": "reward_model", "kwargs": {"model": rm["path"], "batch_size": 64}}, None)
     test = _rows(rm["root"], "test")
 
@@ -72,6 +105,7 @@ def test_it_loads_as_a_sequence_classifier_and_pools_the_last_token(rm):
     a batch of texts of different lengths scores each as it scores alone."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     model = AutoModelForSequenceClassification.from_pretrained(rm["path"]).eval()
     tok = AutoTokenizer.from_pretrained(rm["path"])
     assert type(model).__name__ == "Qwen3ForSequenceClassification" and model.config.num_labels == 1
@@ -88,6 +122,7 @@ def test_it_loads_as_a_sequence_classifier_and_pools_the_last_token(rm):
 def test_a_cached_build_is_reused_and_the_teachers_settings_are_unchanged(rm):
     from relay_rl.cluster.kit.parts import KIT_PARTS
     from tests.conftest import build_kit
+
     stamp = (rm["root"] / "reward_model" / "part.json").stat().st_mtime_ns
     build_kit(rm["cfg"], parts=("reward_model",), log=lambda *_: pytest.fail("a complete part was rebuilt"))
     assert (rm["root"] / "reward_model" / "part.json").stat().st_mtime_ns == stamp
@@ -97,8 +132,9 @@ def test_a_cached_build_is_reused_and_the_teachers_settings_are_unchanged(rm):
 def test_stale_settings_rebuild_through_the_parts_own_build(tmp_path, monkeypatch):
     """``_ensure_part`` dispatches to the settings' ``build`` (any part kind) and rebuilds a part.json whose settings
     differ; a complete one with today's settings is kept."""
-    from relay_rl.cluster.kit import build as kit_mod
     from relay_rl.cluster.config import KitConfig
+    from relay_rl.cluster.kit import build as kit_mod
+
     calls = []
 
     @dataclass(frozen=True)
@@ -124,21 +160,27 @@ def test_stale_settings_rebuild_through_the_parts_own_build(tmp_path, monkeypatc
 def test_kit_paths_in_reward_kwargs_resolve_and_name_the_part(kit):
     from relay_rl.cluster.config import RewardConfig
     from relay_rl.cluster.kit.paths import kit_dir, kit_parts_needed, resolve_reward_funcs, reward_kit_paths
-    reward = RewardConfig(reward_funcs=["arithmetic_exact",
-                                        {"name": "reward_model", "kwargs": {"model": "kit:reward_model",
-                                                                            "batch_size": 8}}])
+
+    reward = RewardConfig(
+        reward_funcs=[
+            "arithmetic_exact",
+            {"name": "reward_model", "kwargs": {"model": "kit:reward_model", "batch_size": 8}},
+        ]
+    )
     assert reward_kit_paths(reward) == ("kit:reward_model",)
     assert reward_kit_paths(None) == ()
     assert kit_parts_needed("kit:warm_start", None, *reward_kit_paths(reward)) == ("reward_model",)
     assert resolve_reward_funcs(reward.reward_funcs, kit["cfg"]) == [
         "arithmetic_exact",
-        {"name": "reward_model", "kwargs": {"model": str(kit_dir(kit["cfg"]) / "reward_model"), "batch_size": 8}}]
+        {"name": "reward_model", "kwargs": {"model": str(kit_dir(kit["cfg"]) / "reward_model"), "batch_size": 8}},
+    ]
     with pytest.raises(ValueError, match="no kit section"):
         resolve_reward_funcs(reward.reward_funcs, None)
 
 
 def test_wrong_completions_are_wrong_and_varied():
     from relay_rl.cluster.kit.parts import NEGATIVE_KINDS, reward_pairs, wrong_completion
+
     rng = random.Random(0)
     for answer in ("20", "46", "100", "109", "198", "11"):
         for kind in NEGATIVE_KINDS:

@@ -2,6 +2,7 @@
 
 Accuracies are re-measured from the saved folders, so a wrong part.json or a save that loses weights fails here.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ PARTS = ("teacher", "teacher_pairs")
 def parts():
     from relay_rl.cluster.config import KitConfig
     from tests.conftest import build_kit
+
     cfg = KitConfig()
     root = build_kit(cfg, parts=PARTS)
     return {"cfg": cfg, "root": root}
@@ -23,8 +25,11 @@ def parts():
 def _load(folder):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    return (AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(folder))
+
+    return (
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(folder),
+    )
 
 
 def _rows(root, split):
@@ -36,6 +41,7 @@ def test_teacher_held_out_accuracy(parts, name, floor):
     """Greedy accuracy on the never-trained test split, measured again from the saved folder, matches part.json."""
     from relay_rl.cluster.kit.build import kit_part_summary
     from relay_rl.cluster.kit.train_sft import greedy_accuracy
+
     model, tok = _load(parts["root"] / name)
     acc = greedy_accuracy(model, tok, _rows(parts["root"], "test"))
     summary = kit_part_summary(parts["cfg"], name)
@@ -46,7 +52,9 @@ def test_teacher_held_out_accuracy(parts, name, floor):
 
 def test_teacher_is_larger_and_shares_the_student_vocabulary(parts, kit):
     from transformers import AutoTokenizer
+
     from relay_rl.cluster.kit.build import kit_part_summary, kit_summary
+
     student = AutoTokenizer.from_pretrained(kit["warm_start"])
     teacher = AutoTokenizer.from_pretrained(parts["root"] / "teacher")
     assert teacher.get_vocab() == student.get_vocab()
@@ -55,6 +63,7 @@ def test_teacher_is_larger_and_shares_the_student_vocabulary(parts, kit):
 
 def test_teacher_pairs_tokenizes_digit_pairs(parts, kit):
     from transformers import AutoTokenizer
+
     student = AutoTokenizer.from_pretrained(kit["warm_start"])
     tok = AutoTokenizer.from_pretrained(parts["root"] / "teacher_pairs")
     assert tok.get_vocab() != student.get_vocab() and len(tok) == 114
@@ -70,6 +79,7 @@ def test_sft_encoding_with_pair_tokens():
     """Prompt and answer are tokenized apart; with pairs that still gives the answer's pieces then EOS."""
     from relay_rl.cluster.kit.task import build_pair_tokenizer
     from relay_rl.cluster.kit.train_sft import encode_examples
+
     tok = build_pair_tokenizer()
     rows = [{"prompt": "12+34=", "answer": "46"}, {"prompt": "99+24=", "answer": "123"}]
     ids, attn, labels = encode_examples(tok, rows)
@@ -81,8 +91,9 @@ def test_sft_encoding_with_pair_tokens():
 def test_parts_are_reused_and_named(parts):
     """A second call builds nothing; unknown parts fail naming the valid ones; kit: paths map to folders/parts."""
     from relay_rl.cluster.kit.parts import KIT_PARTS
-    from tests.conftest import build_kit
     from relay_rl.cluster.kit.paths import kit_parts_needed, resolve_kit_path
+    from tests.conftest import build_kit
+
     stamps = {n: (parts["root"] / n / "part.json").stat().st_mtime_ns for n in PARTS}
     build_kit(parts["cfg"], parts=PARTS, log=lambda *_: pytest.fail("a complete part was rebuilt"))
     assert stamps == {n: (parts["root"] / n / "part.json").stat().st_mtime_ns for n in PARTS}

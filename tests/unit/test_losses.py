@@ -10,6 +10,7 @@ current log-probs and the entropies) on random float64 batches with ragged masks
 six scenarios that together cover all four rollout-correction modes. Then each §12 property gets its own test.
 The adaptive-entropy trajectory (§12 "Aggregation", last item) lives in the learner actor and is not tested here.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,9 +18,17 @@ import math
 import pytest
 import torch
 
+from relay_rl.learner.losses import (
+    LossScale,
+    PolicyBatch,
+    entropy_threshold,
+    importance_ratio,
+    k3_kl,
+    off_policy_mask,
+    policy_loss,
+    rollout_is_weights,
+)
 from relay_rl.learner.methods.grpo import GRPOConfig
-from relay_rl.learner.losses import (LossScale, PolicyBatch, entropy_threshold, importance_ratio, k3_kl, off_policy_mask,
-                            policy_loss, rollout_is_weights)
 
 F64 = torch.float64
 NAN = float("nan")
@@ -45,8 +54,25 @@ def ref_rho(old, beh, mask, mode, c_min, c_max):
     return torch.where((rho >= lo) & (rho <= hi), rho, torch.zeros_like(rho))
 
 
-def ref_loss(cfg, logp, mask, A, old=None, beh=None, refl=None, H=None, MH=None, rho=None,
-             GA=1, S=1, P=1, Lmax=8, N=1.0, train=True, c=0.0):
+def ref_loss(
+    cfg,
+    logp,
+    mask,
+    A,
+    old=None,
+    beh=None,
+    refl=None,
+    H=None,
+    MH=None,
+    rho=None,
+    GA=1,
+    S=1,
+    P=1,
+    Lmax=8,
+    N=1.0,
+    train=True,
+    c=0.0,
+):
     lt, level = cfg.loss_type, cfg.importance_sampling_level
     B, T = logp.shape
     eps_l = cfg.epsilon if cfg.epsilon is not None else (0.4 if lt == "gmpo" else 0.2)
@@ -86,8 +112,11 @@ def ref_loss(cfg, logp, mask, A, old=None, beh=None, refl=None, H=None, MH=None,
         elif lt == "cispo":
             ell = -torch.where(r > eps_h, torch.full_like(r, eps_h), r).detach() * A_tok * logp
         elif lt == "sapo":
-            tau = torch.where(A_tok > 0, torch.tensor(cfg.sapo_temperature_pos, dtype=F64),
-                              torch.tensor(cfg.sapo_temperature_neg, dtype=F64))
+            tau = torch.where(
+                A_tok > 0,
+                torch.tensor(cfg.sapo_temperature_pos, dtype=F64),
+                torch.tensor(cfg.sapo_temperature_neg, dtype=F64),
+            )
             ell = -(4 / tau) * torch.sigmoid(tau * (r - 1)) * A_tok
         elif lt == "vespo":
             phis = []
@@ -96,9 +125,12 @@ def ref_loss(cfg, logp, mask, A, old=None, beh=None, refl=None, H=None, MH=None,
                 if rho is not None and rho.shape[1] == T:  # token-level correction folded into w
                     log_w = log_w + rho[i][valid[i]].log().clamp(math.log(1e-8), 20).sum()
                 w = log_w.clamp(math.log(1e-8), 20).exp()
-                k, Lam = ((cfg.vespo_k_pos, cfg.vespo_lambda_pos) if A_seq[i] >= 0
-                          else (cfg.vespo_k_neg, cfg.vespo_lambda_neg))
-                phi = w ** k * torch.exp(Lam * (1 - w))
+                k, Lam = (
+                    (cfg.vespo_k_pos, cfg.vespo_lambda_pos)
+                    if A_seq[i] >= 0
+                    else (cfg.vespo_k_neg, cfg.vespo_lambda_neg)
+                )
+                phi = w**k * torch.exp(Lam * (1 - w))
                 phis.append(phi if torch.isfinite(phi) else torch.zeros_like(phi))
             ell = -torch.stack(phis)[:, None] * A_tok * logp
         # §5 multipliers, in order
@@ -150,12 +182,19 @@ def make_inputs(seed, B=6, T=8, per_token_A=False, noise=0.3):
     A = rnd(B, T) if per_token_A else rnd(B)
     if not per_token_A and B >= 4:
         A[0], A[1], A[3] = A[0].abs() + 0.1, -A[1].abs() - 0.1, -A[3].abs() - 0.1
-    return dict(logp=logp, mask=mask, A=A, old=old, beh=beh, ref=logp + noise * rnd(B, T),
-                H=uni(B, T) * 2, MH=(uni(B, T) > 0.35).to(F64) * mask)
+    return dict(
+        logp=logp,
+        mask=mask,
+        A=A,
+        old=old,
+        beh=beh,
+        ref=logp + noise * rnd(B, T),
+        H=uni(B, T) * 2,
+        MH=(uni(B, T) > 0.35).to(F64) * mask,
+    )
 
 
-def run(fn, cfg, d, *, old=True, beh=True, rho=None, ent_mask=False, c=0.0, GA=1, S=1, P=1, Lmax=8, N=None,
-        train=True):
+def run(fn, cfg, d, *, old=True, beh=True, rho=None, ent_mask=False, c=0.0, GA=1, S=1, P=1, Lmax=8, N=None, train=True):
     """Loss and gradients (w.r.t. log pi_theta and H) of the implementation (fn=None) or of ``ref_loss``."""
     logp, H = d["logp"].clone().requires_grad_(), d["H"].clone().requires_grad_()
     N = float(3 * d["mask"].sum() + 2) if N is None else N
@@ -163,11 +202,22 @@ def run(fn, cfg, d, *, old=True, beh=True, rho=None, ent_mask=False, c=0.0, GA=1
     MH = d["MH"] if ent_mask else None
     if fn is None:
         w = rollout_is_weights(d["old"], d["beh"], d["mask"], *rho)[0] if rho else None
-        x = PolicyBatch(logprobs_BT=logp, mask_BT=d["mask"], advantages=d["A"], old_logprobs_BT=o,
-                        behaviour_logprobs_BT=b, ref_logprobs_BT=d["ref"], entropy_BT=H, entropy_mask_BT=MH,
-                        is_weights=w)
-        loss, _ = policy_loss(cfg, x, LossScale(GA=GA, S=S, P=P, max_completion_length=Lmax, num_items_in_batch=N,
-                                                train=train, entropy_coef=c))
+        x = PolicyBatch(
+            logprobs_BT=logp,
+            mask_BT=d["mask"],
+            advantages=d["A"],
+            old_logprobs_BT=o,
+            behaviour_logprobs_BT=b,
+            ref_logprobs_BT=d["ref"],
+            entropy_BT=H,
+            entropy_mask_BT=MH,
+            is_weights=w,
+        )
+        loss, _ = policy_loss(
+            cfg,
+            x,
+            LossScale(GA=GA, S=S, P=P, max_completion_length=Lmax, num_items_in_batch=N, train=train, entropy_coef=c),
+        )
     else:
         w = ref_rho(d["old"], d["beh"], d["mask"], *rho) if rho else None
         loss = fn(cfg, logp, d["mask"], d["A"], o, b, d["ref"], H, MH, w, GA, S, P, Lmax, N, train, c)
@@ -183,23 +233,43 @@ def make_cfg(**kw):
 SCENARIOS = {
     "plain": dict(cfg={}, run=dict(old=False, beh=False)),
     "token_truncate": dict(
-        cfg=dict(epsilon=0.2, epsilon_high=0.28, delta=1.25, off_policy_mask_threshold=0.02, beta=0.05,
-                 use_bias_correction_kl=True),
-        run=dict(rho=("token_truncate", 0.8, 1.3), ent_mask=True, c=0.01, GA=2, S=4, P=2, Lmax=12)),
+        cfg=dict(
+            epsilon=0.2,
+            epsilon_high=0.28,
+            delta=1.25,
+            off_policy_mask_threshold=0.02,
+            beta=0.05,
+            use_bias_correction_kl=True,
+        ),
+        run=dict(rho=("token_truncate", 0.8, 1.3), ent_mask=True, c=0.01, GA=2, S=4, P=2, Lmax=12),
+    ),
     "sequence_mask": dict(
-        cfg=dict(epsilon=0.15, beta=0.1, use_bias_correction_kl=False, off_policy_mask_threshold=0.0,
-                 sapo_temperature_pos=0.7, sapo_temperature_neg=1.6, vespo_k_pos=1.7, vespo_lambda_pos=2.3,
-                 vespo_k_neg=2.6, vespo_lambda_neg=1.3),
-        run=dict(rho=("sequence_mask", 0.5, 2.0), c=0.02, GA=4, S=2, P=1, Lmax=10, train=False)),
+        cfg=dict(
+            epsilon=0.15,
+            beta=0.1,
+            use_bias_correction_kl=False,
+            off_policy_mask_threshold=0.0,
+            sapo_temperature_pos=0.7,
+            sapo_temperature_neg=1.6,
+            vespo_k_pos=1.7,
+            vespo_lambda_pos=2.3,
+            vespo_k_neg=2.6,
+            vespo_lambda_neg=1.3,
+        ),
+        run=dict(rho=("sequence_mask", 0.5, 2.0), c=0.02, GA=4, S=2, P=1, Lmax=10, train=False),
+    ),
     "token_mask": dict(
         cfg=dict(epsilon=0.25, epsilon_high=0.3, delta=1.4, beta=0.02),
-        run=dict(rho=("token_mask", None, 1.2), ent_mask=True, GA=3, S=3, P=4)),
+        run=dict(rho=("token_mask", None, 1.2), ent_mask=True, GA=3, S=3, P=4),
+    ),
     "sequence_truncate": dict(
         cfg=dict(beta=0.2, use_bias_correction_kl=True, off_policy_mask_threshold=0.05),
-        run=dict(rho=("sequence_truncate", 0.7, None), ent_mask=True, c=0.05, GA=2, S=1, P=2, Lmax=9)),
+        run=dict(rho=("sequence_truncate", 0.7, None), ent_mask=True, c=0.05, GA=2, S=1, P=2, Lmax=9),
+    ),
     "no_behaviour": dict(  # the off-policy mask falls back to pi_old
         cfg=dict(off_policy_mask_threshold=0.01, epsilon_high=0.3),
-        run=dict(beh=False, c=0.03, GA=2, S=2, Lmax=8, train=False)),
+        run=dict(beh=False, c=0.03, GA=2, S=2, Lmax=8, train=False),
+    ),
 }
 TYPE_OVERRIDES = {"cispo": dict(epsilon_high=1.1), "gmpo": dict(epsilon=0.1, epsilon_high=0.15)}
 
@@ -215,8 +285,12 @@ def scenario(loss_type, level, name):
         if loss_type == "vespo":  # vespo needs a token-level correction (config rule of §4)
             mode = mode.replace("sequence", "token")
         r["rho"] = (mode, lo, hi)
-        kw.update(vllm_importance_sampling_correction=True, vllm_importance_sampling_mode=mode,
-                  vllm_importance_sampling_clip_min=lo, vllm_importance_sampling_clip_max=hi)
+        kw.update(
+            vllm_importance_sampling_correction=True,
+            vllm_importance_sampling_mode=mode,
+            vllm_importance_sampling_clip_min=lo,
+            vllm_importance_sampling_clip_max=hi,
+        )
     return make_cfg(**kw), r
 
 
@@ -259,9 +333,16 @@ def test_rollout_is_weights_matches_reference(mode, clip):
 # ---- §12 Ratios --------------------------------------------------------------------------------------------------
 def one_token(cfg, lam, A, logp=-0.7, **kw):
     """l and dl/dlog pi_theta of a single token (B = 1, T = 1, N = GA = S = P = L_max = 1: L_mb = l)."""
-    d = dict(logp=torch.tensor([[logp]], dtype=F64), mask=torch.ones(1, 1, dtype=F64), A=torch.tensor([A], dtype=F64),
-             old=torch.tensor([[logp - lam]], dtype=F64), beh=torch.tensor([[NAN]], dtype=F64),
-             ref=torch.tensor([[logp]], dtype=F64), H=torch.ones(1, 1, dtype=F64), MH=torch.ones(1, 1, dtype=F64))
+    d = dict(
+        logp=torch.tensor([[logp]], dtype=F64),
+        mask=torch.ones(1, 1, dtype=F64),
+        A=torch.tensor([A], dtype=F64),
+        old=torch.tensor([[logp - lam]], dtype=F64),
+        beh=torch.tensor([[NAN]], dtype=F64),
+        ref=torch.tensor([[logp]], dtype=F64),
+        H=torch.ones(1, 1, dtype=F64),
+        MH=torch.ones(1, 1, dtype=F64),
+    )
     loss, g, _ = run(None, cfg, d, N=1.0, Lmax=1, **kw)
     return float(loss), float(g[0, 0])
 
@@ -330,8 +411,9 @@ def test_sequence_ratio_is_padding_invariant_geometric_mean():
         close(s[i, 0], v.prod() ** (1 / v.numel()) if v.numel() else torch.tensor(1.0, dtype=F64), rtol=1e-12)
     pad = lambda x, fill: torch.cat([x, fill], 1)  # noqa: E731
     garbage = torch.randn(6, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
-    s_pad = importance_ratio(pad(d["logp"], garbage), pad(d["old"], -garbage.abs()), pad(d["mask"], 0 * garbage),
-                             "sequence")
+    s_pad = importance_ratio(
+        pad(d["logp"], garbage), pad(d["old"], -garbage.abs()), pad(d["mask"], 0 * garbage), "sequence"
+    )
     close(s_pad, s, rtol=1e-12, atol=0)
     close(importance_ratio(d["logp"], d["old"], d["mask"], "sequence_token")[:, :1], s, rtol=1e-12, atol=0)
 
@@ -392,13 +474,18 @@ def test_sapo_smooth_gate(temps):
 @pytest.mark.parametrize("knobs", [(2.0, 3.0, 3.0, 2.0), (1.7, 2.3, 2.6, 1.3)])
 @pytest.mark.parametrize("A", [1.2, -0.7])
 def test_vespo_phi(A, knobs):
-    cfg = make_cfg(loss_type="vespo", vespo_k_pos=knobs[0], vespo_lambda_pos=knobs[1], vespo_k_neg=knobs[2],
-                   vespo_lambda_neg=knobs[3])
+    cfg = make_cfg(
+        loss_type="vespo",
+        vespo_k_pos=knobs[0],
+        vespo_lambda_pos=knobs[1],
+        vespo_k_neg=knobs[2],
+        vespo_lambda_neg=knobs[3],
+    )
     k, Lam = knobs[:2] if A >= 0 else knobs[2:]
     ws = [i / 200 for i in range(1, 801)]
     phis = [-one_token(cfg, math.log(w), A, logp=-0.9)[1] / A for w in ws]  # dl/dlog pi = -phi A: phi has no grad
     for w, phi in zip(ws, phis):
-        assert phi == pytest.approx(w ** k * math.exp(Lam * (1 - w)), rel=1e-9)
+        assert phi == pytest.approx(w**k * math.exp(Lam * (1 - w)), rel=1e-9)
     assert -one_token(cfg, 0.0, A)[1] / A == pytest.approx(1.0, rel=1e-12)  # phi(1) = 1
     assert ws[max(range(len(ws)), key=phis.__getitem__)] == pytest.approx(k / Lam, abs=0.005)
     weird = make_cfg(loss_type="vespo", vespo_k_pos=-60.0, vespo_k_neg=-60.0)
@@ -544,7 +631,7 @@ def test_dapo_step_loss_is_global_token_mean():
     for a, b in zip(run(None, cfg, d, N=N), token_mean):  # bnpo equals dapo when GA = S = P = 1
         close(a, b, rtol=1e-12, atol=1e-15)
     token_mean = token_mean[0]
-    mbs = [{k: v[i:i + 2] for k, v in d.items()} for i in range(0, 8, 2)]  # a generation batch of 4 micro-batches
+    mbs = [{k: v[i : i + 2] for k, v in d.items()} for i in range(0, 8, 2)]  # a generation batch of 4 micro-batches
     step = sum(run(None, cfg, mb, GA=4, S=4, N=N)[0] for mb in mbs)  # P = 1, GA = S
     close(step, token_mean, rtol=1e-12, atol=0)
     # S = 2 GA: each step's loss is sum_step / (N / 2)
@@ -573,12 +660,13 @@ def test_luspo_sequence_level_is_length_weighted_mean():
     d = make_inputs(18)
     luspo = run(None, make_cfg(loss_type="luspo", importance_sampling_level="sequence", epsilon_high=0.28), d)[0]
     grpo = make_cfg(loss_type="grpo", importance_sampling_level="sequence", epsilon_high=0.28)
-    per_seq = [run(None, grpo, {k: v[i:i + 1] for k, v in d.items()})[0] for i in range(6)]  # l_i (B = 1)
+    per_seq = [run(None, grpo, {k: v[i : i + 1] for k, v in d.items()})[0] for i in range(6)]  # l_i (B = 1)
     close(luspo, sum(d["mask"][i].sum() * per_seq[i] for i in range(6)) / 6, rtol=1e-12, atol=1e-15)
 
 
 def test_masked_truncated_row():
     from relay_rl.learner.advantages import compute_advantages
+
     rewards = torch.tensor([[1.0], [0.0], [0.5], [2.0]], dtype=F64)
     A_all, _ = compute_advantages(rewards, torch.zeros(4), torch.ones(1, dtype=F64))
     A_wo, _ = compute_advantages(rewards[:3], torch.zeros(3), torch.ones(1, dtype=F64))
@@ -609,6 +697,7 @@ def test_eval_drops_the_ga_factor(loss_type):
 def test_adaptive_entropy_trajectory():
     """§12: a scripted sequence of H-hat values yields the expected trajectory of c (clamped; no bonus at step 1)."""
     from relay_rl.learner.losses import AdaptiveEntropy
+
     ae = AdaptiveEntropy(coef=0.01, target=0.2, delta=0.005, coef_min=0.0, coef_max=0.02)
     used, coefs = [], []
     for h in [0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5, 0.15]:

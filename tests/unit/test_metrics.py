@@ -1,4 +1,5 @@
 """The end-of-run summary: rates over all steps, and the per-step share of a generation batch that feeds K steps."""
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,9 +14,21 @@ def fake_log(rows):
 
 def test_summary_rates_and_generation_share():
     # K = 4: every step of a batch logs the batch's generate time (2.0 s); 2 batches, 8 steps of 1 s, 64 samples
-    rows = [{"step": s, "loss": 0.0, "reward/mean": 0.5, "samples": 64, "completions/tokens": 200.0,
-             "timing/step_s": 1.0, "timing/generate_s": 2.0, "timing/train_s": 0.5, "timing/sync_s": 0.1,
-             "staleness/max": (s - 1) % 4} for s in range(1, 9)]
+    rows = [
+        {
+            "step": s,
+            "loss": 0.0,
+            "reward/mean": 0.5,
+            "samples": 64,
+            "completions/tokens": 200.0,
+            "timing/step_s": 1.0,
+            "timing/generate_s": 2.0,
+            "timing/train_s": 0.5,
+            "timing/sync_s": 0.1,
+            "staleness/max": (s - 1) % 4,
+        }
+        for s in range(1, 9)
+    ]
     rows += [{"step": 0, "eval/accuracy": 0.5}, {"step": 8, "eval/accuracy": 0.75}]
     text = summary_table(fake_log(rows), Path("/run"), 10.0, {}, steps_per_batch=4)
     lines = dict(line.split("  ", 1) for line in text.splitlines() if "  " in line)

@@ -1,6 +1,7 @@
 """PPO's math (ALGORITHMS.md §7) against independent float64 references written as plain Python loops over each row's
 own length: KL estimators, the per-token reward, GAE with ragged masks and V = 0 past the end, whitening with and
 without the mean, the clipped policy and value losses and their gradients."""
+
 import math
 import statistics
 
@@ -47,8 +48,7 @@ def test_whitening_with_and_without_the_mean(shift_mean):
     got = ppo.masked_whiten(x, mask, shift_mean=shift_mean)
     flat = [v for row in _rows(x, mask) for v in row]
     mean, var = statistics.fmean(flat), statistics.variance(flat)  # Bessel n / (n - 1)
-    want = [[(v - mean) / math.sqrt(var + 1e-8) + (0.0 if shift_mean else mean) for v in row]
-            for row in _rows(x, mask)]
+    want = [[(v - mean) / math.sqrt(var + 1e-8) + (0.0 if shift_mean else mean) for v in row] for row in _rows(x, mask)]
     assert _rows(got, mask) == [pytest.approx(r, rel=1e-12) for r in want]
     assert float((got * (1 - mask)).abs().sum()) == 0.0
     assert float(ppo.masked_var(x, mask)) == pytest.approx(var, rel=1e-12)
@@ -94,7 +94,8 @@ def test_gae_with_ragged_masks(gamma, lam):
     if gamma == lam == 1.0:  # Monte Carlo: R_t is the sum of the rewards to go
         for i, row in enumerate(_rows(rewards, mask)):
             assert [float(ret[i, t]) for t in range(len(row))] == pytest.approx(
-                [sum(row[t:]) for t in range(len(row))], rel=1e-12)
+                [sum(row[t:]) for t in range(len(row))], rel=1e-12
+            )
 
 
 def test_policy_loss_value_and_gradient():

@@ -1,5 +1,6 @@
 """Built-in reward functions (ALGORITHMS.md §10): the §12 "Rewards" values exactly, math equivalence, threads,
 conversational input, and the config path through ``registry.resolve``."""
+
 import threading
 
 import pytest
@@ -11,6 +12,7 @@ from relay_rl.reward_workers.registry import BUILTINS, resolve
 @pytest.fixture(scope="module")
 def tokenizer():
     from relay_rl.cluster.kit.task import build_tokenizer
+
     return build_tokenizer()
 
 
@@ -19,6 +21,7 @@ def conv(texts):
 
 
 # --- §12 "Rewards" -----------------------------------------------------------------------------------------------
+
 
 def test_soft_overlong_reference_values():
     fn = verifiers.make_soft_overlong_punishment(None, max_completion_len=100, soft_punish_cache=20)
@@ -48,10 +51,14 @@ def test_cosine_reference_values():
 
 
 def test_cosine_unparseable_gold_is_none_and_custom_bounds():
-    fn = verifiers.make_cosine_scaled(None, max_len=10, min_value_wrong=-2.0, max_value_wrong=0.0,
-                                      min_value_correct=0.0, max_value_correct=2.0)
-    out = fn(completions=[r"\boxed{1}", r"\boxed{2}", r"\boxed{1}"], solution=["1", "1", "no answer here"],
-             completion_ids=[[1] * 5] * 3)
+    fn = verifiers.make_cosine_scaled(
+        None, max_len=10, min_value_wrong=-2.0, max_value_wrong=0.0, min_value_correct=0.0, max_value_correct=2.0
+    )
+    out = fn(
+        completions=[r"\boxed{1}", r"\boxed{2}", r"\boxed{1}"],
+        solution=["1", "1", "no answer here"],
+        completion_ids=[[1] * 5] * 3,
+    )
     assert out == [1.0, -1.0, None]
     with pytest.raises(ValueError, match="max_len"):
         verifiers.make_cosine_scaled(None, max_len=0)
@@ -71,8 +78,15 @@ def test_repetition_scales_with_max_penalty_and_rejects_positive():
 
 def test_think_format_reference_values():
     fn = verifiers.make_think_format(None)
-    texts = ["<think>\nx\n</think>\ny", "<think>\nx\ny", "<think>a</think><think>b</think>y",
-             "<think>a</think>b<think>", " <think>x</think>y", "<think></think>", "x<think>y</think>"]
+    texts = [
+        "<think>\nx\n</think>\ny",
+        "<think>\nx\ny",
+        "<think>a</think><think>b</think>y",
+        "<think>a</think>b<think>",
+        " <think>x</think>y",
+        "<think></think>",
+        "x<think>y</think>",
+    ]
     assert fn(completions=texts) == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
@@ -112,8 +126,11 @@ def test_accuracy_matches_trl():
 
 def test_accuracy_from_a_worker_thread():
     """The reward actor calls functions from a thread pool, where math-verify's signal.alarm cannot be used."""
-    fns = [verifiers.make_accuracy(None), verifiers.make_reasoning_accuracy(None),
-           verifiers.make_cosine_scaled(None, max_len=4)]
+    fns = [
+        verifiers.make_accuracy(None),
+        verifiers.make_reasoning_accuracy(None),
+        verifiers.make_cosine_scaled(None, max_len=4),
+    ]
     comps, sols, want = zip(*ACCURACY_CASES)
     result, errors = {}, []
 
@@ -135,17 +152,20 @@ def test_accuracy_from_a_worker_thread():
 
 def test_reasoning_accuracy():
     fn = verifiers.make_reasoning_accuracy(None)
-    comps = [r"<think>maybe \boxed{2}</think> so \boxed{\frac{1}{3}}",
-             r"<think>\boxed{\frac{1}{3}}</think> so \boxed{\frac{1}{2}}",
-             r"<think>reasoning with \boxed{\frac{1}{3}} but never closed",
-             r"<think>a</think>b</think> last part \boxed{\frac{1}{3}}",
-             r"<think>a</think> \boxed{1}"]
+    comps = [
+        r"<think>maybe \boxed{2}</think> so \boxed{\frac{1}{3}}",
+        r"<think>\boxed{\frac{1}{3}}</think> so \boxed{\frac{1}{2}}",
+        r"<think>reasoning with \boxed{\frac{1}{3}} but never closed",
+        r"<think>a</think>b</think> last part \boxed{\frac{1}{3}}",
+        r"<think>a</think> \boxed{1}",
+    ]
     sols = [r"\frac{1}{3}"] * 4 + ["not parseable"]
     assert fn(completions=comps, solution=sols) == [1.0, 0.0, 0.0, 1.0, None]
     assert fn(completions=["no tag"], solution=["not parseable"]) == [0.0]
 
 
 # --- conversational input and the config path ----------------------------------------------------------------------
+
 
 def test_conversational_completions():
     texts = [r"<think>x</think>\boxed{\frac{1}{2}}", r"\boxed{3}"]
@@ -155,19 +175,38 @@ def test_conversational_completions():
     assert verifiers.make_think_format(None)(completions=conv(texts)) == [1.0, 0.0]
     cos = verifiers.make_cosine_scaled(None, max_len=100)
     assert cos(completions=conv(texts), solution=sols, completion_ids=[[1] * 50] * 2) == [0.75, -0.75]
-    multi = [[{"role": "assistant", "content": "<think>a</think>"}, {"role": "tool", "content": "<think>"},
-              {"role": "assistant", "content": r"\boxed{\frac{1}{2}}"}]]
+    multi = [
+        [
+            {"role": "assistant", "content": "<think>a</think>"},
+            {"role": "tool", "content": "<think>"},
+            {"role": "assistant", "content": r"\boxed{\frac{1}{2}}"},
+        ]
+    ]
     assert verifiers.make_accuracy(None)(completions=multi, solution=["0.5"]) == [1.0]
 
 
 def test_resolve_with_kwargs(tokenizer):
     resolve("think_format", tokenizer)  # a bare name, no kwargs
-    assert {"accuracy", "reasoning_accuracy", "think_format", "soft_overlong_punishment", "cosine_scaled",
-            "repetition_penalty", "arithmetic_exact"} <= set(BUILTINS)
+    assert {
+        "accuracy",
+        "reasoning_accuracy",
+        "think_format",
+        "soft_overlong_punishment",
+        "cosine_scaled",
+        "repetition_penalty",
+        "arithmetic_exact",
+    } <= set(BUILTINS)
     eos = tokenizer.eos_token_id
-    batch = dict(prompts=["1+2="] * 2, completions=[r"\boxed{3}", r"\boxed{4}"], completion_ids=[[5] * 9 + [eos]] * 2,
-                 solution=["3", "3"], answer=["3", "3"], trainer_state={"global_step": 0},
-                 log_extra=lambda *a: None, log_metric=lambda *a: None)
+    batch = dict(
+        prompts=["1+2="] * 2,
+        completions=[r"\boxed{3}", r"\boxed{4}"],
+        completion_ids=[[5] * 9 + [eos]] * 2,
+        solution=["3", "3"],
+        answer=["3", "3"],
+        trainer_state={"global_step": 0},
+        log_extra=lambda *a: None,
+        log_metric=lambda *a: None,
+    )
     specs = {
         "soft_overlong_punishment": ({"max_completion_len": 12, "soft_punish_cache": 4}, [-0.5, -0.5]),
         "cosine_scaled": ({"max_len": 20, "max_value_correct": 2.0}, [1.25, -0.75]),

@@ -6,6 +6,7 @@ sampled_token and its REINFORCE gradient), the IS clip, the aggregation (a row w
 counts in B), SDPO's blend (w = 0 is GRPO's loss, w = 1 pure distillation), SDFT's skipped tokens, the EMA update,
 and the config rules. No Ray, no model, no process group.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,13 @@ from relay_rl.learner.divergences import TAIL_MIN
 from relay_rl.learner.methods.grpo import GRPOObjective
 from relay_rl.learner.methods.sdft import SDFTObjective
 from relay_rl.learner.methods.sdpo import SDPOObjective
-from relay_rl.learner.methods.self_distillation import (distillation_loss, ema, is_clip_weight, per_token_divergence,
-                                               sequence_mean)
+from relay_rl.learner.methods.self_distillation import (
+    distillation_loss,
+    ema,
+    is_clip_weight,
+    per_token_divergence,
+    sequence_mean,
+)
 from tests.conftest import quickstart_dict
 from tests.unit.test_divergences import ref_jsd as jsd  # §8's JSD_alpha by loops (alpha is its beta)
 
@@ -69,8 +75,9 @@ class MB:
     def __init__(self, teacher_logits=None, ids=None, mask=None, context=None, old=None, temperature=1.0):
         g = torch.Generator().manual_seed(7)
         self.completion_ids = ids if ids is not None else torch.randint(0, V, (B, T), generator=g)
-        self.completion_mask = mask if mask is not None else torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1.]],
-                                                                          dtype=F64)
+        self.completion_mask = (
+            mask if mask is not None else torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1.0]], dtype=F64)
+        )
         tl = teacher_logits / temperature
         self.teacher_dist = torch.log_softmax(tl, -1)
         self.teacher_logprobs = self.teacher_dist.gather(-1, self.completion_ids.unsqueeze(-1)).squeeze(-1)
@@ -95,8 +102,13 @@ def test_full_logits_is_the_jsd(alpha):
 @pytest.mark.parametrize("tail", [False, True])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_topk_logits_on_the_students_top_k(alpha, tail):
-    a = cfg_of("sdft", distillation_mode="topk_logits", distillation_topk=3, distillation_alpha=alpha,
-               distillation_add_tail=tail).algorithm
+    a = cfg_of(
+        "sdft",
+        distillation_mode="topk_logits",
+        distillation_topk=3,
+        distillation_alpha=alpha,
+        distillation_add_tail=tail,
+    ).algorithm
     s, t = logits(2), logits(3)
     got = per_token_divergence(a, MB(t), s, temperature=1.0)
     assert np.allclose(got.numpy(), ref_divergence(s.tolist(), t.tolist(), "topk", alpha, k=3, tail=tail), atol=1e-12)
@@ -116,13 +128,15 @@ def test_topk_of_the_whole_vocabulary_without_tail_is_full_logits(alpha):
     s, t = logits(5), logits(6)
     full = cfg_of("sdft", distillation_mode="full_logits", distillation_alpha=alpha).algorithm
     topk = cfg_of("sdft", distillation_mode="topk_logits", distillation_topk=V, distillation_alpha=alpha).algorithm
-    assert torch.allclose(per_token_divergence(topk, MB(t), s, 1.0), per_token_divergence(full, MB(t), s, 1.0),
-                          atol=1e-12)
+    assert torch.allclose(
+        per_token_divergence(topk, MB(t), s, 1.0), per_token_divergence(full, MB(t), s, 1.0), atol=1e-12
+    )
 
 
 def test_tail_bucket_completes_the_support():
     """With the tail, student and teacher supports each sum to 1 (to the clamp: 1 + TAIL_MIN at k = |V|)."""
     from relay_rl.learner.divergences import log_tail
+
     s = torch.log_softmax(logits(7), -1)
     for k in (2, V):
         top = s.topk(k, -1).values
@@ -167,8 +181,10 @@ def test_is_clip_is_capped_and_one_on_policy():
     assert torch.equal(is_clip_weight(lp, lp, 2.0), torch.ones_like(lp))
     old = lp - torch.linspace(-3, 3, lp.numel(), dtype=F64).reshape(lp.shape)
     w = is_clip_weight(lp, old, 2.0)
-    ref = [[min(math.exp(max(-20, min(20, float(x - y)))), 2.0) for x, y in zip(r1, r2)]
-           for r1, r2 in zip(lp.tolist(), old.tolist())]
+    ref = [
+        [min(math.exp(max(-20, min(20, float(x - y)))), 2.0) for x, y in zip(r1, r2)]
+        for r1, r2 in zip(lp.tolist(), old.tolist())
+    ]
     assert torch.allclose(w, torch.tensor(ref, dtype=F64), atol=1e-12) and float(w.max()) <= 2.0
     assert not w.requires_grad  # a weight, not a path of the gradient
 
@@ -225,16 +241,25 @@ def _policy_batch(t):
 
 def test_sdpo_weight_zero_is_grpo_and_one_is_distillation():
     s, t = logits(21), logits(22)
-    grpo_cfg = validate_dict({**quickstart_dict(), "algorithm": {"name": "grpo", "num_generations": 2,
-                                                                  "per_device_train_batch_size": 4,
-                                                                  "vllm_importance_sampling_correction": False}})
+    grpo_cfg = validate_dict(
+        {
+            **quickstart_dict(),
+            "algorithm": {
+                "name": "grpo",
+                "num_generations": 2,
+                "per_device_train_batch_size": 4,
+                "vllm_importance_sampling_correction": False,
+            },
+        }
+    )
     want_pg, _ = GRPOObjective(grpo_cfg, resolve_schedule(grpo_cfg)).loss(_policy_batch(t), s)
     for w, expect in ((0.0, "pg"), (1.0, "distill"), (0.25, "blend")):
         cfg = cfg_of("sdpo", distillation_weight=w, vllm_importance_sampling_correction=False)
         obj = SDPOObjective(cfg, resolve_schedule(cfg))
         got, _ = obj.loss(_policy_batch(t), s)
-        distill, _ = distillation_loss(cfg.algorithm, _policy_batch(t), s, 1.0, _policy_batch(t).completion_mask,
-                                       obj.sched.GA)
+        distill, _ = distillation_loss(
+            cfg.algorithm, _policy_batch(t), s, 1.0, _policy_batch(t).completion_mask, obj.sched.GA
+        )
         want = {"pg": want_pg, "distill": distill, "blend": 0.75 * want_pg + 0.25 * distill}[expect]
         assert float(got) == pytest.approx(float(want), rel=1e-12), w
 
@@ -267,20 +292,26 @@ def test_ema_update():
     assert torch.equal(ema(a, b, 1.0), b) and torch.equal(ema(a, b, 0.0), a)
 
 
-@pytest.mark.parametrize("algorithm, message", [
-    ({"name": "sdpo", "distillation_alpha": 0.5}, "sampled_token is reverse KL only"),
-    ({"name": "sdpo", "distillation_mode": "topk_logits"}, "needs distillation_topk"),
-    ({"name": "sdpo", "reprompt_template": "{solution} solve it"}, "reprompt_template must contain {prompt}"),
-    ({"name": "sdpo", "reprompt_template": "{prompt}{answer}"}, "unknown placeholder {answer}"),
-    ({"name": "sdpo", "solution_template": "{prompt}"}, "solution_template: unknown placeholder {prompt}"),
-    ({"name": "sdpo", "loss_type": "cispo"}, "loss_type"),
-    ({"name": "sdpo", "distillation_weight": 1.5}, "distillation_weight"),
-    ({"name": "sdft", "teacher_prompt_template": "{privileged_context}"}, "teacher_prompt_template must contain "
-                                                                          "{prompt}"),
-    ({"name": "sdft", "teacher_prompt_template": "{prompt} {"}, "not a valid template"),
-])
+@pytest.mark.parametrize(
+    "algorithm, message",
+    [
+        ({"name": "sdpo", "distillation_alpha": 0.5}, "sampled_token is reverse KL only"),
+        ({"name": "sdpo", "distillation_mode": "topk_logits"}, "needs distillation_topk"),
+        ({"name": "sdpo", "reprompt_template": "{solution} solve it"}, "reprompt_template must contain {prompt}"),
+        ({"name": "sdpo", "reprompt_template": "{prompt}{answer}"}, "unknown placeholder {answer}"),
+        ({"name": "sdpo", "solution_template": "{prompt}"}, "solution_template: unknown placeholder {prompt}"),
+        ({"name": "sdpo", "loss_type": "cispo"}, "loss_type"),
+        ({"name": "sdpo", "distillation_weight": 1.5}, "distillation_weight"),
+        (
+            {"name": "sdft", "teacher_prompt_template": "{privileged_context}"},
+            "teacher_prompt_template must contain {prompt}",
+        ),
+        ({"name": "sdft", "teacher_prompt_template": "{prompt} {"}, "not a valid template"),
+    ],
+)
 def test_config_errors(algorithm, message):
     from relay_rl.errors import ConfigError
+
     raw = quickstart_dict(algorithm=None)
     raw["algorithm"] = algorithm
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
@@ -297,11 +328,18 @@ def test_needs_a_reprompted_self_teacher():
 
 def test_batch_carries_the_teacher_context_through_the_object_store():
     import pickle
+
     n = 2
-    batch = Batch(prompt_ids=torch.ones(n, 2, dtype=torch.long), prompt_mask=torch.ones(n, 2, dtype=torch.long),
-                  completion_ids=torch.ones(n, 3, dtype=torch.long), completion_mask=torch.ones(n, 3),
-                  behaviour_logprobs=torch.zeros(n, 3), policy_version=torch.zeros(n, dtype=torch.long),
-                  group_id=torch.arange(n), truncated=torch.zeros(n, dtype=torch.bool),
-                  teacher_context=torch.tensor([True, False]))
+    batch = Batch(
+        prompt_ids=torch.ones(n, 2, dtype=torch.long),
+        prompt_mask=torch.ones(n, 2, dtype=torch.long),
+        completion_ids=torch.ones(n, 3, dtype=torch.long),
+        completion_mask=torch.ones(n, 3),
+        behaviour_logprobs=torch.zeros(n, 3),
+        policy_version=torch.zeros(n, dtype=torch.long),
+        group_id=torch.arange(n),
+        truncated=torch.zeros(n, dtype=torch.bool),
+        teacher_context=torch.tensor([True, False]),
+    )
     back = pickle.loads(pickle.dumps(Batch.concat([batch, batch]).select([0, 3])))
     assert back.teacher_context.tolist() == [True, False]

@@ -1,6 +1,7 @@
 """The SFT family (learner/methods/sft.py): its loss against a float64 reference (the global token mean of the
 completion NLL over a step's micro-batches), the padding-free forward against the padded one on the kit's model,
 dataset completions given as chat turns, and the kit's warm start, which is a relay-rl SFT run."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from relay_rl.errors import ConfigError
 from relay_rl.cluster.config import resolve_schedule, validate_dict
+from relay_rl.errors import ConfigError
 from relay_rl.learner.logprobs import completion_logits, packed_completion_logits
 from relay_rl.learner.methods import DATASET
 from relay_rl.learner.methods.sft import SFTObjective
@@ -35,8 +36,10 @@ def test_loss_is_the_steps_token_mean_nll():
     cfg = sft_cfg()
     obj = SFTObjective(cfg, resolve_schedule(cfg))
     g = torch.Generator().manual_seed(0)
-    mbs = [MB(torch.randint(0, 7, (3, 4), generator=g), torch.tensor(m, dtype=F64))
-           for m in ([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], [[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])]
+    mbs = [
+        MB(torch.randint(0, 7, (3, 4), generator=g), torch.tensor(m, dtype=F64))
+        for m in ([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], [[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
+    ]
     logits = [torch.randn(3, 4, 7, generator=g, dtype=F64, requires_grad=True) for _ in mbs]
     obj.begin_step(mbs)
     total = sum(obj.loss(mb, lg)[0] for mb, lg in zip(mbs, logits))
@@ -62,6 +65,7 @@ def test_padding_free_forward_equals_the_padded_one(kit):
     """Rows of different prompt and completion lengths, laid end to end with restarting positions: the same logits
     at every completion position as the padded forward (no row attends to another), zeros past each row's end."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(kit["warm_start"], dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(kit["warm_start"])
     prompts, completions = ["12+34=", "9+9=", "70+55="], ["46", "18", "125"]
@@ -86,16 +90,21 @@ def test_chat_completions_are_the_templates_assistant_turn(kit, tmp_path):
     import shutil
 
     from relay_rl.rollout_workers.actor import RolloutWorker
+
     model = tmp_path / "chat_model"
     shutil.copytree(kit["warm_start"], model)
     cfg_file = model / "tokenizer_config.json"
     tc = json.loads(cfg_file.read_text())
-    tc["chat_template"] = ("{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
-                           "{% endif %}{% endfor %}")
+    tc["chat_template"] = (
+        "{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
+        "{% endif %}{% endfor %}"
+    )
     cfg_file.write_text(json.dumps(tc))
     worker = RolloutWorker(str(model), "hf", "float32", {}, max_prompt_length=16)
-    rows = [{"prompt": [{"role": "user", "content": "12+34="}], "completion": [{"role": "assistant", "content": "46"}]},
-            {"prompt": [{"role": "user", "content": "9+9="}], "completion": [{"role": "assistant", "content": "18"}]}]
+    rows = [
+        {"prompt": [{"role": "user", "content": "12+34="}], "completion": [{"role": "assistant", "content": "46"}]},
+        {"prompt": [{"role": "user", "content": "9+9="}], "completion": [{"role": "assistant", "content": "18"}]},
+    ]
     b = worker.from_dataset(rows, "completion", max_tokens=5, group_ids=[0, 1])
     tok = worker.tokenizer
     assert b.completion_ids[0, :3].tolist() == tok("46", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

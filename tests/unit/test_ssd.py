@@ -1,6 +1,7 @@
 """SSD (ALGORITHMS.md §8, §12): the loss is the token-mean NLL of the model's own samples (float64 reference, values
 and gradients, at temperature 1 whatever the sampling temperature), divided by GA; ``filter_empty`` drops "" and
 single-line completions under 10 characters, which then train nothing."""
+
 import pytest
 import torch
 
@@ -10,9 +11,9 @@ from tests.conftest import quickstart_dict
 
 def _cfg(**algorithm):
     from relay_rl.cluster.config import validate_dict
+
     raw = quickstart_dict(algorithm=None, rollout={"temperature": 0.6, "top_k": 20, "top_p": 0.95})
-    raw["algorithm"] = {"name": "ssd", "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-                        **algorithm}
+    raw["algorithm"] = {"name": "ssd", "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, **algorithm}
     raw.pop("reward", None)
     return validate_dict(raw)
 
@@ -24,6 +25,7 @@ class _MB:
 
 def test_the_loss_is_the_token_mean_nll_over_ga():
     from relay_rl.cluster.config import resolve_schedule
+
     cfg = _cfg()
     sched = resolve_schedule(cfg)
     g = torch.Generator().manual_seed(0)
@@ -47,25 +49,46 @@ def test_the_loss_is_the_token_mean_nll_over_ga():
 def test_a_micro_batch_with_nothing_kept_adds_zero():
     cfg = _cfg()
     from relay_rl.cluster.config import resolve_schedule
+
     loss, _ = SSDObjective(cfg, resolve_schedule(cfg)).loss(
-        _MB(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), torch.randn(2, 3, 5))
+        _MB(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), torch.randn(2, 3, 5)
+    )
     assert float(loss) == 0.0
 
 
-@pytest.mark.parametrize("text, empty", [("", True), ("   \n\t ", True), ("short", True), ("123456789", True),
-                                         ("1234567890", False), ("a\nb", False), ("  padded  \n", True)])
+@pytest.mark.parametrize(
+    "text, empty",
+    [
+        ("", True),
+        ("   \n\t ", True),
+        ("short", True),
+        ("123456789", True),
+        ("1234567890", False),
+        ("a\nb", False),
+        ("  padded  \n", True),
+    ],
+)
 def test_filter_empty(text, empty):
     assert is_empty(text) is empty
 
 
 def test_assemble_masks_the_filtered_rows():
     from relay_rl.batch import Batch
+
     n = 4
-    batch = Batch(prompt_ids=torch.ones(n, 2, dtype=torch.long), prompt_mask=torch.ones(n, 2, dtype=torch.long),
-                  completion_ids=torch.full((n, 3), 5), completion_mask=torch.ones(n, 3),
-                  behaviour_logprobs=torch.zeros(n, 3), policy_version=torch.zeros(n, dtype=torch.long),
-                  group_id=torch.arange(n), truncated=torch.zeros(n, dtype=torch.bool), prompts=["p"] * n,
-                  completions=["", "a long enough answer", "tiny", "two\nlines"], columns={})
+    batch = Batch(
+        prompt_ids=torch.ones(n, 2, dtype=torch.long),
+        prompt_mask=torch.ones(n, 2, dtype=torch.long),
+        completion_ids=torch.full((n, 3), 5),
+        completion_mask=torch.ones(n, 3),
+        behaviour_logprobs=torch.zeros(n, 3),
+        policy_version=torch.zeros(n, dtype=torch.long),
+        group_id=torch.arange(n),
+        truncated=torch.zeros(n, dtype=torch.bool),
+        prompts=["p"] * n,
+        completions=["", "a long enough answer", "tiny", "two\nlines"],
+        columns={},
+    )
     out, stats = assemble(batch, _cfg().algorithm, None, seed=0)
     kept = {c: float(m.sum()) for c, m in zip(out.completions, out.completion_mask)}
     assert kept == {"": 0.0, "a long enough answer": 3.0, "tiny": 0.0, "two\nlines": 3.0}

@@ -3,6 +3,7 @@ plane, and no family-specific branch outside the families (docs/architecture.md)
 
 The graph is read from the source with ``ast`` (every ``import``, lazy ones inside functions included), so a new
 circle or a worker importing the controller fails here before it lands."""
+
 from __future__ import annotations
 
 import ast
@@ -40,7 +41,7 @@ def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         else:
@@ -125,16 +126,27 @@ def test_the_vocabulary_imports_no_role(graph):
 
 def test_workers_never_import_the_control_plane(graph):
     """A worker folder may read the run file (``cluster.config``); never the controller, pools, pipeline or CLI."""
-    bad = {m: sorted(t for t in deps if role_of(t) == "cluster" and not t.startswith(RUN_FILE))
-           for m, deps in graph.items() if role_of(m) in WORKERS}
+    bad = {
+        m: sorted(t for t in deps if role_of(t) == "cluster" and not t.startswith(RUN_FILE))
+        for m, deps in graph.items()
+        if role_of(m) in WORKERS
+    }
     assert {m: d for m, d in bad.items() if d} == {}
 
 
 def test_role_actors_are_started_by_the_control_plane_only(graph):
-    actors = {"relay_rl.learner.actor", "relay_rl.learner.critic", "relay_rl.rollout_workers.actor",
-              "relay_rl.reward_workers.actor", "relay_rl.teacher_workers.actor"}
-    bad = {m: sorted(deps & actors) for m, deps in graph.items()
-           if deps & actors and role_of(m) != "cluster" and not all(role_of(a) == role_of(m) for a in deps & actors)}
+    actors = {
+        "relay_rl.learner.actor",
+        "relay_rl.learner.critic",
+        "relay_rl.rollout_workers.actor",
+        "relay_rl.reward_workers.actor",
+        "relay_rl.teacher_workers.actor",
+    }
+    bad = {
+        m: sorted(deps & actors)
+        for m, deps in graph.items()
+        if deps & actors and role_of(m) != "cluster" and not all(role_of(a) == role_of(m) for a in deps & actors)
+    }
     assert bad == {}
 
 
@@ -157,19 +169,27 @@ def family_branches(path: Path, names: set[str]) -> list[str]:
                 for v in values:
                     if isinstance(v, ast.Constant) and v.value in names | {"critic"}:
                         found.append(f"{path.name}:{node.lineno}: compares with {v.value!r}")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") \
-                and node.args and "alg" in ast.unparse(node.args[0]):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and node.args
+            and "alg" in ast.unparse(node.args[0])
+        ):
             found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
     return found
 
 
 def test_no_family_branch_in_shared_code():
     from relay_rl.learner.methods import FAMILIES
+
     found = [f for p in shared_files() for f in family_branches(p, set(FAMILIES))]
     assert found == []
 
 
 def test_the_branch_finder_finds_branches(tmp_path):
     p = tmp_path / "x.py"
-    p.write_text('if cfg.algorithm.name == "sdpo" or role in ("critic",):\n    k = getattr(cfg.algorithm, "lmbda", 0)\n')
+    p.write_text(
+        'if cfg.algorithm.name == "sdpo" or role in ("critic",):\n    k = getattr(cfg.algorithm, "lmbda", 0)\n'
+    )
     assert len(family_branches(p, {"sdpo"})) == 3

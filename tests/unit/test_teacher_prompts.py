@@ -1,6 +1,7 @@
 """The teacher prompts of SDPO and SDFT, on text, against ALGORITHMS.md §8 knob by knob: which sibling is the
 solution, when feedback is used, the templates, thinking removed from the demonstration, chat prompts (system
 messages kept, the last user turn rewritten), rows without context, and SDFT's generate_from_teacher prompts."""
+
 from __future__ import annotations
 
 import math
@@ -14,14 +15,22 @@ from relay_rl.learner.methods.sdft import teacher_prompts as sdft_prompts
 from relay_rl.learner.methods.sdpo import teacher_prompts as sdpo_prompts
 from tests.conftest import quickstart_dict
 
-TPL = {"reprompt_template": "[{prompt}|{solution}|{feedback}]", "solution_template": "S({successful_previous_attempt})",
-       "feedback_template": "F({feedback_raw})"}
+TPL = {
+    "reprompt_template": "[{prompt}|{solution}|{feedback}]",
+    "solution_template": "S({successful_previous_attempt})",
+    "feedback_template": "F({feedback_raw})",
+}
 
 
 def cfg(name="sdpo", reward_weights=None, **algorithm):
     raw = quickstart_dict(algorithm=None)
-    raw["algorithm"] = {"name": name, "num_generations": 3, "per_device_train_batch_size": 6,
-                        **(TPL if name == "sdpo" else {}), **algorithm}
+    raw["algorithm"] = {
+        "name": name,
+        "num_generations": 3,
+        "per_device_train_batch_size": 6,
+        **(TPL if name == "sdpo" else {}),
+        **algorithm,
+    }
     raw["reward"] = {"reward_funcs": ["arithmetic_exact", "think_format"], "reward_weights": reward_weights}
     return validate_dict(raw)
 
@@ -29,12 +38,20 @@ def cfg(name="sdpo", reward_weights=None, **algorithm):
 def batch(prompts, completions, rewards, groups, feedback=None):
     n = len(prompts)
     cols = {"privileged_context": feedback} if feedback is not None else {}
-    return Batch(prompt_ids=torch.ones(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1, dtype=torch.long),
-                 completion_ids=torch.ones(n, 1, dtype=torch.long), completion_mask=torch.ones(n, 1),
-                 behaviour_logprobs=torch.zeros(n, 1), policy_version=torch.zeros(n, dtype=torch.long),
-                 group_id=torch.tensor(groups), truncated=torch.zeros(n, dtype=torch.bool),
-                 rewards=torch.tensor(rewards, dtype=torch.float32), prompts=prompts, completions=completions,
-                 columns=cols)
+    return Batch(
+        prompt_ids=torch.ones(n, 1, dtype=torch.long),
+        prompt_mask=torch.ones(n, 1, dtype=torch.long),
+        completion_ids=torch.ones(n, 1, dtype=torch.long),
+        completion_mask=torch.ones(n, 1),
+        behaviour_logprobs=torch.zeros(n, 1),
+        policy_version=torch.zeros(n, dtype=torch.long),
+        group_id=torch.tensor(groups),
+        truncated=torch.zeros(n, dtype=torch.bool),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        prompts=prompts,
+        completions=completions,
+        columns=cols,
+    )
 
 
 # two groups of three: group 0 has successes at rows 1 and 2, group 1 none; rewards are (exact, format)
@@ -92,8 +109,9 @@ def test_feedback_used_only_when_included_and_not_empty():
 
 def test_feedback_only_without_solution():
     fb = ["x", "w", "v", "y", "u", "z"]
-    prompts, _ = sdpo_prompts(batch(P, C, R, G, fb), cfg(include_environment_feedback=True,
-                                                         environment_feedback_only_without_solution=True))
+    prompts, _ = sdpo_prompts(
+        batch(P, C, R, G, fb), cfg(include_environment_feedback=True, environment_feedback_only_without_solution=True)
+    )
     assert prompts == ["[p0|S(b)|]", "[p0|S(c)|]", "[p0|S(b)|]", "[p1||F(y)]", "[p1||F(u)]", "[p1||F(z)]"]
 
 
@@ -106,15 +124,20 @@ def test_remove_thinking_from_demonstration():
 
 
 def test_default_templates():
-    c = validate_dict({**quickstart_dict(), "algorithm": {"name": "sdpo", "num_generations": 3,
-                                                          "per_device_train_batch_size": 6}})
+    c = validate_dict(
+        {**quickstart_dict(), "algorithm": {"name": "sdpo", "num_generations": 3, "per_device_train_batch_size": 6}}
+    )
     prompts, _ = sdpo_prompts(batch(P[:3], C[:3], R[:3], G[:3]), c)
     assert prompts[0] == ("p0\nCorrect solution:\n\nb\n\n\n\nCorrectly solve the original question.\n")
 
 
 def test_chat_prompts_keep_the_system_and_rewrite_the_last_user_turn():
-    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "12+34?"}]
+    chat = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "12+34?"},
+    ]
     prompts, _ = sdpo_prompts(batch([chat] * 3, C[:3], R[:3], G[:3]), cfg())
     assert prompts[0] == chat[:3] + [{"role": "user", "content": "[12+34?|S(b)|]"}]
     assert prompts[1][:3] == chat[:3] and chat[3]["content"] == "12+34?"  # the dataset's prompt is not modified
@@ -158,8 +181,12 @@ def test_sdft_missing_context_is_an_error():
 def test_generate_from_teacher_prompts():
     records = [{"prompt": "12+34=", "privileged_context": "46", "answer": "46"}]
     off = cfg("sdft", distillation_mode="full_logits", teacher_prompt_template="{privileged_context}|{prompt}")
-    on = cfg("sdft", distillation_mode="full_logits", teacher_prompt_template="{privileged_context}|{prompt}",
-             generate_from_teacher=True)
+    on = cfg(
+        "sdft",
+        distillation_mode="full_logits",
+        teacher_prompt_template="{privileged_context}|{prompt}",
+        generate_from_teacher=True,
+    )
     other = cfg()
 
     def prompts(c):

@@ -7,6 +7,7 @@ relabelling of either vocabulary, non-negativity, padding when V_s != V_t, the t
 groups, gradients by ``torch.autograd.gradcheck``, the batch mean and the CE term. A last test, skipped when TRL is
 not installed, compares with TRL's own ``ULDLoss`` on a cross-tokenizer example.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-from relay_rl.learner.uld import alignment_groups, completion_ce_loss, merge_group_probs, merge_groups, token_byte_spans, token_char_spans, uld_batch_loss, uld_loss, uld_total_loss
+from relay_rl.learner.uld import (
+    alignment_groups,
+    completion_ce_loss,
+    merge_group_probs,
+    merge_groups,
+    token_byte_spans,
+    token_char_spans,
+    uld_batch_loss,
+    uld_loss,
+    uld_total_loss,
+)
 
 F64 = torch.float64
 STRATEGIES = ["observed", "bayesian"]
@@ -56,12 +67,14 @@ def ref_uld(Ps: np.ndarray, ids_s, Pt: np.ndarray, ids_t, groups, strategy: str,
 
 def ref_alignment(s_pieces: list[str], t_pieces: list[str]) -> list[tuple[list[int], list[int]]]:
     """For two non-empty-token segmentations of the same string: cut at the common token ends."""
+
     def ends(pieces):
         out, pos = [], 0
         for p in pieces:
             pos += len(p.encode("utf-8"))
             out.append(pos)
         return out
+
     se, te = ends(s_pieces), ends(t_pieces)
     cuts = sorted(set(se) & set(te))
     groups, prev = [], -1
@@ -100,8 +113,13 @@ def cross_tok_case(seed: int, text: str = "the quick brown fox, 12+34=46!", V_s:
     t_pieces = random_segmentation(text, rng, 0.3) + [""]
     groups = alignment_groups(token_byte_spans(s_pieces), token_byte_spans(t_pieces))
     T_s, T_t = len(s_pieces), len(t_pieces)
-    return dict(s_lp=rand_logprobs(T_s, V_s, seed + 1), s_ids=rand_ids(T_s, V_s, seed + 2),
-                t_lp=rand_logprobs(T_t, V_t, seed + 3), t_ids=rand_ids(T_t, V_t, seed + 4), groups=groups)
+    return dict(
+        s_lp=rand_logprobs(T_s, V_s, seed + 1),
+        s_ids=rand_ids(T_s, V_s, seed + 2),
+        t_lp=rand_logprobs(T_t, V_t, seed + 3),
+        t_ids=rand_ids(T_t, V_t, seed + 4),
+        groups=groups,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- spans, alignment
@@ -129,10 +147,11 @@ def test_alignment_identical_tokenisations_are_one_to_one():
 
 
 def test_alignment_boundaries_coincide_only_at_end():
-    assert alignment_groups(token_byte_spans(["ab", "cd"]), token_byte_spans(["a", "bc", "d"])) == \
-        [([0, 1], [0, 1, 2])]
-    assert alignment_groups(token_byte_spans(["ab", "cd", ""]), token_byte_spans(["a", "bc", "d", ""])) == \
-        [([0, 1], [0, 1, 2]), ([2], [3])]
+    assert alignment_groups(token_byte_spans(["ab", "cd"]), token_byte_spans(["a", "bc", "d"])) == [([0, 1], [0, 1, 2])]
+    assert alignment_groups(token_byte_spans(["ab", "cd", ""]), token_byte_spans(["a", "bc", "d", ""])) == [
+        ([0, 1], [0, 1, 2]),
+        ([2], [3]),
+    ]
 
 
 def test_alignment_zero_width_and_length_mismatch():
@@ -140,12 +159,17 @@ def test_alignment_zero_width_and_length_mismatch():
     assert alignment_groups(token_byte_spans(["ab", "c", ""]), token_byte_spans(["a", "bc"])) == [([0, 1], [0, 1])]
     assert alignment_groups(token_byte_spans(["a", "bc"]), token_byte_spans(["ab", "c", ""])) == [([0, 1], [0, 1])]
     # one-sided zero-width token right after a common cut joins the next group; inside an open group it stays there
-    assert alignment_groups(token_byte_spans(["ab", "", "c"]), token_byte_spans(["ab", "c"])) == \
-        [([0], [0]), ([1, 2], [1])]
+    assert alignment_groups(token_byte_spans(["ab", "", "c"]), token_byte_spans(["ab", "c"])) == [
+        ([0], [0]),
+        ([1, 2], [1]),
+    ]
     assert alignment_groups(token_byte_spans(["a", "", "bc"]), token_byte_spans(["abc"])) == [([0, 1, 2], [0])]
     # zero-width on both sides at the same offset after a cut: its own 1:1 group
-    assert alignment_groups(token_byte_spans(["ab", "", "c"]), token_byte_spans(["a", "b", "", "c"])) == \
-        [([0], [0, 1]), ([1], [2]), ([2], [3])]
+    assert alignment_groups(token_byte_spans(["ab", "", "c"]), token_byte_spans(["a", "b", "", "c"])) == [
+        ([0], [0, 1]),
+        ([1], [2]),
+        ([2], [3]),
+    ]
     # student text longer: its tokens past the teacher's end are dropped
     assert alignment_groups(token_byte_spans(["1", "2", "3", "4"]), token_byte_spans(["12"])) == [([0, 1], [0])]
     # unclosed tail (both sides non-empty, different byte ranges): dropped, or kept as TRL does on request
@@ -176,11 +200,13 @@ def test_merge_two_token_group_by_hand():
     probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]], dtype=F64)
     ids = [0, 1]
     # observed: row 0 times p_1(y_1) = 0.5
-    torch.testing.assert_close(merge_group_probs(probs, ids, [0, 1], "observed"),
-                               torch.tensor([0.30, 0.15, 0.05], dtype=F64))
+    torch.testing.assert_close(
+        merge_group_probs(probs, ids, [0, 1], "observed"), torch.tensor([0.30, 0.15, 0.05], dtype=F64)
+    )
     # bayesian: p_0(y_0) = 0.6 times row 1
-    torch.testing.assert_close(merge_group_probs(probs, ids, [0, 1], "bayesian"),
-                               torch.tensor([0.12, 0.30, 0.18], dtype=F64))
+    torch.testing.assert_close(
+        merge_group_probs(probs, ids, [0, 1], "bayesian"), torch.tensor([0.12, 0.30, 0.18], dtype=F64)
+    )
     # a single token is its own row, under both strategies
     for strategy in STRATEGIES:
         torch.testing.assert_close(merge_group_probs(probs, ids, [1], strategy), probs[1])
@@ -191,11 +217,13 @@ def test_merge_three_token_group_by_hand_and_eps():
     probs = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.4, 0.4, 0.2]], dtype=F64)
     ids = [2, 1, 0]
     # observed: row 0 * p_1(1) * p_2(0) = row 0 * 0.8 * 0.4
-    torch.testing.assert_close(merge_group_probs(probs, ids, [0, 1, 2], "observed"),
-                               torch.tensor([0.16, 0.08, 0.08], dtype=F64))
+    torch.testing.assert_close(
+        merge_group_probs(probs, ids, [0, 1, 2], "observed"), torch.tensor([0.16, 0.08, 0.08], dtype=F64)
+    )
     # bayesian: p_0(2) * p_1(1) * row 2 = 0.25 * 0.8 * row 2
-    torch.testing.assert_close(merge_group_probs(probs, ids, [0, 1, 2], "bayesian"),
-                               torch.tensor([0.08, 0.08, 0.04], dtype=F64))
+    torch.testing.assert_close(
+        merge_group_probs(probs, ids, [0, 1, 2], "bayesian"), torch.tensor([0.08, 0.08, 0.04], dtype=F64)
+    )
     # the group may sit anywhere in the sequence
     torch.testing.assert_close(merge_group_probs(probs, ids, [1, 2], "observed"), probs[1] * 0.4)
     # scalar factors are clamped at eps
@@ -206,8 +234,9 @@ def test_merge_three_token_group_by_hand_and_eps():
     # the same clamp in the log-space, all-groups version
     tiny_lp = torch.tensor([[math.log(0.5), math.log(0.5)], [0.0, -80.0]], dtype=F64)
     torch.testing.assert_close(merge_groups(tiny_lp, [0, 1], [[0, 1]], "observed"), tiny[:1] * 1e-8, **exact)
-    torch.testing.assert_close(merge_groups(tiny_lp, [0, 1], [[0, 1]], "observed", eps=0.0),
-                               tiny[:1] * math.exp(-80.0), **exact)
+    torch.testing.assert_close(
+        merge_groups(tiny_lp, [0, 1], [[0, 1]], "observed", eps=0.0), tiny[:1] * math.exp(-80.0), **exact
+    )
     with pytest.raises(ValueError):
         merge_group_probs(probs, ids, [0, 1], "mean")
 
@@ -258,15 +287,24 @@ def test_cross_tokenizer_loss_matches_loop_reference(seed, strategy):
     case = cross_tok_case(seed)
     assert any(len(sg) > 1 or len(tg) > 1 for sg, tg in case["groups"])
     loss, n = uld_loss(case["s_lp"], case["s_ids"], case["t_lp"], case["t_ids"], case["groups"], strategy)
-    ref = ref_uld(case["s_lp"].exp().numpy(), case["s_ids"], case["t_lp"].exp().numpy(), case["t_ids"],
-                  case["groups"], strategy)
+    ref = ref_uld(
+        case["s_lp"].exp().numpy(), case["s_ids"], case["t_lp"].exp().numpy(), case["t_ids"], case["groups"], strategy
+    )
     assert n == len(case["groups"])
     assert loss.item() == pytest.approx(ref, rel=1e-12)
     for top_k in (1, 5, 500):
-        loss_k, _ = uld_loss(case["s_lp"], case["s_ids"], case["t_lp"], case["t_ids"], case["groups"], strategy,
-                             top_k=top_k)
-        ref_k = ref_uld(case["s_lp"].exp().numpy(), case["s_ids"], case["t_lp"].exp().numpy(), case["t_ids"],
-                        case["groups"], strategy, top_k=top_k)
+        loss_k, _ = uld_loss(
+            case["s_lp"], case["s_ids"], case["t_lp"], case["t_ids"], case["groups"], strategy, top_k=top_k
+        )
+        ref_k = ref_uld(
+            case["s_lp"].exp().numpy(),
+            case["s_ids"],
+            case["t_lp"].exp().numpy(),
+            case["t_ids"],
+            case["groups"],
+            strategy,
+            top_k=top_k,
+        )
         assert loss_k.item() == pytest.approx(ref_k, rel=1e-12)
 
 
@@ -293,8 +331,14 @@ def test_invariant_to_vocabulary_permutation(strategy):
     V_s = case["s_lp"].size(-1)
     perm_s = torch.randperm(V_s, generator=g)
     inv_s = torch.argsort(perm_s)
-    perm_loss, _ = uld_loss(case["s_lp"][:, perm_s], [int(inv_s[i]) for i in case["s_ids"]], case["t_lp"],
-                            case["t_ids"], case["groups"], strategy)
+    perm_loss, _ = uld_loss(
+        case["s_lp"][:, perm_s],
+        [int(inv_s[i]) for i in case["s_ids"]],
+        case["t_lp"],
+        case["t_ids"],
+        case["groups"],
+        strategy,
+    )
     assert perm_loss.item() == pytest.approx(base.item(), rel=1e-12)
     # a non-sorting L1 would not be invariant: sanity check that the permutation is not trivial
     assert not torch.equal(perm, torch.arange(V_t))
@@ -369,8 +413,13 @@ def test_gradcheck_split_student_tokens_both_strategies():
     t_lp = rand_logprobs(3, 6, 31)
     s_ids, t_ids = [1, 2, 0, 3, 1], [4, 0, 2]
     for strategy in STRATEGIES:
-        assert torch.autograd.gradcheck(lambda x: uld_loss(x, s_ids, t_lp, t_ids, groups, strategy)[0], (s_lp,),
-                                        eps=1e-6, atol=1e-8, rtol=1e-6)
+        assert torch.autograd.gradcheck(
+            lambda x, strategy=strategy: uld_loss(x, s_ids, t_lp, t_ids, groups, strategy)[0],
+            (s_lp,),
+            eps=1e-6,
+            atol=1e-8,
+            rtol=1e-6,
+        )
         # the observed tokens' own entries get gradient through the scalar factors
         s_lp.grad = None
         uld_loss(s_lp, s_ids, t_lp, t_ids, groups, strategy)[0].backward()
@@ -397,8 +446,10 @@ def test_batch_mean_counts_rows_without_groups():
     groups = [c["groups"] for c in cases]
     groups[1] = []  # this row has nothing aligned
     loss, counts = uld_batch_loss(s_lps, args[0], args[1], args[2], groups, "bayesian")
-    per_row = [ref_uld(c["s_lp"].exp().numpy(), c["s_ids"], c["t_lp"].exp().numpy(), c["t_ids"], g, "bayesian")
-               for c, g in zip(cases, groups)]
+    per_row = [
+        ref_uld(c["s_lp"].exp().numpy(), c["s_ids"], c["t_lp"].exp().numpy(), c["t_ids"], g, "bayesian")
+        for c, g in zip(cases, groups)
+    ]
     assert counts == [len(groups[0]), 0, len(groups[2])]
     assert loss.item() == pytest.approx(sum(per_row) / 3, rel=1e-12)
     loss.backward()
@@ -420,13 +471,16 @@ def test_ce_term_and_total():
 
     t_lps = [rand_logprobs(2, 9, 42), rand_logprobs(1, 9, 43)]
     t_ids = [[0, 1], [2]]
-    groups = [alignment_groups(token_byte_spans(["a", "b", "c", "d"]), token_byte_spans(["ab", "cd"])),
-              alignment_groups(token_byte_spans(["x", "y"]), token_byte_spans(["xy"]))]
+    groups = [
+        alignment_groups(token_byte_spans(["a", "b", "c", "d"]), token_byte_spans(["ab", "cd"])),
+        alignment_groups(token_byte_spans(["x", "y"]), token_byte_spans(["xy"])),
+    ]
     uld, _ = uld_batch_loss(s_lps, s_ids, t_lps, t_ids, groups)
     total, uld_part, ce_part = uld_total_loss(s_lps, s_ids, t_lps, t_ids, groups)
     assert total.item() == pytest.approx(uld.item(), rel=1e-14) and ce_part.item() == 0.0  # defaults 1.0 / 0.0
-    total, uld_part, ce_part = uld_total_loss(s_lps, s_ids, t_lps, t_ids, groups, distillation_weight=0.5,
-                                              crossentropy_weight=0.25)
+    total, uld_part, ce_part = uld_total_loss(
+        s_lps, s_ids, t_lps, t_ids, groups, distillation_weight=0.5, crossentropy_weight=0.25
+    )
     assert uld_part.item() == pytest.approx(uld.item(), rel=1e-14)
     assert ce_part.item() == pytest.approx(ref_ce, rel=1e-12)
     assert total.item() == pytest.approx(0.5 * uld.item() + 0.25 * ref_ce, rel=1e-12)
@@ -437,8 +491,12 @@ def test_ce_term_and_total():
     # gradient of the total through both terms
     x = s_lps[0].clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a: uld_total_loss([a, s_lps[1]], s_ids, t_lps, t_ids, groups, crossentropy_weight=0.3)[0], (x,),
-        eps=1e-6, atol=1e-8, rtol=1e-6)
+        lambda a: uld_total_loss([a, s_lps[1]], s_ids, t_lps, t_ids, groups, crossentropy_weight=0.3)[0],
+        (x,),
+        eps=1e-6,
+        atol=1e-8,
+        rtol=1e-6,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- TRL parity
@@ -448,9 +506,17 @@ def test_matches_trl_uld_loss(strategy):
     (row t predicts token t); its "observed" slice is unshifted, which these functions reproduce when given it."""
     gold = pytest.importorskip("trl.experimental.gold.gold_trainer")
     cfg = types.SimpleNamespace(
-        uld_crossentropy_weight=0.0, uld_distillation_weight=1.0, uld_student_temperature=1.0,
-        uld_teacher_temperature=1.0, uld_skip_student_eos=False, uld_skip_teacher_eos=False, use_extended_uld=True,
-        uld_token_merge_strategy=strategy, uld_use_hybrid_loss=False, beta=1.0)
+        uld_crossentropy_weight=0.0,
+        uld_distillation_weight=1.0,
+        uld_student_temperature=1.0,
+        uld_teacher_temperature=1.0,
+        uld_skip_student_eos=False,
+        uld_skip_teacher_eos=False,
+        use_extended_uld=True,
+        uld_token_merge_strategy=strategy,
+        uld_use_hybrid_loss=False,
+        beta=1.0,
+    )
     trl_loss = gold.ULDLoss(cfg)
 
     rng = random.Random(7)
@@ -473,8 +539,8 @@ def test_matches_trl_uld_loss(strategy):
     expected = trl_loss(s_logits, t_logits, s_labels, t_labels, s_ids, t_ids, s_off, t_off)
 
     shift = 1 if strategy == "bayesian" else 0
-    s_lp = torch.log_softmax(s_logits[0, P - shift: P + T_s - shift], -1)
-    t_lp = torch.log_softmax(t_logits[0, P - shift: P + T_t - shift], -1)
+    s_lp = torch.log_softmax(s_logits[0, P - shift : P + T_s - shift], -1)
+    t_lp = torch.log_softmax(t_logits[0, P - shift : P + T_t - shift], -1)
     groups = alignment_groups(s_spans, t_spans)
     assert any(len(sg) > 1 for sg, _ in groups) and any(len(tg) > 1 for _, tg in groups)
     ours, _ = uld_loss(s_lp, s_ids[0, P:], t_lp, t_ids[0, P:], groups, strategy)

@@ -1,5 +1,6 @@
 """The object-store wire format of a weight bucket: tensors back to back in memory travel as one array, and arrive
 bit-exact, in order, as zero-copy views."""
+
 import numpy as np
 import pytest
 import torch
@@ -27,9 +28,14 @@ def test_adjacent_views_travel_as_one_array_without_a_copy():
 
 def test_separate_tensors_gaps_and_dtypes_split_segments():
     flat = torch.randn(20)
-    bucket = {"x": flat[:5], "gap": flat[6:10],  # not adjacent to x
-              "y": torch.randn(3, 3), "h": torch.randn(4, dtype=torch.float64).to(torch.bfloat16),
-              "i": torch.arange(6, dtype=torch.int64).view(2, 3), "t": flat[10:20].view(2, 5).t()}  # not contiguous
+    bucket = {
+        "x": flat[:5],
+        "gap": flat[6:10],  # not adjacent to x
+        "y": torch.randn(3, 3),
+        "h": torch.randn(4, dtype=torch.float64).to(torch.bfloat16),
+        "i": torch.arange(6, dtype=torch.int64).view(2, 3),
+        "t": flat[10:20].view(2, 5).t(),
+    }  # not contiguous
     wire, back = _roundtrip(bucket)
     assert len(wire[SEGMENTS_KEY]) == 6
     for k, v in bucket.items():
@@ -51,9 +57,10 @@ def test_zero3_gather_matches_the_module(world, tmp_path):
     """``gather_partitions`` (small parameters in one all-gather, large ones in place, back to back in one buffer)
     equals DeepSpeed's own ``GatheredParameters`` on a real ZeRO-3 engine over gloo, twice in a row (the buffer is
     reused)."""
+    import socket
+
     import torch.multiprocessing as mp
 
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -69,19 +76,29 @@ def test_zero3_gather_matches_the_module(world, tmp_path):
 def _gather_rank(rank: int, world: int, port: int, out: str) -> None:
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        DS_ACCELERATOR="cpu",
+    )
     torch.set_num_threads(1)
     import deepspeed
 
     from relay_rl.learner.gather import gather_partitions
+
     deepspeed.init_distributed("gloo")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 5, bias=False),
-                                torch.nn.Linear(5, 2048))  # odd sizes pad; the last weight gathers in place
-    cfg = {"train_micro_batch_size_per_gpu": 1,
-           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-           "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "torch_adam": True}}}
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 5, bias=False), torch.nn.Linear(5, 2048)
+    )  # odd sizes pad; the last weight gathers in place
+    cfg = {
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "torch_adam": True}},
+    }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     engine.backward(engine(torch.randn(1, 8)).square().sum())  # one step: partitions differ from the init
     engine.step()
