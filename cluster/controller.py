@@ -118,9 +118,9 @@ class Controller:
 
     # 1. rollout -------------------------------------------------------------------------------------------------
     def launch_generations(self) -> None:
-        """``wait``: launch the batch to be admitted n-th once the learner reaches v_a(n) - k (§1.3): with k = 0 it is
-        sampled with the weights of the previous batch's last step; with k > 0 it overlaps training and is at most k
-        versions stale at admission. ``drop`` / ``use``: keep max_inflight_generations batches in flight."""
+        """``wait``: launch the batch to be admitted n-th once the learner reaches v_a(n) - k (docs/staleness.md): with
+        k = 0 it is sampled with the weights of the previous batch's last step; with k > 0 it overlaps training and is
+        at most k versions stale at admission. ``drop`` / ``use``: keep max_inflight_generations batches in flight."""
         s, a = self.sched, self.cfg.algorithm
         while len(self.inflight) < self.batches_needed - self.ledger.admitted_batches:
             n = self.ledger.admitted_batches + len(self.inflight)  # its place in admission order

@@ -1,4 +1,4 @@
-"""DAPO's dynamic sampling (ALGORITHMS.md §10; GRPO's ``algorithm.filter_groups``, verl's names).
+"""DAPO's dynamic sampling (docs/staleness.md#dynamic-sampling; GRPO's ``algorithm.filter_groups``, verl's names).
 
 A group whose rewards are all equal has zero advantage: it teaches nothing. With dynamic sampling a generation batch
 is made in rounds: the first samples and scores ``prompts_per_generation`` prompts, each later one as many new

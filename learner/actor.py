@@ -230,7 +230,8 @@ class LearnerRank:
         for j, mb in enumerate(micro_batches):
             outputs = self.objective.forward(self.model, mb)  # logits (B, T, V); a critic's values (B, T)
             loss, mb_stats = self.objective.loss(mb, outputs)
-            self.engine.backward(loss, scale_wrt_gas=False)  # L_mb already carries the 1/GA of §6.1
+            # L_mb already carries its 1/GA (docs/methods/grpo.md#aggregation)
+            self.engine.backward(loss, scale_wrt_gas=False)
             if j == GA - 1 and self.zero_stage == 0:  # DeepSpeed records no norm without a ZeRO optimizer
                 own_norm = torch.nn.utils.get_total_norm(
                     [p.grad for p in self.engine.module.parameters() if p.grad is not None]
@@ -380,7 +381,7 @@ class LearnerRank:
 def default_attention(dtype: str, device_type: str) -> str | None:
     """The learner's attention when ``model.attn_implementation`` is unset: transformers' default (sdpa), except
     for a bfloat16 learner on CPU, where sdpa's backward takes about 15x its float32 time and eager attention halves
-    the whole step (README, Performance). Generation and scoring (no backward) are the same either way."""
+    the whole step (docs/performance.md). Generation and scoring (no backward) are the same either way."""
     return "eager" if dtype == "bfloat16" and device_type == "cpu" else None
 
 
@@ -393,7 +394,7 @@ def deepspeed_config(cfg: RunConfig, backend: str = "nccl") -> dict:
         # it all-gathers each of them anew, one collective per parameter. On gloo a collective is a TCP round trip
         # (~0.8 ms on 2 cores), so a small model paid ~37 ms a step for 46 of them. Partitioning every parameter
         # lets ZeRO-3's prefetcher fetch them in a few coalesced collectives instead: 104 -> 64 ms per step for 2
-        # ranks on the quickstart's model (README, Performance). NCCL keeps DeepSpeed's default.
+        # ranks on the quickstart's model (docs/performance.md). NCCL keeps DeepSpeed's default.
         zero["stage3_param_persistence_threshold"] = 0
     ds = {
         "train_micro_batch_size_per_gpu": a.per_device_train_batch_size,

@@ -1,4 +1,5 @@
-"""Group-relative advantages (ALGORITHMS.md §2.2): one scalar per completion, from the reward matrix R (N, K).
+"""Group-relative advantages: one scalar per completion, from the reward matrix R (N, K)
+(docs/methods/grpo.md#advantages).
 
 Computed once per generation batch, on the whole batch, before it is shuffled and cut into rank shards.
 """
@@ -36,7 +37,7 @@ def nanstd(x: torch.Tensor) -> torch.Tensor:
 
 
 def total_reward(R_NK: torch.Tensor, weights) -> torch.Tensor:
-    """r_i = sum_k w_k R_ik over the scored entries (float64); NaN where a row is unscorable (§2.1)."""
+    """r_i = sum_k w_k R_ik over the scored entries (float64); NaN where a row is unscorable (docs/rewards.md)."""
     R = R_NK.double()
     return torch.nansum(torch.as_tensor(weights, dtype=R.dtype) * R, dim=1).masked_fill(
         torch.isnan(R).all(1), torch.nan

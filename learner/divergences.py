@@ -1,4 +1,4 @@
-"""Divergences between a student and a teacher distribution at every completion position (ALGORITHMS.md §8).
+"""Divergences between a student and a teacher distribution at every completion position (docs/methods/distillation.md).
 
 Inputs are log-probs over a shared support: the full vocabulary, or a top-k set (``topk_support``). Outputs are one
 value per position, (B, T); masking and normalisation are the objective's.

@@ -1,8 +1,8 @@
-"""The GRPO-family policy loss (ALGORITHMS.md §3-§6), as pure functions of tensors.
+"""The GRPO-family policy loss (docs/methods/grpo.md), as pure functions of tensors.
 
-    ratio r (§3)  ->  per-token surrogate l (§4, registered by ``loss_type``)
-                  ->  l * M_op * M_H * rho  + beta * D   (§5, in that order)
-                  ->  aggregation of ``loss_type`` (§6.1)  - entropy bonus (§6.2)
+    ratio r (ratio levels)  ->  per-token surrogate l (surrogates, registered by ``loss_type``)
+                  ->  l * M_op * M_H * rho  + beta * D   (multipliers, in that order)
+                  ->  aggregation of ``loss_type``  - entropy bonus
 
 Shapes: B rows (completions) of one micro-batch, T completion positions. ``_BT`` tensors are per token, ``_B``
 per row. Nothing here reduces across ranks, logs, or changes config: each function returns values and statistics;
@@ -28,17 +28,18 @@ class PolicyBatch:
     logprobs_BT: Tensor  # log pi_theta(o_t), logits / T, with gradient
     mask_BT: Tensor  # M: 1 on completion tokens (0 on padding and masked-truncated rows)
     advantages: Tensor  # A: (B,) per sequence, or (B, T) per token
-    old_logprobs_BT: Optional[Tensor] = None  # log pi_old; None: the shortcut sg[log pi_theta] (§1.4)
+    # log pi_old; None: the shortcut sg[log pi_theta] (docs/staleness.md#anchors)
+    old_logprobs_BT: Optional[Tensor] = None
     behaviour_logprobs_BT: Optional[Tensor] = None  # log pi_beh from the engine (NaN where absent)
     ref_logprobs_BT: Optional[Tensor] = None  # log pi_ref, needed when beta > 0
     entropy_BT: Optional[Tensor] = None  # H of the temperature-scaled policy, with gradient
-    entropy_mask_BT: Optional[Tensor] = None  # M^H (§5.2), None when off
-    is_weights: Optional[Tensor] = None  # rho (§5.3), (B, T) or (B, 1), no gradient; None when off
+    entropy_mask_BT: Optional[Tensor] = None  # M^H (the entropy mask), None when off
+    is_weights: Optional[Tensor] = None  # rho (the rollout correction), (B, T) or (B, 1), no gradient; None when off
 
 
 @dataclass
 class LossScale:
-    """The normalisers of §6.1 for one micro-batch."""
+    """The aggregation's normalisers for one micro-batch."""
 
     GA: int  # micro-batches per optimizer step
     S: int  # slices per generation batch
@@ -46,7 +47,7 @@ class LossScale:
     max_completion_length: int  # L_max (dr_grpo)
     num_items_in_batch: float  # N: valid tokens of the whole generation batch, all ranks (dapo, cispo, vespo)
     train: bool = True  # eval drops the 1/GA factors
-    entropy_coef: float = 0.0  # c of §6.2 for this step (0: no bonus)
+    entropy_coef: float = 0.0  # the entropy bonus's c for this step (0: no bonus)
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim=None) -> Tensor:
@@ -62,7 +63,7 @@ def mean_stat(x: Tensor, mask: Tensor) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §3 importance ratio
+# importance ratio levels
 # ----------------------------------------------------------------------------------------------------------------
 def importance_ratio(logp_BT: Tensor, old_BT: Tensor, mask_BT: Tensor, level: str) -> Tensor:
     """r: (B, T) for ``token``, (B, 1) for ``sequence`` and (B, T) with value s_i for ``sequence_token``."""
@@ -78,7 +79,7 @@ def importance_ratio(logp_BT: Tensor, old_BT: Tensor, mask_BT: Tensor, level: st
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §4 per-token surrogates, registered under their loss_type
+# per-token surrogates, registered under their loss_type
 # ----------------------------------------------------------------------------------------------------------------
 SURROGATES: dict[str, Callable] = {}
 
@@ -159,7 +160,7 @@ def _clip_stats(r, A, mask_BT, lo, hi, stats):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §5 multipliers
+# multipliers
 # ----------------------------------------------------------------------------------------------------------------
 def off_policy_mask(logp_BT, sampling_logp_BT, A, mask_BT, threshold: float) -> Tensor:
     """M_op (B, 1): 0 only where A < 0 and the mean per-token KL estimate k = mean_t (log pi_s - sg[log pi_theta])
@@ -219,7 +220,7 @@ def k3_kl(logp_BT: Tensor, ref_BT: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §6.1 aggregation
+# aggregation
 # ----------------------------------------------------------------------------------------------------------------
 def aggregate(loss_BT: Tensor, mask_BT: Tensor, loss_type: str, s: LossScale) -> Tensor:
     ga = s.GA if s.train else 1
@@ -257,17 +258,18 @@ def policy_loss(cfg, x: PolicyBatch, s: LossScale) -> tuple[Tensor, dict]:
             raise ValueError(f"unknown loss_type {cfg.loss_type!r}; valid: {', '.join(sorted([*SURROGATES, 'gmpo']))}")
         r = importance_ratio(x.logprobs_BT, old, mask, cfg.importance_sampling_level)
         per_token = SURROGATES[cfg.loss_type](r, A, x, cfg, stats)
-        if cfg.off_policy_mask_threshold is not None:  # §5.1
+        if cfg.off_policy_mask_threshold is not None:  # off-policy mask
             sampling = x.behaviour_logprobs_BT if x.behaviour_logprobs_BT is not None else old
             sampling = torch.where(torch.isnan(sampling), old, sampling)
             m_op = off_policy_mask(x.logprobs_BT, sampling, A, mask, cfg.off_policy_mask_threshold)
             stats["off_policy_mask/kept"] = mean_stat(m_op.expand_as(mask), mask)
             per_token = per_token * m_op
-        if x.entropy_mask_BT is not None:  # §5.2
+        if x.entropy_mask_BT is not None:  # entropy mask
             per_token = per_token * x.entropy_mask_BT
-        if x.is_weights is not None and cfg.loss_type != "vespo":  # §5.3 (vespo folds rho into its weight)
+        # rollout correction (vespo folds rho into its weight)
+        if x.is_weights is not None and cfg.loss_type != "vespo":
             per_token = per_token * x.is_weights
-        if cfg.beta != 0.0:  # §5.4
+        if cfg.beta != 0.0:  # KL penalty
             D = k3_kl(x.logprobs_BT, x.ref_logprobs_BT)
             if cfg.use_bias_correction_kl:
                 D = D * r  # r before any delta cap, not detached
@@ -277,7 +279,7 @@ def policy_loss(cfg, x: PolicyBatch, s: LossScale) -> tuple[Tensor, dict]:
         ratio_mask = _stat_mask(mask, r.shape[-1] == 1)
         stats["importance_ratio/mean"] = mean_stat(r.expand_as(ratio_mask), ratio_mask)
     stats["policy_loss"] = ("mean", float(loss.detach()), 1.0 / (s.GA if s.train else 1))  # step sum, rank mean
-    if s.entropy_coef and x.entropy_BT is not None:  # §6.2 entropy bonus
+    if s.entropy_coef and x.entropy_BT is not None:  # entropy bonus
         m_eff = mask if x.entropy_mask_BT is None else mask * x.entropy_mask_BT
         bonus = masked_sum(x.entropy_BT, m_eff) / m_eff.sum().clamp(min=1.0) / (s.GA if s.train else 1)
         loss = loss - s.entropy_coef * bonus
@@ -309,7 +311,7 @@ def gmpo_loss(cfg, x: PolicyBatch, A, old, s: LossScale, stats) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §6.2 adaptive entropy coefficient (Skywork-OR1)
+# adaptive entropy coefficient (Skywork-OR1)
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class AdaptiveEntropy:

@@ -1,4 +1,4 @@
-"""PPO with a critic (ALGORITHMS.md §7), as pure functions of tensors: the per-token reward with its KL penalty, GAE,
+"""PPO with a critic (docs/methods/ppo.md), as pure functions of tensors: the per-token reward with its KL penalty, GAE,
 whitening, and the clipped policy and value losses.
 
 Shapes: B rows (completions), T completion positions, right-padded: ``mask_BT`` is 1 on completion tokens, a prefix of

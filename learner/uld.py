@@ -1,4 +1,5 @@
-"""GOLD's cross-tokenizer loss (ALGORITHMS.md §8, ``use_uld_loss``): Universal Logit Distillation, as pure functions.
+"""GOLD's cross-tokenizer loss, Universal Logit Distillation (``use_uld_loss``), as pure functions
+(docs/methods/distillation.md).
 
 Student and teacher tokenise the same completion text differently and have different vocabularies, so their
 distributions cannot be compared entry by entry. ULD (Boizard et al., 2024; GOLD's extended variant in TRL's

@@ -1,6 +1,6 @@
 """Rule-based verifiers (built-in reward functions). Each is registered under its config name.
 
-Conventions shared by the built-ins below (ALGORITHMS.md §10):
+Conventions shared by the built-ins below (docs/rewards.md):
 
 - A completion is a string, or for conversational data a list of messages: the last assistant message is scored.
 - The token length is |y| = ``len(completion_ids)``, which includes the final EOS when the completion stopped (as in

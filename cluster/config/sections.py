@@ -47,8 +47,8 @@ class ModelConfig(Strict):
     """transformers' attention kernel wherever transformers runs this model (the learner, the transformers rollout
     engine, a pool that scores with the policy's weights): ``eager``, ``sdpa``, ``flash_attention_2``, ... or a
     hub kernel (``org/repo``). None: transformers' default (``sdpa``), except for a bfloat16 learner on CPU, which
-    takes ``eager``: sdpa's bfloat16 backward there is slow and a learner step takes about twice as long (README,
-    Performance). vLLM chooses its own kernels."""
+    takes ``eager``: sdpa's bfloat16 backward there is slow and a learner step takes about twice as long
+    (docs/performance.md). vLLM chooses its own kernels."""
 
 
 class WarmStartConfig(Strict):

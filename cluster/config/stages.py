@@ -1,4 +1,4 @@
-"""Stages: several method families in sequence from one run file (DESIGN.md §8; the DeepSeek-R1 pipeline).
+"""Stages: several method families in sequence from one run file (docs/methods/sft.md; the DeepSeek-R1 pipeline).
 
     name: r1_pipeline
     model: {name_or_path: ...}       # the model (and its tokenizer), once: the first stage starts from it

@@ -87,7 +87,7 @@ def train_reward_model(
     then measure it on ``eval_pairs["test"]``.
 
     ``cfg`` needs ``learning_rate``, ``batch_size``, ``negatives``, ``warmup_steps``, ``max_steps``, ``eval_every``,
-    ``target_dev_accuracy``; optional ``min_lr_ratio`` (cosine decay, as ``learner.sft``), ``min_steps`` and
+    ``target_dev_accuracy``; optional ``min_lr_ratio`` (cosine decay, as ``cluster.kit.train_sft``), ``min_steps`` and
     ``lm_loss_weight``. ``negative(row, rng)`` returns a wrong completion for a row. Batches and negatives
     are drawn by a ``random.Random(seed)``: a run is reproducible from ``seed`` and the model's initial weights.
     """

@@ -3,7 +3,7 @@
 Trains on prompt -> answer + EOS with the loss on the answer tokens only, evaluates greedy accuracy on a dev split
 every ``eval_every`` steps and stops at the first evaluation that reaches ``target_dev_accuracy``: a fixed step
 count is fragile on this task (accuracy can jump 25 points between evaluations). The kit's warm start is a relay-rl
-SFT run (``learner/methods/sft.py``, ``cluster.kit.sft_warm_start``); the fixtures stay here because they take
+SFT run (``learner/methods/sft.py``, ``cluster.kit.build.sft_warm_start``); the fixtures stay here because they take
 hundreds to thousands of small steps, where a run's per-step overhead would double their build time.
 """
 

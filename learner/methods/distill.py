@@ -1,4 +1,4 @@
-"""Learning from a teacher's token distributions (ALGORITHMS.md §8): GKD, on-policy distillation, GOLD.
+"""Learning from a teacher's token distributions (docs/methods/distillation.md): GKD, on-policy distillation, GOLD.
 
     needs      a teacher pool serving the teacher's distribution at every completion position (top-k or full
                vocabulary, at the loss temperature); with ``seq_kd`` a frozen rollout pool holding the teacher's

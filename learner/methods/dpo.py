@@ -1,4 +1,4 @@
-"""Online preference learning (ALGORITHMS.md §9): online DPO (2402.04792) and XPO (2405.21046), TRL's names.
+"""Online preference learning (docs/methods/preference.md): online DPO (2402.04792) and XPO (2405.21046), TRL's names.
 
     needs      rewards (weighted reward functions or reward models judge each pair); the reference pool (log pi_ref of
                every sample at temperature 1); XPO also a frozen rollout pool holding the reference's weights

@@ -35,9 +35,9 @@ ISMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_
 
 
 class FilterGroups(Strict):
-    """DAPO's dynamic sampling (ALGORITHMS.md §10), verl's ``algorithm.filter_groups`` names: a group whose rewards
-    are all equal carries no gradient; it is dropped and generation goes on until the generation batch is full of
-    groups that carry one."""
+    """DAPO's dynamic sampling (docs/staleness.md#dynamic-sampling), verl's ``algorithm.filter_groups`` names: a group
+    whose rewards are all equal carries no gradient; it is dropped and generation goes on until the generation batch is
+    full of groups that carry one."""
 
     enable: bool = False
     metric: str = "reward"
@@ -59,7 +59,7 @@ class GRPOConfig(Batching):
     old_logprob_source: Literal["recompute", "behaviour"] = "recompute"
     """Anchor of the ratio: log-probs recomputed by the learner at admission, or the engine's behaviour log-probs."""
 
-    # -- loss (§3-§6) --
+    # -- loss (docs/methods/grpo.md) --
     loss_type: LossType = "dapo"
     """Per-token surrogate and its aggregation."""
     importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
@@ -188,8 +188,8 @@ def reference_spec(cfg) -> tuple[TeacherSpec, ...]:
 
 
 def assemble(batch, alg, reward_weights: list[float], seed: int):
-    """Advantages on the whole generation batch (§2.2), the truncation mask (§6.3), N for the dapo normaliser, then
-    the sample-level shuffle that spreads groups over slices and ranks (§1.2)."""
+    """Advantages on the whole generation batch (advantages), the truncation mask, N for the dapo normaliser, then
+    the sample-level shuffle that spreads groups over slices and ranks (docs/staleness.md)."""
     A, r = compute_advantages(
         batch.rewards, batch.group_id, torch.tensor(reward_weights), alg.scale_rewards, alg.multi_objective_aggregation
     )
@@ -209,7 +209,7 @@ def assemble(batch, alg, reward_weights: list[float], seed: int):
 # the objective
 # ----------------------------------------------------------------------------------------------------------------
 class GRPOObjective(Objective):
-    """log pi_theta at T (with entropy) -> M^H -> rho -> ``policy_loss`` (§3-§6); adaptive entropy across steps."""
+    """log pi_theta at T (with entropy) -> M^H -> rho -> ``policy_loss``; adaptive entropy across steps."""
 
     def __init__(self, cfg, sched):
         super().__init__(cfg, sched)
@@ -231,15 +231,15 @@ class GRPOObjective(Objective):
     def load_state_dict(self, state: dict) -> None:
         self.entropy.coef, self.entropy.last_entropy = state["coef"], state["last_entropy"]
 
-    # -- admission: the anchor pi_old (§1.4) --
+    # -- admission: the anchor pi_old (docs/staleness.md#anchors) --
     @property
     def old_from_step(self) -> bool:
-        """log pi_old is log pi_theta at the admission version v_a (§1.4). When each generation batch is consumed
-        within the optimizer step it is admitted in (GA % (S*mu) = 0), that step's weights are v_a's, so
-        log pi_old = sg[log pi_theta] of the micro-step's own forward pass: no separate pass at admission. With
-        max_staleness 0 and the correction off this is §1.4's shortcut; with the correction on, rho = pi_old / pi_beh
-        is computed in the micro-step from the same values; with max_staleness > 0 it keeps the old-log-prob pass
-        off the learner's critical path."""
+        """log pi_old is log pi_theta at the admission version v_a. When each generation batch is consumed within the
+        optimizer step it is admitted in (GA % (S*mu) = 0), that step's weights are v_a's, so log pi_old = sg[log
+        pi_theta] of the micro-step's own forward pass: no separate pass at admission. With max_staleness 0 and the
+        correction off this is the anchor's shortcut; with the correction on, rho = pi_old / pi_beh is computed in the
+        micro-step from the same values; with max_staleness > 0 it keeps the old-log-prob pass off the learner's
+        critical path."""
         s = self.sched
         return self.alg.old_logprob_source == "recompute" and s.GA % (s.S * s.mu) == 0
 
@@ -255,7 +255,7 @@ class GRPOObjective(Objective):
         return shard, stats
 
     def rollout_correction(self, old_logprobs: torch.Tensor, b) -> tuple[torch.Tensor, dict]:
-        """rho = pi_old / pi_beh, truncated or masked (§5.3)."""
+        """rho = pi_old / pi_beh, truncated or masked (the rollout correction)."""
         a, d = self.alg, old_logprobs.device
         return rollout_is_weights(
             old_logprobs,
@@ -284,7 +284,7 @@ class GRPOObjective(Objective):
         logp, entropy = token_logprobs(logits_BTV, mb.completion_ids.to(d), self.temperature, with_entropy=True)
         mask = mb.completion_mask.to(d)
         ent_mask = None
-        if alg.top_entropy_quantile < 1.0:  # §5.2, quantile over the micro-batch on all ranks
+        if alg.top_entropy_quantile < 1.0:  # the entropy mask: quantile over the micro-batch on all ranks
             tau = entropy_threshold(all_gather_varlen(entropy.detach()[mask > 0]), alg.top_entropy_quantile)
             ent_mask = (entropy.detach() >= tau).float() * mask
         is_weights, is_stats = _opt(mb.is_weights, d), {}

@@ -1,4 +1,4 @@
-"""MiniLLM (2306.08543; ALGORITHMS.md §8): reverse-KL distillation as RL. The GRPO loss, with a per-token reward
+"""MiniLLM (2306.08543; docs/methods/minillm.md): reverse-KL distillation as RL. The GRPO loss, with a per-token reward
 R_t = log p_T(o_t) - log p_S(o_t) (both at ``kd_temperature``) folded into the advantage:
 
     A_{i,t} = A_i + sum_{j>=t} gamma^{j-t} R_j M_j / sum_{j>=t} gamma^{j-t} M_j      (no denominator without

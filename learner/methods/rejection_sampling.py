@@ -1,5 +1,5 @@
-"""Rejection-sampling SFT (DeepSeek-R1, 2501.12948 §2.3.3; ALGORITHMS.md §10, stage 3): sample, keep what passes,
-fine-tune on it.
+"""Rejection-sampling SFT (DeepSeek-R1, 2501.12948 §2.3.3; docs/methods/sft.md#the-deepseek-r1-pipeline, stage 3):
+sample, keep what passes, fine-tune on it.
 
     needs      rewards (what passes is the weighted reward); the rollout pool samples with the weights the run
                starts from (a stage's: the previous stage's final weights)

@@ -1,5 +1,5 @@
-"""SDFT, self-distillation fine-tuning (2601.19897; ALGORITHMS.md §8; TRL 1.16's SDFTTrainer names): on-policy
-self-distillation with no reward and no policy-gradient term.
+"""SDFT, self-distillation fine-tuning (2601.19897; docs/methods/self-distillation.md; TRL 1.16's SDFTTrainer names):
+on-policy self-distillation with no reward and no policy-gradient term.
 
     needs      the ``self_teacher`` pool (the policy's initial weights by default: ``teacher_model_kind: base``),
                re-prompted with ``teacher_prompt_template`` ("{prompt}\\n\\n{privileged_context}": any dataset column

@@ -1,4 +1,5 @@
-"""SDPO, self-distillation policy optimisation (2601.20802; ALGORITHMS.md §8; TRL 1.16's SDPOTrainer names).
+"""SDPO, self-distillation policy optimisation (2601.20802; TRL 1.16's SDPOTrainer names;
+docs/methods/self-distillation.md).
 
 The GRPO loss, blended with self-distillation from the model re-prompted with what its siblings found:
 
@@ -86,8 +87,8 @@ class SDPOConfig(GRPOConfig, SelfDistillationKnobs):
 # the teacher's prompts
 # ----------------------------------------------------------------------------------------------------------------
 def teacher_prompts(batch, cfg) -> tuple[list, torch.Tensor]:
-    """Each row's teacher prompt (ALGORITHMS.md §8) and whether it has a teacher context (N,) bool. Groups are the
-    rows sharing a group id, in row order (the first successful sibling is the first such row)."""
+    """Each row's teacher prompt (docs/methods/self-distillation.md) and whether it has a teacher context (N,) bool.
+    Groups are the rows sharing a group id, in row order (the first successful sibling is the first such row)."""
     a = cfg.algorithm
     weights = cfg.reward.reward_weights or [1.0] * batch.rewards.shape[1]
     r = total_reward(batch.rewards, weights)  # NaN where unscorable: never a success

@@ -1,5 +1,5 @@
-"""Self-distillation (ALGORITHMS.md §8, SDPO and SDFT): the model is its own teacher, re-prompted with what the
-student does not see (a successful sibling's answer, the row's privileged context), scoring the student's own
+"""Self-distillation (docs/methods/self-distillation.md, SDPO and SDFT): the model is its own teacher, re-prompted with
+what the student does not see (a successful sibling's answer, the row's privileged context), scoring the student's own
 completion tokens. The pieces both families share:
 
     knobs            ``SelfDistillationKnobs`` (TRL 1.16's names; SDPO's defaults, SDFT redeclares its own)

@@ -1,4 +1,4 @@
-"""SSD, simple self-distillation (2604.01193; ALGORITHMS.md §8): the model fine-tuned on its own samples.
+"""SSD, simple self-distillation (2604.01193; docs/methods/ssd.md): the model fine-tuned on its own samples.
 
 needs      the policy alone: no rewards (a reward section, if given, scores the samples for the metrics only),
            no teacher

@@ -24,7 +24,7 @@ for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE"
     os.environ.setdefault(k, v)
 
 
-MODES = {  # how a lagged batch is anchored (ALGORITHMS.md §1.4)
+MODES = {  # how a lagged batch is anchored (docs/staleness.md#anchors)
     "behaviour": ["algorithm.old_logprob_source=behaviour", "algorithm.vllm_importance_sampling_correction=false"],
     "recompute": ["algorithm.old_logprob_source=recompute", "algorithm.vllm_importance_sampling_correction=true"],
 }

@@ -47,7 +47,8 @@ def test_ppo_learns_the_kit_task(ray_cluster, kit, tmp_path):
     evals = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
     records = [r for r in rows if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, steps + 1))
-    # a generation batch serves num_ppo_epochs = 4 optimizer steps: staleness 0..3 (ALGORITHMS.md §7 on §1)
+    # a generation batch serves num_ppo_epochs = 4 optimizer steps: staleness 0..3 (docs/methods/ppo.md,
+    # docs/staleness.md)
     assert max(r["staleness/max"] for r in records) == 3 and all(r["staleness/max"] <= 3 for r in records)
     admitted = [r for r in records if "objective/kl" in r]
     assert len(admitted) == steps // 4  # PPO's rollout metrics, once per generation batch

@@ -76,7 +76,7 @@ def test_each_batch_is_consumed_s_times_mu(ray_cluster, kit, tmp_path):
     )
     sched = resolve_schedule(cfg)
     assert (sched.S, sched.mu, sched.K) == (2, 2, 4)
-    assert all(r["staleness/max"] <= sched.k + sched.K - 1 for r in steps)  # §1.3 bound
+    assert all(r["staleness/max"] <= sched.k + sched.K - 1 for r in steps)  # the staleness bound (docs/staleness.md)
     assert_ledger_balances(ledger, sched)
     assert len(ledger["admitted"]) == 3  # ceil(10 steps / 4)
 

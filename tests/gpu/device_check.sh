@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# Everything issue 14 asks of a GPU machine, in one call (device time is short: one call, then give it back).
-# Here, once:   bash ../shared/gpu/prepare.sh                      (writes .gpu_payload/)
-# Then:         run(command=". .gpu_payload/device_setup.sh; bash tests/gpu/device_check.sh",
-#                   carry=[".gpu_payload"], timeout_s=580)
+# The GPU checks and benchmarks in one call, from the repository root of a GPU machine where relay-rl's
+# dependencies (torch, vLLM's GPU build, Ray, DeepSpeed) are importable:   bash tests/gpu/device_check.sh
 # Each step has its own timeout and the script goes on when one fails; logs and summary.txt land under $OUT.
 # Written without a GPU to try it on: expect to mend it the first time it runs.
 set -u
@@ -30,7 +28,7 @@ step rollout 80 python3 tests/benchmarks/bench_rollout_sync.py --gpu --engine vl
 step sync_0p5b 160 python3 tests/benchmarks/bench_rollout_sync.py --gpu --engine vllm --skip rollout --repeats 3 \
     --sync-mb 1900 --transports ipc collective object_store
 # 4. the quickstart on the GPU (learner ranks and rollout with half the GPU each)
-step quickstart 100 python3 -m cluster.cli train deploy/recipes/quickstart.yaml train.max_steps=200 \
+step quickstart 100 python3 -m relay_rl train deploy/recipes/quickstart.yaml train.max_steps=200 \
     cluster.learner.replicas=1 cluster.learner.num_gpus=0.5 cluster.rollout.num_gpus=0.5 --output "$OUT/quickstart"
 
 grep -h "^(a)\|^(b)" "$OUT"/rollout.log "$OUT"/sync_0p5b.log >> "$summary" 2>/dev/null

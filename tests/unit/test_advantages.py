@@ -1,10 +1,12 @@
-"""Float64 reference checks of the group-relative advantages (ALGORITHMS.md §2.2 and the "Advantages" list of §12).
+"""Float64 reference checks of the group-relative advantages (docs/methods/grpo.md#advantages and tests/README.md's
+reference checks, "Advantages").
 
-``ref_advantages`` below is an independent, loop-based transcription of §2.2 written from the spec (sum_then_normalize
+``ref_advantages`` below is an independent, loop-based transcription of docs/methods/grpo.md#advantages
+(sum_then_normalize
 with scale_rewards group / batch / none, normalize_then_sum = GDPO, None -> NaN, unscorable rows, Bessel nanstd with
 n <= 1 -> NaN, final NaN -> 0). It is compared with ``learner.advantages.compute_advantages`` on random reward matrices
 (several groups, scattered NaNs, an unscorable row, a group with a single scorable row, an all-equal group, shuffled
-and non-contiguous group ids); then every §12 "Advantages" property is checked on hand-made inputs.
+and non-contiguous group ids); then every "Advantages" reference check (tests/README.md) is checked on hand-made inputs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ F64 = torch.float64
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# independent reference (python floats, written from §2.2)
+# independent reference (python floats, written from the docs)
 # ----------------------------------------------------------------------------------------------------------------
 def _nanmean(xs):
     v = [x for x in xs if not math.isnan(x)]
@@ -142,7 +144,7 @@ def test_unknown_options_raise():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §12 "Advantages"
+# reference checks: "Advantages"
 # ----------------------------------------------------------------------------------------------------------------
 def test_two_completions_group_scaling():
     """G=2, rewards [0, 1], group scaling: A = ±0.5/(sqrt(0.5) + 1e-4) = ±0.7070068."""

@@ -1,6 +1,6 @@
 """deploy/ checked offline: the KubeRay manifests against KubeRay's CRD schemas (tests/unit/data/kuberay/), the
 cluster launcher file against the schema in the Ray wheel, the recipes' pools against the node groups that host
-them, the Dockerfile's install against the README's, and token auth wherever Ray listens beyond loopback."""
+them, the Dockerfile's install against docs/installation.md's, and token auth wherever Ray listens beyond loopback."""
 
 import copy
 import gzip
@@ -239,7 +239,7 @@ def test_placement_check_catches_what_does_not_fit():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the image installs what the README says
+# the image installs what docs/installation.md says
 # ----------------------------------------------------------------------------------------------------------------
 def pip_installs(commands) -> list[list[str]]:
     """Each `pip install ...` of shell command lines, as words (comments dropped, split at && ; || |)."""
@@ -255,9 +255,9 @@ def pip_installs(commands) -> list[list[str]]:
 
 
 def readme_gpu_installs() -> list[list[str]]:
-    """The pip commands of the code blocks in README's "Submitting to a Ray cluster"."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Submitting to a Ray cluster\n", 1)[1].split("\n## ", 1)[0]
+    """The pip commands of the code blocks in docs/installation.md's "GPU machines"."""
+    text = (ROOT / "docs" / "installation.md").read_text()
+    section = text.split("\n## GPU machines\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     return pip_installs(line for block in blocks for line in block.replace("\\\n", " ").splitlines())
 
@@ -268,7 +268,7 @@ def dockerfile_installs() -> list[list[str]]:
     return pip_installs(runs)
 
 
-def test_the_dockerfile_and_the_launcher_install_as_the_readme_says():
+def test_the_dockerfile_and_the_launcher_install_as_the_docs_say():
     readme = readme_gpu_installs()
     assert readme and any(".[vllm]" in words for words in readme), readme
     assert dockerfile_installs() == readme
@@ -360,8 +360,8 @@ def test_token_auth_in_the_launcher_file():
     assert any("0.0.0.0" in p for p in launcher_auth_problems(broken))
 
 
-def test_the_readme_names_the_services_and_secret_kuberay_uses():
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_name_the_services_and_secret_kuberay_uses():
+    readme = (ROOT / "docs" / "operations.md").read_text()
     assert f"svc/{RAYCLUSTER['metadata']['name']}-head-svc 8265:8265" in readme
     assert f"svc/{RAYJOB['metadata']['name']}-head-svc 8265:8265" in readme
     secret = RAYCLUSTER["spec"]["authOptions"]["secretName"]

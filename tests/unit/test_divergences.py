@@ -1,4 +1,5 @@
-"""Float64 reference checks of the distillation family (ALGORITHMS.md §8 and the §12 list "Distillation").
+"""Float64 reference checks of the distillation family (docs/methods/distillation.md and tests/README.md's reference
+checks, "Distillation").
 
 Every reference below is written independently of the code under test, from the spec, with plain Python loops over a
 small vocabulary (numpy only for log-softmax and random draws):
@@ -58,7 +59,7 @@ def ref_kl(p, q) -> float:
 
 
 def ref_jsd(pS, pT, beta: float) -> float:
-    """ALGORITHMS.md §8: KL(p_T||p_S) at beta 0, KL(p_S||p_T) at beta 1, otherwise
+    """docs/methods/distillation.md: KL(p_T||p_S) at beta 0, KL(p_S||p_T) at beta 1, otherwise
     beta KL(p_T||m) + (1 - beta) KL(p_S||m) with m = (1 - beta) p_S + beta p_T."""
     pS, pT = [float(x) for x in pS], [float(x) for x in pT]
     if beta == 0:

@@ -1,7 +1,7 @@
-"""Online DPO and XPO (learner/methods/dpo.py, ALGORITHMS.md §9 and §12 "Preference") against float64 references:
-the sigmoid and IPO losses and their gradients, the pair selection (ties, None scores, the missing-EOS penalty, XPO's
-policy sample first), the XPO bonus (alpha 0 is online DPO on the same pair), the beta / alpha schedules, and the
-config rules. No Ray, no model."""
+"""Online DPO and XPO (learner/methods/dpo.py, docs/methods/preference.md and tests/README.md's reference checks,
+"Preference") against float64 references: the sigmoid and IPO losses and their gradients, the pair selection (ties, None
+scores, the missing-EOS penalty, XPO's policy sample first), the XPO bonus (alpha 0 is online DPO on the same pair), the
+beta / alpha schedules, and the config rules. No Ray, no model."""
 
 from __future__ import annotations
 
@@ -154,7 +154,8 @@ def _mb(epoch=0):
 
 
 def reference(logits, mb, beta, loss_type, alpha=None):
-    """§9 by loops: sequence sums of log softmax at T = 1, h per pair, the loss averaged over the pairs."""
+    """The preference loss by loops: sequence sums of log softmax at T = 1, h per pair, the loss averaged over the
+    pairs."""
     lp = logits - torch.logsumexp(logits, -1, keepdim=True)
     seq = [
         sum(float(lp[i, t, mb.completion_ids[i, t]]) for t in range(3) if mb.completion_mask[i, t]) for i in range(4)

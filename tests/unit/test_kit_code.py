@@ -1,4 +1,4 @@
-"""The kit's code task (cluster/kit_code.py): rows made from the kit's splits, reachable as ``kit:code_train`` /
+"""The kit's code task (cluster/kit/code_task.py): rows made from the kit's splits, reachable as ``kit:code_train`` /
 ``kit:code_test``, whose tests pass for the right value and give partial credit otherwise. Runs on the split files
 alone (no model is built), with the real sandbox scoring the programs."""
 

@@ -1,14 +1,15 @@
-"""Float64 reference checks of the GRPO-family policy loss (ALGORITHMS.md §3-§6 and the §12 lists "Ratios",
-"Surrogates", "Multipliers" and "Aggregation").
+"""Float64 reference checks of the GRPO-family policy loss (docs/methods/grpo.md and the reference checks of
+tests/README.md "Ratios", "Surrogates", "Multipliers" and "Aggregation").
 
 ``ref_loss`` is an independent, row-by-row transcription of the per-micro-batch loss L_mb written from the spec:
-the ratio levels of §3, the nine surrogates of §4, the multipliers of §5 in order (off-policy mask, a precomputed
-entropy mask M^H, the rollout correction rho, the k3 KL with or without bias correction), the §6.1 aggregations
-with GA, S, P, L_max, N and train/eval, and the static entropy bonus of §6.2. For every loss_type x
+the ratio levels, the nine surrogates, the multipliers in order (off-policy mask, a precomputed
+entropy mask M^H, the rollout correction rho, the k3 KL with or without bias correction), the aggregations
+with GA, S, P, L_max, N and train/eval, and the static entropy bonus. For every loss_type x
 importance_sampling_level it is compared with ``learner.losses.policy_loss`` in value and in gradient (w.r.t. the
-current log-probs and the entropies) on random float64 batches with ragged masks, holes and all-masked rows, under
-six scenarios that together cover all four rollout-correction modes. Then each §12 property gets its own test.
-The adaptive-entropy trajectory (§12 "Aggregation", last item) lives in the learner actor and is not tested here.
+current log-probs and the entropies) on random float64 batches with ragged masks, holes and all-masked rows, under six
+scenarios that together cover all four rollout-correction modes. Then each reference check of tests/README.md gets its
+own test. The adaptive-entropy trajectory (the "Aggregation" checks' last item) lives in the learner actor and is not
+tested here.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def close(a, b, rtol=1e-6, atol=1e-10):
     torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
-# ---- independent reference, written from ALGORITHMS.md -----------------------------------------------------------
+# ---- independent reference, written from the docs -----------------------------------------------------------
 def ref_rho(old, beh, mask, mode, c_min, c_max):
-    """§5.3: Delta = M (log pi_old - log pi_beh), NaN -> 0; token or sequence (product); truncate or mask."""
+    """The rollout correction: Delta = M (log pi_old - log pi_beh), NaN -> 0; token or sequence (product); truncate or
+    mask."""
     delta = torch.where((mask > 0) & ~torch.isnan(beh) & ~torch.isnan(old), old - beh, torch.zeros_like(old))
     level, how = mode.split("_")
     rho = delta.exp() if level == "token" else delta.sum(1, keepdim=True).exp()
@@ -85,7 +87,7 @@ def ref_loss(
     n = [int(v.sum()) for v in valid]
     k3 = lambda i: (refl[i] - logp[i]).exp() - (refl[i] - logp[i]) - 1  # noqa: E731
     total = logp.new_zeros(())
-    if lt == "gmpo":  # §4: per-sequence geometric mean of the clipped log-ratios, over M^e = M x M^H
+    if lt == "gmpo":  # per-sequence geometric mean of the clipped log-ratios, over M^e = M x M^H
         for i in range(B):
             ve = valid[i] if MH is None else valid[i] & (MH[i] > 0)
             lam = logp[i] - old[i]
@@ -133,7 +135,7 @@ def ref_loss(
                 phi = w**k * torch.exp(Lam * (1 - w))
                 phis.append(phi if torch.isfinite(phi) else torch.zeros_like(phi))
             ell = -torch.stack(phis)[:, None] * A_tok * logp
-        # §5 multipliers, in order
+        # multipliers, in order
         if cfg.off_policy_mask_threshold is not None:
             pi_s = old if beh is None else torch.where(torch.isnan(beh), old, beh)  # pi_beh where available
             keep = []
@@ -159,7 +161,7 @@ def ref_loss(
             loss = sum(row) / B / ga
         else:  # dapo, cispo, vespo
             loss = sum(row) / (max(N, 1) / P * (GA / S if train else 1))
-    if c and H is not None:  # §6.2 static bonus over M_eff = M x M^H
+    if c and H is not None:  # static entropy bonus over M_eff = M x M^H
         m_eff = mask if MH is None else mask * MH
         Hs = torch.cat([H[i][m_eff[i] > 0] for i in range(B)])
         loss = loss - c * Hs.sum() / max(1, Hs.numel()) / ga
@@ -282,7 +284,7 @@ def scenario(loss_type, level, name):
     r = dict(sc["run"])
     if r.get("rho"):
         mode, lo, hi = r["rho"]
-        if loss_type == "vespo":  # vespo needs a token-level correction (config rule of §4)
+        if loss_type == "vespo":  # vespo needs a token-level correction (a config rule)
             mode = mode.replace("sequence", "token")
         r["rho"] = (mode, lo, hi)
         kw.update(
@@ -330,7 +332,7 @@ def test_rollout_is_weights_matches_reference(mode, clip):
     close(rho, expect, rtol=1e-12, atol=0)
 
 
-# ---- §12 Ratios --------------------------------------------------------------------------------------------------
+# ---- reference checks: Ratios ----------------------------------------------------------------------------------------
 def one_token(cfg, lam, A, logp=-0.7, **kw):
     """l and dl/dlog pi_theta of a single token (B = 1, T = 1, N = GA = S = P = L_max = 1: L_mb = l)."""
     d = dict(
@@ -418,7 +420,7 @@ def test_sequence_ratio_is_padding_invariant_geometric_mean():
     close(importance_ratio(d["logp"], d["old"], d["mask"], "sequence_token")[:, :1], s, rtol=1e-12, atol=0)
 
 
-# ---- §12 Surrogates ----------------------------------------------------------------------------------------------
+# ---- reference checks: Surrogates ------------------------------------------------------------------------------------
 GRID_R = [0.3, 0.7, 0.79, 0.81, 0.95, 1.0, 1.1, 1.27, 1.29, 1.6, 3.0]
 
 
@@ -516,7 +518,7 @@ def test_gmpo_saturated_weight():
     assert (g == 0).all()
 
 
-# ---- §12 Multipliers ---------------------------------------------------------------------------------------------
+# ---- reference checks: Multipliers -----------------------------------------------------------------------------------
 def test_off_policy_mask_is_ones_when_sampling_equals_current():
     d = make_inputs(10)
     m = off_policy_mask(d["logp"], d["logp"].clone(), d["A"], d["mask"], 0.0)
@@ -613,7 +615,7 @@ def test_bias_corrected_kl_on_policy(loss_type):
     assert (bc[1] - plain[1]).abs().sum() > 1e-4
 
 
-# ---- §12 Aggregation ---------------------------------------------------------------------------------------------
+# ---- reference checks: Aggregation -----------------------------------------------------------------------------------
 def test_dr_grpo_constant_normaliser():
     d = make_inputs(14)
     cfg = make_cfg(loss_type="dr_grpo", epsilon_high=0.28)
@@ -695,7 +697,7 @@ def test_eval_drops_the_ga_factor(loss_type):
 
 
 def test_adaptive_entropy_trajectory():
-    """§12: a scripted sequence of H-hat values yields the expected trajectory of c (clamped; no bonus at step 1)."""
+    """A scripted sequence of H-hat values yields the expected trajectory of c (clamped; no bonus at step 1)."""
     from relay_rl.learner.losses import AdaptiveEntropy
 
     ae = AdaptiveEntropy(coef=0.01, target=0.2, delta=0.005, coef_min=0.0, coef_max=0.02)

@@ -1,4 +1,4 @@
-"""PPO's math (ALGORITHMS.md §7) against independent float64 references written as plain Python loops over each row's
+"""PPO's math (docs/methods/ppo.md) against independent float64 references written as plain Python loops over each row's
 own length: KL estimators, the per-token reward, GAE with ragged masks and V = 0 past the end, whitening with and
 without the mean, the clipped policy and value losses and their gradients."""
 

@@ -1,5 +1,5 @@
-"""Built-in reward functions (ALGORITHMS.md §10): the §12 "Rewards" values exactly, math equivalence, threads,
-conversational input, and the config path through ``registry.resolve``."""
+"""Built-in reward functions (docs/rewards.md): tests/README.md's "Rewards" reference values exactly, math equivalence,
+threads, conversational input, and the config path through ``registry.resolve``."""
 
 import threading
 
@@ -20,7 +20,7 @@ def conv(texts):
     return [[{"role": "assistant", "content": t}] for t in texts]
 
 
-# --- §12 "Rewards" -----------------------------------------------------------------------------------------------
+# --- reference checks: "Rewards" --------------------------------------------------------------------------------------
 
 
 def test_soft_overlong_reference_values():

@@ -1,4 +1,5 @@
-"""Float64 reference checks of SDPO and SDFT (ALGORITHMS.md §8 and the §12 list "Distillation").
+"""Float64 reference checks of SDPO and SDFT (docs/methods/self-distillation.md and tests/README.md's reference checks,
+"Distillation").
 
 The references are written from the spec with plain Python loops over a small vocabulary: every divergence mode
 (full_logits at alpha 0, 0.5, 1; topk_logits with the student's top-k, renormalised or with the tail bucket;
@@ -29,7 +30,7 @@ from relay_rl.learner.methods.self_distillation import (
     sequence_mean,
 )
 from tests.conftest import quickstart_dict
-from tests.unit.test_divergences import ref_jsd as jsd  # §8's JSD_alpha by loops (alpha is its beta)
+from tests.unit.test_divergences import ref_jsd as jsd  # the JSD_alpha by loops (alpha is its beta)
 
 F64 = torch.float64
 B, T, V = 3, 4, 6

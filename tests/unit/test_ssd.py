@@ -1,6 +1,6 @@
-"""SSD (ALGORITHMS.md §8, §12): the loss is the token-mean NLL of the model's own samples (float64 reference, values
-and gradients, at temperature 1 whatever the sampling temperature), divided by GA; ``filter_empty`` drops "" and
-single-line completions under 10 characters, which then train nothing."""
+"""SSD (docs/methods/ssd.md, tests/README.md's reference checks): the loss is the token-mean NLL of the model's own
+samples (float64 reference, values and gradients, at temperature 1 whatever the sampling temperature), divided by GA;
+``filter_empty`` drops "" and single-line completions under 10 characters, which then train nothing."""
 
 import pytest
 import torch

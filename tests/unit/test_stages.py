@@ -102,7 +102,7 @@ def test_the_r1_pipeline_recipe_and_its_kit_overlay():
     assert [s.name for s in paper.stages] == ["cold_start", "reasoning_rl", "rejection_sampling", "all_scenarios"]
     assert [s.cfg.algorithm.name for s in paper.stages] == ["sft", "grpo", "rejection_sampling", "grpo"]
     rl = paper.stages[1].cfg.algorithm
-    assert (rl.epsilon, rl.beta, rl.num_generations, rl.sync_ref_model) == (10.0, 0.001, 16, True)  # §10
+    assert (rl.epsilon, rl.beta, rl.num_generations, rl.sync_ref_model) == (10.0, 0.001, 16, True)  # R1's settings
     assert paper.stages[2].cfg.train.num_train_epochs == 2
     assert [f if isinstance(f, str) else f.name for f in paper.stages[2].cfg.algorithm.filters] == [
         "language_mixing",

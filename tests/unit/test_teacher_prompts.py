@@ -1,5 +1,5 @@
-"""The teacher prompts of SDPO and SDFT, on text, against ALGORITHMS.md §8 knob by knob: which sibling is the
-solution, when feedback is used, the templates, thinking removed from the demonstration, chat prompts (system
+"""The teacher prompts of SDPO and SDFT, on text, against docs/methods/self-distillation.md knob by knob: which sibling
+is the solution, when feedback is used, the templates, thinking removed from the demonstration, chat prompts (system
 messages kept, the last user turn rewritten), rows without context, and SDFT's generate_from_teacher prompts."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Float64 checks of GOLD's cross-tokenizer loss, Universal Logit Distillation (ALGORITHMS.md §8, ``use_uld_loss``).
+"""Float64 checks of GOLD's cross-tokenizer loss, Universal Logit Distillation (docs/methods/distillation.md,
+``use_uld_loss``).
 
-The references below are written independently of ``learner.methods.uld``: byte alignment as the intersection of
+The references below are written independently of ``learner.uld``: byte alignment as the intersection of
 the two sets of token-end offsets (random segmentations of one string), group merging and the sorted, zero-padded L1
 with plain Python loops over numpy arrays. Then the properties: zero loss for identical inputs, invariance to a
 relabelling of either vocabulary, non-negativity, padding when V_s != V_t, the two merge strategies on hand-computed
