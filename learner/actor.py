@@ -32,7 +32,7 @@ from relay_rl.transport.object_store import tensor_to_array
 
 from .gather import gathered_buckets
 from .logprobs import completion_logits, completion_logprobs, completion_values, packed_completion_logits
-from .methods import Objective, family
+from .methods import Objective
 
 
 class RankModel:
@@ -88,7 +88,7 @@ class LearnerRank:
         self.objective = self.make_objective()  # the family's loss (learner/methods/)
 
     def make_objective(self) -> Objective:
-        return family(self.alg).objective(self.cfg, self.sched)
+        return self.cfg.family.objective(self.cfg, self.sched)
 
     def load_model(self, dtype: torch.dtype, attn: str | None):
         """The HF model this role trains (the policy: a causal LM)."""

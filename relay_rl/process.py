@@ -35,3 +35,15 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
+
+
+def load_frozen_model(path: str, dtype: str, trust_remote_code: bool, attn_implementation: str | None, device=None):
+    """An HF causal LM for inference (a transformers rollout engine, a teacher): in ``dtype``, on ``device`` (default
+    this process's GPU, else the CPU), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+    )
+    return model.to(device).eval()

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
+from relay_rl.process import load_frozen_model
 from relay_rl.sampling import SamplingParams
 
 from .engine import Completion, RolloutEngine
@@ -23,20 +24,11 @@ class HFEngine(RolloutEngine):
         max_batch_size: int = 1024,
         attn_implementation: str | None = None,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.model = (
-            AutoModelForCausalLM.from_pretrained(
-                model_path,
-                dtype=getattr(torch, dtype),
-                trust_remote_code=trust_remote_code,
-                attn_implementation=attn_implementation,
-            )
-            .to(self.device)
-            .eval()
-        )
+        self.model = load_frozen_model(model_path, dtype, trust_remote_code, attn_implementation, device)
+        self.device = self.model.device
         self.max_batch_size = max_batch_size
         self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]

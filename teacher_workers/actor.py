@@ -41,24 +41,13 @@ class TeacherWorker:
         run_config: dict | None = None,
         attn_implementation: str | None = None,
     ):
-        from transformers import AutoModelForCausalLM
-
-        from relay_rl.process import configure_worker
+        from relay_rl.process import configure_worker, load_frozen_model
 
         configure_worker()
         self.index, self.pool, self.max_chunk_elements = index, pool, max_chunk_elements
         self.model_path = model_path
-        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.model = (
-            AutoModelForCausalLM.from_pretrained(
-                model_path,
-                dtype=getattr(torch, dtype),
-                trust_remote_code=trust_remote_code,
-                attn_implementation=attn_implementation,
-            )
-            .to(self.device)
-            .eval()
-        )
+        self.model = load_frozen_model(model_path, dtype, trust_remote_code, attn_implementation)
+        self.device = self.model.device
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.student_tokenizer = student_tokenizer  # cross-tokenizer scoring (GOLD's ULD) re-tokenises text
         self.run_config = run_config  # a re-prompting pool (SDPO, SDFT) asks the run's family for each row's prompt
