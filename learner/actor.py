@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import time
 from collections import deque
@@ -68,6 +69,20 @@ class RankModel:
         out = [fn(b.select(range(i, min(len(b), i + chunk)))).float().cpu() for i in range(0, len(b), chunk)]
         self.engine.train()
         return torch.cat(out)
+
+
+UNIVERSAL_TAG = "state_universal"  # the universal form of a checkpoint's "state" tag, beside it
+
+
+def reshard(queues: list[list[Batch]], rank: int, world_size: int) -> list[Batch]:
+    """Rank ``rank``'s part of the micro-batches that ``len(queues)`` ranks had admitted: micro-step k's rows are the
+    old ranks' k-th micro-batches end to end, cut into ``world_size`` equal parts (the same rows train each step)."""
+    out = []
+    for step in zip(*queues):
+        rows = Batch.concat(list(step))
+        n = len(rows) // world_size
+        out.append(rows.select(range(rank * n, (rank + 1) * n)).trim())
+    return out
 
 
 class LearnerRank:
@@ -339,24 +354,68 @@ class LearnerRank:
         )
         return True
 
-    def load_state(self, path: str) -> int:
-        """Collective. The inverse of ``save_state`` (same number of ranks); returns the restored version."""
+    def load_state(self, path: str, saved_ranks: int | None = None) -> int:
+        """Collective. The inverse of ``save_state``; returns the restored version. ``saved_ranks``: the number of
+        ranks that wrote the checkpoint, when it is not this group's: the weights, optimizer and LR scheduler states
+        then come from its universal form (``to_universal``, run first), and the micro-batches the old ranks had
+        admitted are cut anew among these ranks (same rows per micro-step: B * P is unchanged)."""
         import random
 
         import numpy as np
 
-        loaded, _ = self.engine.load_checkpoint(
-            os.path.join(path, "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        resharded = saved_ranks is not None and saved_ranks != self.world_size
+        # DeepSpeed reads this flag only while loading: set for this load, as `checkpoint.load_universal` would
+        self.engine._config.load_universal_checkpoint = resharded
+        try:
+            loaded, _ = self.engine.load_checkpoint(
+                os.path.join(path, "deepspeed"),
+                tag=UNIVERSAL_TAG if resharded else "state",
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
+        finally:
+            self.engine._config.load_universal_checkpoint = False
         if loaded is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/deepspeed")
-        state = torch.load(os.path.join(path, f"rank{self.rank}.pt"), weights_only=False)
+        if resharded:
+            saved = [torch.load(os.path.join(path, f"rank{r}.pt"), weights_only=False) for r in range(saved_ranks)]
+            state = {
+                **saved[self.rank % saved_ranks],
+                "queue": reshard([s["queue"] for s in saved], self.rank, self.world_size),
+            }
+        else:
+            state = torch.load(os.path.join(path, f"rank{self.rank}.pt"), weights_only=False)
         self.version, self.queue = state["version"], deque(state["queue"])
-        self.objective.load_state_dict(state["objective"])
+        self.objective.load_state_dict(state["objective"])  # the same on every rank (it follows reduced statistics)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         return self.version
+
+    def to_universal(self, path: str) -> bool:
+        """DeepSpeed's own conversion of the checkpoint under ``path/deepspeed`` (written by any number of ranks)
+        into its universal form, which any number of ranks loads. Once per checkpoint; called on one rank."""
+        from types import SimpleNamespace
+
+        from deepspeed.checkpoint import ds_to_universal
+
+        out = os.path.join(path, "deepspeed", UNIVERSAL_TAG)
+        done = os.path.join(out, "relay-converted")
+        if os.path.isfile(done):
+            return True
+        shutil.rmtree(out, ignore_errors=True)
+        args = dict(num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True)
+        ds_to_universal.main(
+            SimpleNamespace(
+                input_folder=os.path.join(path, "deepspeed", "state"),
+                output_folder=out,
+                inject_missing_state=False,
+                **args,
+            )
+        )
+        with open(done, "w") as f:
+            f.write("ok\n")
+        return True
 
     def get_version(self) -> int:
         return self.version

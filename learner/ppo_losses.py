@@ -80,30 +80,60 @@ def gae(rewards_BT: Tensor, values_BT: Tensor, mask_BT: Tensor, gamma: float, la
     return advantages, (advantages + v) * mask_BT
 
 
+def aggregate(loss_BT: Tensor, mask_BT: Tensor, mode: str = "token-mean") -> Tensor:
+    """A per-token loss to one number: "token-mean" = sum(L mask) / sum(mask) (every token weighs the same);
+    "seq-mean-token-mean" = the mean over rows of each row's token mean (every completion weighs the same)."""
+    if mode == "token-mean":
+        return masked_mean(loss_BT, mask_BT)
+    if mode == "seq-mean-token-mean":
+        return ((loss_BT * mask_BT).sum(1) / mask_BT.sum(1).clamp(min=1)).mean()
+    raise ValueError(f"loss_agg_mode must be 'token-mean' or 'seq-mean-token-mean', got {mode!r}")
+
+
 def policy_loss(
-    logprobs_BT: Tensor, old_logprobs_BT: Tensor, advantages_BT: Tensor, mask_BT: Tensor, cliprange: float
+    logprobs_BT: Tensor,
+    old_logprobs_BT: Tensor,
+    advantages_BT: Tensor,
+    mask_BT: Tensor,
+    cliprange: float,
+    clip_ratio_c: float | None = None,
+    loss_agg_mode: str = "token-mean",
 ) -> tuple[Tensor, dict]:
-    """L_pg = masked_mean(max(-A rho, -A clip(rho, 1 - eps, 1 + eps))), rho = exp(log pi_theta - log pi_old)."""
+    """L_pg = agg(max(-A rho, -A clip(rho, 1 - eps, 1 + eps))), rho = exp(log pi_theta - log pi_old). With the dual
+    clip (``clip_ratio_c`` = c > 1), tokens with A < 0 take min(that, -A c): a very large ratio on a bad token no
+    longer grows the loss without bound."""
     ratio = torch.exp(logprobs_BT - old_logprobs_BT)
     unclipped = -advantages_BT * ratio
     clipped = -advantages_BT * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask_BT)
+    per_token = torch.maximum(unclipped, clipped)
+    stats = {}
+    if clip_ratio_c is not None:
+        lower = -advantages_BT * clip_ratio_c
+        with torch.no_grad():
+            stats["policy/clipfrac_lower"] = masked_mean(
+                ((per_token > lower) & (advantages_BT < 0)).to(ratio.dtype), mask_BT
+            )
+        per_token = torch.where(advantages_BT < 0, torch.minimum(per_token, lower), per_token)
+    loss = aggregate(per_token, mask_BT, loss_agg_mode)
     with torch.no_grad():
-        stats = {
-            "policy/clipfrac_avg": masked_mean((clipped > unclipped).to(ratio.dtype), mask_BT),
-            "policy/approxkl_avg": 0.5 * masked_mean((logprobs_BT - old_logprobs_BT) ** 2, mask_BT),
-        }
+        stats["policy/clipfrac_avg"] = masked_mean((clipped > unclipped).to(ratio.dtype), mask_BT)
+        stats["policy/approxkl_avg"] = 0.5 * masked_mean((logprobs_BT - old_logprobs_BT) ** 2, mask_BT)
     return loss, stats
 
 
 def value_loss(
-    values_BT: Tensor, old_values_BT: Tensor, returns_BT: Tensor, mask_BT: Tensor, cliprange_value: float
+    values_BT: Tensor,
+    old_values_BT: Tensor,
+    returns_BT: Tensor,
+    mask_BT: Tensor,
+    cliprange_value: float,
+    loss_agg_mode: str = "token-mean",
 ) -> tuple[Tensor, dict]:
-    """L_vf = 1/2 masked_mean(max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2))."""
+    """L_vf = 1/2 agg(max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2))."""
     clipped_values = old_values_BT + torch.clamp(values_BT - old_values_BT, -cliprange_value, cliprange_value)
     unclipped = (values_BT - returns_BT) ** 2
     clipped = (clipped_values - returns_BT) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask_BT)
+    loss = 0.5 * aggregate(torch.maximum(unclipped, clipped), mask_BT, loss_agg_mode)
     with torch.no_grad():
         stats = {"val/clipfrac_avg": masked_mean((clipped > unclipped).to(values_BT.dtype), mask_BT)}
     return loss, stats

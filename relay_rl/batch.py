@@ -34,6 +34,8 @@ TENSOR_FIELDS = (
     "teacher_dist",
     "teacher_dist_ids",
     "uld_groups",
+    "teacher_matched",
+    "uld_matched_ids",
     "scores",
     "values",
     "returns",
@@ -52,6 +54,7 @@ _COMPLETION_DIM = (
     "teacher_dist",
     "teacher_dist_ids",
     "uld_groups",
+    "teacher_matched",
     "values",
     "returns",
 )
@@ -87,6 +90,11 @@ class Batch:
     # cross-tokenizer (GOLD's ULD): teacher_dist is then (N, G, k) the teacher's merged group probabilities, sorted
     # in descending order, and uld_groups (N, Tc) int32 the 1-based group of each completion token (0: not aligned)
     uld_groups: Optional[torch.Tensor] = None
+    # hybrid ULD: teacher_dist then holds only the entries of the teacher's vocabulary the student's lacks (sorted),
+    # teacher_matched (N, G, M) the merged group probabilities at the M entries both have, and uld_matched_ids (N, M)
+    # int32 the student's ids of those entries (the same in every row)
+    teacher_matched: Optional[torch.Tensor] = None
+    uld_matched_ids: Optional[torch.Tensor] = None
     # -- PPO (learner/methods/ppo.py) --
     scores: Optional[torch.Tensor] = None  # (N,) the weighted reward of each completion
     values: Optional[torch.Tensor] = None  # (N, Tc) V_old from the critic, once per generation batch

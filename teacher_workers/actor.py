@@ -59,18 +59,18 @@ class TeacherWorker:
     @torch.no_grad()
     def score(self, batch: Batch, spec: dict) -> Batch:
         """Score ``batch`` as ``spec`` says (the fields of ``TeacherSpec``)."""
-        t0 = time.time()
+        t0, extra = time.time(), {}
         if spec.get("retokenize"):
             from .retokenize import score_retokenized
 
-            out = score_retokenized(self, batch, spec)
+            out, extra = score_retokenized(self, batch, spec)
         elif spec.get("reprompt"):
             view, out = self._reprompted(batch)
             out.update(self._score_same_tokens(view, spec))
         else:
             out = self._score_same_tokens(batch, spec)
         nbytes = sum(t.numel() * t.element_size() for t in out.values())
-        info = {**batch.info, f"teacher_s/{self.pool}": time.time() - t0, f"teacher_bytes/{self.pool}": nbytes}
+        info = {**batch.info, **extra, f"teacher_s/{self.pool}": time.time() - t0, f"teacher_bytes/{self.pool}": nbytes}
         return batch.replace(**out, info=info)
 
     def _reprompted(self, batch: Batch) -> tuple[Batch, dict[str, torch.Tensor]]:

@@ -53,6 +53,10 @@ class ClusterSpec(Strict):
     """Ray address to join. None: $RAY_ADDRESS if set (``ray job submit`` sets it), else a new local cluster."""
     namespace: str = "relay-rl"
     """Ray namespace of the run's named actors (what the dashboard lists)."""
+    allow_unauthenticated: bool = False
+    """Run on a cluster whose dashboard (and job API) listens beyond loopback without Ray's token authentication
+    (RAY_AUTH_MODE=token). False: such a run is refused as it joins, before any actor starts, since anyone who reaches
+    that port can run code on every node. Only for a network nobody else can reach."""
     rollout: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
     """Rollout engines (generation)."""
     reward: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))

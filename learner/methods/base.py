@@ -75,6 +75,9 @@ class TeacherSpec:
     temperature: float = 1.0  # logits / T before the softmax
     retokenize: bool = False  # cross-tokenizer: the teacher re-tokenises prompt and completion text (GOLD ULD)
     merge: str = "observed"  # cross-tokenizer: how a group's split-token probabilities are merged
+    skip_student_eos: bool = False  # cross-tokenizer: the student's trailing EOS stays out of the alignment
+    skip_teacher_eos: bool = False  # ... and the teacher's (not appended)
+    hybrid: bool = False  # cross-tokenizer: also serve the entries of the vocabulary both tokenizers share
     model: Literal["policy", "teacher"] = "teacher"  # whose weights the pool starts from: the policy's initial
     # weights (the reference, a self-teacher) or the ``teacher:`` section's model
     reprompt: bool = False  # the family's ``teacher_prompts`` gives each row the prompt the teacher scores it under

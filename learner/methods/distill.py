@@ -23,12 +23,12 @@ with CE the student's token-mean NLL of its completion tokens (logits at tempera
 from __future__ import annotations
 
 import random
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
 
-from relay_rl.learner.divergences import generalized_jsd, topk_support
+from relay_rl.learner.divergences import generalized_jsd, log_tail, topk_support
 from relay_rl.learner.logprobs import scaled_log_softmax
 from relay_rl.learner.uld import merge_groups, sorted_l1
 
@@ -101,6 +101,24 @@ class GOLDConfig(DistillBase):
     uld_distillation_weight: float = Field(1.0, ge=0)
     uld_crossentropy_weight: float = Field(0.0, ge=0)
     """Weight of the student's NLL of its completion tokens, added to ULD."""
+    uld_student_temperature: float = Field(1.0, gt=0)
+    """Temperature of the student's logits in the ULD loss (TRL's; the JSD of a shared tokenizer uses
+    ``rollout.temperature``)."""
+    uld_teacher_temperature: float = Field(1.0, gt=0)
+    """Temperature of the teacher's logits in the ULD loss."""
+    uld_skip_student_eos: bool = True
+    """Leave the student's trailing EOS out of the ULD alignment (TRL's default)."""
+    uld_skip_teacher_eos: bool = True
+    """Leave the teacher's trailing EOS out of the ULD alignment (TRL's default). With both kept, the two EOS form a
+    group of their own; with one kept, it has no counterpart and is dropped."""
+    uld_use_hybrid_loss: bool = False
+    """Hybrid ULD: tokens whose text exists in both vocabularies are compared entry by entry with the generalised JSD
+    (``beta``), the rest by sorted L1 (TRL's ``uld_use_hybrid_loss``)."""
+    uld_hybrid_matched_weight: Optional[float] = Field(None, ge=0)
+    """Weight of the matched (JSD) part; with ``uld_hybrid_unmatched_weight``, both set or both None. None: the
+    share of the teacher's vocabulary that the student's also has (TRL's adaptive weighting)."""
+    uld_hybrid_unmatched_weight: Optional[float] = Field(None, ge=0)
+    """Weight of the unmatched (sorted L1) part. None: 1 - the matched weight."""
 
     @model_validator(mode="after")
     def _uld_rules(self):
@@ -109,11 +127,22 @@ class GOLDConfig(DistillBase):
                 "use_uld_loss with seq_kd: teacher-generated completions are in the teacher's tokens, "
                 "which the student cannot train on; set seq_kd: false"
             )
+        if (self.uld_hybrid_matched_weight is None) != (self.uld_hybrid_unmatched_weight is None):
+            raise ValueError(
+                "uld_hybrid_matched_weight and uld_hybrid_unmatched_weight are set together (both numbers) or left "
+                f"unset together (adaptive weights); got {self.uld_hybrid_matched_weight} and "
+                f"{self.uld_hybrid_unmatched_weight}"
+            )
         return self
 
 
 def loss_temperature(cfg) -> float:
+    """The temperature of student and teacher logits in the JSD (ULD has its own, per side)."""
     return (cfg.rollout.temperature or 1.0) if cfg.algorithm.scaled_loss else 1.0
+
+
+def uses_uld(alg) -> bool:
+    return getattr(alg, "use_uld_loss", False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -128,28 +157,40 @@ class DistillObjective(Objective):
     def loss(self, mb, logits_BTV):
         d = logits_BTV.device
         mask_BT = mb.completion_mask.to(d)
-        if getattr(self.alg, "use_uld_loss", False):
+        if uses_uld(self.alg):
             return self.uld_loss(mb, logits_BTV, mask_BT)
         D_BT = self.divergence(mb, logits_BTV)
         loss = (D_BT * mask_BT).sum() * self.sched.P / max(self.step_tokens, 1.0)
         return loss, {"distill/divergence": ("mean", float((D_BT.detach() * mask_BT).sum()), float(mask_BT.sum()))}
 
     def divergence(self, mb, logits_BTV) -> torch.Tensor:
-        d = logits_BTV.device
+        d, a = logits_BTV.device, self.alg
         student = scaled_log_softmax(logits_BTV, loss_temperature(self.cfg))  # (B, T, V)
         teacher = mb.teacher_dist.to(d).to(student.dtype)  # (B, T, V) or (B, T, k): log-probs at the same T
-        if mb.teacher_dist_ids is not None:
-            student, teacher = topk_support(student, teacher, mb.teacher_dist_ids.to(d), self.alg.loss_add_tail)
-        return generalized_jsd(student, teacher, self.alg.beta)
+        if mb.teacher_dist_ids is not None and a.loss_top_k == 1 and a.beta > 0:
+            student, teacher = top1_support(
+                student,
+                teacher,
+                mb.teacher_dist_ids.to(d),
+                mb.teacher_logprobs.to(d),
+                mb.completion_ids.to(d),
+                a.beta,
+                a.loss_add_tail,
+            )
+        elif mb.teacher_dist_ids is not None:
+            student, teacher = topk_support(student, teacher, mb.teacher_dist_ids.to(d), a.loss_add_tail)
+        return generalized_jsd(student, teacher, a.beta)
 
     def uld_loss(self, mb, logits_BTV: torch.Tensor, mask_BT: torch.Tensor):
-        """GOLD's cross-tokenizer loss of one micro-batch: ULD over the aligned groups (+ w_ce * CE), / GA."""
+        """GOLD's cross-tokenizer loss of one micro-batch: ULD over the aligned groups (+ w_ce * CE), / GA. With
+        ``uld_use_hybrid_loss`` each group's loss is w_m JSD_beta(matched entries) + w_u sorted-L1(unmatched
+        entries)."""
         a, d = self.alg, logits_BTV.device
-        logp_BTV = scaled_log_softmax(logits_BTV, loss_temperature(self.cfg))
+        logp_BTV = scaled_log_softmax(logits_BTV, a.uld_student_temperature)
         groups_BT = mb.uld_groups.to(d).long()
         teacher_BGK = mb.teacher_dist.to(d).to(logp_BTV.dtype)
         top_k = a.loss_top_k or None
-        rows, n_groups = [], 0
+        rows, n_groups, parts = [], 0, torch.zeros(2, dtype=torch.float64)
         for b in range(logp_BTV.shape[0]):
             G = int(groups_BT[b].max())
             if G == 0:  # nothing aligned: contributes 0, counts in B
@@ -157,17 +198,76 @@ class DistillObjective(Objective):
                 continue
             student_groups = [torch.nonzero(groups_BT[b] == g).flatten().tolist() for g in range(1, G + 1)]
             q_GV = merge_groups(logp_BTV[b], mb.completion_ids[b].to(d), student_groups, a.uld_token_merge_strategy)
-            rows.append(sorted_l1(q_GV, teacher_BGK[b, :G], top_k).mean())
+            if a.uld_use_hybrid_loss:
+                row, matched, unmatched = self.hybrid_row(mb, b, q_GV, teacher_BGK[b, :G], top_k)
+                parts += torch.tensor([float(matched), float(unmatched)], dtype=torch.float64)
+                rows.append(row)
+            else:
+                rows.append(sorted_l1(q_GV, teacher_BGK[b, :G], top_k).mean())
             n_groups += G
         uld = torch.stack(rows).mean()
         loss = a.uld_distillation_weight * uld
         stats = {"distill/divergence": ("mean", float(uld.detach()), 1.0), "distill/uld_groups": ("sum", n_groups, 1.0)}
+        if a.uld_use_hybrid_loss:
+            B = float(logp_BTV.shape[0])
+            stats["distill/uld_matched"] = ("mean", float(parts[0]), B)
+            stats["distill/uld_unmatched"] = ("mean", float(parts[1]), B)
         if a.uld_crossentropy_weight > 0:
             nll_BT = -scaled_log_softmax(logits_BTV, 1.0).gather(-1, mb.completion_ids.to(d).unsqueeze(-1)).squeeze(-1)
             ce = (nll_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1.0)
             loss = loss + a.uld_crossentropy_weight * ce
             stats["distill/ce"] = ("mean", float(ce.detach()), 1.0)
         return loss / self.sched.GA, stats
+
+    def hybrid_row(self, mb, b: int, q_s_GV: torch.Tensor, teacher_unmatched_GK: torch.Tensor, top_k):
+        """One row of hybrid ULD: (w_m matched + w_u unmatched, matched, unmatched). The teacher served its merged
+        group probabilities at the vocabulary entries both tokenizers share (``teacher_matched``, in the order of
+        ``uld_matched_ids``, the student's ids of those entries) and its other entries sorted (``teacher_dist``)."""
+        a, G, d = self.alg, q_s_GV.shape[0], q_s_GV.device
+        ids_M = mb.uld_matched_ids[b].to(d).long()
+        q_t_GM = mb.teacher_matched[b, :G].to(d).to(q_s_GV.dtype)
+        unmatched_V = torch.ones(q_s_GV.shape[-1], dtype=torch.bool, device=d)
+        unmatched_V[ids_M] = False
+        log = lambda q: torch.log(q.clamp_min(1e-8))  # noqa: E731  (TRL compares probabilities as log-probs)
+        matched = (
+            generalized_jsd(log(q_s_GV[:, ids_M]), log(q_t_GM), a.beta).sum() / G if len(ids_M) else 0.0 * q_s_GV.sum()
+        )
+        if unmatched_V.any() and teacher_unmatched_GK.shape[-1] > 0:
+            unmatched = sorted_l1(q_s_GV[:, unmatched_V], teacher_unmatched_GK, top_k).sum() / G
+        else:
+            unmatched = 0.0 * q_s_GV.sum()
+        if a.uld_hybrid_matched_weight is None:  # adaptive: the share of the teacher's vocabulary that is matched
+            w_m = len(ids_M) / max(1, int(mb.info["uld_teacher_vocab"]))
+            w_u = 1.0 - w_m
+        else:
+            w_m, w_u = a.uld_hybrid_matched_weight, a.uld_hybrid_unmatched_weight
+        return w_m * matched + w_u * unmatched, matched.detach(), unmatched.detach()
+
+
+def top1_support(
+    student_logp_BTV, teacher_topk_BTK, teacher_ids_BTK, teacher_sampled_BT, sampled_BT, beta: float, add_tail: bool
+):
+    """``loss_top_k: 1`` as TRL compares it: the support is the sampled token alone for beta = 1 (reverse KL's
+    expectation is under the student, whose sample it is), else {the teacher's top-1, the sampled token} (one entry
+    when they are the same token); renormalised on it, or with ``add_tail`` a tail bucket. (..., 2) log-probs, a
+    left-out entry at log 0 = -1e4 (no probability, no NaN in the gradient)."""
+    off = -1e4
+    s_sampled = student_logp_BTV.gather(-1, sampled_BT.long().unsqueeze(-1))  # (B, T, 1)
+    t_sampled = teacher_sampled_BT.to(student_logp_BTV.dtype).unsqueeze(-1)
+    if beta == 1:
+        s, t = s_sampled, t_sampled
+        if add_tail:
+            return torch.cat([s, log_tail(s)], -1), torch.cat([t, log_tail(t)], -1)
+        return s - s, t - t  # one entry, renormalised: probability 1 on both sides
+    top1 = teacher_ids_BTK[..., :1].long()
+    same = top1 == sampled_BT.long().unsqueeze(-1)  # (B, T, 1): then the second entry is left out
+    s = torch.cat(
+        [student_logp_BTV.gather(-1, top1), torch.where(same, torch.full_like(s_sampled, off), s_sampled)], -1
+    )
+    t = torch.cat([teacher_topk_BTK[..., :1], torch.where(same, torch.full_like(t_sampled, off), t_sampled)], -1)
+    if add_tail:
+        return torch.cat([s, log_tail(s)], -1), torch.cat([t, log_tail(t)], -1)
+    return s - torch.logsumexp(s, -1, keepdim=True), t - torch.logsumexp(t, -1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,14 +280,17 @@ class Distillation(Family):
 
     def needs(self, cfg) -> Needs:
         a = cfg.algorithm
-        uld = getattr(a, "use_uld_loss", False)
+        uld = uses_uld(a)
         served = TeacherSpec(
             "teacher",
             "topk" if a.loss_top_k else "full",
             a.loss_top_k,
-            loss_temperature(cfg),
+            a.uld_teacher_temperature if uld else loss_temperature(cfg),
             retokenize=uld,
             merge=getattr(a, "uld_token_merge_strategy", "observed"),
+            skip_student_eos=uld and a.uld_skip_student_eos,
+            skip_teacher_eos=uld and a.uld_skip_teacher_eos,
+            hybrid=uld and a.uld_use_hybrid_loss,
         )
         return Needs(
             rewards=False,

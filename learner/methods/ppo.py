@@ -42,6 +42,12 @@ class PPOConfig(Batching):
     """epsilon of the clipped policy surrogate."""
     cliprange_value: float = Field(0.2, gt=0)
     """epsilon_v of the clipped value loss."""
+    clip_ratio_c: Optional[float] = Field(None, gt=1)
+    """Dual clip (verl's ``clip_ratio_c``; 3 there): for tokens with A < 0 the loss is at most -A c. None: off
+    (TRL, OpenRLHF's default)."""
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    """How the policy and value losses average a micro-batch's tokens: every token alike (TRL, verl's default), or
+    every completion alike (each row's token mean, then the mean over rows; verl's ``seq-mean-token-mean``)."""
     vf_coef: float = Field(0.1, gt=0)
     """Weight of the value loss (scales the critic's loss; the critic has its own optimizer)."""
     kl_coef: float = Field(0.05, ge=0)
@@ -165,12 +171,14 @@ class PPOObjective(Objective):
         d = logits_BTV.device
         logp, entropy = token_logprobs(logits_BTV, mb.completion_ids.to(d), self.temperature, with_entropy=True)
         mask = mb.completion_mask.to(d)
-        loss, stats = ppo.policy_loss(logp, mb.old_logprobs.to(d), mb.advantages.to(d), mask, self.alg.cliprange)
+        a = self.alg
+        loss, stats = ppo.policy_loss(
+            logp, mb.old_logprobs.to(d), mb.advantages.to(d), mask, a.cliprange, a.clip_ratio_c, a.loss_agg_mode
+        )
         tokens = float(mask.sum())
         return loss / self.sched.GA, {
             "loss/policy_avg": ("mean", float(loss.detach()), 1.0),
-            "policy/clipfrac_avg": ("mean", float(stats["policy/clipfrac_avg"]), 1.0),
-            "policy/approxkl_avg": ("mean", float(stats["policy/approxkl_avg"]), 1.0),
+            **{k: ("mean", float(v), 1.0) for k, v in stats.items()},
             "policy/entropy_avg": ("mean", float((entropy.detach() * mask).sum()), tokens),
         }
 
@@ -185,7 +193,10 @@ class ValueObjective(Objective):
     def loss(self, mb, values_BT):
         d = values_BT.device
         mask = mb.completion_mask.to(d)
-        loss, stats = ppo.value_loss(values_BT, mb.values.to(d), mb.returns.to(d), mask, self.alg.cliprange_value)
+        a = self.alg
+        loss, stats = ppo.value_loss(
+            values_BT, mb.values.to(d), mb.returns.to(d), mask, a.cliprange_value, a.loss_agg_mode
+        )
         return self.alg.vf_coef * loss / self.sched.GA, {
             "loss/value_avg": ("mean", float(loss.detach()), 1.0),
             "val/clipfrac_avg": ("mean", float(stats["val/clipfrac_avg"]), 1.0),

@@ -73,28 +73,34 @@ def test_gkd_raises_held_out_accuracy_from_mixed_sources(ray_cluster, kit, kit_t
 
 
 @pytest.mark.slow
-def test_gold_cross_tokenizer_lowers_its_loss(ray_cluster, kit, kit_teachers, tmp_path):
-    """The teacher reads the text in digit pairs (114-token vocabulary); ULD aligns by bytes and compares sorted
-    probabilities, so the student (14-token vocabulary) still learns from it."""
+def test_gold_hybrid_cross_tokenizer_raises_held_out_accuracy(ray_cluster, kit, kit_teachers, tmp_path):
+    """The teacher reads the text in digit pairs (114-token vocabulary, 14 entries shared with the student's):
+    hybrid ULD (shared entries by JSD, the rest by sorted L1) plus the CE term on the dataset's completions raises
+    the student's held-out accuracy. docs/methods/distillation.md has the controls: ULD alone makes it fall, CE alone
+    raises it as far (on these two tokenizers the shared entries carry little of the teacher's knowledge)."""
     steps = 40
-    _, rows, _ = _run(
+    _, rows, evals = _run(
         "gold",
         tmp_path,
         "teacher.name_or_path=kit:teacher_pairs",
         f"train.max_steps={steps}",
-        "train.eval_steps=null",
-        "train.learning_rate=2e-4",
+        f"train.eval_steps={steps}",
+        "train.learning_rate=5e-5",
         "train.lr_scheduler_type=constant",
         "train.warmup_steps=0",
-        "algorithm.lmbda=1.0",
+        "algorithm.lmbda=0.0",
+        "algorithm.uld_use_hybrid_loss=true",
+        "algorithm.uld_crossentropy_weight=1.0",
         "algorithm.num_generations=1",
         "algorithm.generation_batch_size=64",
         "rollout.temperature=1.0",
     )
+    assert evals[steps] >= evals[0] + 0.10, evals  # measured: 0.510 -> 0.755
     first = sum(r["loss"] for r in rows[:5]) / 5
     last = sum(r["loss"] for r in rows[-5:]) / 5
-    assert last < 0.8 * first, (first, last)
-    assert all(r["distill/uld_groups"] > 0 for r in rows)
+    assert last < 0.9 * first, (first, last)
+    assert all(r["distill/uld_groups"] > 0 and "distill/uld_matched" in r for r in rows)
+    assert all(r["source/dataset"] == 1.0 for r in rows)  # lmbda 0: the dataset's completions, scored by the teacher
 
 
 def test_minillm_uses_a_reference_and_a_teacher_pool_at_once(ray_cluster, kit, kit_teachers, tmp_path):

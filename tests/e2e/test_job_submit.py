@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,13 @@ def free_port() -> int:
 
 @pytest.fixture()
 def head(tmp_path, kit):
+    with ray_head("127.0.0.1") as h:
+        yield h
+
+
+@contextmanager
+def ray_head(dashboard_host: str):
+    """A head node of its own (GCS, dashboard, agents on free ports), auth disabled, stopped on exit."""
     bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -83,7 +91,7 @@ def head(tmp_path, kit):
             "--head",
             "--block",
             f"--port={gcs}",
-            "--dashboard-host=127.0.0.1",
+            f"--dashboard-host={dashboard_host}",
             f"--dashboard-port={dash}",
             "--num-cpus=4",
             "--disable-usage-stats",
@@ -106,7 +114,7 @@ def head(tmp_path, kit):
         ):
             assert head.poll() is None and time.time() < deadline, "the head did not come up"
             time.sleep(2)
-        yield {"env": env, "address": f"http://127.0.0.1:{dash}"}
+        yield {"env": env, "address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}"}
     finally:
         head.terminate()
         try:
@@ -197,6 +205,35 @@ def test_ray_job_submit_runs_the_quickstart(head, tmp_path):
     for pool in ("rollout-0", "reward-0", "learner-0", "learner-1"):
         assert any(n and n.startswith("jobtest-") and n.endswith(f"/{pool}") for n in names), (pool, names)
     assert time.time() - t0 < 600
+
+
+def test_joining_a_cluster_with_an_open_dashboard_and_no_token_auth_is_refused():
+    """A head whose dashboard (and job API) listens on every interface, auth disabled: relay-rl refuses to run on it
+    before any actor starts, and says what to do; cluster.allow_unauthenticated lets it join."""
+    with ray_head("0.0.0.0") as h:
+        probe = (
+            "import sys\n"
+            "from relay_rl.cluster.runtime import init_ray\n"
+            "from relay_rl.errors import ConfigError\n"
+            "allow = sys.argv[2] == 'allow'\n"
+            "try:\n"
+            "    init_ray(sys.argv[1], 'probe', allow_unauthenticated=allow)\n"
+            "except ConfigError as e:\n"
+            "    print('REFUSED', e); sys.exit(3)\n"
+            "import ray\n"
+            "print('JOINED', ray.is_initialized(), len(ray.util.list_named_actors()))\n"
+        )
+        env = {**h["env"], "PYTHONPATH": str(ROOT)}
+        refused = subprocess.run(
+            [sys.executable, "-c", probe, h["gcs"], "deny"], env=env, capture_output=True, text=True, timeout=180
+        )
+        assert refused.returncode == 3, refused.stdout + refused.stderr[-3000:]
+        assert "beyond loopback" in refused.stdout and "RAY_AUTH_MODE=token" in refused.stdout
+        assert "cluster.allow_unauthenticated" in refused.stdout
+        joined = subprocess.run(
+            [sys.executable, "-c", probe, h["gcs"], "allow"], env=env, capture_output=True, text=True, timeout=180
+        )
+        assert joined.returncode == 0 and "JOINED True" in joined.stdout, joined.stdout + joined.stderr[-3000:]
 
 
 def _job_logs(env, address) -> str:

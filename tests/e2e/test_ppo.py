@@ -147,3 +147,22 @@ def test_a_resumed_ppo_run_restores_the_critic_exactly(uninterrupted, tmp_path):
         for key in COMPARED:
             assert steps_a[step].get(key) is not None, key
             assert steps_b[step][key] == steps_a[step][key], (step, key)
+
+
+def test_a_ppo_checkpoint_of_one_rank_resumes_on_two(uninterrupted, tmp_path):
+    """The same mid-batch checkpoint (1 policy + 1 critic rank, 8 rows per micro-step) continued on 2 + 2 ranks of
+    4 rows: both DeepSpeed groups through the universal checkpoint, both groups' queued rows cut in two. The numbers
+    equal the uninterrupted run's up to float rounding."""
+    cfg, a = uninterrupted
+    wider = cfg.model_copy(deep=True)
+    wider.cluster.learner.replicas = 2
+    wider.cluster.learner.num_cpus = 0.5
+    wider.algorithm.per_device_train_batch_size = 4
+    train(wider, output_dir=str(tmp_path), resume=str(a / "checkpoint-2"))
+    for group in ("", "critic/"):
+        assert (a / "checkpoint-2" / "relay" / group / "deepspeed" / "state_universal" / "relay-converted").is_file()
+    steps_a = {r["step"]: r for r in _rows(a) if "loss" in r}
+    steps_b = {r["step"]: r for r in _rows(tmp_path) if "loss" in r}
+    for step in (3, 4):
+        for key in COMPARED:
+            assert steps_b[step][key] == pytest.approx(steps_a[step][key], rel=1e-4, abs=1e-6), (step, key)

