@@ -4,7 +4,7 @@
     relay-rl train    RUN.yaml [OVERLAY.yaml | key.path=value ...] [--output DIR] [--overwrite] [--debug]
                       [--resume DIR|auto]
     relay-rl kit      RUN.yaml                       (build the quickstart kit only)
-    relay-rl scale    RUN_FOLDER POOL N              (resize a rollout/reward/teacher pool of a running run)
+    relay-rl scale    RUN_FOLDER POOL N              (resize a rollout/reward/environment/teacher pool of a running run)
     relay-rl --version
 
 Overrides apply in order: an overlay file merges section by section (deploy/overlays/kit.yaml runs any paper
@@ -68,7 +68,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             prog="relay-rl scale", description="resize a pool of a running run at its next step boundary"
         )
         p.add_argument("run", help="the run's folder (holds run.json) or its name (printed when its pools are up)")
-        p.add_argument("pool", help="rollout, reward, reference or teacher")
+        p.add_argument("pool", help="rollout, reward, environment, reference or teacher")
         p.add_argument("replicas", type=int)
         p.add_argument("--address", default=None, help="Ray address (default: run.json's, $RAY_ADDRESS, or auto)")
         p.add_argument("--namespace", default="relay-rl")

@@ -22,6 +22,8 @@ class Ledger:
         self.regenerated = 0  # batches in flight at a checkpoint, sampled again on resume
         self.work: dict[str, int] = {}  # "<pool>/<replica>" -> rows it generated or scored
         self.filtered: dict[int, int] = {}  # gen_id -> samples dynamic sampling left out of it
+        self.trajectories = 0  # multi-turn samples generated (each a trajectory of turns and tool calls)
+        self.redone = 0  # trajectories sampled again because their environment actor died
 
     @property
     def admitted_batches(self) -> int:
@@ -38,6 +40,8 @@ class Ledger:
             "regenerated": self.regenerated,
             "work": self.work,
             "filtered": self.filtered,
+            "trajectories": self.trajectories,
+            "redone": self.redone,
         }
 
     def restore(self, state: dict) -> None:
@@ -47,6 +51,7 @@ class Ledger:
         self.expected, self.admitted_ids = ints(state["expected"]), list(state["admitted_ids"])
         self.regenerated, self.work = state.get("regenerated", 0), dict(state.get("work", {}))
         self.filtered = ints(state.get("filtered", {}))
+        self.trajectories, self.redone = state.get("trajectories", 0), state.get("redone", 0)
 
     @property
     def dropped_samples(self) -> int:
@@ -55,6 +60,8 @@ class Ledger:
 
     def generated(self, gen) -> None:
         self.samples[gen.gen_id] = gen.stats["rows"]  # every round's samples
+        self.trajectories += int(gen.stats.get("tools/trajectories", 0))
+        self.redone += int(gen.stats.get("tools/trajectories_redone", 0))
         if gen.filtered_rows:
             self.filtered[gen.gen_id] = gen.filtered_rows
         for key, rows in gen.stats.get("work", {}).items():  # "rollout/0" -> rows it produced
@@ -81,6 +88,8 @@ class Ledger:
             "pipeline/dropped_samples": self.dropped_samples,
             "pipeline/filtered_samples": sum(self.filtered.values()),
             "pipeline/stale_used_samples": sum(self.samples[g] - self.filtered.get(g, 0) for g in self.stale_used_ids),
+            **({"pipeline/trajectories": self.trajectories} if self.trajectories else {}),
+            **({"pipeline/trajectories_redone": self.redone} if self.redone else {}),
         }
 
     def write(self, path: Path, microsteps_per_batch: int) -> None:

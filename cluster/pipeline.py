@@ -92,10 +92,34 @@ def join(parts: list) -> Batch:
     )
 
 
+def trajectory_stats(batch: Batch, infos: list[dict]) -> dict:
+    """Multi-turn rollouts: turns and tool calls per trajectory, failures, latency, malformed turns, overflows (TRL's
+    ``tools/call_frequency`` and ``tools/failure_frequency`` among them)."""
+    t = batch.trajectories
+    n, calls = len(t), sum(x["tool_calls"] for x in t)
+    failures = sum(x["tool_failures"] for x in t)
+    ok = [x["tool_calls"] > 0 and not x["tool_failures"] and not x["malformed"] for x in t]
+    return {
+        "tools/trajectories": float(n),
+        "tools/turns_mean": sum(x["turns"] for x in t) / n,
+        "tools/call_frequency": calls / n,
+        "tools/failure_frequency": failures / max(calls, 1),
+        "tools/failures": float(failures),
+        "tools/success_share": sum(ok) / n,  # trajectories whose every call ran and no turn was malformed
+        "tools/latency_s": sum(x["tool_s"] for x in t) / max(calls, 1),
+        "tools/environment_reset_s": max(x.get("reset_s", 0.0) for x in t),  # the environment pool's resets
+        "tools/malformed_turns": float(sum(x["malformed"] for x in t)),
+        "tools/overflow": float(sum(x["overflow"] for x in t)),
+        "tools/non_string_results": float(sum(x["non_string_results"] for x in t)),
+        "tools/tool_tokens": float((batch.completion_mask * (1 - batch.tool_mask)).sum()),
+        "tools/trajectories_redone": float(sum(i.get("trajectories_redone", 0) for i in infos)),
+    }
+
+
 def generation_stats(
     batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True, part_sizes: list[int] | None = None
 ) -> dict:
-    lengths = batch.completion_mask.sum(-1)
+    lengths = batch.loss_mask.sum(-1)  # the policy's tokens (multi-turn: without the tool messages')
     stats = {
         "completions/mean_length": float(lengths.mean()),
         "completions/max_length": float(lengths.max()),
@@ -111,6 +135,8 @@ def generation_stats(
         "rows": len(batch),
         "prompts/truncated": float(sum(i.get("prompts_truncated", 0) for i in infos)),
     }
+    if batch.trajectories:
+        stats.update(trajectory_stats(batch, infos))
     for key in {k for i in infos for k in i if k.startswith(("teacher_s/", "teacher_bytes/"))}:
         values = [i.get(key, 0) for i in infos]  # chunks are scored in parallel: seconds max, bytes add up
         stats[key.replace("teacher_s/", "timing/teacher_s/").replace("teacher_bytes/", "teacher/bytes/")] = (
@@ -446,7 +472,11 @@ class Pipeline:
             seed=self.cfg.train.seed,
         )
         scored = ray.get(self.sample(eval_data.to_list(), params, step))  # small: scored, not trained on
-        lengths = torch.cat([b.completion_mask.sum(-1) for b in scored])
+        lengths = torch.cat([b.loss_mask.sum(-1) for b in scored])
+        tools = {}
+        if scored[0].trajectories:  # multi-turn: how the held-out trajectories used their tools
+            joined = Batch.concat(scored)
+            tools = {f"eval/{k}": v for k, v in trajectory_stats(joined, [b.info for b in scored]).items()}
         if not self.pools.reward:  # nothing to score with: lengths only
             return {"eval/mean_length": float(lengths.mean()), "eval/samples": int(lengths.numel())}
         R_all = torch.cat([b.rewards for b in scored])
@@ -460,6 +490,7 @@ class Pipeline:
             **per_func,
             "eval/mean_length": float(lengths.mean()),
             "eval/samples": int(R_all.shape[0]),
+            **tools,
         }
 
 

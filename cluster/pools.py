@@ -19,6 +19,7 @@ from relay_rl.learner.critic import CriticRank
 from relay_rl.reward_workers.actor import RewardWorker
 from relay_rl.reward_workers.judge import JUDGES, judge_pool_model
 from relay_rl.rollout_workers.actor import RolloutWorker
+from relay_rl.rollout_workers.environment import EnvironmentWorker
 from relay_rl.teacher_workers.actor import TeacherWorker
 
 from . import checkpoint as checkpoints
@@ -36,6 +37,7 @@ class Pools:
     frozen_rollout: list = field(default_factory=list)  # the teacher's frozen weights, never synced
     judge: list = field(default_factory=list)  # the llm_judge reward's engines: the judge's weights, never synced
     critic: list = field(default_factory=list)  # the critic role: rank i beside learner rank i (own DeepSpeed group)
+    environment: list = field(default_factory=list)  # rollout.environment_factory's instances (multi-turn)
     critic_placement_group: object = None
     placement_group: object = None
     make: object = None  # the PoolMaker that made them (more replicas on ``scale``)
@@ -47,6 +49,7 @@ class Pools:
             "learner": self.learner,
             "frozen_rollout": self.frozen_rollout,
             "judge": self.judge,
+            "environment": self.environment,
         }.get(name) or self.teachers.get(name, [])
 
     def replicas(self) -> dict[str, int]:
@@ -57,6 +60,7 @@ class Pools:
             **{k: len(v) for k, v in self.teachers.items()},
             **({"critic": len(self.critic)} if self.critic else {}),
             **({"judge": len(self.judge)} if self.judge else {}),
+            **({"environment": len(self.environment)} if self.environment else {}),
         }
 
     def all_actors(self) -> list:
@@ -64,6 +68,7 @@ class Pools:
             *self.rollout,
             *self.frozen_rollout,
             *self.judge,
+            *self.environment,
             *self.reward,
             *self.scorers(),
             *self.learner,
@@ -125,7 +130,9 @@ class PoolMaker:
 
     def spec(self, pool: str) -> PoolSpec:
         c = self.cfg.cluster
-        return {"rollout": c.rollout, "reward": c.reward}.get(pool) or self.cfg.pool_spec(pool)
+        return {"rollout": c.rollout, "reward": c.reward, "environment": c.environment}.get(pool) or self.cfg.pool_spec(
+            pool
+        )
 
     def actor(self, pool: str, i: int):
         cfg, c, r, ns = self.cfg, self.cfg.cluster, self.cfg.rollout, self.cfg.cluster.namespace
@@ -143,6 +150,11 @@ class PoolMaker:
                 max_prompt_length=r.max_prompt_length,
                 prompt_column=cfg.data.prompt_column,
                 partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None,
+                multi_turn=multi_turn(cfg, self.run_name),
+            )
+        if pool == "environment":  # threaded: the calls of different trajectories run at once
+            return _actor(EnvironmentWorker, c.environment, name, ns, max_concurrency=64).remote(
+                r.environment_factory, index=i, search_path=reward_search_path(cfg)
             )
         if pool == "reward":
             judges = {"judge_actors": [f"{self.run_name}/judge-{j}" for j in range(c.judge.replicas)], "namespace": ns}
@@ -181,6 +193,28 @@ class PoolMaker:
         )
 
 
+def multi_turn(cfg: RunConfig, run_name: str) -> dict | None:
+    """The rollout actors' tool-loop settings (rollout_workers/agent.py), or None for single-turn rollouts."""
+    r = cfg.rollout
+    if not (r.tools or r.environment_factory):
+        return None
+    return {
+        "tools": list(r.tools),
+        "environment_factory": r.environment_factory,
+        "max_tool_calling_iterations": r.max_tool_calling_iterations,
+        "max_completion_length": r.max_completion_length,
+        "tool_timeout_s": r.tool_timeout_s,
+        "response_template": r.response_template,
+        "namespace": cfg.cluster.namespace,
+        "environment_pool": f"{run_name}/environment",
+        "search_path": reward_search_path(cfg),
+    }
+
+
+def uses_environment(cfg: RunConfig) -> bool:
+    return bool(cfg.rollout.environment_factory)
+
+
 def uses_judge(cfg: RunConfig) -> bool:
     """A reward function is ``llm_judge`` or ``pairwise_judge``: the run starts the judge pool."""
     return cfg.reward is not None and any(not isinstance(f, str) and f.name in JUDGES for f in cfg.reward.reward_funcs)
@@ -217,6 +251,7 @@ def check_resources(cfg: RunConfig, fixed: bool, log=print) -> None:
     demand += [("rollout", _bundle(c.rollout))] * (0 if c.colocate else c.rollout.replicas)
     demand += [("reward", _bundle(c.reward))] * (c.reward.replicas if cfg.reward is not None else 0)
     demand += [("judge", _bundle(c.judge))] * (c.judge.replicas if uses_judge(cfg) else 0)
+    demand += [("environment", _bundle(c.environment))] * (c.environment.replicas if uses_environment(cfg) else 0)
     for spec in cfg.needs.teachers:
         pool = cfg.pool_spec(spec.pool)
         demand += [
@@ -285,6 +320,7 @@ def create_pools(
         ) from None
 
     make = PoolMaker(cfg, run_name, model_path, teacher_path, policy_path, pg, resume)
+    environment = [make.actor("environment", i) for i in range(c.environment.replicas if uses_environment(cfg) else 0)]
     rollout = [make.actor("rollout", i) for i in range(R)]
     if c.colocate:  # vLLM sizes its KV cache from the free GPU memory it sees at start: start it before the learner
         ray.get([a.ping.remote() for a in rollout])
@@ -325,7 +361,7 @@ def create_pools(
     critic_setup = [a.setup.remote(*critic_addr) for a in critic]
     infos = ray.get(
         [a.setup.remote(addr, port) for a in learner]
-        + [a.ping.remote() for a in rollout + frozen + judge + reward + scorers]
+        + [a.ping.remote() for a in rollout + frozen + judge + reward + scorers + environment]
         + critic_setup
     )
     if resume is not None:
@@ -345,6 +381,7 @@ def create_pools(
         + "".join(f"{name} x{len(actors)}, " for name, actors in teachers.items())
         + (f"frozen_rollout x{len(frozen)}, " if frozen else "")
         + (f"judge x{len(judge)}, " if judge else "")
+        + (f"environment x{len(environment)}, " if environment else "")
         + f"learner x{P} (DeepSpeed ZeRO-{li['zero_stage']}, {li['backend']}, {li['dtype']}, {li['attention']} "
         f"attention, {li['parameters']:,} parameters, "
         f"setup {li['setup_s']:.0f}s)"
@@ -359,6 +396,7 @@ def create_pools(
         teachers=teachers,
         frozen_rollout=frozen,
         judge=judge,
+        environment=environment,
         critic=critic,
         critic_placement_group=critic_pg,
         placement_group=pg,
@@ -401,7 +439,7 @@ def resize(pools: Pools, pool: str, n: int) -> str:
     indices go first). Raises ConfigError when it cannot: the caller's run is untouched."""
     cfg, make = pools.make.cfg, pools.make
     current = pools.pool(pool)
-    if pool not in ("rollout", "reward") and pool not in pools.teachers:
+    if pool not in ("rollout", "reward", "environment") and pool not in pools.teachers:
         raise ConfigError(
             f"this run has no {pool} pool (its pools: {', '.join(k for k, v in pools.replicas().items() if v)})"
         )

@@ -59,6 +59,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             "train` (or `relay-rl kit`) builds it"
         )
         _check_rewards_importable(cfg)
+        check_tools_importable(cfg)
         return out
 
     tok, mcfg = load_model_files("model.name_or_path", model_path, cfg.model.trust_remote_code)
@@ -71,6 +72,12 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
         if ds is None:
             continue
         conversational = check_prompts(cfg, fld, ds, tok)
+        if (cfg.rollout.tools or cfg.rollout.environment_factory) and not conversational:
+            raise ConfigError(
+                f"{fld}: rollout.tools / rollout.environment_factory need chat-message prompts (the tool calls "
+                "and results are chat turns), and the prompts are strings: give data.prompt_column as a list of "
+                '{"role": "user", "content": ...} messages'
+            )
         if conversational and not getattr(tok, "chat_template", None):
             raise ConfigError(
                 f"{fld}: the prompts are chat messages but the tokenizer of {model_path} has no chat "
@@ -84,6 +91,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             out.train_data = ds
         else:
             out.eval_data = ds
+    check_multi_turn(cfg, tok)
     fix = cfg.family.completion_column_fix(cfg.algorithm)
     if fix is not None:
         check_completions(cfg, out.train_data, fix)
@@ -340,6 +348,53 @@ def _add_search_path(cfg: RunConfig) -> None:
     for p in reversed(reward_search_path(cfg)):
         if p not in sys.path:
             sys.path.insert(0, p)
+
+
+def check_tools_importable(cfg: RunConfig) -> list:
+    """``rollout.tools`` import and have schemas; ``rollout.environment_factory`` imports, constructs and offers tools.
+    Returns the tool functions (and the environment's bound methods)."""
+    from relay_rl.rollout_workers.tools import check_environment, load_environment, load_tools
+
+    r = cfg.rollout
+    if not (r.tools or r.environment_factory):
+        return []
+    _add_search_path(cfg)
+    try:
+        tools = load_tools(r.tools)
+        if r.environment_factory:
+            env = check_environment(load_environment(r.environment_factory), r.environment_factory)
+            tools += [getattr(env, n) for n in environment_methods_of(env)]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return tools
+
+
+def environment_methods_of(env) -> list[str]:
+    from relay_rl.rollout_workers.tools import environment_methods
+
+    return environment_methods(type(env))
+
+
+def check_multi_turn(cfg: RunConfig, tok) -> None:
+    """Tools and environments load; the chat template renders a tool exchange prefix-preservingly, with the tools'
+    schemas; a response template parses the model's calls."""
+    from relay_rl.rollout_workers.tools import check_chat_template, set_response_template
+
+    tools = check_tools_importable(cfg)
+    if not tools:
+        return
+    try:
+        set_response_template(tok, cfg.rollout.response_template)
+        check_chat_template(tok)
+        tok.apply_chat_template([{"role": "user", "content": "x"}], tools=tools, tokenize=False)
+    except (ValueError, OSError) as e:
+        fld = "rollout.response_template" if cfg.rollout.response_template else "model.name_or_path"
+        raise ConfigError(f"{fld}: multi-turn rollouts (rollout.tools): {e}") from None
+    except Exception as e:  # noqa: BLE001  (a template that fails to render with tools)
+        raise ConfigError(
+            f"model.name_or_path: the chat template fails to render the prompt with the tools' schemas "
+            f"({_first_line(e)})"
+        ) from None
 
 
 def _check_rewards_importable(cfg: RunConfig) -> None:

@@ -273,7 +273,7 @@ class LearnerRank:
         staleness = (self.version - mb.policy_version[own]).float()
         stats = {
             "loss": ("mean", float(loss.detach()), 1.0 / self.sched.GA),  # summed over GA micro-batches, rank mean
-            "completions/tokens": ("sum", float(mb.completion_mask.sum()), 1.0),
+            "completions/tokens": ("sum", float(mb.loss_mask.sum()), 1.0),
             "consumed/gen_id": ("hist", [int(mb.info.get("gen_id", -1))], 1.0),
         }
         if len(staleness):

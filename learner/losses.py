@@ -251,6 +251,8 @@ def policy_loss(cfg, x: PolicyBatch, s: LossScale) -> tuple[Tensor, dict]:
     mask = x.mask_BT
     A = x.advantages.unsqueeze(-1) if x.advantages.dim() == 1 else x.advantages  # (B, 1) or (B, T)
     old = x.old_logprobs_BT if x.old_logprobs_BT is not None else x.logprobs_BT.detach()
+    # off the mask (padding, a tool message's tokens: no behaviour log-prob, NaN) the ratio is 1, never NaN * 0
+    old = torch.where(mask > 0, old, x.logprobs_BT.detach())
     if cfg.loss_type == "gmpo":
         loss = gmpo_loss(cfg, x, A, old, s, stats)
     else:

@@ -42,6 +42,7 @@ TENSOR_FIELDS = (
     "teacher_context",
     "frozen_sample",
     "preference",
+    "tool_mask",
 )
 # tensors whose second dimension is the completion length (padded on the right when batches are joined)
 _COMPLETION_DIM = (
@@ -57,6 +58,7 @@ _COMPLETION_DIM = (
     "teacher_matched",
     "values",
     "returns",
+    "tool_mask",
 )
 # ... and the prompt length (padded on the left)
 _PROMPT_DIM = ("prompt_ids", "prompt_mask")
@@ -103,6 +105,11 @@ class Batch:
     preference: Optional[torch.Tensor] = None  # (N,) float, +1 chosen, -1 rejected, 0 a pair left out (unscorable)
     # -- self-distillation (SDPO, SDFT) --
     teacher_context: Optional[torch.Tensor] = None  # (N,) bool, the self-teacher saw the row with a context
+    # -- multi-turn rollouts (rollout_workers/agent.py) --
+    tool_mask: Optional[torch.Tensor] = None  # (N, Tc) float, 1 on tokens the policy sampled, 0 on a tool message's
+    # tokens (in the context, out of the loss: ``loss_mask``); 1 past the end. None: single-turn
+    trajectories: list = field(default_factory=list)  # per row: its completion as chat messages, turns, tool calls,
+    # failures, seconds in tools, the environment as it ended, ... (``Trajectory.summary``); empty: single-turn
     # -- text side, aligned with rows --
     prompts: list = field(default_factory=list)  # prompt as given (str or chat messages)
     completions: list = field(default_factory=list)  # decoded completion text
@@ -127,6 +134,7 @@ class Batch:
             **{k: v[idx] for k, v in self.tensors().items()},
             prompts=[self.prompts[i] for i in il] if self.prompts else [],
             completions=[self.completions[i] for i in il] if self.completions else [],
+            trajectories=[self.trajectories[i] for i in il] if self.trajectories else [],
             columns={k: [v[i] for i in il] for k, v in self.columns.items()},
             info=dict(self.info),
         )
@@ -157,7 +165,7 @@ class Batch:
             elif k in _COMPLETION_DIM or (
                 k in ("advantages", "is_weights") and vals[0].dim() == 2 and vals[0].shape[1] > 1
             ):
-                fill = float("nan") if k in ("behaviour_logprobs",) else 0
+                fill = float("nan") if k in ("behaviour_logprobs",) else 1 if k == "tool_mask" else 0
                 vals = [_pad(v, tc, left=False, value=fill) for v in vals]
             out[k] = torch.cat(vals)
         cols = {k: [x for b in batches for x in b.columns[k]] for k in first.columns}
@@ -165,6 +173,7 @@ class Batch:
             **out,
             prompts=[p for b in batches for p in b.prompts],
             completions=[c for b in batches for c in b.completions],
+            trajectories=[t for b in batches for t in b.trajectories],
             columns=cols,
             info=dict(first.info),
         )
@@ -184,6 +193,12 @@ class Batch:
     @property
     def num_completion_tokens(self) -> int:
         return int(self.completion_mask.sum().item())
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """(N, Tc) the tokens a loss counts: the completion mask without tool-message tokens (TRL's
+        ``completion_mask * tool_mask``). ``completion_mask`` stays the attention mask."""
+        return self.completion_mask if self.tool_mask is None else self.completion_mask * self.tool_mask
 
     # ------------------------------------------------------------------------------------------------------------
     # pickling: numpy arrays, so the object store hands them out zero-copy

@@ -64,6 +64,8 @@ class RewardWorker:
             if conversational
             else list(batch.completions)
         )
+        if batch.trajectories:  # multi-turn: the completion's messages (assistant, tool, ...), as TRL passes them
+            completions = [t["messages"] for t in batch.trajectories]
         mask = batch.completion_mask.bool()
         extra_logs: dict[str, list] = {}
         metrics: dict[str, float] = {}
@@ -76,6 +78,8 @@ class RewardWorker:
             log_extra=lambda column, values: extra_logs.__setitem__(column, list(values)),
             log_metric=lambda name, value: metrics.__setitem__(name, float(value)),
         )
+        if batch.trajectories and any(t.get("environment") is not None for t in batch.trajectories):
+            kwargs["environments"] = [t.get("environment") for t in batch.trajectories]  # TRL's keyword
         N = len(batch)
         columns, errors, stuck = [], {}, False
         # every function at once: the sync ones on the thread pool, the async ones awaited together on an event loop
@@ -124,6 +128,8 @@ class RewardWorker:
             "reward_metrics": metrics,
             "reward_extra": extra_logs,
         }
+        if batch.trajectories:  # the environments stay here: nothing after scoring reads them
+            batch = batch.replace(trajectories=[{**t, "environment": None} for t in batch.trajectories])
         return batch.replace(rewards=rewards, info=info)
 
     async def _run_async(self, funcs, kwargs, groups):

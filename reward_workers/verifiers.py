@@ -54,6 +54,31 @@ def make_arithmetic_exact(tokenizer, answer_column: str = "answer", after_think:
     return arithmetic_exact
 
 
+@builtin("final_answer_exact")
+def make_final_answer_exact(tokenizer, answer_column: str = "answer"):
+    """1.0 when the completion's final answer, the content of its last assistant message (a multi-turn trajectory's
+    last turn; a string completion itself), is the answer column's text exactly (surrounding whitespace aside), else
+    0.0. For tool-using trajectories, whose answer follows the tool calls."""
+
+    def final_answer_exact(completions, **kwargs):
+        return [1.0 if _text(c).strip() == str(a).strip() else 0.0 for c, a in zip(completions, kwargs[answer_column])]
+
+    final_answer_exact.columns = (answer_column,)
+    return final_answer_exact
+
+
+@builtin("environment_reward")
+def make_environment_reward(tokenizer):
+    """An environment's own reward (TRL's ``get_reward`` of an ``environment_factory`` class): the instance each
+    trajectory ended with is asked; None where a row has no environment (or the class has no ``get_reward``)."""
+
+    def environment_reward(environments=None, completions=(), **kwargs):
+        envs = environments or [None] * len(completions)
+        return [e.get_reward() if callable(getattr(e, "get_reward", None)) else None for e in envs]
+
+    return environment_reward
+
+
 def _text(completion) -> str:
     """The text to score: the string itself, or the content of the last assistant message."""
     if isinstance(completion, str):

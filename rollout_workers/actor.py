@@ -44,6 +44,7 @@ class RolloutWorker:
         prompt_column: str = "prompt",
         partial_rollout_chunk: int | None = None,
         pool: str = "rollout",
+        multi_turn: dict | None = None,
     ):
         from relay_rl.process import configure_worker
 
@@ -51,6 +52,9 @@ class RolloutWorker:
         self.index, self.pool = index, pool
         self.engine = make_engine(engine, model_path, dtype, engine_options)
         self.tokenizer = self.engine.tokenizer
+        self.agent = None  # multi-turn rollouts with tools and environments (rollout_workers/agent.py)
+        if multi_turn:
+            self.agent = _make_agent(self.tokenizer, max_prompt_length=max_prompt_length, **multi_turn)
         self.max_prompt_length = max_prompt_length
         self.prompt_column = prompt_column
         self.version = 0
@@ -79,6 +83,8 @@ class RolloutWorker:
         t0 = time.time()
         self.calls += 1
         prompts = [r[self.prompt_column] for r in records]
+        if self.agent is not None:
+            return self._generate_multi_turn(records, prompts, params, group_ids, t0)
         prompt_ids, n_truncated = self._tokenize_all(prompts)
         sample_from = self._tokenize_all(generation_prompts)[0] if generation_prompts is not None else prompt_ids
         if self.partial_chunk:
@@ -106,6 +112,32 @@ class RolloutWorker:
             },
         )
 
+    def _generate_multi_turn(self, records, prompts, params, group_ids, t0) -> Batch:
+        """``params.n`` trajectories per record, tools called between turns; one policy version throughout (a weight
+        sync that arrives meanwhile waits for the lock)."""
+        with self.lock:
+            self._apply_pending()
+            redone = self.agent.redone
+            outs = self.agent.run(self.engine, records, prompts, params, self.index)
+        rows = [t for per_record in outs for _, t in per_record]
+        return self._batch(
+            records,
+            [t.prompt for t in rows],
+            [t.prompt_ids for t in rows],
+            [[c] for per_record in outs for c, _ in per_record],
+            [g for g in (group_ids or list(range(len(records)))) for _ in range(params.n)],
+            info={
+                "generate_s": time.time() - t0,
+                "worker": self.index,
+                "version": self.version,
+                "n": params.n,
+                "prompts_truncated": 0,
+                "trajectories_redone": self.agent.redone - redone,
+            },
+            per_row=True,
+            trajectories=[t.summary() for t in rows],
+        )
+
     def from_dataset(
         self, records: list[dict], column: str, max_tokens: int, group_ids: list[int], n: int = 1
     ) -> Batch:
@@ -125,11 +157,11 @@ class RolloutWorker:
         prompt_ids, _ = self._tokenize_all(prompts)
         outs = []
         for r in records:
-            ids = self._completion_ids(r[self.prompt_column], r[column])
+            ids, tool_mask = self._completion_ids(r[self.prompt_column], r[column])
             cut = ids[:max_tokens]
-            outs.append(
-                [Completion(cut, [float("nan")] * len(cut), "stop" if len(ids) <= max_tokens else "length")] * n
-            )
+            finish = "stop" if len(ids) <= max_tokens else "length"
+            mask = tool_mask[:max_tokens] if tool_mask is not None else None
+            outs.append([Completion(cut, [float("nan")] * len(cut), finish, tool_mask=mask)] * n)
         return self._batch(
             records,
             prompts,
@@ -139,7 +171,14 @@ class RolloutWorker:
             info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version, "n": n},
         )
 
-    def _batch(self, records, prompts, prompt_ids, outs, group_ids: list[int], info: dict) -> Batch:
+    def _batch(
+        self, records, prompts, prompt_ids, outs, group_ids: list[int], info: dict, per_row=False, trajectories=()
+    ) -> Batch:
+        """``outs[i]``: the completions of prompt i (``per_row``: prompts and outs are per row, one completion each,
+        and row r's record is r // n)."""
+        if per_row:
+            n = len(outs) // max(1, len(records))
+            records = [records[r // n] for r in range(len(outs))]
         rows = [(i, c) for i, comps in enumerate(outs) for c in comps]
         N = len(rows)
         tp = max(map(len, prompt_ids))
@@ -159,6 +198,12 @@ class RolloutWorker:
             c_ids[r, :L] = torch.tensor(c.token_ids, dtype=torch.long)
             c_mask[r, :L] = 1.0
             c_lp[r, :L] = torch.tensor(c.logprobs, dtype=torch.float32)
+        tool_mask = None
+        if any(c.tool_mask is not None for _, c in rows):
+            tool_mask = torch.ones((N, tc), dtype=torch.float32)
+            for r, (_, c) in enumerate(rows):
+                if c.tool_mask is not None:
+                    tool_mask[r, : len(c.tool_mask)] = torch.tensor(c.tool_mask, dtype=torch.float32)
         other = [k for k in records[0] if k != self.prompt_column] if records else []
         return Batch(
             prompt_ids=p_ids,
@@ -171,28 +216,36 @@ class RolloutWorker:
             frozen_sample=torch.full((N,), self.pool == "frozen_rollout", dtype=torch.bool),
             group_id=torch.tensor([group_ids[i] for i, _ in rows], dtype=torch.long),
             truncated=torch.tensor([c.finish_reason == "length" for _, c in rows]),
+            tool_mask=tool_mask,
+            trajectories=list(trajectories),
             prompts=[prompts[i] for i, _ in rows],
             completions=self.tokenizer.batch_decode([c.token_ids for _, c in rows], skip_special_tokens=True),
             columns={k: [records[i][k] for i, _ in rows] for k in other},
             info=info,
         )
 
-    def _completion_ids(self, prompt, completion) -> list[int]:
+    def _completion_ids(self, prompt, completion) -> tuple[list[int], list[int] | None]:
         """A dataset completion's token ids: text + EOS, or a chat turn as the template renders it after the prompt
-        (TRL's prompt-completion convention)."""
+        (TRL's prompt-completion convention); with the tool mask (0 on the tokens of ``tool`` messages: a tool-using
+        conversation teaches the calls and the answers, not the tools' outputs) when the turn holds tool messages."""
         if isinstance(completion, str):
             eos = self.engine.eos_ids[0] if hasattr(self.engine, "eos_ids") else self.tokenizer.eos_token_id
-            return self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+            return self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos], None
         if not isinstance(prompt, list):
             raise ValueError("a completion given as chat messages needs chat-message prompts (data.prompt_column)")
-        full = chat_token_ids(self.tokenizer, prompt + completion)
         head = prompt_token_ids(self.tokenizer, prompt)
-        if full[: len(head)] != head:
-            raise ValueError(
-                "the chat template renders the prompt differently with the completion appended, so the "
-                "completion's tokens cannot be told apart: give the completion as a string"
-            )
-        return full[len(head) :]
+        ids, tool_mask = [], []
+        for j, message in enumerate(completion):  # message by message: each one's tokens, after those before it
+            full = chat_token_ids(self.tokenizer, prompt + completion[: j + 1])
+            if full[: len(head) + len(ids)] != head + ids:
+                raise ValueError(
+                    "the chat template renders the prompt differently with the completion appended, so the "
+                    "completion's tokens cannot be told apart: give the completion as a string"
+                )
+            new = full[len(head) + len(ids) :]
+            ids += new
+            tool_mask += [0 if message.get("role") == "tool" else 1] * len(new)
+        return ids, (tool_mask if 0 in tool_mask else None)
 
     def _tokenize_all(self, prompts: list) -> tuple[list[list[int]], int]:
         """Token ids of each prompt (chat messages through the chat template), cut to their last
@@ -267,3 +320,26 @@ class RolloutWorker:
 
     def ping(self) -> bool:
         return True
+
+
+def _make_agent(tokenizer, max_prompt_length, namespace: str, environment_pool: str, search_path=(), **settings):
+    """The tool loop; its environment actors are looked up by name on every call (the pool may have been resized)."""
+    import sys
+
+    from .agent import MultiTurn
+
+    for p in reversed(search_path):  # where ``module:function`` tools are found (the run file's folder, ...)
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+    def environment_actors() -> list:
+        import ray
+
+        actors = []
+        while True:
+            try:
+                actors.append(ray.get_actor(f"{environment_pool}-{len(actors)}", namespace=namespace))
+            except ValueError:
+                return actors
+
+    return MultiTurn(tokenizer, environment_actors=environment_actors, max_prompt_length=max_prompt_length, **settings)

@@ -23,6 +23,9 @@ class Completion:
     logprobs: list[float]  # behaviour log-prob of each token (NaN where the engine has none)
     finish_reason: Literal["stop", "length"]
     token_versions: Optional[list[int]] = None  # policy version that sampled each token (partial rollouts)
+    tool_mask: Optional[list[int]] = (
+        None  # multi-turn: 1 on sampled tokens, 0 on a tool message's (rollout_workers.agent)
+    )
 
 
 class RolloutEngine(ABC):

@@ -54,6 +54,17 @@ def kit_r1():
 
 
 @pytest.fixture(scope="session")
+def kit_tools():
+    """The kit's tools variant (a*b= with the multiply tool; its warm start calls the tool for about half the
+    prompts): built once, then cached."""
+    from relay_rl.cluster.config import KitConfig
+
+    cfg = KitConfig(variant="tools")
+    root = build_kit(cfg)
+    return {"cfg": cfg, "root": root, "warm_start": str(root / "warm_start"), "base": str(root / "base")}
+
+
+@pytest.fixture(scope="session")
 def kit_teachers(kit):
     """The kit's distillation teachers (``kit:teacher``, ``kit:teacher_pairs``): built once, then cached."""
     root = build_kit(kit["cfg"], parts=("teacher", "teacher_pairs"))

@@ -74,6 +74,10 @@ class ClusterSpec(Strict):
     judge: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.5))
     """Rollout engines serving the LLM judge of the ``llm_judge`` reward (its own model, frozen: never synced).
     Started only when a reward function is ``llm_judge``."""
+    environment: PoolSpec = Field(default_factory=lambda: PoolSpec(num_cpus=0.25))
+    """Environment actors (``rollout.environment_factory``): each holds the instances of the trajectories assigned to
+    it and runs their tool calls concurrently. A killed one is restarted and its trajectories redone. Started only with
+    an environment factory."""
     critic: CriticPoolSpec = Field(default_factory=lambda: CriticPoolSpec(num_cpus=0.5))
     """PPO's critic: a value model trained by its own DeepSpeed group, rank i beside learner rank i's rows. Started
     only when the method needs it."""

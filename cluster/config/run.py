@@ -134,6 +134,27 @@ class RunConfig(Strict):
                 "rollout.partial_rollouts needs weight_transport: object_store (a broadcast would wait "
                 "for the generation to end; ipc's shared buffers are rewritten by the next sync)"
             )
+        r = self.rollout
+        if r.tools or r.environment_factory:
+            from relay_rl.learner.methods import family
+
+            if not family(self.algorithm).multi_turn:
+                raise ValueError(
+                    f"rollout.tools / rollout.environment_factory: algorithm {name} does not train on multi-turn "
+                    "trajectories (its losses would count the tool messages' tokens): use algorithm.name grpo (any "
+                    "loss_type: grpo, dapo, dr_grpo, gspo, cispo, sapo, ...), or remove the tools"
+                )
+            if r.partial_rollouts:
+                raise ValueError(
+                    "rollout.partial_rollouts and multi-turn rollouts (rollout.tools / environment_factory) do not "
+                    "mix: a trajectory is sampled by one policy version, its turns between weight syncs; set "
+                    "partial_rollouts: false"
+                )
+            if r.environment_factory and self.cluster.environment.replicas < 1:
+                raise ValueError(
+                    "rollout.environment_factory: its instances live on the environment pool: set "
+                    "cluster.environment.replicas >= 1"
+                )
         if self.rollout.weight_transport == "ipc" and not self.cluster.colocate:
             raise ValueError(
                 "rollout.weight_transport: ipc hands each rollout replica the memory of the learner rank "

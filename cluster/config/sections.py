@@ -85,11 +85,13 @@ class KitConfig(Strict):
     intermediate_size: int = 512
     max_position_embeddings: int = 64
     seed: int = 0
-    variant: Literal["plain", "r1"] = "plain"
+    variant: Literal["plain", "r1", "tools"] = "plain"
     """``plain``: the ``a+b=`` task. ``r1`` adds what self-distillation and the R1 recipes need: a hint column
     ``privileged_context`` (the answer; the warm start learned to read "46|12+34=" as well as "12+34="), and an R1-style
     target ``r1_completion`` ("<think>6</think>46": the ones digits' sum, then the answer), with ``|``, ``<think>`` and
-    ``</think>`` in the vocabulary."""
+    ``</think>`` in the vocabulary. ``tools``: the ``a*b=`` task with chat prompts and a ``multiply`` tool the model
+    must call (cluster/kit/tool_task.py; a tokenizer with tool-call tags, a chat and a response template); the warm
+    start learned the call imperfectly."""
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 
 
@@ -177,6 +179,22 @@ class RolloutConfig(Strict):
     """Sampling seed of the engines. None: ``train.seed``."""
     stop: Optional[list[str]] = None
     """Stop strings: generation ends after one of them (it stays in the completion)."""
+    tools: list[str] = Field(default_factory=list)
+    """Functions the policy may call between its turns (TRL's ``tools``): import paths ``module:function``, each with
+    type hints and a docstring (its schema). Needs chat-message prompts, a chat template that renders tool calls and a
+    response template to parse them (docs/agents.md)."""
+    environment_factory: Optional[str] = None
+    """TRL's ``environment_factory``: ``module:Class`` whose ``reset(**row)`` starts a trajectory (its return value, if
+    any, is appended to the last prompt message) and whose other public methods are tools. Instances live on the
+    environment pool (``cluster.environment``), one per trajectory slot, reused across steps."""
+    max_tool_calling_iterations: Optional[int] = Field(None, ge=1)
+    """Tool-calling rounds per trajectory (TRL's name); the model's turn after the final round is its last. None: until
+    the model answers without a call or ``max_completion_length`` (sampled and tool tokens together) is spent."""
+    tool_timeout_s: float = Field(30.0, gt=0)
+    """A tool call that runs longer ends its trajectory; the error is the tool message the reward functions see."""
+    response_template: Optional[str] = None
+    """A JSON file with transformers' response template, which parses tool calls from the model's output. None: the
+    tokenizer's own, else TRL's for the chat templates it knows (when trl is installed)."""
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     """vLLM engine settings (used with ``engine: vllm``)."""
 

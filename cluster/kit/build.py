@@ -30,6 +30,9 @@ from relay_rl.cluster.config import KitConfig, validate_dict
 from .parts import KIT_PARTS, PART_KEYS, KitPart
 from .paths import kit_dir
 from .task import HINT, build_model, build_tokenizer, make_task, read_splits, warm_start_rows
+from .tool_task import TOOL, tool_accuracy
+
+TOOL_COMPLETION = 24  # the tool task's completion budget: call, result and answer (about 20 tokens)
 
 
 def ensure_kit(cfg: KitConfig, train, log=print, parts: tuple[str, ...] = ()) -> Path:
@@ -90,17 +93,21 @@ def sft_warm_start(cfg: KitConfig, root: Path, log, train) -> dict:
     from .train_sft import greedy_accuracy
 
     w = cfg.warm_start
+    tools = cfg.variant == "tools"
     run = {
         "name": "kit-warm-start",
         "model": {"name_or_path": str(root / "base")},
         "data": {
             "train": str(root / "warm_start.jsonl"),
             "eval": str(root / "dev.jsonl"),
-            "completion_column": "answer",
+            "completion_column": "completion" if tools else "answer",
         },
-        "reward": {"reward_funcs": ["arithmetic_exact"]},  # eval/accuracy on the dev split
+        # eval/accuracy on the dev split (the tool task's: its trajectories call the tool)
+        "reward": {"reward_funcs": ["final_answer_exact" if tools else "arithmetic_exact"]},
         "algorithm": {"name": "sft", "per_device_train_batch_size": w.batch_size},
-        "rollout": {"engine": "hf", "max_prompt_length": 16, "max_completion_length": 5},
+        "rollout": {"engine": "hf", "max_prompt_length": 16, "max_completion_length": 5}
+        if not tools
+        else {"engine": "hf", "max_prompt_length": 16, "max_completion_length": TOOL_COMPLETION, "tools": [TOOL]},
         "train": {
             "learning_rate": w.learning_rate,
             "lr_scheduler_type": "constant",
@@ -128,6 +135,15 @@ def sft_warm_start(cfg: KitConfig, root: Path, log, train) -> dict:
         AutoTokenizer.from_pretrained(root / "warm_start"),
     )
     test = read_splits(root)["test"]
+    if tools:
+        held_out = tool_accuracy(str(root / "warm_start"), test, TOOL_COMPLETION)
+        return {
+            "steps": result["step"],
+            "dev_accuracy": result["eval/accuracy"],
+            "test_accuracy": held_out["accuracy"],
+            "test_correct_call_share": held_out["correct_call_share"],
+            "sft_s": round(time.time() - t0, 1),
+        }
     return {
         "steps": result["step"],
         "dev_accuracy": result["eval/accuracy"],

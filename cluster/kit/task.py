@@ -20,6 +20,10 @@ def build_tokenizer(variant: str = "plain"):
     tags as whole tokens that decode as text, so ``think_format`` sees them)."""
     if variant == "r1":
         return _word_level_tokenizer(VOCAB + R1_TOKENS, split=r"</?think>|.")
+    if variant == "tools":
+        from .tool_task import build_tool_tokenizer
+
+        return build_tool_tokenizer()
     return _word_level_tokenizer(VOCAB, split=".")
 
 
@@ -97,6 +101,12 @@ def _qwen3_config(cfg, tokenizer, **extra):
 
 
 def make_task(cfg: KitConfig) -> dict[str, list[dict]]:
+    if cfg.variant == "tools":  # a*b= as chat prompts, answered with the multiply tool (cluster/kit/tool_task.py)
+        from .tool_task import shuffled_pairs, tool_rows
+
+        rows = tool_rows(shuffled_pairs(cfg.operand_min, cfg.operand_max, cfg.seed))
+        test, train = rows[: cfg.test_size], rows[cfg.test_size :]
+        return {"train": train, "test": test, "dev": train[: cfg.dev_size]}
     pairs = [
         (a, b) for a in range(cfg.operand_min, cfg.operand_max + 1) for b in range(cfg.operand_min, cfg.operand_max + 1)
     ]
@@ -113,6 +123,10 @@ def make_task(cfg: KitConfig) -> dict[str, list[dict]]:
 def warm_start_rows(cfg: KitConfig, train: list[dict]) -> list[dict]:
     """What the warm start trains on: the train rows (prompt -> answer); variant r1 also every row behind its hint
     ("46|12+34=" -> "46"), so the model learns to use a hint (SDPO's and SDFT's re-prompted teacher is this model)."""
+    if cfg.variant == "tools":  # conversations: a call, the tool's result, the answer (or the warm start's slips)
+        from .tool_task import warm_start_tool_rows
+
+        return warm_start_tool_rows(train)
     if cfg.variant != "r1":
         return train
     hinted = [{"prompt": HINT.format(**r), "answer": r["answer"]} for r in train]

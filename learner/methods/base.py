@@ -188,7 +188,7 @@ def step_tokens(micro_batches: list) -> float:
     token mean; collective)."""
     from relay_rl.learner.collectives import all_reduce_sum
 
-    n = torch.tensor([sum(float(mb.completion_mask.sum()) for mb in micro_batches)], dtype=torch.float64)
+    n = torch.tensor([sum(float(mb.loss_mask.sum()) for mb in micro_batches)], dtype=torch.float64)
     return float(all_reduce_sum(n))
 
 
@@ -206,6 +206,9 @@ class Family:
     """The learner ranks' objective."""
     curve: ClassVar[Optional[tuple[str, str]]] = None
     """A metric drawn beside the reward on the reward-curve plot and shown in the run summary: (key, label)."""
+    multi_turn: ClassVar[bool] = False
+    """The family trains on multi-turn trajectories (``rollout.tools``, ``rollout.environment_factory``): its losses
+    count ``Batch.loss_mask``, which leaves the tool messages' tokens out. False: such a run is refused."""
 
     @property
     def names(self) -> list[str]:

@@ -193,12 +193,11 @@ def assemble(batch, alg, reward_weights: list[float], seed: int):
     A, r = compute_advantages(
         batch.rewards, batch.group_id, torch.tensor(reward_weights), alg.scale_rewards, alg.multi_objective_aggregation
     )
-    mask = batch.completion_mask.clone()
+    mask = batch.completion_mask.clone()  # stays the attention mask; the loss counts it without tool tokens
     if alg.mask_truncated_completions:  # the row leaves the loss and N; its reward stayed in the group statistics
         mask[batch.truncated] = 0.0
-    batch = batch.replace(
-        advantages=A.float(), completion_mask=mask, info={**batch.info, "num_items_in_batch": float(mask.sum())}
-    )
+    batch = batch.replace(advantages=A.float(), completion_mask=mask)
+    batch = batch.replace(info={**batch.info, "num_items_in_batch": float(batch.loss_mask.sum())})
     gstd = group_nanstd(r, batch.group_id)
     stats = {"frac_reward_zero_std": float((torch.nan_to_num(gstd, nan=0.0) < 1e-6).float().mean())}
     perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed))
@@ -260,7 +259,7 @@ class GRPOObjective(Objective):
         return rollout_is_weights(
             old_logprobs,
             b.behaviour_logprobs.to(d),
-            b.completion_mask.to(d),
+            b.loss_mask.to(d),
             a.vllm_importance_sampling_mode,
             a.vllm_importance_sampling_clip_min,
             a.vllm_importance_sampling_clip_max,
@@ -282,7 +281,7 @@ class GRPOObjective(Objective):
     def loss(self, mb, logits_BTV):
         alg, s, d = self.alg, self.sched, logits_BTV.device
         logp, entropy = token_logprobs(logits_BTV, mb.completion_ids.to(d), self.temperature, with_entropy=True)
-        mask = mb.completion_mask.to(d)
+        mask = mb.loss_mask.to(d)  # tool messages' tokens (multi-turn) are context, not the policy's actions
         ent_mask = None
         if alg.top_entropy_quantile < 1.0:  # the entropy mask: quantile over the micro-batch on all ranks
             tau = entropy_threshold(all_gather_varlen(entropy.detach()[mask > 0]), alg.top_entropy_quantile)
@@ -382,6 +381,7 @@ def staleness_warnings(cfg) -> list[str]:
 class GRPO(Family):
     configs = (GRPOConfig,)
     objective = GRPOObjective
+    multi_turn = True  # every loss below counts Batch.loss_mask
 
     def needs(self, cfg) -> Needs:
         """Rewards always; reference log-probs (logits / T, as the policy's) when beta > 0."""

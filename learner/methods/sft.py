@@ -57,7 +57,7 @@ class SFTObjective(Objective):
         return model.packed_logits(mb) if self.alg.padding_free else model.logits(mb)
 
     def loss(self, mb, logits_BTV):
-        mask_BT = mb.completion_mask.to(logits_BTV.device)
+        mask_BT = mb.loss_mask.to(logits_BTV.device)  # a dataset conversation's tool messages are not learned
         total = nll_sum(logits_BTV, mb.completion_ids, mask_BT)
         n = float(mask_BT.sum())
         return total * self.sched.P / max(self.step_tokens, 1.0), {"sft/nll": ("mean", float(total.detach()), n)}
@@ -66,6 +66,7 @@ class SFTObjective(Objective):
 class SFT(Family):
     configs = (SFTConfig,)
     objective = SFTObjective
+    multi_turn = True  # trains on Batch.loss_mask (a conversation's tool messages left out); evaluates with the tools
 
     def needs(self, cfg) -> Needs:
         return Needs(rewards=False)

@@ -24,6 +24,7 @@ LEARNING_TESTS = {
     "sdpo": "test_self_distillation.py",
     "sdft": "test_self_distillation.py",
     "deepseek_r1_pipeline": "test_r1_pipeline.py",
+    "tool_grpo": "test_agents.py",
 }
 KIT_CODE = RECIPES.parent / "overlays" / "kit_code.yaml"  # the kit's code task, for recipes that run code
 KIT_RM = RECIPES.parent / "overlays" / "kit_reward_model.yaml"  # the kit's reward model, for recipes that use one

@@ -654,3 +654,175 @@ def test_console_of_a_real_process(user, tmp_path):
     )
     assert code == 2 and "$RAY_ADDRESS" in console and "Traceback" not in console and took < 60, console
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+# multi-turn: tools and environments (rollout.tools, rollout.environment_factory) ----------------------------------
+TOOLS = '''
+def multiply(a: int, b: int) -> str:
+    """Multiply.
+
+    Args:
+        a: The first factor.
+        b: The second factor.
+    """
+    return str(a * b)
+
+
+def no_hints(a, b):
+    """Multiply.
+
+    Args:
+        a: The first factor.
+        b: The second factor.
+    """
+    return str(a * b)
+
+
+def no_docstring(a: int, b: int) -> str:
+    return str(a * b)
+'''
+
+TOOL_RUN = """\
+name: mine-tools
+model: {name_or_path: ./tool_model}
+data: {train: ./chat_train.jsonl}
+reward: {reward_funcs: [final_answer_exact]}
+algorithm: {num_generations: 4, per_device_train_batch_size: 8}
+rollout: {max_prompt_length: 16, max_completion_length: 24, tools: [my_tools:multiply]}
+train: {max_steps: 2, eval_steps: null}
+cluster: {learner: {replicas: 1}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tool_user(user):
+    """The user's folder with a tool-calling tokenizer (chat and response templates) and model, chat-message prompts,
+    my_tools.py, and copies of the tokenizer without a response template and with a template that is not
+    prefix-preserving."""
+    import shutil
+
+    from relay_rl.cluster.config import KitConfig
+    from relay_rl.cluster.kit.task import build_model
+    from relay_rl.cluster.kit.tool_task import build_tool_tokenizer
+
+    tok = build_tool_tokenizer()
+    build_model(KitConfig(), tok).save_pretrained(user / "tool_model")
+    tok.save_pretrained(user / "tool_model")
+    shutil.copytree(user / "tool_model", user / "no_parser")
+    cfg_path = user / "no_parser" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("response_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    shutil.copytree(user / "tool_model", user / "reorders")
+    tok.chat_template = "{{ messages | length }}" + tok.chat_template  # a header that counts the messages
+    tok.save_pretrained(user / "reorders")
+    rows = [
+        {"prompt": [{"role": "user", "content": f"{a}*{b}="}], "answer": str(a * b)}
+        for a in range(10, 20)
+        for b in (3, 7)
+    ]
+    _jsonl(user / "chat_train.jsonl", rows)
+    (user / "my_tools.py").write_text(TOOLS)
+    return user
+
+
+def tool_run(user, **replace):
+    return run_file(user, TOOL_RUN, **replace)
+
+
+def test_a_tool_run_validates(tool_user, capsys):
+    code, console = cli(capsys, "validate", tool_run(tool_user))
+    assert code == 0 and "# valid." in console, console
+
+
+@pytest.mark.parametrize(
+    "tool, expect",
+    [
+        ("nope_tools:multiply", "module 'nope_tools' cannot be imported"),
+        ("my_tools:divide", "has no 'divide'"),
+        ("my_tools:no_hints", "no tool schema"),
+        ("my_tools:no_docstring", "no tool schema"),
+    ],
+)
+def test_a_tool_that_does_not_import_or_has_no_schema(tool_user, capsys, tool, expect):
+    bad(capsys, "validate", tool_run(tool_user), f"rollout.tools=[{tool}]", expect=["rollout.tools[0]", expect])
+
+
+@pytest.mark.parametrize(
+    "factory, expect",
+    [
+        ("tests.integration.envs:Unbuildable", "cannot be constructed with no arguments"),
+        ("tests.integration.envs:NoReset", "needs a reset(**row) method"),
+        ("tests.integration.envs:Missing", "has no 'Missing'"),
+    ],
+)
+def test_an_environment_that_does_not_construct(tool_user, capsys, factory, expect):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user),
+        "rollout.tools=[]",
+        f"rollout.environment_factory={factory}",
+        expect=["rollout.environment_factory", expect],
+    )
+
+
+def test_an_environment_without_replicas(tool_user, capsys):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user),
+        "rollout.environment_factory=tests.integration.envs:MultiplyEnv",
+        "cluster.environment.replicas=0",
+        expect=["set cluster.environment.replicas >= 1"],
+    )
+
+
+def test_zero_tool_calling_iterations(tool_user, capsys):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user),
+        "rollout.max_tool_calling_iterations=0",
+        expect=["rollout.max_tool_calling_iterations", "greater than or equal to 1"],
+    )
+
+
+def test_tools_with_string_prompts(tool_user, capsys):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user, **{"./chat_train.jsonl": "./train.jsonl"}),
+        expect=["need chat-message prompts", "data.train"],
+    )
+
+
+def test_tools_with_a_family_that_cannot_mask_them(tool_user, capsys):
+    bad(capsys, "validate", tool_run(tool_user), "algorithm.name=ppo", expect=["does not train on multi-turn"])
+
+
+def test_tools_with_partial_rollouts(tool_user, capsys):
+    bad(capsys, "validate", tool_run(tool_user), "rollout.partial_rollouts=true", expect=["do not mix"])
+
+
+def test_a_tokenizer_that_cannot_parse_tool_calls(tool_user, capsys):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user, **{"./tool_model": "./no_parser"}),
+        expect=["no response_template", "rollout.response_template"],
+    )
+
+
+def test_a_chat_template_that_is_not_prefix_preserving(tool_user, capsys):
+    bad(capsys, "validate", tool_run(tool_user, **{"./tool_model": "./reorders"}), expect=["not prefix-preserving"])
+
+
+def test_a_response_template_file_that_is_missing(tool_user, capsys):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user),
+        f"rollout.response_template={tool_user / 'nope.json'}",
+        expect=["rollout.response_template", "nope.json"],
+    )

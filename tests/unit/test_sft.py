@@ -30,6 +30,7 @@ def sft_cfg(**algorithm):
 class MB:
     def __init__(self, ids, mask):
         self.completion_ids, self.completion_mask = ids, mask
+        self.loss_mask = mask  # single-turn: no tool tokens
 
 
 def test_loss_is_the_steps_token_mean_nll():
