@@ -196,9 +196,12 @@ class PoolMaker:
 def multi_turn(cfg: RunConfig, run_name: str) -> dict | None:
     """The rollout actors' tool-loop settings (rollout_workers/agent.py), or None for single-turn rollouts."""
     r = cfg.rollout
-    if not (r.tools or r.environment_factory):
+    if not (r.tools or r.environment_factory or r.agent_program):
         return None
     return {
+        "agent_program": r.agent_program,
+        "agent_timeout_s": r.agent_timeout_s,
+        "agent_host": r.agent_host,
         "tools": list(r.tools),
         "environment_factory": r.environment_factory,
         "max_tool_calling_iterations": r.max_tool_calling_iterations,

@@ -356,6 +356,16 @@ def check_tools_importable(cfg: RunConfig) -> list:
     from relay_rl.rollout_workers.tools import check_environment, load_environment, load_tools
 
     r = cfg.rollout
+    if r.agent_program:
+        _add_search_path(cfg)
+        from relay_rl.rollout_workers.tools import import_object
+
+        try:
+            fn = import_object(r.agent_program, "rollout.agent_program")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not callable(fn):
+            raise ConfigError(f"rollout.agent_program {r.agent_program!r} is a {type(fn).__name__}, not a function")
     if not (r.tools or r.environment_factory):
         return []
     _add_search_path(cfg)

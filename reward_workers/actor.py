@@ -80,6 +80,8 @@ class RewardWorker:
         )
         if batch.trajectories and any(t.get("environment") is not None for t in batch.trajectories):
             kwargs["environments"] = [t.get("environment") for t in batch.trajectories]  # TRL's keyword
+        if batch.trajectories and any("agent_reward" in t for t in batch.trajectories):
+            kwargs["agent_rewards"] = [t.get("agent_reward") for t in batch.trajectories]  # rollout.agent_program's
         N = len(batch)
         columns, errors, stuck = [], {}, False
         # every function at once: the sync ones on the thread pool, the async ones awaited together on an event loop

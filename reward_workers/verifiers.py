@@ -67,6 +67,17 @@ def make_final_answer_exact(tokenizer, answer_column: str = "answer"):
     return final_answer_exact
 
 
+@builtin("agent_reward")
+def make_agent_reward(tokenizer):
+    """What an agent program (``rollout.agent_program``) returned for its trajectory; None where it returned None,
+    failed, or there is no program."""
+
+    def agent_reward(agent_rewards=None, completions=(), **kwargs):
+        return list(agent_rewards) if agent_rewards is not None else [None] * len(completions)
+
+    return agent_reward
+
+
 @builtin("environment_reward")
 def make_environment_reward(tokenizer):
     """An environment's own reward (TRL's ``get_reward`` of an ``environment_factory`` class): the instance each

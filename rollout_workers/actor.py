@@ -53,7 +53,20 @@ class RolloutWorker:
         self.engine = make_engine(engine, model_path, dtype, engine_options)
         self.tokenizer = self.engine.tokenizer
         self.agent = None  # multi-turn rollouts with tools and environments (rollout_workers/agent.py)
-        if multi_turn:
+        self.program = None  # or the user's agent program on an OpenAI-compatible endpoint (agent_program.py)
+        if multi_turn and multi_turn.get("agent_program"):
+            from .agent_program import AgentProgram
+
+            _add_search_path(multi_turn.get("search_path", ()))
+            self.program = AgentProgram(
+                self.tokenizer,
+                self.engine.generate,
+                multi_turn["agent_program"],
+                multi_turn["max_completion_length"],
+                multi_turn["agent_timeout_s"],
+                multi_turn["agent_host"],
+            )
+        elif multi_turn:
             self.agent = _make_agent(self.tokenizer, max_prompt_length=max_prompt_length, **multi_turn)
         self.max_prompt_length = max_prompt_length
         self.prompt_column = prompt_column
@@ -85,6 +98,8 @@ class RolloutWorker:
         prompts = [r[self.prompt_column] for r in records]
         if self.agent is not None:
             return self._generate_multi_turn(records, prompts, params, group_ids, t0)
+        if self.program is not None:
+            return self._generate_by_program(records, params, group_ids, t0)
         prompt_ids, n_truncated = self._tokenize_all(prompts)
         sample_from = self._tokenize_all(generation_prompts)[0] if generation_prompts is not None else prompt_ids
         if self.partial_chunk:
@@ -136,6 +151,23 @@ class RolloutWorker:
             },
             per_row=True,
             trajectories=[t.summary() for t in rows],
+        )
+
+    def _generate_by_program(self, records, params, group_ids, t0) -> Batch:
+        """``params.n`` runs of the agent program per record, each one trajectory of its calls to the endpoint; one
+        policy version throughout (a weight sync waits for the lock)."""
+        with self.lock:
+            self._apply_pending()
+            rows = self.program.run(records, params)
+        return self._batch(
+            records,
+            [p for p, _, _, _ in rows],
+            [ids for _, ids, _, _ in rows],
+            [[c] for _, _, c, _ in rows],
+            [g for g in (group_ids or list(range(len(records)))) for _ in range(params.n)],
+            info={"generate_s": time.time() - t0, "worker": self.index, "version": self.version, "n": params.n},
+            per_row=True,
+            trajectories=[t for _, _, _, t in rows],
         )
 
     def from_dataset(
@@ -322,15 +354,22 @@ class RolloutWorker:
         return True
 
 
-def _make_agent(tokenizer, max_prompt_length, namespace: str, environment_pool: str, search_path=(), **settings):
-    """The tool loop; its environment actors are looked up by name on every call (the pool may have been resized)."""
+def _add_search_path(search_path) -> None:
+    """Where ``module:function`` tools and programs are found (the run file's folder, ...)."""
     import sys
 
-    from .agent import MultiTurn
-
-    for p in reversed(search_path):  # where ``module:function`` tools are found (the run file's folder, ...)
+    for p in reversed(list(search_path)):
         if p not in sys.path:
             sys.path.insert(0, p)
+
+
+def _make_agent(tokenizer, max_prompt_length, namespace: str, environment_pool: str, search_path=(), **settings):
+    """The tool loop; its environment actors are looked up by name on every call (the pool may have been resized)."""
+    from .agent import MultiTurn
+
+    _add_search_path(search_path)
+    for k in ("agent_program", "agent_timeout_s", "agent_host"):
+        settings.pop(k, None)
 
     def environment_actors() -> list:
         import ray

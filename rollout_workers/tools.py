@@ -169,6 +169,8 @@ def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
 def parse_turn(tokenizer, ids: list[int], prefix_ids: list[int], tools: list) -> tuple[dict, bool]:
     """One assistant turn's message from its token ids, and whether it was malformed (the parser failed, or a call
     lacks a name): a malformed turn is kept as plain text and ends the trajectory, as in TRL."""
+    if not ids:  # nothing sampled (the budget was spent)
+        return {"role": "assistant", "content": ""}, False
     try:
         msg = tokenizer.parse_response(ids, prefix=prefix_ids, tools=tools)
     except Exception:  # noqa: BLE001  (the model's output does not fit the template)

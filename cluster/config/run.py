@@ -135,14 +135,19 @@ class RunConfig(Strict):
                 "for the generation to end; ipc's shared buffers are rewritten by the next sync)"
             )
         r = self.rollout
-        if r.tools or r.environment_factory:
+        if r.agent_program and (r.tools or r.environment_factory):
+            raise ValueError(
+                "rollout.agent_program runs your own agent and its tools: leave rollout.tools and "
+                "rollout.environment_factory unset (or drop agent_program to let relay-rl run the tools)"
+            )
+        if r.tools or r.environment_factory or r.agent_program:
             from relay_rl.learner.methods import family
 
             if not family(self.algorithm).multi_turn:
                 raise ValueError(
-                    f"rollout.tools / rollout.environment_factory: algorithm {name} does not train on multi-turn "
-                    "trajectories (its losses would count the tool messages' tokens): use algorithm.name grpo (any "
-                    "loss_type: grpo, dapo, dr_grpo, gspo, cispo, sapo, ...), or remove the tools"
+                    f"rollout.tools / environment_factory / agent_program: algorithm {name} does not train on "
+                    "multi-turn trajectories (its losses would count the tool messages' tokens): use algorithm.name "
+                    "grpo (any loss_type: grpo, dapo, dr_grpo, gspo, cispo, sapo, ...), or remove the tools"
                 )
             if r.partial_rollouts:
                 raise ValueError(

@@ -192,6 +192,17 @@ class RolloutConfig(Strict):
     the model answers without a call or ``max_completion_length`` (sampled and tool tokens together) is spent."""
     tool_timeout_s: float = Field(30.0, gt=0)
     """A tool call that runs longer ends its trajectory; the error is the tool message the reward functions see."""
+    agent_program: Optional[str] = None
+    """Your own agent, written against the OpenAI client: ``module:function`` called as ``function(base_url, row)``
+    (or ``async``) for every sample; it talks to the policy through ``openai.OpenAI(base_url=base_url, ...)`` (an
+    OpenAI-compatible ``/v1/chat/completions`` endpoint on the rollout actor), runs its own tools, and returns the
+    trajectory's reward (the built-in ``agent_reward`` passes it on). Its calls are one trajectory with exact tokens.
+    Not with ``tools`` / ``environment_factory``."""
+    agent_timeout_s: float = Field(600.0, gt=0)
+    """An agent program that runs longer is left; its trajectory keeps the calls made so far, with no reward."""
+    agent_host: str = "127.0.0.1"
+    """Where the endpoint listens (the programs run in the rollout actor's process; another address serves programs
+    elsewhere)."""
     response_template: Optional[str] = None
     """A JSON file with transformers' response template, which parses tool calls from the model's output. None: the
     tokenizer's own, else TRL's for the chat templates it knows (when trl is installed)."""

@@ -42,3 +42,29 @@ def test_the_tool_recipe_raises_held_out_accuracy(ray_cluster, kit_tools, tmp_pa
     assert all(r["tools/tool_tokens"] > 0 and r["tools/call_frequency"] > 0 for r in steps)
     ledger = json.loads((tmp_path / "pipeline.json").read_text())
     assert ledger["pipeline/trajectories"] == ledger["pipeline/generated_samples"] > 0
+
+
+def test_an_openai_client_agent_program_trains_through_the_endpoint(ray_cluster, kit_tools, tmp_path):
+    """rollout.agent_program: the user's OpenAI-client code (tests/integration/agent_programs.py) runs in the rollout
+    actor against its /v1/chat/completions; its calls are trajectories, its return value the reward."""
+    cfg = load_config(
+        RECIPES / "tool_grpo.yaml",
+        [
+            *OVERLAYS,
+            "rollout.tools=[]",
+            "rollout.agent_program=tests.integration.agent_programs:calculator_agent",
+            "reward.reward_funcs=[agent_reward]",
+            "train.max_steps=4",
+            "train.eval_steps=null",
+            "cluster.learner.replicas=1",
+            "cluster.learner.num_cpus=1",
+        ],
+    )
+    train(cfg, output_dir=str(tmp_path))
+    steps = [r for r in _metrics(tmp_path) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    first = steps[0]  # a generation batch of 256 trajectories, each the program's calls
+    assert first["tools/trajectories"] == 256 and first["tools/tool_tokens"] > 0 and first["tools/call_frequency"] > 0
+    assert all(0.0 <= r["rewards/agent_reward/mean"] <= 1.0 and not r.get("rewards/agent_reward/failed") for r in steps)
+    ledger = json.loads((tmp_path / "pipeline.json").read_text())
+    assert ledger["pipeline/trajectories"] == ledger["pipeline/generated_samples"] == 256

@@ -19,8 +19,9 @@ step() {  # step NAME SECONDS COMMAND...: run, keep its log, note its exit code 
     echo "$name: rc $? in $((SECONDS - t0)) s" >> "$summary"
 }
 
-# 1. the GPU tests: vLLM on CUDA against transformers, in-place updates, ZeRO-3 over NCCL, colocated runs (NCCL, CUDA IPC)
-step tests_gpu 220 python3 -m pytest -q -p no:cacheprovider tests/gpu
+# 1. the GPU tests: vLLM on CUDA against transformers, in-place updates, ZeRO-3 over NCCL, colocated runs (NCCL, CUDA IPC),
+#    multi-turn trajectories on vLLM (builds the kit's tools variant first)
+step tests_gpu 300 python3 -m pytest -q -p no:cacheprovider tests/gpu
 # 2. the rollout actor with GPU vLLM against raw vllm.LLM.generate (target: within 10%)
 step rollout 80 python3 tests/benchmarks/bench_rollout_sync.py --gpu --engine vllm --skip sync --repeats 5 \
     --prompts 256 --max-tokens 64

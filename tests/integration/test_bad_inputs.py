@@ -826,3 +826,24 @@ def test_a_response_template_file_that_is_missing(tool_user, capsys):
         f"rollout.response_template={tool_user / 'nope.json'}",
         expect=["rollout.response_template", "nope.json"],
     )
+
+
+def test_an_agent_program_that_does_not_import(tool_user, capsys):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user),
+        "rollout.tools=[]",
+        "rollout.agent_program=my_tools:no_such_agent",
+        expect=["rollout.agent_program", "has no 'no_such_agent'"],
+    )
+
+
+def test_an_agent_program_beside_tools(tool_user, capsys):
+    bad(
+        capsys,
+        "validate",
+        tool_run(tool_user),
+        "rollout.agent_program=tests.integration.agent_programs:calculator_agent",
+        expect=["rollout.agent_program runs your own agent", "leave rollout.tools"],
+    )
