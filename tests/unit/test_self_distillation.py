@@ -83,6 +83,7 @@ class MB:
         self.teacher_dist = torch.log_softmax(tl, -1)
         self.teacher_logprobs = self.teacher_dist.gather(-1, self.completion_ids.unsqueeze(-1)).squeeze(-1)
         self.teacher_context = context if context is not None else torch.ones(B, dtype=torch.bool)
+        self.loss_mask = self.completion_mask  # single-turn: no tool tokens
         self.old_logprobs = old
         self.prompt_ids = None
 
