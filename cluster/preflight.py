@@ -353,36 +353,22 @@ def _add_search_path(cfg: RunConfig) -> None:
 def check_tools_importable(cfg: RunConfig) -> list:
     """``rollout.tools`` import and have schemas; ``rollout.environment_factory`` imports, constructs and offers tools.
     Returns the tool functions (and the environment's bound methods)."""
-    from relay_rl.rollout_workers.tools import check_environment, load_environment, load_tools
+    from relay_rl.rollout_workers import tools as T
 
     r = cfg.rollout
-    if r.agent_program:
-        _add_search_path(cfg)
-        from relay_rl.rollout_workers.tools import import_object
-
-        try:
-            fn = import_object(r.agent_program, "rollout.agent_program")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if not callable(fn):
-            raise ConfigError(f"rollout.agent_program {r.agent_program!r} is a {type(fn).__name__}, not a function")
-    if not (r.tools or r.environment_factory):
+    if not (r.tools or r.environment_factory or r.agent_program):
         return []
     _add_search_path(cfg)
     try:
-        tools = load_tools(r.tools)
+        if r.agent_program:
+            T.load_agent_program(r.agent_program)
+        tools = T.load_tools(r.tools)
         if r.environment_factory:
-            env = check_environment(load_environment(r.environment_factory), r.environment_factory)
-            tools += [getattr(env, n) for n in environment_methods_of(env)]
+            env = T.check_environment(T.load_environment(r.environment_factory), r.environment_factory)
+            tools += [getattr(env, n) for n in T.environment_methods(type(env))]
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return tools
-
-
-def environment_methods_of(env) -> list[str]:
-    from relay_rl.rollout_workers.tools import environment_methods
-
-    return environment_methods(type(env))
 
 
 def check_multi_turn(cfg: RunConfig, tok) -> None:

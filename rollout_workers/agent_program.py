@@ -20,15 +20,12 @@ from relay_rl.sampling import SamplingParams
 
 from .engine import Completion
 from .openai_server import ChatServer, trajectory_of
-from .tools import import_object
+from .tools import load_agent_program
 
 
 class AgentProgram:
     def __init__(self, tokenizer, generate, program: str, max_completion_length: int, timeout_s: float, host: str):
-        fn = import_object(program, "rollout.agent_program")
-        if not callable(fn):
-            raise ValueError(f"rollout.agent_program {program!r} is a {type(fn).__name__}, not a function")
-        self.fn, self.timeout_s = fn, timeout_s
+        self.fn, self.timeout_s = load_agent_program(program), timeout_s
         self.server = ChatServer(tokenizer, generate, max_completion_length, host=host)
         self.threads = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="agent")
         self.redone = 0

@@ -54,18 +54,14 @@ class EnvironmentWorker:
         """The slot's instance as its trajectory ended: a copy goes to the reward functions, which read its state as
         TRL passes ``environments`` (and the built-in ``environment_reward`` calls its ``get_reward()``). None when it
         cannot be pickled."""
+        from ray import cloudpickle
+
         env = self._instance(slot)
         try:
-            ray_cloudpickle().dumps(env)
+            cloudpickle.dumps(env)
         except Exception:  # noqa: BLE001
             return None
         return env
 
     def ping(self) -> bool:
         return True
-
-
-def ray_cloudpickle():
-    from ray import cloudpickle
-
-    return cloudpickle

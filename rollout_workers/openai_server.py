@@ -57,7 +57,6 @@ class ChatServer:
         self.tokenizer, self.generate, self.L = tokenizer, generate, max_completion_length
         self.recordings: dict[str, Recording] = {}
         self.params: SamplingParams | None = None  # the sampling knobs of the current generation call
-        self.tools: dict[str, list] = {}  # trajectory id -> the tools its requests carry
         self.queue: list = []
         self.cv = threading.Condition()
         self.loop = asyncio.new_event_loop()

@@ -76,6 +76,14 @@ def load_environment(path: str):
     return factory
 
 
+def load_agent_program(path: str):
+    """``rollout.agent_program`` -> the function (ValueError naming what failed)."""
+    fn = import_object(path, "rollout.agent_program")
+    if not callable(fn):
+        raise ValueError(f"rollout.agent_program {path!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
 def check_environment(factory, path: str):
     """Construct one instance (TRL probes one too) and check its contract; returns the instance."""
     what = f"rollout.environment_factory {path!r}"

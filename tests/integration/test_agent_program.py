@@ -14,7 +14,6 @@ from relay_rl.cluster.kit.task import read_splits
 from relay_rl.learner.logprobs import completion_logprobs
 from relay_rl.sampling import SamplingParams
 
-pytest.importorskip("openai", reason="the openai client is part of the dev install")
 L = 24
 
 

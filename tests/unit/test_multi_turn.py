@@ -114,7 +114,7 @@ def test_batches_join_and_select_with_tool_masks_and_trajectories():
     assert j.tool_mask.tolist() == [[1, 0, 1, 1, 1], [1, 1, 0, 0, 1]]  # padded with 1: the mask's 0s count
     assert j.loss_mask.tolist() == [[1, 0, 1, 0, 0], [1, 1, 0, 0, 1]]
     assert [t["turns"] for t in j.select([1, 0]).trajectories] == [3, 2]
-    assert batch([[1, 0]], None).loss_mask is not None
+    assert batch([[1, 0]], None).loss_mask.tolist() == [[1, 0]]  # single-turn: the completion mask
 
 
 def test_the_kit_template_passes_the_checks_and_renders_tool_messages(tok):
