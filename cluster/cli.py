@@ -1,6 +1,6 @@
 """``relay-rl``: validate a run file, train it, or build the quickstart kit.
 
-    relay-rl validate RUN.yaml [OVERLAY.yaml | key.path=value ...]
+    relay-rl validate RUN.yaml [OVERLAY.yaml | key.path=value ...] [--offline]
     relay-rl train    RUN.yaml [OVERLAY.yaml | key.path=value ...] [--output DIR] [--overwrite] [--debug]
                       [--resume DIR|auto]
     relay-rl kit      RUN.yaml                       (build the quickstart kit only)
@@ -46,6 +46,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
             "in order, e.g. deploy/overlays/kit.yaml train.max_steps=20",
         )
         p.add_argument("--debug", action="store_true", help="print full tracebacks (they always go to error.log)")
+        if name == "validate":
+            p.add_argument(
+                "--offline",
+                action="store_true",
+                help="do not reach the Hugging Face hub: hub model and dataset ids are noted as not checked "
+                "(without it, the same happens when the hub cannot be reached from here)",
+            )
         if name == "train":
             p.add_argument("--output", "-o", default=None, help="run folder (default runs/<name>-<timestamp>)")
             p.add_argument("--overwrite", action="store_true", help="replace the run an existing --output holds")
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.run_file, args.overrides)
         runs = [s.cfg for s in cfg.stages] if isinstance(cfg, StagedConfig) else [cfg]
         if args.cmd == "validate":
-            return _validate(cfg, runs)
+            return _validate(cfg, runs, offline=True if args.offline else None)
         if args.cmd == "kit":
             from .kit.build import ensure_kit
             from .kit.paths import parts_for
@@ -146,15 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         STOP_REQUESTED.clear()  # the next run in this process (tests, notebooks) starts unflagged
 
 
-def _validate(cfg, runs: list) -> int:
-    """Pre-flight every run (a staged file: every stage), print the resolved file and one line per run."""
+def _validate(cfg, runs: list, offline: bool | None = None) -> int:
+    """Pre-flight every run (a staged file: every stage), print the resolved file and one line per run. ``offline``:
+    the pre-flight's (None: hub ids are left unchecked, with a note, where the hub cannot be reached)."""
     import os
 
     from .config import StagedConfig, dump, dump_config, resolve_schedule
     from .preflight import preflight
     from .runtime import check_reachable
 
-    checked = [preflight(c) for c in runs]
+    checked = [preflight(c, offline=offline) for c in runs]
     address = runs[0].cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)

@@ -27,7 +27,7 @@ from .admission import admit
 from .config import RunConfig, Schedule
 from .health import Health
 from .ledger import Ledger
-from .metrics import MetricsLog
+from .metrics import MetricsLog, format_table
 from .pipeline import Pipeline
 from .pools import Pools, dead_learner_ranks, get_all, resize, restart_learner
 from .report import STOP_REQUESTED
@@ -62,6 +62,8 @@ class Controller:
         self.learner_restarts = 0
         self.control = None  # the run's mailbox for ``relay-rl scale`` (cluster/control.py)
         self.control_take = None  # its pending ``take``
+        self.num_tokens = 0.0  # prompt and completion tokens of the admitted batches (TRL's ``num_tokens``)
+        self.pending_table: list | None = None  # the newest admitted batch's completions table, not yet logged
 
     # ------------------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -142,6 +144,7 @@ class Controller:
             if not self.inflight:
                 self.launch_generations()
             gen = self.pipe.wait(self.inflight.popleft())
+            table = gen.stats.pop("completions_table", None)  # train.log_completions
             self.check_rewards(gen.stats)
             self.health.generation(gen.gen_id, gen.stats)
             self.ledger.generated(gen)
@@ -165,6 +168,8 @@ class Controller:
             self.ledger.admitted(gen, self.sched.S * self.sched.mu)
             self.admitted_microsteps += self.sched.S * self.sched.mu
             self.current_gen = {**gen.stats, "admission_lag": lag}
+            self.num_tokens += gen.stats.get("prompts/tokens", 0.0) + gen.stats.get("completions/tokens", 0.0)
+            self.pending_table = table or self.pending_table
         return admission
 
     # 3. learn ---------------------------------------------------------------------------------------------------
@@ -220,6 +225,7 @@ class Controller:
             **self.ledger.counters(),
             "restarts/learner": self.learner_restarts,
             "restarts/redone_batches": self.pipe.redone,
+            "num_tokens": self.num_tokens,
         }
         tokens = learned.get("completions/tokens", 0.0)
         rec["tokens_per_s"] = tokens / max(step_s, 1e-9)
@@ -233,9 +239,22 @@ class Controller:
             rec[f"rewards/{name}/failed"] = 1.0
         stop = self.health.step(step, rec)  # may add warnings; a run that learns nothing stops (after the record)
         self.metrics.write(rec)
+        if self.pending_table and (step % self.cfg.train.logging_steps == 0 or step == self.cfg.train.max_steps):
+            self.log_completions(step, self.pending_table)
+            self.pending_table = None
         if stop is not None:
             raise stop
         return rec
+
+    def log_completions(self, step: int, table: list[dict]) -> None:
+        """``train.log_completions``: the table to completions.jsonl and the trackers, ``num_completions_to_print``
+        of its rows to the console. Staleness: versions between the row's weights and the ones it was trained at."""
+        trained_at = self.version - 1
+        rows = [{"step": step, **row, "staleness": trained_at - row["policy_version"]} for row in table]
+        self.metrics.table(rows, step)
+        n = self.cfg.train.num_completions_to_print
+        if n != 0:
+            self.log(format_table(rows[:n] if n is not None else rows, step, len(rows)))
 
     def after_step(self, step: int) -> None:
         t = self.cfg.train
@@ -357,6 +376,7 @@ class Controller:
             "last_eval": self.last_eval,
             "current_gen": self.current_gen,
             "health": self.health.state(),
+            "num_tokens": self.num_tokens,
             "inflight": [{"gen_id": g.gen_id, "records": g.records} for g in self.inflight],
             "config": self.cfg.model_dump(mode="json"),
         }
@@ -370,12 +390,13 @@ class Controller:
         self.ledger.restore(state["ledger"])
         self.failures, self.last_eval, self.current_gen = state["failures"], state["last_eval"], state["current_gen"]
         self.health.restore(state["health"])
+        self.num_tokens = state.get("num_tokens", 0.0)
         for g in state["inflight"]:  # batches in flight at the save (max_staleness > 0): sampled again, same prompts
             self.inflight.append(self.pipe.launch(g["gen_id"], g["records"]))
             self.ledger.regenerated += 1
 
     def _postfix(self, rec: dict) -> dict:
-        out = {"reward": f"{rec.get('reward/mean') or 0:.3f}", "loss": f"{rec.get('loss') or 0:.4f}"}
+        out = {"reward": f"{rec.get('reward') or 0:.3f}", "loss": f"{rec.get('loss') or 0:.4f}"}
         if "eval/accuracy" in self.last_eval:
             out["eval_acc"] = f"{self.last_eval['eval/accuracy']:.3f}"
         out["stale"] = int(rec.get("staleness/max") or 0)

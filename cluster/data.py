@@ -13,8 +13,17 @@ from .kit.paths import resolve_kit_path
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: str, limit: int | None = None):
-    """A ``datasets.Dataset`` with at least ``prompt_column``."""
+def load_prompts(
+    spec: str,
+    split: str,
+    kit: KitConfig | None,
+    prompt_column: str,
+    limit: int | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+):
+    """A ``datasets.Dataset`` with at least ``prompt_column``. ``name`` / ``revision``: the configuration and revision
+    of a hub dataset or a local dataset folder (``datasets.load_dataset``'s)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -25,11 +34,11 @@ def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: st
         if not p.is_file():
             raise FileNotFoundError(f"dataset file {p} does not exist")
         ds = datasets.load_dataset(_FORMATS[p.suffix], data_files=str(p), split="train")
-    elif p.is_dir():
+    elif p.is_dir() and _saved(p):
         ds = datasets.load_from_disk(str(p))
         ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-    else:  # a dataset name on the hub
-        ds = datasets.load_dataset(path, split=split)
+    else:  # a dataset folder (data files, configurations in its README), or a dataset name on the hub
+        ds = datasets.load_dataset(str(p) if p.is_dir() else path, name=name, revision=revision, split=split)
     if prompt_column not in ds.column_names:
         raise ValueError(
             f"dataset {spec} has no column {prompt_column!r} (columns: {', '.join(ds.column_names)}); "
@@ -40,15 +49,26 @@ def load_prompts(spec: str, split: str, kit: KitConfig | None, prompt_column: st
     return ds
 
 
+def _saved(folder: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
 def load_data(cfg: DataConfig, kit: KitConfig | None):
-    train = _load("data.train", cfg.train, cfg.train_split, kit, cfg.prompt_column)
-    evals = _load("data.eval", cfg.eval, cfg.eval_split, kit, cfg.prompt_column, cfg.eval_limit) if cfg.eval else None
+    hub = {"name": cfg.name, "revision": cfg.revision}
+    train = load_split("data.train", cfg.train, cfg.train_split, kit, cfg.prompt_column, None, **hub)
+    evals = (
+        load_split("data.eval", cfg.eval, cfg.eval_split, kit, cfg.prompt_column, cfg.eval_limit, **hub)
+        if cfg.eval
+        else None
+    )
     return train, evals
 
 
-def _load(field: str, spec: str, *args):
+def load_split(field: str, spec: str, *args, **kwargs):
+    """``load_prompts``; a failure is a ConfigError naming ``field`` and what was tried."""
     try:
-        return load_prompts(spec, *args)
+        return load_prompts(spec, *args, **kwargs)
     except Exception as e:  # noqa: BLE001  (any loader failure: name the field and what was tried)
         while e.__cause__ is not None or e.__context__ is not None:  # the loader's own cause (a JSON parse error)
             e = e.__cause__ or e.__context__

@@ -59,7 +59,7 @@ class Health:
         if self.zero_var_streak >= ZERO_VARIANCE_STREAK and not self.warned_zero_var:
             self.warned_zero_var = True
             rec["warning/zero_variance_groups"] = 1.0
-            r = rec.get("reward/mean")
+            r = rec.get("reward")
             self.log(
                 f"[relay-rl] warning: for {self.zero_var_streak} steps, {share:.0%} of the groups got identical "
                 f"rewards (mean reward {r:.3f}): those groups have zero advantage and teach nothing. Likely: "

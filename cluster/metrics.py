@@ -10,12 +10,13 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Appends one JSON line per record to metrics.jsonl and mirrors key values to Ray's metrics (dashboard)."""
+    """Appends one JSON line per record to metrics.jsonl, mirrors key values to Ray's metrics (dashboard) and hands
+    every record to the run's experiment trackers (``train.report_to``, cluster/trackers.py)."""
 
     # metrics.jsonl key -> (Prometheus gauge, pool label). Ray exports them as ray_<name>{run, pool} on every node's
     # metrics endpoint (the dashboard's Metrics page and deploy/grafana/relay_rl.json read them).
     GAUGES = {
-        "reward/mean": ("relay_rl_reward_mean", "reward"),
+        "reward": ("relay_rl_reward_mean", "reward"),
         "eval/accuracy": ("relay_rl_eval_accuracy", "rollout"),
         "loss": ("relay_rl_loss", "learner"),
         "kl": ("relay_rl_kl", "learner"),
@@ -41,8 +42,11 @@ class MetricsLog:
         "replicas/learner": ("relay_rl_replicas", "learner"),
     }
 
-    def __init__(self, out_dir: Path, run_name: str, previous: list[dict] | None = None):
-        """``previous``: the records of a resumed run up to its checkpoint (the file is rewritten with them)."""
+    def __init__(self, out_dir: Path, run_name: str, previous: list[dict] | None = None, trackers=None):
+        """``previous``: the records of a resumed run up to its checkpoint (the file is rewritten with them; the
+        trackers had them already). ``trackers``: a started ``Trackers``, closed with the log."""
+        self.trackers = trackers
+        self.completions_path = out_dir / "completions.jsonl"
         self.path = out_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "w", buffering=1)
@@ -51,6 +55,8 @@ class MetricsLog:
             self.file.write(json.dumps(record) + "\n")
         self.run_name = run_name
         self._gauges = None
+        if previous is not None:  # a resume: the completions logged after its checkpoint are logged again
+            self._keep_completions(max((r.get("step", 0) for r in self.history), default=0))
 
     def _ray_gauges(self):
         if self._gauges is None:
@@ -74,6 +80,8 @@ class MetricsLog:
         record = {k: _clean(v) for k, v in record.items()}
         self.file.write(json.dumps(record) + "\n")
         self.history.append(record)
+        if self.trackers is not None:
+            self.trackers.log(record)
         for k, (g, pool) in self._ray_gauges().items():
             v = record.get(k)
             if isinstance(v, (int, float)) and math.isfinite(v):
@@ -86,9 +94,26 @@ class MetricsLog:
         self.file = open(self.path, "w", buffering=1)
         for record in self.history:
             self.file.write(json.dumps(record) + "\n")
+        self._keep_completions(step)
+
+    def _keep_completions(self, step: int) -> None:
+        if self.completions_path.is_file():
+            kept = [ln for ln in self.completions_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+            self.completions_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def table(self, rows: list[dict], step: int) -> None:
+        """The completions table of ``step`` (``train.log_completions``): appended to completions.jsonl, one line
+        per row, and logged to the trackers."""
+        with open(self.completions_path, "a") as f:
+            for row in rows:
+                f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        if self.trackers is not None:
+            self.trackers.table(rows, step)
 
     def close(self) -> None:
         self.file.close()
+        if self.trackers is not None:
+            self.trackers.finish()
 
     def series(self, key: str) -> tuple[list, list]:
         pts = [(r["step"], r[key]) for r in self.history if isinstance(r.get(key), (int, float))]
@@ -103,6 +128,23 @@ def _clean(v):
     return v
 
 
+def format_table(rows: list[dict], step: int, total: int, width: int = 40) -> str:
+    """Rows of the completions table as console text: one line per row, long texts cut to ``width``."""
+
+    def cell(v) -> str:
+        text = "None" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+        text = text.replace("\n", "\\n")
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    columns = [c for c in rows[0] if c != "step"] if rows else []
+    cells = [[cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = [f"[relay-rl] step {step}: completions ({len(rows)} of {total} sampled rows)"]
+    lines.append("  " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    lines += ["  " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
 def plot_reward_curve(log: MetricsLog, path: Path, title: str, curve: tuple[str, str] | None = None) -> None:
     """Train reward, held-out accuracy and, on its own axis, the family's ``curve`` metric (key, label)."""
     import matplotlib
@@ -111,7 +153,7 @@ def plot_reward_curve(log: MetricsLog, path: Path, title: str, curve: tuple[str,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps, reward = log.series("reward/mean")
+    steps, reward = log.series("reward")
     if steps:
         ax.plot(steps, reward, lw=0.8, alpha=0.45, label="train reward (mean)")
         w = max(1, len(reward) // 30)
@@ -165,8 +207,8 @@ def summary_table(
         generate = f"generate {mean('timing/generate_s') / steps_per_batch:.3f}s"
         if steps_per_batch != 1:
             generate += f" ({mean('timing/generate_s'):.3f}s per generation batch of {steps_per_batch:g} steps)"
-        if any("reward/mean" in r for r in train):
-            rows.append(("train reward (last 10%)", f"{sum(r.get('reward/mean') or 0 for r in last) / len(last):.3f}"))
+        if any("reward" in r for r in train):
+            rows.append(("train reward (last 10%)", f"{sum(r.get('reward') or 0 for r in last) / len(last):.3f}"))
         key = curve[0] if curve else None
         if key and any(key in r for r in train):
             rows.append(

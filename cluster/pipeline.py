@@ -28,6 +28,8 @@ from .rollout_sync import RolloutSync
 
 log = logging.getLogger("relay_rl")
 
+TABLE_ROWS = 64  # rows of the completions table (``train.log_completions``) per generation batch
+
 
 @ray.remote(num_cpus=0)
 def assemble(
@@ -39,11 +41,13 @@ def assemble(
     gen_id: int,
     epoch: int = 0,
     groups: list[int] | None = None,
+    table_rows: int = 0,
 ):
     """Whole generation batch -> (P shards..., stats): the family's assemble step (advantages, targets, row order),
     then P consecutive rank shards of S slices each. ``epoch``: the pass over the prompts it was drawn in (a
     per-epoch schedule's index: online DPO's beta). ``groups``: dynamic sampling's choice, the groups the batch holds
-    (``scored`` then holds every round); the statistics describe everything sampled."""
+    (``scored`` then holds every round); the statistics describe everything sampled. ``table_rows``: that many
+    sampled rows of the assembled batch as text (``train.log_completions``), in ``stats["completions_table"]``."""
     parts = ray.get(scored)
     batch = Batch.concat(parts)
     has_rewards = batch.rewards is not None
@@ -63,6 +67,10 @@ def assemble(
         batch = select_groups(batch, groups)
     batch, family_stats = family(alg).assemble(batch, alg, weights, seed)
     batch = batch.replace(info={**batch.info, "gen_id": gen_id, "epoch": epoch})
+    if table_rows:
+        family_stats["completions_table"] = completions_table(
+            batch, parts[0].info.get("reward_names", []) if has_rewards else [], table_rows, seed
+        )
     return (*batch.split(P), {**stats, **family_stats})
 
 
@@ -90,6 +98,29 @@ def join(parts: list) -> Batch:
             "prompts_truncated": sum(i.get("prompts_truncated", 0) for i in infos),
         }
     )
+
+
+def completions_table(batch: Batch, reward_names: list[str], n: int, seed: int) -> list[dict]:
+    """``n`` rows of ``batch`` (seeded choice, in batch order) as text and numbers: prompt, completion, each reward
+    function's score (None where it gave none), the advantage (a token-level one: its mean over the completion) and
+    the policy version that sampled the row. The driver adds the step and the staleness."""
+    pick = sorted(torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+    adv = batch.advantages
+    if adv is not None and adv.dim() == 2:
+        adv = (adv * batch.loss_mask).sum(-1) / batch.loss_mask.sum(-1).clamp(min=1)
+    rows = []
+    for i in pick:
+        prompt = batch.prompts[i] if i < len(batch.prompts) else ""
+        if isinstance(prompt, list):
+            prompt = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in prompt)
+        row = {"prompt": str(prompt), "completion": batch.completions[i] if i < len(batch.completions) else ""}
+        for k, name in enumerate(reward_names):
+            score = float(batch.rewards[i, k])
+            row[name] = None if score != score else score
+        row["advantage"] = None if adv is None else float(adv[i])
+        row["policy_version"] = int(batch.policy_version[i])
+        rows.append(row)
+    return rows
 
 
 def trajectory_stats(batch: Batch, infos: list[dict]) -> dict:
@@ -120,14 +151,20 @@ def generation_stats(
     batch: Batch, r: torch.Tensor, infos: list[dict], scored: bool = True, part_sizes: list[int] | None = None
 ) -> dict:
     lengths = batch.loss_mask.sum(-1)  # the policy's tokens (multi-turn: without the tool messages')
+    ended = lengths[~batch.truncated]  # completions that ended (EOS or a stop string) within the budget
     stats = {
         "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
         "completions/max_length": float(lengths.max()),
+        "completions/mean_terminated_length": float(ended.mean()) if len(ended) else 0.0,
+        "completions/min_terminated_length": float(ended.min()) if len(ended) else 0.0,
+        "completions/max_terminated_length": float(ended.max()) if len(ended) else 0.0,
         "completions/clipped_ratio": float(batch.truncated.float().mean()),
         "completions/mixed_version_ratio": float(batch.mixed_version.float().mean())
         if batch.mixed_version is not None
         else 0.0,
         "completions/tokens": float(lengths.sum()),
+        "prompts/tokens": float(batch.prompt_mask.sum()),
         "timing/generate_s": max(i.get("generate_s", 0.0) for i in infos),
         "timing/reward_s": max(i.get("reward_s", 0.0) for i in infos),
         "behaviour_version": int(batch.policy_version.min()),  # the weights that sampled the batch (oldest)
@@ -162,8 +199,8 @@ def generation_stats(
     ok = ~torch.isnan(r)
     stats.update(
         {
-            "reward/mean": float(r[ok].mean()) if ok.any() else float("nan"),
-            "reward/std": float(r[ok].std()) if ok.sum() > 1 else 0.0,
+            "reward": float(r[ok].mean()) if ok.any() else float("nan"),
+            "reward_std": float(r[ok].std()) if ok.sum() > 1 else 0.0,
             "reward/unscorable": float((~ok).float().mean()),
         }
     )
@@ -347,6 +384,7 @@ class Pipeline:
             gen.gen_id,
             max(0, self.sampler.epoch - 1),
             groups,
+            TABLE_ROWS if self.cfg.train.log_completions else 0,
         )
         gen.shards, gen.stats_ref = list(out[:-1]), out[-1]
 

@@ -151,6 +151,7 @@ class PoolMaker:
                 prompt_column=cfg.data.prompt_column,
                 partial_rollout_chunk=r.partial_rollout_chunk if r.partial_rollouts else None,
                 multi_turn=multi_turn(cfg, self.run_name),
+                chat_template_kwargs=r.chat_template_kwargs,
             )
         if pool == "environment":  # threaded: the calls of different trajectories run at once
             return _actor(EnvironmentWorker, c.environment, name, ns, max_concurrency=64).remote(
@@ -160,10 +161,15 @@ class PoolMaker:
             judges = {"judge_actors": [f"{self.run_name}/judge-{j}" for j in range(c.judge.replicas)], "namespace": ns}
             funcs = [
                 {**f, "kwargs": {**f["kwargs"], **judges}} if not isinstance(f, str) and f["name"] in JUDGES else f
-                for f in resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit)
+                for f in with_template_kwargs(resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit), cfg)
             ]
             return _actor(RewardWorker, c.reward, name, ns).remote(
-                funcs, self.model_path, cfg.reward.timeout_s, index=i, search_path=reward_search_path(cfg)
+                funcs,
+                self.model_path,
+                cfg.reward.timeout_s,
+                index=i,
+                search_path=reward_search_path(cfg),
+                chat_template_kwargs=r.chat_template_kwargs,
             )
         if pool == "judge":
             j = judge_pool_model(resolve_reward_funcs(cfg.reward.reward_funcs, cfg.kit))
@@ -174,6 +180,7 @@ class PoolMaker:
                 {"trust_remote_code": j["trust_remote_code"], **(j["engine_options"] or {})},
                 index=i,
                 pool="judge",
+                chat_template_kwargs=r.chat_template_kwargs,
             )
         spec = next(s for s in cfg.needs.teachers if s.pool == pool)
         own = spec.model == "policy"  # the policy's initial weights (reference, self-teacher), else ``teacher:``
@@ -191,6 +198,19 @@ class PoolMaker:
             student_tokenizer=self.model_path if spec.retokenize else None,
             run_config=cfg.model_dump(mode="json") if spec.reprompt else None,
         )
+
+
+def with_template_kwargs(funcs: list, cfg: RunConfig) -> list:
+    """``rollout.chat_template_kwargs`` into the reward models' own chat-template calls (their own kwargs win)."""
+    kw = cfg.rollout.chat_template_kwargs
+    if not kw:
+        return funcs
+    return [
+        {**f, "kwargs": {"chat_template_kwargs": kw, **f["kwargs"]}}
+        if not isinstance(f, str) and f["name"] == "reward_model"
+        else f
+        for f in funcs
+    ]
 
 
 def multi_turn(cfg: RunConfig, run_name: str) -> dict | None:
@@ -348,6 +368,7 @@ def create_pools(
                 max_prompt_length=r.max_prompt_length,
                 prompt_column=cfg.data.prompt_column,
                 pool="frozen_rollout",
+                chat_template_kwargs=r.chat_template_kwargs,
             )
             for i in range(c.frozen_rollout.replicas)
         ]

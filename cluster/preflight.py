@@ -15,15 +15,16 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay_rl.batch import prompt_token_ids
+from relay_rl.batch import prompt_token_ids, with_chat_template_kwargs
 from relay_rl.errors import ConfigError
 
 from .config import RunConfig
-from .data import load_data
+from .data import load_data, load_split
 from .kit.paths import kit_dir, parts_for, resolve_kit_path, resolve_reward_funcs
 
 # the keywords every reward function receives besides the dataset columns (TRL's signature)
@@ -42,14 +43,17 @@ class Checked:
     notes: list[str] = field(default_factory=list)
 
 
-def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
+def preflight(cfg: RunConfig, kit_built: bool | None = None, offline: bool | None = False) -> Checked:
     """Run every check; raise ``ConfigError`` at the first problem. ``kit_built=False`` (validate before the kit
-    exists) skips what needs the kit's files, with a note."""
+    exists) skips what needs the kit's files, with a note. ``offline``: True, hub model and dataset ids that are not
+    in the local cache are not checked (a note each); None, the same when the hub cannot be reached from here (a
+    login node: ``validate``); False, every id is loaded (``train``). Local paths are always checked."""
     needs = cfg.needs
     teacher_name = cfg.teacher.name_or_path if cfg.teacher is not None and needs.teacher_model else None
     model_path = resolve_kit_path(cfg.model.name_or_path, cfg.kit)
     teacher_path = resolve_kit_path(teacher_name, cfg.kit) if teacher_name else None
     out = Checked(model_path, teacher_path)
+    check_trackers(cfg)
     if kit_built is None:
         kit_built = cfg.kit is None or (kit_dir(cfg.kit) / "kit.json").is_file()
     missing_parts = [p for p in parts_for([cfg]) if cfg.kit is not None and not (kit_dir(cfg.kit) / p).is_dir()]
@@ -61,8 +65,30 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
         _check_rewards_importable(cfg)
         check_tools_importable(cfg)
         return out
+    unchecked, why = hub_ids_not_checked(cfg, model_path, teacher_path, offline)
+    if unchecked:
+        for fld, name in unchecked.items():
+            out.notes.append(
+                f"{fld}: {name} is a hub id, not checked here ({why}); `relay-rl train` loads it where the hub "
+                "(or its local cache) is reachable"
+            )
+        if "model.name_or_path" not in unchecked:  # a local model: checked as always
+            tok, mcfg = load_model_files("model.name_or_path", model_path, cfg.model.trust_remote_code)
+            out.notes += check_tokenizer(cfg, tok, mcfg, model_path)
+            if teacher_path and "teacher.name_or_path" not in unchecked:
+                check_teacher(cfg, model_path, teacher_path, (tok, mcfg))
+        elif teacher_path and "teacher.name_or_path" not in unchecked:
+            load_model_files("teacher.name_or_path", teacher_path, cfg.teacher.trust_remote_code)
+        d = cfg.data
+        for fld, spec, split in (("data.train", d.train, d.train_split), ("data.eval", d.eval, d.eval_split)):
+            if spec and fld not in unchecked:  # local data: loads, as always
+                load_split(fld, spec, split, cfg.kit, d.prompt_column, d.eval_limit, name=d.name, revision=d.revision)
+        _check_rewards_importable(cfg)
+        check_tools_importable(cfg)
+        return out
 
     tok, mcfg = load_model_files("model.name_or_path", model_path, cfg.model.trust_remote_code)
+    tok = with_chat_template_kwargs(tok, cfg.rollout.chat_template_kwargs)  # as the rollout renders prompts
     out.notes += check_tokenizer(cfg, tok, mcfg, model_path)
     if teacher_path:
         check_teacher(cfg, model_path, teacher_path, (tok, mcfg))
@@ -107,6 +133,78 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None) -> Checked:
             },
         )
     return out
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` or ``name`` that is no path on this machine (a path starts with ``/``, ``.`` or ``~``)."""
+    return (
+        not name.startswith(("/", ".", "~"))
+        and not Path(name).exists()
+        and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None
+    )
+
+
+def in_local_cache(repo_id: str) -> bool:
+    """A hub model whose files are in the local Hugging Face cache (transformers loads them without the hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001  (an id the cache cannot even look up: not cached)
+        return False
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached from this machine, or None when it can (one TCP connection to its
+    endpoint, 3 s at most)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+        return None
+    except OSError as e:
+        return f"{constants.ENDPOINT} is not reachable from this machine: {e}"
+
+
+def hub_ids_not_checked(
+    cfg: RunConfig, model_path: str, teacher_path: str | None, offline: bool | None
+) -> tuple[dict, str | None]:
+    """({field: hub id} of the models and datasets the pre-flight cannot load here, why) (``preflight``'s
+    ``offline``)."""
+    if offline is False:
+        return {}, None
+    named = {
+        "model.name_or_path": model_path,
+        "teacher.name_or_path": teacher_path,
+        "data.train": resolve_kit_path(cfg.data.train, cfg.kit),
+        "data.eval": resolve_kit_path(cfg.data.eval, cfg.kit) if cfg.data.eval else None,
+    }
+    hub = {fld: name for fld, name in named.items() if name and is_hub_id(name)}
+    hub = {fld: name for fld, name in hub.items() if fld.startswith("data.") or not in_local_cache(name)}
+    if not hub:
+        return {}, None
+    why = "--offline" if offline else hub_unreachable_reason()
+    return ({}, None) if why is None else (hub, why)
+
+
+def check_trackers(cfg: RunConfig) -> None:
+    """Every tracker ``train.report_to`` names is installed (``all`` takes the installed ones)."""
+    from .trackers import installed, resolve_report_to
+
+    if cfg.train.report_to == "all":
+        return
+    for name in resolve_report_to(cfg.train.report_to):
+        if not installed(name):
+            raise ConfigError(
+                f"train.report_to names {name}, which is not installed here: pip install 'relay-rl[{name}]' "
+                f"(or remove it from train.report_to)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .pipeline import Pipeline
 from .pools import Pools, create_pools, get_all, shutdown_pools
 from .preflight import preflight
 from .runtime import ray_session
+from .trackers import Trackers, resolve_report_to
 
 
 def output_folder(run, output_dir: str | None = None) -> Path:
@@ -43,6 +44,11 @@ RUN_FILES = (
     "reward_curve.png",
     "error.log",
     "rejection_sampling.jsonl",
+    "completions.jsonl",
+    "tensorboard",
+    "mlflow.db",
+    "mlflow-artifacts",
+    "wandb",
 )
 
 
@@ -127,7 +133,13 @@ def train(
                 teacher_path=checked.teacher_path,
                 resume=ckpt,
             )
-            metrics = MetricsLog(out, run_name, previous=checkpoints.saved_metrics(ckpt) if ckpt else None)
+            trackers = Trackers(resolve_report_to(cfg.train.report_to), log)
+            trackers.start(
+                out, cfg.train.run_name or run_name, cfg.train.project, cfg.model_dump(mode="json"), dump_config(cfg)
+            )
+            metrics = MetricsLog(
+                out, run_name, previous=checkpoints.saved_metrics(ckpt) if ckpt else None, trackers=trackers
+            )
             pipe = Pipeline(cfg, sched, pools, train_data)
             made, prepared = fam.prepare(cfg, pipe, out, log)  # e.g. rejection sampling: the dataset it keeps
             if made is not None:

@@ -7,6 +7,7 @@ tensors as numpy arrays, so ``ray.put`` / ``ray.get`` read them zero-copy from t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -221,6 +222,15 @@ def group_rows(group_ids: Sequence[int]) -> dict[int, list[int]]:
     for i, g in enumerate(group_ids):
         rows.setdefault(g, []).append(i)
     return rows
+
+
+def with_chat_template_kwargs(tokenizer, kwargs: dict | None):
+    """``tokenizer`` whose every ``apply_chat_template`` call gets ``kwargs`` (``rollout.chat_template_kwargs``, e.g.
+    Qwen3's ``enable_thinking``); a keyword a call gives itself wins. Every role binds them where it loads its
+    tokenizer, so no call site passes them. Returns the same tokenizer."""
+    if kwargs:
+        tokenizer.apply_chat_template = functools.partial(type(tokenizer).apply_chat_template, tokenizer, **kwargs)
+    return tokenizer
 
 
 def prompt_token_ids(tokenizer, prompt) -> list[int]:

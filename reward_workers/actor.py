@@ -18,7 +18,7 @@ import traceback
 
 import torch
 
-from relay_rl.batch import Batch
+from relay_rl.batch import Batch, with_chat_template_kwargs
 
 from .registry import resolve
 
@@ -31,6 +31,7 @@ class RewardWorker:
         timeout_s: float = 60.0,
         index: int = 0,
         search_path: list[str] = (),
+        chat_template_kwargs: dict | None = None,
     ):
         import sys
 
@@ -43,7 +44,7 @@ class RewardWorker:
             if p not in sys.path:
                 sys.path.insert(0, p)
         self.index = index
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.tokenizer = with_chat_template_kwargs(AutoTokenizer.from_pretrained(tokenizer_path), chat_template_kwargs)
         self.funcs = [resolve(spec, self.tokenizer) for spec in reward_funcs]
         self.takes_groups = [_accepts(fn, "group_ids") for _, fn in self.funcs]  # pairwise judges: which rows pair
         self.timeout_s = timeout_s

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from relay_rl.batch import with_chat_template_kwargs
+
 from .registry import builtin
 
 
@@ -90,10 +92,13 @@ def make_reward_model(
     dtype: str = "float32",
     device: str = "auto",
     trust_remote_code: bool = False,
+    chat_template_kwargs: dict | None = None,
 ):
-    """The checkpoint is read when the first batch comes (on the reward actor, not in the driver's pre-flight); a
-    local folder that is not a sequence classifier (no config.json, or a config.json naming a causal LM, say) is an
-    error at once (``check_sequence_classifier``): the pre-flight builds this too, so before any actor starts."""
+    """``chat_template_kwargs``: given to the reward model's chat template (relay-rl passes
+    ``rollout.chat_template_kwargs`` unless set here). The checkpoint is read when the first batch comes (on the reward
+    actor, not in the driver's pre-flight); a local folder that is not a sequence classifier (no config.json, or a
+    config.json naming a causal LM, say) is an error at once (``check_sequence_classifier``): the pre-flight builds
+    this too, so before any actor starts."""
     check_sequence_classifier(model)
     state: dict = {}
 
@@ -102,7 +107,9 @@ def make_reward_model(
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        tok = with_chat_template_kwargs(
+            AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code), chat_template_kwargs
+        )
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         rm = (

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from relay_rl.batch import Batch, chat_token_ids, prompt_token_ids
+from relay_rl.batch import Batch, chat_token_ids, prompt_token_ids, with_chat_template_kwargs
 from relay_rl.sampling import SamplingParams
 from relay_rl.transport import Transport, make_transport
 
@@ -45,13 +45,14 @@ class RolloutWorker:
         partial_rollout_chunk: int | None = None,
         pool: str = "rollout",
         multi_turn: dict | None = None,
+        chat_template_kwargs: dict | None = None,
     ):
         from relay_rl.process import configure_worker
 
         configure_worker()
         self.index, self.pool = index, pool
         self.engine = make_engine(engine, model_path, dtype, engine_options)
-        self.tokenizer = self.engine.tokenizer
+        self.tokenizer = with_chat_template_kwargs(self.engine.tokenizer, chat_template_kwargs)
         self.agent = None  # multi-turn rollouts with tools and environments (rollout_workers/agent.py)
         self.program = None  # or the user's agent program on an OpenAI-compatible endpoint (agent_program.py)
         if multi_turn and multi_turn.get("agent_program"):

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from relay_rl.batch import Batch, left_pad, prompt_token_ids
+from relay_rl.batch import Batch, left_pad, prompt_token_ids, with_chat_template_kwargs
 from relay_rl.learner.logprobs import completion_logits
 from relay_rl.transport.object_store import ObjectStore
 
@@ -83,8 +83,9 @@ class TeacherWorker:
 
         cfg = RunConfig.model_validate(self.run_config)
         if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                self.model_path, trust_remote_code=cfg.model.trust_remote_code
+            self.tokenizer = with_chat_template_kwargs(
+                AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=cfg.model.trust_remote_code),
+                cfg.rollout.chat_template_kwargs,
             )
         prompts, active = cfg.family.teacher_prompts(batch, cfg)
         budget = cfg.family.reprompt_length(cfg)

@@ -100,6 +100,12 @@ class DataConfig(Strict):
     """Training prompts: a .jsonl/.json/.parquet/.csv file, a Hugging Face dataset name, or ``kit:train``."""
     eval: Optional[str] = None
     """Held-out prompts for ``eval/*`` metrics (same forms as ``train``)."""
+    name: Optional[str] = None
+    """The dataset's configuration name (``datasets.load_dataset``'s ``name``; TRL's ``dataset_config``), e.g.
+    ``main`` for ``openai/gsm8k``: for a hub dataset or a local dataset folder (not for single files or folders
+    written by ``save_to_disk``). ``train`` and ``eval`` both use it."""
+    revision: Optional[str] = None
+    """The hub dataset's revision (a branch, tag or commit), as ``datasets.load_dataset`` takes it."""
     train_split: str = "train"
     eval_split: str = "test"
     prompt_column: str = "prompt"
@@ -203,6 +209,10 @@ class RolloutConfig(Strict):
     agent_host: str = "127.0.0.1"
     """Where the endpoint listens (the programs run in the rollout actor's process; another address serves programs
     elsewhere)."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keywords for every chat-template call of the run (TRL's name), e.g. ``{enable_thinking: false}`` for
+    Qwen3: the rollout's prompts and tool turns, the teacher's and the reward model's templates, the judge, the
+    pre-flight's length checks."""
     response_template: Optional[str] = None
     """A JSON file with transformers' response template, which parses tool calls from the model's output. None: the
     tokenizer's own, else TRL's for the chat templates it knows (when trl is installed)."""
@@ -264,6 +274,10 @@ class TeacherModelConfig(Strict):
 # ----------------------------------------------------------------------------------------------------------------
 # training loop
 # ----------------------------------------------------------------------------------------------------------------
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
+"""What ``train.report_to`` may name (cluster/trackers.py); each is the optional extra that installs it."""
+
+
 class TrainConfig(Strict):
     max_steps: int = Field(100, ge=1)
     """Optimizer steps to run (see ``num_train_epochs``)."""
@@ -300,7 +314,24 @@ class TrainConfig(Strict):
     """A learner rank that dies: the learner group is restarted from the newest checkpoint (steps after it are
     redone), at most this many times per run. Needs ``save_steps``; 0: a dead rank ends the run."""
     logging_steps: int = Field(1, ge=1)
-    """Console refresh interval; metrics.jsonl always gets every step."""
+    """Console refresh interval (and how often the completions table is logged); metrics.jsonl and the trackers
+    always get every step."""
+    report_to: Union[str, list[str]] = "none"
+    """Experiment trackers that get every step's metrics (the keys of metrics.jsonl) and the resolved run file (TRL's
+    knob): ``none``, ``all`` (every one installed), or a name or list of ``tensorboard``, ``mlflow``, ``wandb``,
+    ``trackio``. Each is an optional extra of the same name (``pip install 'relay-rl[wandb]'``); where each one
+    writes: docs/metrics.md."""
+    run_name: Optional[str] = None
+    """The run's name in the trackers (TRL's). None: the run's own name, ``<name>-<timestamp>``."""
+    project: str = "relay-rl"
+    """The trackers' project: W&B's project (unless ``WANDB_PROJECT`` is set), MLflow's experiment (unless
+    ``MLFLOW_EXPERIMENT_NAME`` is), Trackio's project."""
+    log_completions: bool = False
+    """At every logging step, log a sampled table of the generation batch just admitted (prompt, completion, each
+    reward function's score, advantage, policy version, staleness) to the trackers and to ``completions.jsonl``, and
+    print ``num_completions_to_print`` of its rows (TRL's names)."""
+    num_completions_to_print: Optional[int] = Field(None, ge=0)
+    """Rows of the completions table printed on the console. None: all of them (at most 64)."""
     disable_dropout: bool = True
     max_idle_steps: int = Field(10, ge=0)
     """Stop the run (exit code 3) when this many optimizer steps in a row had nothing to learn from (gradient norm
@@ -313,3 +344,15 @@ class TrainConfig(Strict):
     5.0e7}}``. On gloo (CPU) relay-rl sets ``stage3_param_persistence_threshold: 0`` (every parameter partitioned:
     ZeRO-3 otherwise re-gathers each small parameter after every step, a TCP round trip each); set it here to
     override."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, v):
+        names = [v] if isinstance(v, str) else list(v)
+        known = TRACKERS
+        for name in names:
+            if name in ("none", "all") and len(names) > 1:
+                raise ValueError(f"{name!r} stands alone: give none, all, or a list of {', '.join(known)}")
+            if name not in (*known, "none", "all"):
+                raise ValueError(f"unknown tracker {name!r}: use none, all, or a list of {', '.join(known)}")
+        return v

@@ -27,8 +27,8 @@ def test_quickstart_learns(ray_cluster, kit, tmp_path):
     for r in steps:  # the per-step record promised in the README
         for key in (
             "policy_version",
-            "reward/mean",
-            "reward/std",
+            "reward",
+            "reward_std",
             "loss",
             "staleness/max",
             "timing/generate_s",
@@ -40,8 +40,8 @@ def test_quickstart_learns(ray_cluster, kit, tmp_path):
         assert r["staleness/max"] == 0 and r["policy_version"] == r["step"]
 
     third = STEPS // 3
-    first = sum(r["reward/mean"] for r in steps[:third]) / third
-    last = sum(r["reward/mean"] for r in steps[-third:]) / third
+    first = sum(r["reward"] for r in steps[:third]) / third
+    last = sum(r["reward"] for r in steps[-third:]) / third
     assert last > first + 0.05, (first, last)
     assert evals[STEPS] >= evals[0] + 0.10, evals
     assert result["eval/accuracy"] == pytest.approx(evals[STEPS])

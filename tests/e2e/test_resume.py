@@ -20,8 +20,8 @@ from tests.conftest import quickstart_dict
 COMPARED = (
     "loss",
     "policy_loss",
-    "reward/mean",
-    "reward/std",
+    "reward",
+    "reward_std",
     "grad_norm",
     "learning_rate",
     "entropy",
@@ -64,7 +64,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(uninterrupted, caps
     steps_b = {r["step"]: r for r in rows_b if "loss" in r}
     assert sorted(steps_b) == [1, 2, 3, 4]  # the first two come from the checkpoint
     for step in (3, 4):
-        assert all(steps_a[step].get(k) is not None for k in ("loss", "grad_norm", "reward/mean", "learning_rate"))
+        assert all(steps_a[step].get(k) is not None for k in ("loss", "grad_norm", "reward", "learning_rate"))
         for key in COMPARED:
             assert steps_b[step].get(key) == steps_a[step].get(key), (
                 step,
@@ -106,7 +106,7 @@ def test_a_checkpoint_of_two_ranks_resumes_on_another_number(uninterrupted, rank
     for step in (3, 4):
         for key in ("loss", "policy_loss", "grad_norm", "entropy"):
             assert steps_b[step][key] == pytest.approx(steps_a[step][key], rel=1e-4, abs=1e-7), (step, key)
-        for key in ("learning_rate", "reward/mean", "policy_version", "pipeline/admitted_samples"):
+        for key in ("learning_rate", "reward", "policy_version", "pipeline/admitted_samples"):
             assert steps_b[step][key] == steps_a[step][key], (step, key)
     assert steps_a[3]["loss"] != steps_a[4]["loss"]  # two different steps: the comparison has something to catch
 

@@ -847,3 +847,54 @@ def test_an_agent_program_beside_tools(tool_user, capsys):
         "rollout.agent_program=tests.integration.agent_programs:calculator_agent",
         expect=["rollout.agent_program runs your own agent", "leave rollout.tools"],
     )
+
+
+# experiment trackers, completion logs, dataset options ---------------------------------------------------------
+def test_an_unknown_tracker(user, capsys):
+    f = run_file(user)
+    bad(capsys, "validate", f, "train.report_to=[tensorbord]", expect=[str(f), "train.report_to", "unknown tracker"])
+
+
+def test_a_tracker_that_is_not_installed(user, capsys, monkeypatch):
+    from relay_rl.cluster import trackers
+
+    monkeypatch.setattr(trackers, "installed", lambda name: name != "trackio")  # a machine without the extra
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "train.report_to=trackio",
+        expect=["train.report_to names trackio", "pip install 'relay-rl[trackio]'"],
+    )
+
+
+def test_a_negative_number_of_completions_to_print(user, capsys):
+    bad(capsys, "validate", run_file(user), "train.num_completions_to_print=-1", expect=["num_completions_to_print"])
+
+
+def test_chat_template_kwargs_that_are_not_a_mapping(user, capsys):
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        "rollout.chat_template_kwargs=[enable_thinking]",
+        expect=["chat_template_kwargs"],
+    )
+
+
+def test_a_dataset_configuration_that_does_not_exist(user, capsys):
+    folder = user / "repo"
+    (folder / "main").mkdir(parents=True)
+    _jsonl(folder / "main" / "train.jsonl", [{"prompt": "1+1=", "answer": "2"}])
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: main\n  data_files:\n  - {split: train, path: main/train.jsonl}\n---\n"
+    )
+    bad(
+        capsys,
+        "validate",
+        run_file(user),
+        f"data.train={folder}",
+        "data.eval=null",
+        "data.name=socratic",
+        expect=["data.train: cannot load", "socratic"],
+    )

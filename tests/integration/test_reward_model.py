@@ -98,7 +98,7 @@ def test_a_run_combines_a_reward_model_a_judge_and_a_rule_reward(ray_cluster, ki
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:
         rm, rule = r["rewards/reward_model/mean"], r["rewards/arithmetic_exact/mean"]
-        assert rm != 0.0 and r["reward/mean"] == pytest.approx(rule + 0.5 * rm, abs=1e-5)
+        assert rm != 0.0 and r["reward"] == pytest.approx(rule + 0.5 * rm, abs=1e-5)
         assert "rewards/llm_judge/mean" in r and 0 <= r["rewards/llm_judge/unparseable"] <= 1, r
         assert r["replicas/judge"] == 1
     # the reward pool scales apart from the rollout pool: two reward replicas split the one rollout chunk

@@ -64,7 +64,7 @@ def test_round_trip_changes_rollout_after_sync(setup):
     assert all(isinstance(r, ray.ObjectRef) for r in gen.shards) and isinstance(gen.stats_ref, ray.ObjectRef)
     gen = pipe.wait(gen)
     assert gen.stats["rows"] == sched.generation_batch_size
-    assert 0.0 <= gen.stats["reward/mean"] <= 1.0 and gen.stats["behaviour_version"] == 0
+    assert 0.0 <= gen.stats["reward"] <= 1.0 and gen.stats["behaviour_version"] == 0
     shard = ray.get(gen.shards[0])  # what rank 0 receives
     assert len(shard) == sched.B * sched.S and shard.advantages is not None and shard.rewards.shape[1] == 1
     whole = torch.cat([ray.get(s).advantages for s in gen.shards])

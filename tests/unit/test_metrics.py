@@ -18,7 +18,7 @@ def test_summary_rates_and_generation_share():
         {
             "step": s,
             "loss": 0.0,
-            "reward/mean": 0.5,
+            "reward": 0.5,
             "samples": 64,
             "completions/tokens": 200.0,
             "timing/step_s": 1.0,
