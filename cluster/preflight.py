@@ -67,22 +67,7 @@ def preflight(cfg: RunConfig, kit_built: bool | None = None, offline: bool | Non
         return out
     unchecked, why = hub_ids_not_checked(cfg, model_path, teacher_path, offline)
     if unchecked:
-        for fld, name in unchecked.items():
-            out.notes.append(
-                f"{fld}: {name} is a hub id, not checked here ({why}); `relay-rl train` loads it where the hub "
-                "(or its local cache) is reachable"
-            )
-        if "model.name_or_path" not in unchecked:  # a local model: checked as always
-            tok, mcfg = load_model_files("model.name_or_path", model_path, cfg.model.trust_remote_code)
-            out.notes += check_tokenizer(cfg, tok, mcfg, model_path)
-            if teacher_path and "teacher.name_or_path" not in unchecked:
-                check_teacher(cfg, model_path, teacher_path, (tok, mcfg))
-        elif teacher_path and "teacher.name_or_path" not in unchecked:
-            load_model_files("teacher.name_or_path", teacher_path, cfg.teacher.trust_remote_code)
-        d = cfg.data
-        for fld, spec, split in (("data.train", d.train, d.train_split), ("data.eval", d.eval, d.eval_split)):
-            if spec and fld not in unchecked:  # local data: loads, as always
-                load_split(fld, spec, split, cfg.kit, d.prompt_column, d.eval_limit, name=d.name, revision=d.revision)
+        out.notes += check_local_parts(cfg, model_path, teacher_path, unchecked, why)
         _check_rewards_importable(cfg)
         check_tools_importable(cfg)
         return out
@@ -193,12 +178,35 @@ def hub_ids_not_checked(
     return ({}, None) if why is None else (hub, why)
 
 
+def check_local_parts(cfg: RunConfig, model_path: str, teacher_path: str | None, unchecked: dict, why: str) -> list:
+    """Without the hub: a note for each hub id in ``unchecked``; the local models and data are checked as always."""
+    notes = [
+        f"{fld}: {name} is a hub id, not checked here ({why}); `relay-rl train` loads it where the hub (or its local "
+        "cache) is reachable"
+        for fld, name in unchecked.items()
+    ]
+    teacher_local = teacher_path and "teacher.name_or_path" not in unchecked
+    if "model.name_or_path" not in unchecked:
+        tok, mcfg = load_model_files("model.name_or_path", model_path, cfg.model.trust_remote_code)
+        notes += check_tokenizer(cfg, tok, mcfg, model_path)
+        if teacher_local:
+            check_teacher(cfg, model_path, teacher_path, (tok, mcfg))
+    elif teacher_local:
+        load_model_files("teacher.name_or_path", teacher_path, cfg.teacher.trust_remote_code)
+    d = cfg.data
+    for fld, spec, split, limit in (
+        ("data.train", d.train, d.train_split, None),
+        ("data.eval", d.eval, d.eval_split, d.eval_limit),
+    ):
+        if spec and fld not in unchecked:
+            load_split(fld, spec, split, cfg.kit, d.prompt_column, limit, name=d.name, revision=d.revision)
+    return notes
+
+
 def check_trackers(cfg: RunConfig) -> None:
     """Every tracker ``train.report_to`` names is installed (``all`` takes the installed ones)."""
     from .trackers import installed, resolve_report_to
 
-    if cfg.train.report_to == "all":
-        return
     for name in resolve_report_to(cfg.train.report_to):
         if not installed(name):
             raise ConfigError(
