@@ -30,7 +30,7 @@ def _run(recipe: str, tmp_path, *overrides):
 @pytest.mark.slow
 def test_sdpo_raises_held_out_accuracy(ray_cluster, kit_r1, tmp_path):
     """The recipe's knobs (top-k 100 on the kit's 17 tokens, alpha 0.5, EMA teacher, pure self-distillation)."""
-    steps = 40
+    steps = 60
     rows, evals = _run(
         "sdpo.yaml",
         tmp_path,
@@ -38,7 +38,7 @@ def test_sdpo_raises_held_out_accuracy(ray_cluster, kit_r1, tmp_path):
         f"train.eval_steps={steps}",
         "algorithm.generation_batch_size=64",
     )
-    assert evals[steps] >= evals[0] + 0.08, evals  # measured: 0.690 -> 0.810 / 0.840 (two seeds)
+    assert evals[steps] >= evals[0] + 0.08, evals  # measured: 0.670 -> 0.785 / 0.830 (two seeds)
     assert all(0 < r["self_distillation/reprompt_sample_fraction"] <= 1 for r in rows)
     assert rows[0]["teacher/bytes/self_teacher"] > 0
 
@@ -56,7 +56,7 @@ def test_sdft_with_the_hint_lowers_its_divergence_and_raises_accuracy_without_it
         "algorithm.generation_batch_size=64",
         "algorithm.num_generations=1",
     )
-    assert evals[steps] >= evals[0] + 0.10, evals  # measured: 0.690 -> 0.915 / 0.910
+    assert evals[steps] >= evals[0] + 0.10, evals  # measured: 0.670 -> 0.890
     first = sum(r["self_distillation/distillation_loss"] for r in rows[:10]) / 10
     last = sum(r["self_distillation/distillation_loss"] for r in rows[-10:]) / 10
     assert last < 0.8 * first, (first, last)  # measured: 0.061 -> 0.038, 0.064 -> 0.042

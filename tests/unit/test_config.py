@@ -259,3 +259,13 @@ def test_cli_train_reports_a_model_that_cannot_load_before_any_pool(tmp_path, ca
     err = capsys.readouterr().err
     assert "relay-rl: model.name_or_path: no such folder" in err and f"{tmp_path}/model" in err
     assert "pools up" not in err and not (tmp_path / "out" / "metrics.jsonl").exists()  # failed before any pool
+
+
+def test_the_r1_kit_stops_its_warm_start_later_and_a_set_field_wins():
+    from relay_rl.cluster.config import KitConfig
+
+    assert (KitConfig().warm_start.target_dev_accuracy, KitConfig().warm_start.eval_every) == (0.45, 25)
+    r1 = KitConfig(variant="r1").warm_start
+    assert (r1.target_dev_accuracy, r1.eval_every) == (0.65, 10)
+    mine = KitConfig(variant="r1", warm_start={"eval_every": 5}).warm_start
+    assert (mine.target_dev_accuracy, mine.eval_every) == (0.65, 5)
