@@ -59,7 +59,7 @@ def test_sdft_with_the_hint_lowers_its_divergence_and_raises_accuracy_without_it
     assert evals[steps] >= evals[0] + 0.10, evals  # measured: 0.670 -> 0.890
     first = sum(r["self_distillation/distillation_loss"] for r in rows[:10]) / 10
     last = sum(r["self_distillation/distillation_loss"] for r in rows[-10:]) / 10
-    assert last < 0.8 * first, (first, last)  # measured: 0.061 -> 0.038, 0.064 -> 0.042
+    assert last < 0.8 * first, (first, last)  # measured: 0.065 -> 0.038
 
 
 def test_live_teacher_follows_the_policy_and_samples_from_its_prompt(ray_cluster, kit_r1, tmp_path):
